@@ -1,0 +1,49 @@
+# pgfanout: `make demo` runs the pipeline end to end on the local stack; `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help deps venv jars up down demo test unit lint bench clean
+
+help:
+	@echo "make demo   install what is missing, start the local stack, replicate a workload, prove equality"
+	@echo "make test   install what is missing, then run every test (unit + integration + fault)"
+	@echo "make unit   only the unit tests (no servers)"
+	@echo "make down   stop the local stack started by make demo"
+	@echo "make lint   ruff"
+
+deps:
+	@scripts/install-deps.sh
+
+$(BIN)/pgfanout: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/pgfanout
+
+jars: deps venv
+	$(BIN)/python -c 'from pgfanout.local.kafka import ensure_jars; print(ensure_jars())'
+
+up: deps venv
+	$(BIN)/pgfanout local up
+
+down: venv
+	$(BIN)/pgfanout local down
+
+demo: deps venv
+	$(BIN)/pgfanout demo
+
+test: deps venv jars
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean: down
+	rm -rf $(VENV) .pgfanout .pytest_cache

@@ -1,0 +1,1 @@
+"""The replication agent: trigger capture on the primary, publication of committed transactions to Kafka."""

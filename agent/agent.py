@@ -1,0 +1,195 @@
+"""The agent loop: tick, read the batch between two ticks, publish it, record it.
+
+Order of effects, which is what makes publication exactly-once:
+1. a tick (a txid snapshot) is committed in the primary;
+2. the batch between the last published tick and that tick is published to Kafka and flushed;
+3. the primary records the tick as published and deletes the batch's log rows.
+A crash after 2 and before 3 leaves the topic ahead of the primary. On start the agent
+reads the topic's tail and reconciles (``pgfanout.positions.plan_resume``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from agent import capture
+from agent.batch import LogRow, group_transactions, transaction_records
+from pgfanout import kafka as kafkautil
+from pgfanout.codec import default_codec
+from pgfanout.config import Config
+from pgfanout.errors import FatalError, KafkaUnavailable, PositionError
+from pgfanout.pg import connect
+from pgfanout.positions import AgentState, Resume, TopicTail, plan_resume
+
+log = logging.getLogger(__name__)
+
+BATCH_QUERY = """
+SELECT l.txid::text::bigint, l.seq, t.schema_name, t.table_name, t.columns, t.key_columns,
+       l.op, l.new_row, l.old_key
+FROM pgfanout.log l
+JOIN pgfanout.tables t USING (table_id),
+     (SELECT snapshot FROM pgfanout.tick WHERE tick_id = %(prev)s) prev,
+     (SELECT snapshot FROM pgfanout.tick WHERE tick_id = %(cur)s) cur
+WHERE l.txid >= pg_snapshot_xmin(prev.snapshot)
+  AND l.txid < pg_snapshot_xmax(cur.snapshot)
+  AND pg_visible_in_snapshot(l.txid, cur.snapshot)
+  AND NOT pg_visible_in_snapshot(l.txid, prev.snapshot)
+ORDER BY max(l.seq) OVER (PARTITION BY l.txid), l.seq
+"""
+
+
+class Agent:
+    def __init__(self, config: Config, source: str):
+        self.name = f"agent {source}"
+        self.source = source
+        self.settings = config.sources[source]
+        self.cluster = config.kafka[self.settings.kafka]
+        self.topic = config.source_topic(source)
+        self.idle_seconds = self.settings.tick_interval_ms / 1000
+        self.codec = default_codec()
+        self.conn: psycopg.Connection | None = None
+        self.producer: Any = None
+        self.state = AgentState(0, 1)
+        self.last_sent = 0.0
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def connect(self) -> None:
+        self.conn = connect(self.settings, f"pgfanout-agent-{self.source}")
+        if not capture.installed(self.conn):
+            raise FatalError(f"capture is not installed on source {self.source}; run `pgfanout agent install --source {self.source}`")
+        kafkautil.ensure_topic(self.cluster, self.topic, self.settings.max_message_bytes)
+        self.producer = kafkautil.producer(self.cluster, self.settings.max_message_bytes)
+        self.state = self._read_state()
+        resume = plan_resume(self.state, self._read_tail(), self.topic)
+        if resume.tick_id is not None:
+            log.info("topic %s is ahead of the primary: finishing tick %d after position %d",
+                     self.topic, resume.tick_id, resume.publish_after)
+            self._finish(resume)
+        log.info("agent %s ready: published tick %d, next position %d, topic %s",
+                 self.source, self.state.published_tick, self.state.next_position, self.topic)
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.close(timeout=5)
+            self.producer = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    # -- one cycle -----------------------------------------------------------------
+
+    def work(self) -> bool:
+        heartbeat_due = time.monotonic() - self.last_sent >= self.settings.heartbeat_interval_ms / 1000
+        tick = self._next_tick(heartbeat_due)
+        if tick is None:
+            return False
+        self._publish_batch(tick, publish_after=self.state.next_position - 1, heartbeat=heartbeat_due)
+        return False  # ticks are paced by tick_interval_ms, busy or idle: that sizes the batches
+
+    def _next_tick(self, heartbeat_due: bool) -> tuple[int, datetime] | None:
+        """The tick after the published one: left over from a crash, or taken now if there is work."""
+        assert self.conn is not None
+        with self.conn.transaction():
+            row = self.conn.execute(
+                "SELECT tick_id, tick_time FROM pgfanout.tick WHERE tick_id > %s ORDER BY tick_id LIMIT 1",
+                (self.state.published_tick,)).fetchone()
+            if row:
+                return row[0], row[1]
+            if not heartbeat_due and not self.conn.execute("SELECT EXISTS (SELECT FROM pgfanout.log)").fetchone()[0]:
+                return None
+            return self.conn.execute(
+                "INSERT INTO pgfanout.tick (tick_id, snapshot, tick_time) "
+                "VALUES (nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()) "
+                "RETURNING tick_id, tick_time").fetchone()
+
+    def _publish_batch(self, tick: tuple[int, datetime], publish_after: int, heartbeat: bool) -> None:
+        assert self.conn is not None
+        tick_id, tick_time = tick
+        with self.conn.transaction():
+            rows = self.conn.execute(BATCH_QUERY, {"prev": self.state.published_tick, "cur": tick_id}).fetchall()
+        transactions = list(group_transactions(LogRow(*r) for r in rows))
+        if publish_after >= self.state.next_position + len(transactions):
+            raise PositionError(
+                f"topic {self.topic} holds position {publish_after} of tick {tick_id} without its batch's end, "
+                f"but the primary's batch for that tick ends at position {self.state.next_position + len(transactions) - 1}")
+        records = transaction_records(self.source, tick_id, tick_time, self.state.next_position,
+                                      transactions, publish_after)
+        for record in records:
+            self._send("Transaction", record)
+        if not transactions and heartbeat:
+            self._send("Heartbeat", {"source": self.source, "position": self.state.next_position - 1,
+                                     "tick_id": tick_id, "tick_time": tick_time})
+        self._flush()
+        self._record(tick_id, self.state.next_position + len(transactions))
+        if transactions:
+            log.debug("tick %d: published %d transactions, %d changes, positions %d..%d", tick_id,
+                      len(transactions), len(rows), self.state.next_position - len(transactions),
+                      self.state.next_position - 1)
+
+    def _send(self, kind: str, record: dict[str, Any]) -> None:
+        value = self.codec.encode(kind, record)
+        if len(value) > self.settings.max_message_bytes:
+            raise FatalError(
+                f"transaction xid {record.get('xid')} at position {record['position']} encodes to {len(value)} bytes, "
+                f"over sources.{self.source}.max_message_bytes={self.settings.max_message_bytes}; raise that limit"
+            )
+        self.producer.send(self.topic, value=value)
+        self.last_sent = time.monotonic()
+
+    def _flush(self) -> None:
+        try:
+            self.producer.flush(timeout=60)
+        except Exception as exc:
+            raise KafkaUnavailable(kafkautil.where(self.cluster), f"publishing to {self.topic} did not complete: {exc}") from exc
+
+    def _record(self, tick_id: int, next_position: int) -> None:
+        """Mark the tick published and drop its log rows, in one primary transaction."""
+        assert self.conn is not None
+        with self.conn.transaction():
+            self.conn.execute(
+                "UPDATE pgfanout.agent_state SET published_tick = %s, next_position = %s", (tick_id, next_position))
+            self.conn.execute(
+                """DELETE FROM pgfanout.log l USING pgfanout.tick t
+                   WHERE t.tick_id = %s AND l.txid < pg_snapshot_xmax(t.snapshot)
+                     AND pg_visible_in_snapshot(l.txid, t.snapshot)""", (tick_id,))
+            self.conn.execute("DELETE FROM pgfanout.tick WHERE tick_id < %s", (tick_id,))
+        self.state = AgentState(tick_id, next_position)
+
+    # -- reconciliation ------------------------------------------------------------
+
+    def _read_state(self) -> AgentState:
+        assert self.conn is not None
+        with self.conn.transaction():
+            row = self.conn.execute("SELECT published_tick, next_position FROM pgfanout.agent_state").fetchone()
+        return AgentState(*row)
+
+    def _read_tail(self) -> TopicTail | None:
+        consumer = kafkautil.consumer(self.cluster)
+        try:
+            last = kafkautil.last_value(consumer, self.topic)
+        finally:
+            consumer.close()
+        if last is None:
+            return None
+        offset, value = last
+        kind, record = self.codec.decode(value, f"{self.topic}[0]@{offset}")
+        return TopicTail(record["tick_id"], record["position"], kind == "Heartbeat" or record["batch_end"])
+
+    def _finish(self, resume: Resume) -> None:
+        assert self.conn is not None and resume.tick_id is not None
+        with self.conn.transaction():
+            row = self.conn.execute("SELECT tick_id, tick_time FROM pgfanout.tick WHERE tick_id = %s",
+                                    (resume.tick_id,)).fetchone()
+        if row is None:
+            raise PositionError(f"topic {self.topic} holds tick {resume.tick_id}, which the primary does not know; "
+                                "the topic belongs to another installation")
+        if resume.batch_complete:
+            self._record(resume.tick_id, resume.publish_after + 1)
+        else:
+            self._publish_batch((row[0], row[1]), resume.publish_after, heartbeat=False)

@@ -1,0 +1,219 @@
+"""Installing and removing capture on the primary.
+
+Capture is a log table in the ``pgfanout`` schema fed by one generated trigger
+function per published table. The function writes each row change as an array of
+the columns' text representations, with the settings that shape those texts
+pinned on the function, so that the replica's input functions read them back
+exactly. Functions are SECURITY DEFINER so application roles need no rights on
+the pgfanout schema.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from pgfanout.errors import CaptureError
+from pgfanout.pg import SESSION_SETTINGS
+
+log = logging.getLogger(__name__)
+SCHEMA = "pgfanout"
+TRIGGER = "pgfanout_capture"
+
+BASE_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS pgfanout",
+    """CREATE TABLE IF NOT EXISTS pgfanout.tables (
+        table_id integer PRIMARY KEY,
+        schema_name text NOT NULL,
+        table_name text NOT NULL,
+        columns text[] NOT NULL,
+        key_columns text[] NOT NULL,
+        UNIQUE (schema_name, table_name))""",
+    "CREATE SEQUENCE IF NOT EXISTS pgfanout.log_seq",
+    """CREATE TABLE IF NOT EXISTS pgfanout.log (
+        seq bigint NOT NULL DEFAULT nextval('pgfanout.log_seq'),
+        txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        table_id integer NOT NULL,
+        op "char" NOT NULL,
+        new_row text[],
+        old_key text[])""",
+    "CREATE INDEX IF NOT EXISTS log_txid ON pgfanout.log (txid)",
+    "CREATE SEQUENCE IF NOT EXISTS pgfanout.tick_seq",
+    """CREATE TABLE IF NOT EXISTS pgfanout.tick (
+        tick_id bigint PRIMARY KEY,
+        snapshot pg_snapshot NOT NULL,
+        tick_time timestamptz NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS pgfanout.agent_state (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        published_tick bigint NOT NULL,
+        next_position bigint NOT NULL)""",
+    # The first tick marks where capture starts: everything committed before it is not published.
+    """INSERT INTO pgfanout.tick (tick_id, snapshot, tick_time)
+        SELECT nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()
+        WHERE NOT EXISTS (SELECT 1 FROM pgfanout.agent_state)""",
+    """INSERT INTO pgfanout.agent_state (published_tick, next_position)
+        SELECT max(tick_id), 1 FROM pgfanout.tick
+        WHERE NOT EXISTS (SELECT 1 FROM pgfanout.agent_state)""",
+]
+
+
+@dataclass(frozen=True)
+class PublishedTable:
+    table_id: int
+    schema_name: str
+    table_name: str
+    columns: tuple[str, ...]
+    key_columns: tuple[str, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema_name}.{self.table_name}"
+
+
+def _split(qualified: str) -> tuple[str, str]:
+    schema_name, table_name = qualified.split(".", 1)
+    return schema_name, table_name
+
+
+def describe_tables(conn: psycopg.Connection, tables: list[str]) -> list[PublishedTable]:
+    """Read each table's columns and key from the catalog; refuse missing and keyless tables."""
+    existing_ids: dict[tuple[str, str], int] = {}
+    if conn.execute("SELECT to_regclass('pgfanout.tables')").fetchone()[0]:
+        existing_ids = {(s, t): i for i, s, t in conn.execute("SELECT table_id, schema_name, table_name FROM pgfanout.tables")}
+    next_id = max(existing_ids.values(), default=0) + 1
+    found, missing, keyless = [], [], []
+    for qualified in tables:
+        schema_name, table_name = _split(qualified)
+        row = conn.execute(
+            """SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = %s AND c.relname = %s""", (schema_name, table_name)).fetchone()
+        if row is None or row[1] not in ("r", "p"):
+            missing.append(qualified)
+            continue
+        oid = row[0]
+        columns = [r[0] for r in conn.execute(
+            """SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0
+               AND NOT attisdropped AND attgenerated = '' ORDER BY attnum""", (oid,))]
+        key = [r[0] for r in conn.execute(
+            """SELECT a.attname FROM pg_index i
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+               WHERE i.indrelid = %s AND i.indisprimary
+               ORDER BY array_position(i.indkey::int2[], a.attnum)""", (oid,))]
+        if not key:
+            keyless.append(qualified)
+            continue
+        table_id = existing_ids.get((schema_name, table_name))
+        if table_id is None:
+            table_id, next_id = next_id, next_id + 1
+        found.append(PublishedTable(table_id, schema_name, table_name, tuple(columns), tuple(key)))
+    problems = []
+    if missing:
+        problems.append(f"tables not found on the primary: {', '.join(missing)}")
+    if keyless:
+        problems.append(
+            f"tables without a primary key cannot be replicated (a row must be identifiable): {', '.join(keyless)}; "
+            "add a primary key or leave them out of the source's tables"
+        )
+    if problems:
+        raise CaptureError("; ".join(problems))
+    return found
+
+
+def _array(record: str, columns: tuple[str, ...]) -> sql.Composable:
+    return sql.SQL("ARRAY[{}]::text[]").format(
+        sql.SQL(", ").join(sql.SQL("{}.{}::text").format(sql.SQL(record), sql.Identifier(c)) for c in columns))
+
+
+def _row(record: str, columns: tuple[str, ...]) -> sql.Composable:
+    return sql.SQL("ROW({})").format(
+        sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.SQL(record), sql.Identifier(c)) for c in columns))
+
+
+def trigger_function(table: PublishedTable) -> sql.Composable:
+    function = sql.Identifier(SCHEMA, f"capture_{table.table_id}")
+    tid = sql.Literal(table.table_id)
+    body = sql.SQL("""
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO pgfanout.log (table_id, op, new_row) VALUES ({tid}, 'I', {new_row});
+    ELSIF TG_OP = 'UPDATE' THEN
+        INSERT INTO pgfanout.log (table_id, op, new_row, old_key) VALUES ({tid}, 'U', {new_row},
+            CASE WHEN {old_key_row} IS DISTINCT FROM {new_key_row} THEN {old_key} END);
+    ELSIF TG_OP = 'DELETE' THEN
+        INSERT INTO pgfanout.log (table_id, op, old_key) VALUES ({tid}, 'D', {old_key});
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        INSERT INTO pgfanout.log (table_id, op) VALUES ({tid}, 'T');
+    END IF;
+    RETURN NULL;
+END
+""").format(tid=tid, new_row=_array("NEW", table.columns), old_key=_array("OLD", table.key_columns),
+            old_key_row=_row("OLD", table.key_columns), new_key_row=_row("NEW", table.key_columns))
+    settings = sql.SQL(" ").join(
+        sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)) for name, value in SESSION_SETTINGS.items())
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+        "SET search_path = pg_catalog, pg_temp {settings} AS {body}"
+    ).format(function=function, settings=settings, body=sql.Literal(body.as_string()))
+
+
+def table_statements(table: PublishedTable) -> list[sql.Composable]:
+    target = sql.Identifier(table.schema_name, table.table_name)
+    function = sql.Identifier(SCHEMA, f"capture_{table.table_id}")
+    return [
+        sql.SQL(
+            "INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns) "
+            "VALUES ({}, {}, {}, {}, {}) ON CONFLICT (table_id) DO UPDATE "
+            "SET columns = EXCLUDED.columns, key_columns = EXCLUDED.key_columns"
+        ).format(sql.Literal(table.table_id), sql.Literal(table.schema_name), sql.Literal(table.table_name),
+                 sql.Literal(list(table.columns)), sql.Literal(list(table.key_columns))),
+        trigger_function(table),
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), target),
+        sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()")
+        .format(sql.Identifier(TRIGGER), target, function),
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER + "_truncate"), target),
+        sql.SQL("CREATE TRIGGER {} AFTER TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION {}()")
+        .format(sql.Identifier(TRIGGER + "_truncate"), target, function),
+    ]
+
+
+def install_statements(conn: psycopg.Connection, tables: list[str]) -> list[sql.Composable]:
+    statements: list[sql.Composable] = [sql.SQL(s) for s in BASE_DDL]
+    for table in describe_tables(conn, tables):
+        statements += table_statements(table)
+    return statements
+
+
+def render(conn: psycopg.Connection, statements: list[sql.Composable]) -> str:
+    return "".join(s.as_string(conn).strip() + ";\n\n" for s in statements)
+
+
+def install(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+    """Install capture in one transaction; running it again changes nothing."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgfanout.install'))")
+        for statement in install_statements(conn, tables):
+            conn.execute(statement)
+    log.info("capture installed on %d tables", len(tables))
+    return tables
+
+
+def uninstall(conn: psycopg.Connection) -> None:
+    """Remove triggers, functions and the pgfanout schema; user tables and their rows stay as they are."""
+    with conn.transaction():
+        if conn.execute("SELECT to_regclass('pgfanout.tables')").fetchone()[0] is None:
+            log.info("capture is not installed; nothing to remove")
+            return
+        for schema_name, table_name in conn.execute("SELECT schema_name, table_name FROM pgfanout.tables").fetchall():
+            if conn.execute("SELECT to_regclass(%s)", (sql.Identifier(schema_name, table_name).as_string(conn),)).fetchone()[0]:
+                target = sql.Identifier(schema_name, table_name)
+                for trigger in (TRIGGER, TRIGGER + "_truncate"):
+                    conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(trigger), target))
+        conn.execute("DROP SCHEMA pgfanout CASCADE")
+    log.info("capture removed")
+
+
+def installed(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT to_regclass('pgfanout.agent_state') IS NOT NULL").fetchone()[0]

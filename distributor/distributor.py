@@ -1,0 +1,108 @@
+"""The distributor loop: consume one upstream stream, forward each message to its routes.
+
+Exactly-once per hop: each route remembers the mark (tick, position) of the last
+message it holds, read from the route topic's tail on start; anything at or below
+it is a duplicate from a crash between producing and committing the upstream
+offset, and is dropped. The upstream offset is committed only after the route
+producers have flushed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from kafka.structs import OffsetAndMetadata
+
+from pgfanout import kafka as kafkautil
+from pgfanout.codec import default_codec
+from pgfanout.config import Config, KafkaCluster
+from pgfanout.errors import KafkaUnavailable
+from pgfanout.positions import Mark, mark_of
+
+log = logging.getLogger(__name__)
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+POLL_RECORDS = 2000
+
+
+@dataclass
+class RouteOut:
+    name: str
+    cluster_name: str
+    cluster: KafkaCluster
+    topic: str
+    last: Mark = Mark(-1, -1)
+
+
+class Distributor:
+    def __init__(self, config: Config, name: str):
+        self.name = f"distributor {name}"
+        self.group_id = f"pgfanout-distributor-{name}"
+        route_names = config.distributors[name].routes
+        upstream = config.routes[route_names[0]].upstream
+        up_cluster, self.up_topic = config.stream(upstream)
+        self.up_cluster = config.kafka[up_cluster]
+        self.routes = [RouteOut(r, config.routes[r].kafka, config.kafka[config.routes[r].kafka], config.route_topic(r))
+                       for r in route_names]
+        self.idle_seconds = 0.0  # poll() itself waits for data
+        self.codec = default_codec()
+        self.consumer: Any = None
+        self.producers: dict[str, Any] = {}
+
+    def connect(self) -> None:
+        for route in self.routes:
+            kafkautil.ensure_topic(route.cluster, route.topic, MAX_MESSAGE_BYTES)
+            route.last = self._tail_mark(route)
+            if route.cluster_name not in self.producers:
+                self.producers[route.cluster_name] = kafkautil.producer(route.cluster, MAX_MESSAGE_BYTES)
+        self.consumer = kafkautil.consumer(self.up_cluster, group_id=self.group_id)
+        tp = kafkautil.partition(self.up_topic)
+        self.consumer.assign([tp])
+        committed = self.consumer.committed(tp)
+        if committed is None:
+            self.consumer.seek_to_beginning(tp)
+        else:
+            self.consumer.seek(tp, committed)
+        log.info("%s ready: %s from offset %s -> %s", self.name, self.up_topic, committed if committed is not None else "start",
+                 ", ".join(f"{r.topic} (last {tuple(r.last)})" for r in self.routes))
+
+    def close(self) -> None:
+        for producer in self.producers.values():
+            producer.close(timeout=5)
+        self.producers = {}
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+
+    def work(self) -> bool:
+        tp = kafkautil.partition(self.up_topic)
+        records = self.consumer.poll(timeout_ms=100, max_records=POLL_RECORDS).get(tp, [])
+        if not records:
+            return False
+        for record in records:
+            _, message = self.codec.decode(record.value, f"{self.up_topic}[0]@{record.offset}")
+            mark = mark_of(message)
+            for route in self.routes:
+                if mark > route.last:
+                    self.producers[route.cluster_name].send(route.topic, value=record.value)
+                    route.last = mark
+        for cluster_name, producer in self.producers.items():
+            try:
+                producer.flush(timeout=60)
+            except Exception as exc:
+                raise KafkaUnavailable(cluster_name, f"forwarding to routes did not complete: {exc}") from exc
+        self.consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)})
+        return True
+
+    def _tail_mark(self, route: RouteOut) -> Mark:
+        consumer = kafkautil.consumer(route.cluster)
+        try:
+            last = kafkautil.last_value(consumer, route.topic)
+        finally:
+            consumer.close()
+        if last is None:
+            return Mark(-1, -1)
+        offset, value = last
+        _, message = self.codec.decode(value, f"{route.topic}[0]@{offset}")
+        return mark_of(message)

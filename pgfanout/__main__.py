@@ -1,0 +1,5 @@
+import sys
+
+from pgfanout.cli import main
+
+sys.exit(main())

@@ -1,0 +1,217 @@
+"""The ``pgfanout`` command. Every error becomes one message and an exit code, never a traceback.
+
+Exit codes: 0 ok, 1 failure, 2 bad configuration or usage, 3 fatal stream error,
+4 local stack problem, 75 a server could not be reached (try again later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+from pgfanout import __version__
+from pgfanout.config import Config, load_config
+from pgfanout.errors import ConfigError, PgfanoutError
+
+log = logging.getLogger("pgfanout")
+DEFAULT_CONFIG = os.environ.get("PGFANOUT_CONFIG", "pgfanout.yaml")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config)
+
+
+def _pick(kind: str, names: Sequence[str], chosen: str | None) -> str:
+    if chosen is not None:
+        if chosen not in names:
+            raise ConfigError("command line", [f"no {kind} named {chosen!r} (defined: {', '.join(names) or 'none'})"])
+        return chosen
+    if len(names) == 1:
+        return names[0]
+    raise ConfigError("command line", [f"name the {kind} to use, one of: {', '.join(names) or 'none'}"])
+
+
+def _run_daemon(worker: object) -> int:
+    from pgfanout import daemon
+
+    stop = threading.Event()
+    daemon.install_signal_handlers(stop)
+    return daemon.run(worker, stop)  # type: ignore[arg-type]
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    print(f"{args.file}: ok ({len(config.sources)} sources, {len(config.routes)} routes, "
+          f"{len(config.distributors)} distributors, {len(config.subscribers)} subscribers)")
+    return 0
+
+
+def cmd_agent_install(args: argparse.Namespace) -> int:
+    from agent import capture
+    from pgfanout.pg import connect
+
+    config = _config(args)
+    name = _pick("source", list(config.sources), args.source)
+    source = config.sources[name]
+    with connect(source, "pgfanout-install") as conn:
+        if args.dry_run:
+            print(capture.render(conn, capture.install_statements(conn, source.tables)), end="")
+            return 0
+        capture.install(conn, source.tables)
+    print(f"capture installed on source {name}: {', '.join(source.tables)}")
+    return 0
+
+
+def cmd_agent_uninstall(args: argparse.Namespace) -> int:
+    from agent import capture
+    from pgfanout.pg import connect
+
+    config = _config(args)
+    name = _pick("source", list(config.sources), args.source)
+    with connect(config.sources[name], "pgfanout-uninstall") as conn:
+        capture.uninstall(conn)
+    print(f"capture removed from source {name}; user tables and data are untouched")
+    return 0
+
+
+def cmd_agent_run(args: argparse.Namespace) -> int:
+    from agent.agent import Agent
+
+    config = _config(args)
+    return _run_daemon(Agent(config, _pick("source", list(config.sources), args.source)))
+
+
+def cmd_distributor_run(args: argparse.Namespace) -> int:
+    from distributor.distributor import Distributor
+
+    config = _config(args)
+    return _run_daemon(Distributor(config, _pick("distributor", list(config.distributors), args.name)))
+
+
+def cmd_subscriber_run(args: argparse.Namespace) -> int:
+    from subscriber.subscriber import Subscriber
+
+    config = _config(args)
+    return _run_daemon(Subscriber(config, _pick("subscriber", list(config.subscribers), args.name)))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pgfanout.status import status_lines
+
+    print("\n".join(status_lines(_config(args))))
+    return 0
+
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    from pgfanout.local.stack import Stack
+
+    stack = Stack.load()
+    stack.up(kafka_clusters=args.kafka_clusters)
+    print("\n".join(stack.status_lines()))
+    return 0
+
+
+def cmd_local_down(args: argparse.Namespace) -> int:
+    from pgfanout.local.stack import Stack
+
+    stack = Stack.load()
+    stack.down(purge=args.purge)
+    print("local stack stopped" + (" and its data removed" if args.purge else " (data kept; --purge removes it)"))
+    return 0
+
+
+def cmd_local_status(args: argparse.Namespace) -> int:
+    from pgfanout.local.stack import Stack
+
+    print("\n".join(Stack.load().status_lines()))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pgfanout.demo import run_demo
+
+    return run_demo(seconds=args.seconds, writers=args.writers)
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+def _add(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help_text: str,
+         config: bool = True) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    if config:
+        parser.add_argument("--config", "-c", default=DEFAULT_CONFIG,
+                            help="the YAML configuration (default: $PGFANOUT_CONFIG or pgfanout.yaml)")
+    parser.set_defaults(func=func)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgfanout", description="Publish/distribute replication for PostgreSQL over Kafka.")
+    parser.add_argument("--version", action="version", version=f"pgfanout {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("PGFANOUT_LOG_LEVEL", "INFO"),
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    config = top.add_parser("config", help="check a configuration file").add_subparsers(dest="action", required=True)
+    check = _add(config, "check", cmd_config_check, "validate a configuration file without connecting", config=False)
+    check.add_argument("file")
+
+    agent = top.add_parser("agent", help="capture on the primary and publication to Kafka").add_subparsers(
+        dest="action", required=True)
+    for name, func, text in (("install", cmd_agent_install, "install capture (schema, log, triggers) on the primary"),
+                             ("uninstall", cmd_agent_uninstall, "remove capture; user tables stay untouched"),
+                             ("run", cmd_agent_run, "run the agent daemon")):
+        p = _add(agent, name, func, text)
+        p.add_argument("--source", help="the source to act on (default: the only one)")
+        if name == "install":
+            p.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
+
+    dist = top.add_parser("distributor", help="route streams to routes").add_subparsers(dest="action", required=True)
+    _add(dist, "run", cmd_distributor_run, "run a distributor daemon").add_argument("name", nargs="?")
+
+    sub = top.add_parser("subscriber", help="apply a route to a replica").add_subparsers(dest="action", required=True)
+    _add(sub, "run", cmd_subscriber_run, "run a subscriber daemon").add_argument("name", nargs="?")
+
+    _add(top, "status", cmd_status, "positions and lag of every source and subscriber")
+
+    local = top.add_parser("local", help="the local stack: PostgreSQL clusters and Kafka, no Docker").add_subparsers(
+        dest="action", required=True)
+    up = _add(local, "up", cmd_local_up, "start (creating if needed) the local stack; idempotent", config=False)
+    up.add_argument("--kafka-clusters", type=int, choices=[1, 2], default=1,
+                    help="2 starts a second, independent Kafka cluster for tier tests")
+    down = _add(local, "down", cmd_local_down, "stop what the local stack started", config=False)
+    down.add_argument("--purge", action="store_true", help="also delete the stack's data")
+    _add(local, "status", cmd_local_status, "show what runs where", config=False)
+
+    demo = _add(top, "demo", cmd_demo, "run the end-to-end demo on the local stack", config=False)
+    demo.add_argument("--seconds", type=float, default=10.0, help="how long the workload runs")
+    demo.add_argument("--writers", type=int, default=4, help="concurrent writer connections")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "kafka.conn", "kafka.client"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if args.log_level != "DEBUG" else logging.INFO)
+    try:
+        return int(args.func(args))
+    except PgfanoutError as exc:
+        print(f"pgfanout: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The wire codec: Avro bodies behind a small header that names the writer schema.
+
+Frame: ``b"PF"`` + format version ``1`` + 8-byte schema fingerprint + Avro binary body.
+The fingerprint is the first 8 bytes of SHA-256 over the fully expanded schema JSON
+(sorted keys). Avro's own CRC-64 fingerprint of the parsing canonical form is not used
+because that form drops logical types and defaults, so two different schemas could
+share one fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+
+from pgfanout.errors import PoisonMessage
+
+MAGIC = b"PF\x01"
+HEADER_SIZE = len(MAGIC) + 8
+ENVELOPES = ("change", "transaction", "heartbeat")  # in dependency order
+
+
+def schema_dir() -> Path:
+    override = os.environ.get("PGFANOUT_SCHEMAS")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "schemas"
+
+
+def _expand(node: Any, named: dict[str, Any]) -> Any:
+    """Replace references to schemas defined in other files by their definitions."""
+    if isinstance(node, str):
+        return named.get(node, node)
+    if isinstance(node, list):
+        return [_expand(item, named) for item in node]
+    if isinstance(node, dict):
+        return {key: _expand(value, named) for key, value in node.items()}
+    return node
+
+
+def fingerprint(schema: dict[str, Any]) -> bytes:
+    canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).digest()[:8]
+
+
+@dataclass(frozen=True)
+class WriterSchema:
+    name: str  # the record's short name: "Transaction", "Heartbeat"
+    fingerprint: bytes
+    parsed: Any
+
+
+class Codec:
+    def __init__(self, directory: Path | None = None):
+        directory = directory or schema_dir()
+        named: dict[str, Any] = {}
+        self._by_name: dict[str, WriterSchema] = {}
+        self._by_fingerprint: dict[bytes, WriterSchema] = {}
+        for stem in ENVELOPES:
+            raw = json.loads((directory / f"{stem}.avsc").read_text())
+            full = _expand(raw, named)
+            named[f"{full['namespace']}.{full['name']}"] = full
+            writer = WriterSchema(full["name"], fingerprint(full), fastavro.parse_schema(full))
+            self._by_name[writer.name] = writer
+            self._by_fingerprint[writer.fingerprint] = writer
+
+    def encode(self, kind: str, record: dict[str, Any]) -> bytes:
+        writer = self._by_name[kind]
+        buffer = io.BytesIO()
+        buffer.write(MAGIC)
+        buffer.write(writer.fingerprint)
+        fastavro.schemaless_writer(buffer, writer.parsed, record)
+        return buffer.getvalue()
+
+    def decode(self, data: bytes, where: str) -> tuple[str, dict[str, Any]]:
+        """(kind, record); ``where`` names the message in any error (topic, partition, offset)."""
+        if data is None or len(data) < HEADER_SIZE or not data.startswith(MAGIC):
+            raise PoisonMessage(f"message at {where} is not a pgfanout message (bad header); stop and inspect the topic")
+        writer = self._by_fingerprint.get(bytes(data[len(MAGIC):HEADER_SIZE]))
+        if writer is None:
+            raise PoisonMessage(
+                f"message at {where} names unknown schema {data[len(MAGIC):HEADER_SIZE].hex()}; "
+                "it was written by a newer or foreign writer; upgrade this reader"
+            )
+        buffer = io.BytesIO(data)
+        buffer.seek(HEADER_SIZE)
+        try:
+            record = fastavro.schemaless_reader(buffer, writer.parsed, None)
+        except Exception as exc:  # fastavro raises assorted types on corrupt input
+            raise PoisonMessage(f"message at {where} cannot be decoded as {writer.name}: {exc!r}") from exc
+        if buffer.tell() != len(data):
+            raise PoisonMessage(f"message at {where} has {len(data) - buffer.tell()} trailing bytes after its {writer.name}")
+        return writer.name, record
+
+
+@cache
+def default_codec() -> Codec:
+    return Codec()

@@ -1,0 +1,213 @@
+"""The one YAML configuration, validated by pydantic.
+
+Connections follow libpq conventions: ``dsn`` is a libpq connection string or URI
+and the usual ``PG*`` environment variables and ``~/.pgpass`` apply. Secrets never
+live in the file: ``password_env`` / ``sasl_password_env`` name environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import psycopg.conninfo
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pgfanout.errors import ConfigError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+QUALIFIED_TABLE = re.compile(r"^[^.\s]+\.[^.\s]+$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaCluster(Strict):
+    bootstrap_servers: list[str] = Field(min_length=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password_env: str | None = None
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port(cls, servers: list[str]) -> list[str]:
+        for server in servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"{server!r} is not host:port")
+        return servers
+
+
+class Database(Strict):
+    dsn: str = Field(description="libpq connection string or URI")
+    password_env: str | None = None
+
+    @field_validator("dsn")
+    @classmethod
+    def _parses(cls, dsn: str) -> str:
+        try:
+            parts = psycopg.conninfo.conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(f"not a libpq connection string: {exc}") from None
+        if "password" in parts:
+            raise ValueError("put the password in an environment variable named by password_env, not in the dsn")
+        return dsn
+
+
+class Source(Database):
+    kafka: Name
+    topic: str | None = None
+    tables: list[str] = Field(min_length=1, description="schema-qualified tables to publish")
+    tick_interval_ms: int = Field(default=50, ge=5, le=60_000)
+    heartbeat_interval_ms: int = Field(default=1000, ge=50, le=3_600_000)
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+
+    @field_validator("tables")
+    @classmethod
+    def _qualified(cls, tables: list[str]) -> list[str]:
+        bad = [t for t in tables if not QUALIFIED_TABLE.match(t)]
+        if bad:
+            raise ValueError(f"tables must be written schema.table: {', '.join(bad)}")
+        if len(set(tables)) != len(tables):
+            raise ValueError("a table is listed twice")
+        return tables
+
+
+class Route(Strict):
+    upstream: Name = Field(description="the source or route this route is fed from")
+    kafka: Name
+    topic: str | None = None
+
+
+class Distributor(Strict):
+    routes: list[Name] = Field(min_length=1)
+
+
+class Subscriber(Database):
+    route: Name
+    group_max_transactions: int = Field(default=200, ge=1, le=100_000)
+    group_max_ms: int = Field(default=200, ge=1, le=60_000)
+
+
+class Config(Strict):
+    kafka: dict[Name, KafkaCluster] = Field(min_length=1)
+    sources: dict[Name, Source] = Field(min_length=1)
+    routes: dict[Name, Route] = Field(default_factory=dict)
+    distributors: dict[Name, Distributor] = Field(default_factory=dict)
+    subscribers: dict[Name, Subscriber] = Field(default_factory=dict)
+
+    def source_topic(self, name: str) -> str:
+        return self.sources[name].topic or f"pgfanout.source.{name}"
+
+    def route_topic(self, name: str) -> str:
+        return self.routes[name].topic or f"pgfanout.route.{name}"
+
+    def stream(self, name: str) -> tuple[str, str]:
+        """(kafka cluster, topic) of a source or route by name."""
+        if name in self.sources:
+            return self.sources[name].kafka, self.source_topic(name)
+        return self.routes[name].kafka, self.route_topic(name)
+
+    def origin_source(self, name: str) -> str:
+        """The source a route (or source) ultimately carries."""
+        while name in self.routes:
+            name = self.routes[name].upstream
+        return name
+
+
+def cross_reference_problems(config: Config) -> list[str]:
+    """Problems pydantic cannot see: references between sections and the topology."""
+    problems: list[str] = []
+    for name in set(config.sources) & set(config.routes):
+        problems.append(f"routes.{name}: a source already has this name; sources and routes share one namespace")
+    for name, source in config.sources.items():
+        if source.kafka not in config.kafka:
+            problems.append(f"sources.{name}.kafka: no Kafka cluster named {source.kafka!r} (defined: {_names(config.kafka)})")
+    streams = set(config.sources) | set(config.routes)
+    for name, route in config.routes.items():
+        if route.kafka not in config.kafka:
+            problems.append(f"routes.{name}.kafka: no Kafka cluster named {route.kafka!r} (defined: {_names(config.kafka)})")
+        if route.upstream not in streams:
+            problems.append(f"routes.{name}.upstream: no source or route named {route.upstream!r}")
+    problems += _loop_problems(config)
+    fed_by: dict[str, str] = {}
+    for name, distributor in config.distributors.items():
+        upstreams = set()
+        for i, route in enumerate(distributor.routes):
+            if route not in config.routes:
+                problems.append(f"distributors.{name}.routes.{i}: no route named {route!r}")
+                continue
+            if route in fed_by:
+                problems.append(f"distributors.{name}.routes.{i}: route {route!r} is already fed by distributor {fed_by[route]!r}")
+            fed_by[route] = name
+            upstreams.add(config.routes[route].upstream)
+        if len(upstreams) > 1:
+            problems.append(f"distributors.{name}.routes: all routes of one distributor must share one upstream, found {sorted(upstreams)}")
+    for name, subscriber in config.subscribers.items():
+        if subscriber.route not in config.routes:
+            problems.append(f"subscribers.{name}.route: no route named {subscriber.route!r}")
+    return problems
+
+
+def _loop_problems(config: Config) -> list[str]:
+    problems = []
+    for start in config.routes:
+        seen = [start]
+        name = config.routes[start].upstream
+        while name in config.routes:
+            if name in seen:
+                problems.append(f"routes.{start}.upstream: routes form a loop: {' -> '.join(seen + [name])}")
+                break
+            seen.append(name)
+            name = config.routes[name].upstream
+    return problems
+
+
+def _names(section: dict) -> str:
+    return ", ".join(sorted(section)) or "none"
+
+
+def _location(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def parse_config(data: object, source: str = "<config>") -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): expected a mapping of sections"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
+    problems = cross_reference_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
+    return parse_config(data, str(path))
+
+
+def secret(env_name: str | None) -> str | None:
+    """The value of a secret's environment variable; an unset variable is an error."""
+    if env_name is None:
+        return None
+    value = os.environ.get(env_name)
+    if value is None:
+        raise ConfigError("environment", [f"{env_name}: the configuration names this variable for a secret, but it is not set"])
+    return value

@@ -1,0 +1,83 @@
+"""The one loop every daemon runs: connect, work until told to stop, back off on transient errors.
+
+A worker's ``work()`` returns True when there is more to do right away and False
+when it may sleep ``idle_seconds``. Signal handlers only set a flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+from typing import Protocol
+
+import kafka.errors
+import psycopg
+
+from pgfanout.errors import FatalError, PgfanoutError, TransientError
+
+log = logging.getLogger(__name__)
+
+
+class Worker(Protocol):
+    name: str
+    idle_seconds: float
+
+    def connect(self) -> None: ...
+    def work(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+def backoff(failures: int, base: float = 0.5, cap: float = 30.0) -> float:
+    """Exponential backoff with jitter; the jitter keeps many daemons from retrying in step."""
+    return min(cap, base * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping after the current step", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run(worker: Worker, stop: threading.Event) -> int:
+    """Run until ``stop`` is set (exit 0) or a fatal error (its exit code)."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            worker.connect()
+            while not stop.is_set():
+                more = worker.work()
+                failures = 0
+                if not more:
+                    stop.wait(worker.idle_seconds)
+        except FatalError as exc:
+            log.error("%s stopped: %s", worker.name, exc)
+            return exc.exit_code
+        except (TransientError, psycopg.OperationalError, kafka.errors.KafkaError) as exc:
+            failures += 1
+            delay = backoff(failures)
+            log.warning("%s: %s; retrying in %.1fs (attempt %d)", worker.name, _one_line(exc), delay, failures)
+            stop.wait(delay)
+        except PgfanoutError as exc:
+            log.error("%s stopped: %s", worker.name, exc)
+            return exc.exit_code
+        finally:
+            _close_quietly(worker)
+    log.info("%s stopped", worker.name)
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().replace("\n", " ") or type(exc).__name__
+    return text if isinstance(exc, PgfanoutError) else f"{type(exc).__name__}: {text}"
+
+
+def _close_quietly(worker: Worker) -> None:
+    try:
+        worker.close()
+    except Exception:  # closing after a failure must not hide the failure
+        log.debug("error while closing %s", worker.name, exc_info=True)

@@ -1,0 +1,151 @@
+"""Kafka helpers over kafka-python: clients from the config, topics, reading a topic's tail."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import kafka.errors
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+from pgfanout.config import KafkaCluster, secret
+from pgfanout.errors import KafkaUnavailable
+
+log = logging.getLogger(__name__)
+
+FETCH_MAX_BYTES = 64 * 1024 * 1024
+
+
+def client_options(cluster: KafkaCluster) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "bootstrap_servers": cluster.bootstrap_servers,
+        "security_protocol": cluster.security_protocol,
+        "request_timeout_ms": 30_000,
+        "bootstrap_timeout_ms": 5_000,
+        "reconnect_backoff_max_ms": 2_000,
+    }
+    if cluster.sasl_mechanism:
+        options["sasl_mechanism"] = cluster.sasl_mechanism
+        options["sasl_plain_username"] = cluster.sasl_username
+        options["sasl_plain_password"] = secret(cluster.sasl_password_env)
+    return options
+
+
+def where(cluster: KafkaCluster) -> str:
+    return ",".join(cluster.bootstrap_servers)
+
+
+def _unavailable(cluster: KafkaCluster, exc: Exception) -> KafkaUnavailable:
+    return KafkaUnavailable(where(cluster), str(exc) or type(exc).__name__)
+
+
+def producer(cluster: KafkaCluster, max_request_size: int, linger_ms: int = 0) -> KafkaProducer:
+    """An idempotent producer: acks=all, ordered, no duplicates from its own retries."""
+    try:
+        return KafkaProducer(
+            **client_options(cluster),
+            acks="all",
+            enable_idempotence=True,
+            max_in_flight_requests_per_connection=5,
+            linger_ms=linger_ms,
+            batch_size=1024 * 1024,
+            max_request_size=max_request_size,
+            delivery_timeout_ms=120_000,
+        )
+    except kafka.errors.KafkaError as exc:
+        raise _unavailable(cluster, exc) from exc
+
+
+def consumer(cluster: KafkaCluster, group_id: str | None = None) -> KafkaConsumer:
+    try:
+        return KafkaConsumer(
+            **client_options(cluster),
+            group_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=FETCH_MAX_BYTES,
+            fetch_max_bytes=FETCH_MAX_BYTES,
+            fetch_max_wait_ms=20,
+            consumer_timeout_ms=float("inf"),
+        )
+    except kafka.errors.KafkaError as exc:
+        raise _unavailable(cluster, exc) from exc
+
+
+def ensure_topic(cluster: KafkaCluster, topic: str, max_message_bytes: int) -> None:
+    """Create the single-partition topic a stream lives in, unless it exists."""
+    try:
+        admin = KafkaAdminClient(**client_options(cluster))
+    except kafka.errors.KafkaError as exc:
+        raise _unavailable(cluster, exc) from exc
+    try:
+        if topic in admin.list_topics():
+            return
+        configs = {"max.message.bytes": str(max_message_bytes), "min.insync.replicas": "1"}
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs=configs)])
+        log.info("created topic %s on %s", topic, where(cluster))
+    except kafka.errors.TopicAlreadyExistsError:
+        pass
+    except kafka.errors.KafkaError as exc:
+        raise _unavailable(cluster, exc) from exc
+    finally:
+        admin.close()
+
+
+def delete_topics(cluster: KafkaCluster, topics: list[str]) -> None:
+    admin = KafkaAdminClient(**client_options(cluster))
+    try:
+        existing = set(admin.list_topics())
+        doomed = [t for t in topics if t in existing]
+        if doomed:
+            admin.delete_topics(doomed)
+        deadline = time.monotonic() + 30
+        while doomed and set(doomed) & set(admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(where(cluster), f"topics {doomed} were not deleted within 30s")
+            time.sleep(0.1)
+    finally:
+        admin.close()
+
+
+def delete_groups(cluster: KafkaCluster, group_ids: list[str]) -> None:
+    admin = KafkaAdminClient(**client_options(cluster))
+    try:
+        existing = {group["group_id"] for group in admin.list_groups()}
+        doomed = [g for g in group_ids if g in existing]
+        if doomed:
+            admin.delete_groups(doomed)
+    finally:
+        admin.close()
+
+
+def partition(topic: str) -> TopicPartition:
+    return TopicPartition(topic, 0)
+
+
+def end_offset(client: KafkaConsumer, topic: str) -> int:
+    tp = partition(topic)
+    return int(client.end_offsets([tp])[tp])
+
+
+def last_value(client: KafkaConsumer, topic: str) -> tuple[int, bytes] | None:
+    """The offset and value of the last record of a single-partition topic, or None if empty.
+
+    Idempotent, non-transactional producers write no control records, so the record
+    just before the end offset is the last data record.
+    """
+    tp = partition(topic)
+    client.assign([tp])
+    end = end_offset(client, topic)
+    begin = int(client.beginning_offsets([tp])[tp])
+    if end <= begin:
+        return None
+    client.seek(tp, end - 1)
+    for _ in range(50):
+        batch = client.poll(timeout_ms=200, max_records=1)
+        for record in batch.get(tp, []):
+            return record.offset, record.value
+    raise KafkaUnavailable(",".join(map(str, client.config["bootstrap_servers"])), f"could not read the last record of {topic}")

@@ -1,0 +1,139 @@
+"""Throwaway PostgreSQL clusters from Debian's packages, created with initdb on loopback ports."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from pgfanout.errors import LocalStackError
+from pgfanout.local import processes
+
+log = logging.getLogger(__name__)
+SERVICE_USER = "postgres"  # initdb and postgres refuse to run as root
+
+
+def bin_dir() -> Path:
+    override = os.environ.get("PGFANOUT_PG_BIN")
+    if override:
+        return Path(override)
+    root = Path("/usr/lib/postgresql")
+    versions = sorted((p for p in root.glob("*/bin/initdb")), key=lambda p: int(p.parent.parent.name)) if root.exists() else []
+    if not versions or int(versions[-1].parent.parent.name) < 15:
+        raise LocalStackError(
+            "PostgreSQL 15 or newer server binaries not found under /usr/lib/postgresql; "
+            "install them with `apt-get install postgresql` (make demo does this when run as root)"
+        )
+    return versions[-1].parent
+
+
+def _as_service_user(argv: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", SERVICE_USER, "--", *argv]
+    return argv
+
+
+def _give_to_service_user(path: Path) -> None:
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(SERVICE_USER)
+        shutil.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+@dataclass
+class PgCluster:
+    name: str
+    directory: Path
+    port: int
+
+    @property
+    def data(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "postgres.log"
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} dbname={dbname} user=postgres"
+
+    def pid(self) -> int | None:
+        return processes.running(self.data / "postmaster.pid", "postgres")
+
+    def init(self) -> None:
+        if (self.data / "PG_VERSION").exists():
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _give_to_service_user(self.directory)
+        subprocess.run(
+            _as_service_user([str(bin_dir() / "initdb"), "-D", str(self.data), "-U", "postgres",
+                              "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.directory}'",
+            "max_connections": "100",
+            "shared_buffers": "128MB",
+            "max_wal_size": "2GB",
+            "logging_collector": "off",
+            "log_min_messages": "warning",
+        }
+        with open(self.data / "postgresql.auto.conf", "a") as conf:
+            conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
+        (self.data / "pg_hba.conf").write_text(
+            "local all all trust\nhost all all 127.0.0.1/32 trust\n"
+        )
+        log.info("initialized PostgreSQL cluster %s in %s", self.name, self.data)
+
+    def start(self) -> None:
+        if self.pid():
+            return
+        _give_to_service_user(self.directory)
+        result = subprocess.run(
+            _as_service_user([str(bin_dir() / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_file),
+                              "-w", "-t", "60", "start"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        if result.returncode != 0:
+            tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else result.stderr
+            raise LocalStackError(f"PostgreSQL cluster {self.name} did not start on port {self.port}:\n{tail}")
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.dsn(), connect_timeout=2):
+                    return
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise LocalStackError(f"PostgreSQL cluster {self.name} does not answer on 127.0.0.1:{self.port}: {exc}") from exc
+                time.sleep(0.2)
+
+    def stop(self, mode: str = "fast") -> None:
+        pid = self.pid()
+        if pid:
+            import signal
+            sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
+            processes.stop(pid, sig, timeout=60)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def create_database(self, name: str, drop_first: bool = False) -> None:
+        from psycopg import sql
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            if drop_first:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))

@@ -1,0 +1,126 @@
+"""`pgfanout local up|down|status`: the whole stack on one machine, under one state directory.
+
+Ports are picked free once and remembered in ``stack.json``, so a second ``up`` reuses
+them and is fast. ``down`` stops only processes whose PID files we wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgfanout.local import processes
+from pgfanout.local.kafka import KafkaNode, ensure_jars
+from pgfanout.local.postgres import PgCluster
+
+log = logging.getLogger(__name__)
+PG_CLUSTERS = ("primary", "replica")
+KAFKA_CLUSTERS = ("main", "second")
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("PGFANOUT_HOME", ".pgfanout")).resolve()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    home: Path
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, home: Path | None = None) -> Stack:
+        home = home or default_home()
+        state = home / "stack.json"
+        ports = json.loads(state.read_text())["ports"] if state.exists() else {}
+        return cls(home, ports)
+
+    def _port(self, key: str) -> int:
+        if key not in self.ports:
+            taken = set(self.ports.values())
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            self.ports[key] = port
+            self.home.mkdir(parents=True, exist_ok=True)
+            (self.home / "stack.json").write_text(json.dumps({"ports": self.ports}, indent=2) + "\n")
+        return self.ports[key]
+
+    def postgres(self, name: str) -> PgCluster:
+        return PgCluster(name, self.home / "pg" / name, self._port(f"pg.{name}"))
+
+    def kafka(self, name: str) -> KafkaNode:
+        return KafkaNode(name, self.home / "kafka" / name, self._port(f"kafka.{name}"),
+                         self._port(f"kafka.{name}.controller"))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "log"
+
+    def up(self, kafka_clusters: int = 1) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / ".gitignore").write_text("*\n")
+        os.chmod(self.home, 0o755)
+        jars = ensure_jars()
+        for name in PG_CLUSTERS:
+            cluster = self.postgres(name)
+            cluster.init()
+            cluster.start()
+        for name in KAFKA_CLUSTERS[:kafka_clusters]:
+            self.kafka(name).start(jars)
+
+    def daemons(self) -> dict[str, int]:
+        found = {}
+        for pid_file in sorted(self.run_dir.glob("*.pid")) if self.run_dir.exists() else []:
+            pid = processes.running(pid_file, "pgfanout")
+            if pid:
+                found[pid_file.stem] = pid
+        return found
+
+    def stop_daemons(self) -> None:
+        for name, pid in self.daemons().items():
+            log.info("stopping %s (pid %d)", name, pid)
+            processes.stop(pid)
+        for pid_file in self.run_dir.glob("*.pid") if self.run_dir.exists() else []:
+            pid_file.unlink()
+
+    def down(self, purge: bool = False) -> None:
+        self.stop_daemons()
+        for name in KAFKA_CLUSTERS:
+            if f"kafka.{name}" in self.ports:
+                self.kafka(name).stop()
+        for name in PG_CLUSTERS:
+            if f"pg.{name}" in self.ports:
+                self.postgres(name).stop()
+        if purge:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+    def status_lines(self) -> list[str]:
+        lines = [f"state directory: {self.home}"]
+        for name in PG_CLUSTERS:
+            if f"pg.{name}" in self.ports:
+                pg = self.postgres(name)
+                state = f"running (pid {pg.pid()})" if pg.pid() else "stopped"
+                lines.append(f"postgres {name:<8} 127.0.0.1:{pg.port:<6} {state}")
+        for name in KAFKA_CLUSTERS:
+            if f"kafka.{name}" in self.ports:
+                node = self.kafka(name)
+                state = f"running (pid {node.pid()})" if node.pid() else "stopped"
+                lines.append(f"kafka    {name:<8} {node.bootstrap:<16} {state}")
+        for name, pid in self.daemons().items():
+            lines.append(f"daemon   {name:<24} running (pid {pid}), log {self.log_dir / (name + '.log')}")
+        return lines

@@ -1,0 +1,58 @@
+"""PostgreSQL connection helpers: libpq conventions, pinned session settings, clear errors."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+import psycopg.conninfo
+
+from pgfanout.config import Database, secret
+from pgfanout.errors import PostgresUnavailable
+
+log = logging.getLogger(__name__)
+
+# Text representations of values depend on these; capture and apply pin the same ones.
+SESSION_SETTINGS = {
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "TimeZone": "UTC",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+}
+
+
+def describe(dsn: str) -> str:
+    """host:port/dbname of a connection string, never its credentials."""
+    try:
+        parts = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparsable dsn>"
+    host = parts.get("host") or parts.get("hostaddr") or "(default host)"
+    return f"{host}:{parts.get('port') or 5432}/{parts.get('dbname') or '(default db)'}"
+
+
+def connect(db: Database, application_name: str) -> psycopg.Connection:
+    """An autocommit connection: every unit of work is an explicit ``conn.transaction()`` block."""
+    kwargs: dict[str, object] = {"application_name": application_name, "autocommit": True}
+    password = secret(db.password_env)
+    if password is not None:
+        kwargs["password"] = password
+    if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(db.dsn):
+        kwargs["connect_timeout"] = 5
+    try:
+        conn = psycopg.connect(db.dsn, **kwargs)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise PostgresUnavailable(describe(db.dsn), reason) from exc
+    for name, value in SESSION_SETTINGS.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    return conn
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth a reconnect and retry (SQLSTATE classes, never message text)."""
+    return isinstance(
+        exc,
+        (psycopg.OperationalError, psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected),
+    ) and not isinstance(exc, psycopg.errors.QueryCanceled)
