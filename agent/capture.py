@@ -55,7 +55,7 @@ BASE_DDL = [
         SELECT nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()
         WHERE NOT EXISTS (SELECT 1 FROM pgfanout.agent_state)""",
     """INSERT INTO pgfanout.agent_state (published_tick, next_position)
-        SELECT max(tick_id), 1 FROM pgfanout.tick
+        SELECT (SELECT max(tick_id) FROM pgfanout.tick), 1
         WHERE NOT EXISTS (SELECT 1 FROM pgfanout.agent_state)""",
 ]
 

@@ -121,51 +121,65 @@ class Config(Strict):
         return name
 
 
-def cross_reference_problems(config: Config) -> list[str]:
-    """Problems pydantic cannot see: references between sections and the topology."""
+def _section(data: dict, name: str) -> dict[str, dict]:
+    section = data.get(name)
+    if not isinstance(section, dict):
+        return {}
+    return {key: value for key, value in section.items() if isinstance(value, dict)}
+
+
+def cross_reference_problems(data: dict) -> list[str]:
+    """Problems pydantic cannot see: references between sections and the topology.
+
+    Works on the raw mapping, so these are reported together with type errors.
+    """
+    kafka, sources, routes = _section(data, "kafka"), _section(data, "sources"), _section(data, "routes")
+    distributors, subscribers = _section(data, "distributors"), _section(data, "subscribers")
     problems: list[str] = []
-    for name in set(config.sources) & set(config.routes):
+    for name in sorted(set(sources) & set(routes)):
         problems.append(f"routes.{name}: a source already has this name; sources and routes share one namespace")
-    for name, source in config.sources.items():
-        if source.kafka not in config.kafka:
-            problems.append(f"sources.{name}.kafka: no Kafka cluster named {source.kafka!r} (defined: {_names(config.kafka)})")
-    streams = set(config.sources) | set(config.routes)
-    for name, route in config.routes.items():
-        if route.kafka not in config.kafka:
-            problems.append(f"routes.{name}.kafka: no Kafka cluster named {route.kafka!r} (defined: {_names(config.kafka)})")
-        if route.upstream not in streams:
-            problems.append(f"routes.{name}.upstream: no source or route named {route.upstream!r}")
-    problems += _loop_problems(config)
+    for section, entries in (("sources", sources), ("routes", routes)):
+        for name, entry in entries.items():
+            cluster = entry.get("kafka")
+            if isinstance(cluster, str) and cluster not in kafka:
+                problems.append(f"{section}.{name}.kafka: no Kafka cluster named {cluster!r} (defined: {_names(kafka)})")
+    for name, route in routes.items():
+        upstream = route.get("upstream")
+        if isinstance(upstream, str) and upstream not in sources and upstream not in routes:
+            problems.append(f"routes.{name}.upstream: no source or route named {upstream!r}")
+    problems += _loop_problems(routes)
     fed_by: dict[str, str] = {}
-    for name, distributor in config.distributors.items():
+    for name, distributor in distributors.items():
         upstreams = set()
-        for i, route in enumerate(distributor.routes):
-            if route not in config.routes:
+        names = distributor.get("routes")
+        for i, route in enumerate(names if isinstance(names, list) else []):
+            if route not in routes:
                 problems.append(f"distributors.{name}.routes.{i}: no route named {route!r}")
                 continue
             if route in fed_by:
                 problems.append(f"distributors.{name}.routes.{i}: route {route!r} is already fed by distributor {fed_by[route]!r}")
             fed_by[route] = name
-            upstreams.add(config.routes[route].upstream)
+            upstreams.add(str(routes[route].get("upstream")))
         if len(upstreams) > 1:
             problems.append(f"distributors.{name}.routes: all routes of one distributor must share one upstream, found {sorted(upstreams)}")
-    for name, subscriber in config.subscribers.items():
-        if subscriber.route not in config.routes:
-            problems.append(f"subscribers.{name}.route: no route named {subscriber.route!r}")
+    for name, subscriber in subscribers.items():
+        route = subscriber.get("route")
+        if isinstance(route, str) and route not in routes:
+            problems.append(f"subscribers.{name}.route: no route named {route!r}")
     return problems
 
 
-def _loop_problems(config: Config) -> list[str]:
+def _loop_problems(routes: dict[str, dict]) -> list[str]:
     problems = []
-    for start in config.routes:
+    for start in sorted(routes):
         seen = [start]
-        name = config.routes[start].upstream
-        while name in config.routes:
+        name = routes[start].get("upstream")
+        while name in routes:
             if name in seen:
                 problems.append(f"routes.{start}.upstream: routes form a loop: {' -> '.join(seen + [name])}")
                 break
             seen.append(name)
-            name = config.routes[name].upstream
+            name = routes[name].get("upstream")
     return problems
 
 
@@ -180,12 +194,14 @@ def _location(loc: tuple) -> str:
 def parse_config(data: object, source: str = "<config>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(source, ["(top level): expected a mapping of sections"])
+    problems: list[str] = []
+    config = None
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
-    problems = cross_reference_problems(config)
-    if problems:
+        problems += [f"{_location(e['loc'])}: {e['msg']}" for e in exc.errors()]
+    problems += cross_reference_problems(data)
+    if problems or config is None:
         raise ConfigError(source, problems)
     return config
 

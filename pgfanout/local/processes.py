@@ -8,6 +8,10 @@ import subprocess
 import time
 from pathlib import Path
 
+# Popen objects of the processes we spawned, kept so they are reaped rather than
+# garbage-collected while running.
+_children: dict[int, subprocess.Popen] = {}
+
 
 def alive(pid: int) -> bool:
     try:
@@ -53,12 +57,22 @@ def spawn(argv: list[str], log_file: Path, pid_file: Path, env: dict[str, str] |
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, env=env,
         )
+    _children[proc.pid] = proc
     pid_file.write_text(f"{proc.pid}\n")
     return proc.pid
 
 
 def stop(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
     """Ask a process to stop, wait for it, and kill it if it does not."""
+    try:
+        _signal_and_wait(pid, sig, timeout)
+    finally:
+        child = _children.pop(pid, None)
+        if child is not None:
+            child.wait(timeout=10)
+
+
+def _signal_and_wait(pid: int, sig: int, timeout: float) -> None:
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
@@ -79,6 +93,11 @@ def stop(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
 
 
 def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _children[pid]
+        return
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:

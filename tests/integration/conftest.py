@@ -1,0 +1,36 @@
+"""Integration fixtures: one real local stack (PostgreSQL clusters + Kafka broker) per test session."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pgfanout.local.stack import Stack
+from tests.integration.pipeline import Pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+# Under the repository, not /tmp/pytest-of-root: the postgres service user must reach it.
+TEST_HOME = Path(os.environ.get("PGFANOUT_TEST_HOME", REPO / ".pgfanout-test"))
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def stack():
+    Stack.load(TEST_HOME).down(purge=True)  # whatever an interrupted run left behind
+    started = Stack.load(TEST_HOME)
+    started.up(kafka_clusters=1)
+    yield started
+    started.down(purge=os.environ.get("PGFANOUT_KEEP_TEST_STACK") != "1")
+
+
+@pytest.fixture
+def pipeline(stack, request):
+    name = request.node.name.replace("test_", "").replace("[", "_").replace("]", "").replace("-", "_")[:40].lower()
+    built = Pipeline(stack, name)
+    yield built
+    built.stop_all()

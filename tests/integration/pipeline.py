@@ -1,0 +1,137 @@
+"""A whole pipeline (source, distributor, two subscribers) with its own databases and topics, for one test."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import psycopg
+
+from agent import capture
+from pgfanout.config import Config, load_config
+from pgfanout.demo import daemon_argv, proof, start_daemon, wait_caught_up, write_config
+from pgfanout.local import processes
+from pgfanout.local.stack import Stack
+from pgfanout.pg import connect
+from pgfanout.sample import SAMPLE_TABLES, create_schema, seed
+
+
+class Pipeline:
+    def __init__(self, stack: Stack, name: str):
+        self.stack, self.name = stack, name
+        primary, replica, kafka = stack.postgres("primary"), stack.postgres("replica"), stack.kafka("main")
+        self.source, self.route, self.distributor = name, f"{name}.all", f"{name}.dist"
+        self.subscribers = [f"{name}.sub1", f"{name}.sub2"]
+        self.data = {
+            "kafka": {"local": {"bootstrap_servers": [kafka.bootstrap]}},
+            "sources": {self.source: {"dsn": primary.dsn(f"{name}_primary"), "kafka": "local", "tables": SAMPLE_TABLES}},
+            "routes": {self.route: {"upstream": self.source, "kafka": "local"}},
+            "distributors": {self.distributor: {"routes": [self.route]}},
+            "subscribers": {s: {"route": self.route, "dsn": replica.dsn(s.replace(".", "_"))} for s in self.subscribers},
+        }
+        self.config_path: Path = write_config(stack.home / f"{name}.yaml", self.data)
+        self.config: Config = load_config(self.config_path)
+
+    @property
+    def primary_dsn(self) -> str:
+        return self.config.sources[self.source].dsn
+
+    def primary(self) -> psycopg.Connection:
+        return connect(self.config.sources[self.source], "pgfanout-test")
+
+    def replica(self, subscriber: str) -> psycopg.Connection:
+        return connect(self.config.subscribers[subscriber], "pgfanout-test")
+
+    def prepare(self, install: bool = True) -> None:
+        self.stack.postgres("primary").create_database(f"{self.name}_primary", drop_first=True)
+        for sub in self.subscribers:
+            self.stack.postgres("replica").create_database(sub.replace(".", "_"), drop_first=True)
+        for db in [self.config.sources[self.source], *self.config.subscribers.values()]:
+            with connect(db, "pgfanout-test") as conn:
+                create_schema(conn)
+        if install:
+            with self.primary() as conn:
+                capture.install(conn, SAMPLE_TABLES)
+
+    def seed(self) -> None:
+        with self.primary() as conn:
+            seed(conn)
+
+    # -- daemons -------------------------------------------------------------------
+
+    def argv(self, role: str) -> list[str]:
+        if role == "agent":
+            return daemon_argv(self.config_path, "agent", "run", "--source", self.source)
+        if role == "distributor":
+            return daemon_argv(self.config_path, "distributor", "run", self.distributor)
+        return daemon_argv(self.config_path, "subscriber", "run", role)
+
+    def daemon_name(self, role: str) -> str:
+        return f"{self.name}-{role}"
+
+    def start(self, *roles: str) -> None:
+        for role in roles or ("agent", "distributor", *self.subscribers):
+            start_daemon(self.stack, self.daemon_name(role), self.argv(role))
+
+    def pid(self, role: str) -> int | None:
+        return processes.running(self.stack.run_dir / f"{self.daemon_name(role)}.pid", "pgfanout")
+
+    def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
+        pid = self.pid(role)
+        assert pid, f"{role} is not running"
+        processes.stop(pid, sig)
+
+    def log(self, role: str) -> str:
+        path = self.stack.log_dir / f"{self.daemon_name(role)}.log"
+        return path.read_text() if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for role in ("agent", "distributor", *self.subscribers):
+            pid = self.pid(role)
+            if pid:
+                processes.stop(pid)
+
+    # -- checks --------------------------------------------------------------------
+
+    def wait_caught_up(self, timeout: float = 120.0) -> dict[str, float]:
+        return wait_caught_up(self.config, timeout)
+
+    def proof(self) -> tuple[bool, list[str]]:
+        return proof(self.config)
+
+    def wait_for_log(self, role: str, text: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            content = self.log(role)
+            if text in content:
+                return content
+            time.sleep(0.2)
+        raise AssertionError(f"{role} never logged {text!r}; its log:\n{self.log(role)[-3000:]}")
+
+
+def read_topic(config: Config, stream: str) -> list[tuple[int, str, dict]]:
+    """Every message of a source's or route's topic: (offset, kind, record)."""
+    from pgfanout import kafka as kafkautil
+    from pgfanout.codec import default_codec
+
+    cluster_name, topic = config.stream(stream)
+    consumer = kafkautil.consumer(config.kafka[cluster_name])
+    try:
+        tp = kafkautil.partition(topic)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = kafkautil.end_offset(consumer, topic)
+        messages: list[tuple[int, str, dict]] = []
+        deadline = time.monotonic() + 60
+        while consumer.position(tp) < end and time.monotonic() < deadline:
+            for record in consumer.poll(timeout_ms=500).get(tp, []):
+                kind, message = default_codec().decode(record.value, f"{topic}@{record.offset}")
+                messages.append((record.offset, kind, message))
+        return messages
+    finally:
+        consumer.close()
+
+
+def transaction_positions(messages: list[tuple[int, str, dict]]) -> list[int]:
+    return [m["position"] for _, kind, m in messages if kind == "Transaction"]

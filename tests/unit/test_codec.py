@@ -1,0 +1,60 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from pgfanout.codec import HEADER_SIZE, MAGIC, Codec, default_codec
+from pgfanout.errors import PoisonMessage
+
+TX = {
+    "source": "shop", "position": 42, "xid": 1234, "tick_id": 7,
+    "tick_time": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "batch_end": True,
+    "changes": [
+        {"schema_name": "public", "table_name": "t", "op": "INSERT", "key": {"id": "1"}, "old_key": None,
+         "row": {"id": "1", "name": "ünïcode 'quoted'", "note": None}},
+        {"schema_name": "public", "table_name": "t", "op": "UPDATE", "key": {"id": "2"}, "old_key": {"id": "1"},
+         "row": {"id": "2", "name": "", "note": "x" * 100_000}},
+        {"schema_name": "public", "table_name": "t", "op": "DELETE", "key": {"id": "2"}, "old_key": None, "row": None},
+        {"schema_name": "public", "table_name": "t", "op": "TRUNCATE", "key": {}, "old_key": None, "row": None},
+    ],
+}
+
+
+def test_transaction_round_trip():
+    codec = default_codec()
+    data = codec.encode("Transaction", TX)
+    assert data.startswith(MAGIC)
+    assert codec.decode(data, "t[0]@0") == ("Transaction", TX)
+
+
+def test_heartbeat_round_trip():
+    codec = default_codec()
+    beat = {"source": "shop", "position": 42, "tick_id": 8, "tick_time": TX["tick_time"]}
+    assert codec.decode(codec.encode("Heartbeat", beat), "here") == ("Heartbeat", beat)
+
+
+def test_fingerprints_differ_per_schema_and_are_stable():
+    first, second = Codec(), Codec()
+    assert first.encode("Heartbeat", {"source": "s", "position": 1, "tick_id": 1, "tick_time": TX["tick_time"]})[:HEADER_SIZE] \
+        == second.encode("Heartbeat", {"source": "s", "position": 1, "tick_id": 1, "tick_time": TX["tick_time"]})[:HEADER_SIZE]
+    tx = first.encode("Transaction", TX)[:HEADER_SIZE]
+    beat = first.encode("Heartbeat", {"source": "s", "position": 1, "tick_id": 1, "tick_time": TX["tick_time"]})[:HEADER_SIZE]
+    assert tx != beat
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "bad header"),
+    (b"not pgfanout at all", "bad header"),
+    (MAGIC + b"\x00" * 8 + b"\x00", "unknown schema"),
+])
+def test_malformed_messages_are_refused_with_their_place(data, reason):
+    with pytest.raises(PoisonMessage, match=reason) as err:
+        default_codec().decode(data, "topic-x[0]@17")
+    assert "topic-x[0]@17" in str(err.value)
+
+
+def test_truncated_and_padded_bodies_are_refused():
+    data = default_codec().encode("Transaction", TX)
+    with pytest.raises(PoisonMessage, match="cannot be decoded"):
+        default_codec().decode(data[:-50], "t[0]@1")
+    with pytest.raises(PoisonMessage, match="trailing bytes"):
+        default_codec().decode(data + b"\x00", "t[0]@1")

@@ -1,0 +1,118 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pgfanout.config import load_config, parse_config
+from pgfanout.errors import ConfigError
+
+GOOD = {
+    "kafka": {"hq": {"bootstrap_servers": ["127.0.0.1:9092"]}},
+    "sources": {"shop": {"dsn": "host=127.0.0.1 port=5432 dbname=shop", "kafka": "hq", "tables": ["public.orders"]}},
+    "routes": {"all": {"upstream": "shop", "kafka": "hq"}},
+    "distributors": {"hq-dist": {"routes": ["all"]}},
+    "subscribers": {"reporting": {"route": "all", "dsn": "postgresql://report@10.0.0.5/reporting"}},
+}
+
+
+def variant(**changes):
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    for path, value in changes.items():
+        node = data
+        *parents, leaf = path.split("__")
+        for part in parents:
+            node = node[part]
+        if value is None:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return data
+
+
+def problems(data):
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "test.yaml")
+    return err.value.problems
+
+
+def test_good_config_parses_with_defaults():
+    config = parse_config(GOOD)
+    assert config.source_topic("shop") == "pgfanout.source.shop"
+    assert config.route_topic("all") == "pgfanout.route.all"
+    assert config.stream("all") == ("hq", "pgfanout.route.all")
+    assert config.origin_source("all") == "shop"
+    assert config.subscribers["reporting"].group_max_transactions > 1
+
+
+def test_unknown_key_is_named_by_path():
+    assert problems(variant(sources__shop__tabels=["x.y"])) == ["sources.shop.tabels: Extra inputs are not permitted"]
+
+
+def test_wrong_type_is_named_by_path():
+    found = problems(variant(sources__shop__tick_interval_ms="soon"))
+    assert len(found) == 1 and found[0].startswith("sources.shop.tick_interval_ms:")
+
+
+def test_route_to_undefined_cluster():
+    found = problems(variant(routes__all__kafka="region"))
+    assert found == ["routes.all.kafka: no Kafka cluster named 'region' (defined: hq)"]
+
+
+def test_every_problem_is_reported_at_once():
+    data = variant(routes__all__kafka="nowhere", subscribers__reporting__route="missing")
+    found = problems(data)
+    assert any(p.startswith("routes.all.kafka") for p in found)
+    assert any(p.startswith("subscribers.reporting.route") for p in found)
+
+
+def test_route_loop_is_refused():
+    data = variant(routes={"a": {"upstream": "b", "kafka": "hq"}, "b": {"upstream": "a", "kafka": "hq"}},
+                   distributors={}, subscribers={})
+    found = problems(data)
+    assert any("loop" in p for p in found)
+
+
+def test_password_in_dsn_is_refused():
+    found = problems(variant(sources__shop__dsn="host=x password=secret dbname=shop"))
+    assert found[0].startswith("sources.shop.dsn:") and "password_env" in found[0]
+    assert "secret" not in found[0]
+
+
+def test_unqualified_table_is_refused():
+    found = problems(variant(sources__shop__tables=["orders"]))
+    assert "schema.table" in found[0]
+
+
+def test_bad_bootstrap_server():
+    found = problems(variant(kafka__hq__bootstrap_servers=["localhost"]))
+    assert found[0].startswith("kafka.hq.bootstrap_servers")
+
+
+def test_route_fed_by_two_distributors():
+    data = variant(distributors={"a": {"routes": ["all"]}, "b": {"routes": ["all"]}})
+    assert any("already fed by distributor" in p for p in problems(data))
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kafka: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_cli_config_check_exit_codes(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(GOOD))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(variant(routes__all__kafka="region", sources__shop__bogus=1)))
+    ok = subprocess.run([sys.executable, "-m", "pgfanout", "config", "check", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "ok" in ok.stdout
+    failed = subprocess.run([sys.executable, "-m", "pgfanout", "config", "check", str(bad)], capture_output=True, text=True)
+    assert failed.returncode == 2
+    assert "Traceback" not in failed.stderr
+    assert "routes.all.kafka: no Kafka cluster named 'region'" in failed.stderr
+    assert "sources.shop.bogus: Extra inputs are not permitted" in failed.stderr
