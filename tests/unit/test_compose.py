@@ -1,0 +1,104 @@
+"""docker-compose.yml cannot run here (no Docker engine), so it is checked statically."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import psycopg.conninfo
+import pytest
+import yaml
+
+from pgfanout.cli import build_parser
+from pgfanout.config import load_config
+from pgfanout.sample import SCHEMA_SQL
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+PGFANOUT_SERVICES = {name: s for name, s in SERVICES.items() if s.get("image") == "pgfanout:local"}
+
+
+def config_mount(service):
+    for volume in service["volumes"]:
+        host, container, *_ = volume.split(":")
+        if container == service["environment"]["PGFANOUT_CONFIG"]:
+            return REPO / host
+    raise AssertionError("the config file is not mounted where PGFANOUT_CONFIG points")
+
+
+CONFIG = load_config(config_mount(next(iter(PGFANOUT_SERVICES.values()))))
+
+
+def test_every_dependency_is_a_service():
+    for name, service in SERVICES.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in SERVICES, f"{name} depends on undefined service {dependency}"
+
+
+def test_every_host_in_the_config_is_a_service_on_the_right_port():
+    for name, db in [*CONFIG.sources.items(), *CONFIG.subscribers.items()]:
+        parts = psycopg.conninfo.conninfo_to_dict(db.dsn)
+        assert parts["host"] in SERVICES, f"{name}: host {parts['host']} is not a compose service"
+        assert SERVICES[parts["host"]]["image"].startswith("postgres:")
+        assert parts["port"] == "5432"
+        assert parts["dbname"] == SERVICES[parts["host"]]["environment"]["POSTGRES_DB"]
+    for cluster in CONFIG.kafka.values():
+        for server in cluster.bootstrap_servers:
+            host, port = server.rsplit(":", 1)
+            assert host in SERVICES
+            advertised = SERVICES[host]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+            assert f"//{host}:{port}" in advertised
+
+
+def test_every_secret_the_config_names_is_in_the_environment():
+    names = {db.password_env for db in [*CONFIG.sources.values(), *CONFIG.subscribers.values()] if db.password_env}
+    assert names
+    for service_name, service in PGFANOUT_SERVICES.items():
+        missing = names - set(service["environment"])
+        assert not missing, f"{service_name} lacks {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(PGFANOUT_SERVICES))
+def test_every_pgfanout_command_parses_and_names_configured_things(name):
+    command = PGFANOUT_SERVICES[name]["command"]
+    args = build_parser().parse_args(command)
+    if command[0] == "agent":
+        assert args.source in CONFIG.sources
+    elif command[0] == "distributor":
+        assert args.name in CONFIG.distributors
+    elif command[0] == "subscriber":
+        assert args.name in CONFIG.subscribers
+    else:
+        pytest.fail(f"unexpected command {command}")
+
+
+def test_every_daemon_of_the_config_has_a_service():
+    commands = [tuple(s["command"][:3]) for s in PGFANOUT_SERVICES.values()]
+    for name in CONFIG.distributors:
+        assert ("distributor", "run", name) in commands
+    for name in CONFIG.subscribers:
+        assert ("subscriber", "run", name) in commands
+    assert any(c[:2] == ("agent", "run") for c in commands)
+
+
+def test_kafka_is_kraft_from_the_official_image():
+    kafka = SERVICES["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert "healthcheck" in kafka
+
+
+def test_the_image_contains_every_package():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    for package in {p.split(".")[0] for p in packages} | {"schemas"}:
+        assert re.search(rf"^COPY {package} ", dockerfile, re.M), f"Dockerfile does not copy {package}"
+
+
+def test_container_schema_matches_the_sample_schema():
+    def normal(text):
+        return " ".join(text.split())
+
+    statements = [s for s in (REPO / "docker" / "sample-schema.sql").read_text().split(";")]
+    body = [normal(re.sub(r"--[^\n]*", "", s)) for s in statements]
+    assert [b for b in body if b] == [normal(s) for s in SCHEMA_SQL]
