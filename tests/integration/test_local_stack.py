@@ -48,6 +48,12 @@ def test_up_twice_is_fast_and_harmless_and_down_leaves_nothing_running():
         assert sorted(our_processes(home)) == pids_before, "a second up must not start anything new"
         assert json.loads((home / "stack.json").read_text())["ports"]
 
+        two = cli(home, "up", "--kafka-clusters", "2")
+        assert two.returncode == 0, two.stderr
+        assert "kafka    second" in two.stdout
+        assert len(our_processes(home)) == len(pids_before) + 1, "only the second Kafka cluster is new"
+        pids_before = sorted(our_processes(home))
+
         down = cli(home, "down")
         assert down.returncode == 0, down.stderr
         assert our_processes(home) == []
