@@ -49,6 +49,11 @@ def reset(stack: Stack, config: Config) -> None:
     stack.postgres("primary").create_database("shop", drop_first=True)
     for name in SUBSCRIBERS:
         stack.postgres("replica").create_database(name, drop_first=True)
+    reset_streams(config)
+
+
+def reset_streams(config: Config) -> None:
+    """Delete every topic and distributor consumer group the configuration names."""
     for cluster_name, cluster in config.kafka.items():
         topics = [config.stream(n)[1] for n in [*config.sources, *config.routes] if config.stream(n)[0] == cluster_name]
         kafkautil.delete_topics(cluster, topics)

@@ -66,53 +66,71 @@ def seed(conn: psycopg.Connection) -> None:
 class WorkloadStats:
     committed: int = 0
     retried: int = 0
+    xids: list[int] = field(default_factory=list)  # committed transactions that changed published rows
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, committed: int = 0, retried: int = 0) -> None:
+    def add(self, committed: int = 0, retried: int = 0, xid: int | None = None) -> None:
         with self.lock:
             self.committed += committed
             self.retried += retried
+            if xid is not None:
+                self.xids.append(xid)
 
 
-def _one_transaction(conn: psycopg.Connection, rng: random.Random, writer: int, counter: list[int]) -> None:
+XID_IF_CAPTURED = """SELECT pg_current_xact_id()::text::bigint
+    WHERE EXISTS (SELECT FROM pgfanout.log WHERE txid = pg_current_xact_id())"""
+
+
+def _one_transaction(conn: psycopg.Connection, rng: random.Random, writer: int, counter: list[int],
+                     record_xid: bool = False) -> int | None:
+    """Run one random transaction; with ``record_xid``, return its xid if capture logged anything."""
     choice = rng.random()
     with conn.transaction():
-        if choice < 0.30:
-            counter[0] += 1
-            customer = writer * 10_000_000 + counter[0]
-            conn.execute("INSERT INTO public.customers (id, name, email) VALUES (%s, %s, %s)",
-                         (customer, f"Customer {customer}", None if rng.random() < 0.2 else f"c{customer}@example.org"))
-            order = uuid.uuid4()
-            conn.execute("INSERT INTO public.orders VALUES (%s, %s, now(), 'new', %s)",
-                         (order, customer, psycopg.types.json.Jsonb({"writer": writer, "gift": rng.random() < 0.1})))
-            for line in range(1, rng.randint(1, 4) + 1):
-                sku = conn.execute("SELECT sku FROM public.products ORDER BY random() LIMIT 1").fetchone()[0]
-                conn.execute("INSERT INTO public.order_lines VALUES (%s, %s, %s, %s)", (order, line, sku, rng.randint(1, 9)))
-        elif choice < 0.45:
-            conn.execute("UPDATE public.products SET price = price + 0.01 WHERE sku = %s", (f"SKU-{rng.randint(1, 50)}",))
-        elif choice < 0.75:
-            a, b = rng.sample(range(1, ACCOUNTS + 1), 2)
-            amount = rng.randint(1, 50)
-            # lock in id order so concurrent transfers do not deadlock
-            for account in sorted((a, b)):
-                conn.execute("SELECT 1 FROM public.accounts WHERE id = %s FOR UPDATE", (account,))
-            conn.execute("UPDATE public.accounts SET balance = balance - %s WHERE id = %s", (amount, a))
-            conn.execute("UPDATE public.accounts SET balance = balance + %s WHERE id = %s", (amount, b))
-        elif choice < 0.85:
-            conn.execute("UPDATE public.orders SET status = 'shipped' WHERE id = "
-                         "(SELECT id FROM public.orders WHERE status = 'new' LIMIT 1 FOR UPDATE SKIP LOCKED)")
-        elif choice < 0.95:
-            conn.execute("DELETE FROM public.orders WHERE id = "
-                         "(SELECT id FROM public.orders LIMIT 1 FOR UPDATE SKIP LOCKED)")
-        else:
-            # a key-changing update, cascading to order_lines through ON UPDATE CASCADE
-            sku = f"SKU-{rng.randint(1, 50)}"
-            conn.execute("UPDATE public.products SET sku = sku || '-v' || %s WHERE sku = %s", (writer, sku))
-            conn.execute("UPDATE public.products SET sku = %s WHERE sku = %s || '-v' || %s", (sku, sku, writer))
+        _body(conn, rng, writer, counter, choice)
+        xid = None
+        if record_xid:
+            row = conn.execute(XID_IF_CAPTURED).fetchone()
+            xid = row[0] if row else None
+    return xid
+
+
+def _body(conn: psycopg.Connection, rng: random.Random, writer: int, counter: list[int], choice: float) -> None:
+    if choice < 0.30:
+        counter[0] += 1
+        customer = writer * 10_000_000 + counter[0]
+        conn.execute("INSERT INTO public.customers (id, name, email) VALUES (%s, %s, %s)",
+                     (customer, f"Customer {customer}", None if rng.random() < 0.2 else f"c{customer}@example.org"))
+        order = uuid.uuid4()
+        conn.execute("INSERT INTO public.orders VALUES (%s, %s, now(), 'new', %s)",
+                     (order, customer, psycopg.types.json.Jsonb({"writer": writer, "gift": rng.random() < 0.1})))
+        for line in range(1, rng.randint(1, 4) + 1):
+            sku = conn.execute("SELECT sku FROM public.products ORDER BY random() LIMIT 1").fetchone()[0]
+            conn.execute("INSERT INTO public.order_lines VALUES (%s, %s, %s, %s)", (order, line, sku, rng.randint(1, 9)))
+    elif choice < 0.45:
+        conn.execute("UPDATE public.products SET price = price + 0.01 WHERE sku = %s", (f"SKU-{rng.randint(1, 50)}",))
+    elif choice < 0.75:
+        a, b = rng.sample(range(1, ACCOUNTS + 1), 2)
+        amount = rng.randint(1, 50)
+        # lock in id order so concurrent transfers do not deadlock
+        for account in sorted((a, b)):
+            conn.execute("SELECT 1 FROM public.accounts WHERE id = %s FOR UPDATE", (account,))
+        conn.execute("UPDATE public.accounts SET balance = balance - %s WHERE id = %s", (amount, a))
+        conn.execute("UPDATE public.accounts SET balance = balance + %s WHERE id = %s", (amount, b))
+    elif choice < 0.85:
+        conn.execute("UPDATE public.orders SET status = 'shipped' WHERE id = "
+                     "(SELECT id FROM public.orders WHERE status = 'new' LIMIT 1 FOR UPDATE SKIP LOCKED)")
+    elif choice < 0.95:
+        conn.execute("DELETE FROM public.orders WHERE id = "
+                     "(SELECT id FROM public.orders LIMIT 1 FOR UPDATE SKIP LOCKED)")
+    else:
+        # a key-changing update, cascading to order_lines through ON UPDATE CASCADE
+        sku = f"SKU-{rng.randint(1, 50)}"
+        conn.execute("UPDATE public.products SET sku = sku || '-v' || %s WHERE sku = %s", (writer, sku))
+        conn.execute("UPDATE public.products SET sku = %s WHERE sku = %s || '-v' || %s", (sku, sku, writer))
 
 
 def run_workload(dsn: str, seconds: float, writers: int, max_transactions: int | None = None,
-                 seed_value: int = 1) -> WorkloadStats:
+                 seed_value: int = 1, record_xids: bool = False) -> WorkloadStats:
     """Run ``writers`` concurrent connections for ``seconds`` (and at most ``max_transactions`` each)."""
     stats = WorkloadStats()
     deadline = time.monotonic() + seconds
@@ -124,9 +142,9 @@ def run_workload(dsn: str, seconds: float, writers: int, max_transactions: int |
             done = 0
             while time.monotonic() < deadline and (max_transactions is None or done < max_transactions):
                 try:
-                    _one_transaction(conn, rng, index, counter)
+                    xid = _one_transaction(conn, rng, index, counter, record_xids)
                     done += 1
-                    stats.add(committed=1)
+                    stats.add(committed=1, xid=xid)
                 except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
                         psycopg.errors.UniqueViolation, psycopg.errors.ForeignKeyViolation):
                     stats.add(retried=1)

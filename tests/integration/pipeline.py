@@ -10,7 +10,7 @@ import psycopg
 
 from agent import capture
 from pgfanout.config import Config, load_config
-from pgfanout.demo import daemon_argv, proof, start_daemon, wait_caught_up, write_config
+from pgfanout.demo import daemon_argv, proof, reset_streams, start_daemon, wait_caught_up, write_config
 from pgfanout.local import processes
 from pgfanout.local.stack import Stack
 from pgfanout.pg import connect
@@ -44,6 +44,7 @@ class Pipeline:
         return connect(self.config.subscribers[subscriber], "pgfanout-test")
 
     def prepare(self, install: bool = True) -> None:
+        reset_streams(self.config)
         self.stack.postgres("primary").create_database(f"{self.name}_primary", drop_first=True)
         for sub in self.subscribers:
             self.stack.postgres("replica").create_database(sub.replace(".", "_"), drop_first=True)
