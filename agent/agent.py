@@ -12,21 +12,24 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from agent import capture
-from agent.batch import LogRow, group_transactions, transaction_records
+from agent.batch import LogRow, Part, pack, split_transactions, with_last
 from pgfanout import kafka as kafkautil
 from pgfanout.codec import default_codec
 from pgfanout.config import Config
 from pgfanout.errors import FatalError, KafkaUnavailable, PositionError
 from pgfanout.pg import connect
-from pgfanout.positions import AgentState, Resume, TopicTail, plan_resume
+from pgfanout.positions import AgentState, Progress, Resume, TopicTail, mark_of, plan_resume
 
 log = logging.getLogger(__name__)
+FETCH_ROWS = 10_000  # rows per round trip of the batch cursor
+CHUNK_CHANGES = 20_000  # changes per chunk at most, whatever their size
 
 BATCH_QUERY = """
 SELECT l.txid::text::bigint, l.seq, t.schema_name, t.table_name, t.columns, t.key_columns,
@@ -68,8 +71,8 @@ class Agent:
         self.state = self._read_state()
         resume = plan_resume(self.state, self._read_tail(), self.topic)
         if resume.tick_id is not None:
-            log.info("topic %s is ahead of the primary: finishing tick %d after position %d",
-                     self.topic, resume.tick_id, resume.publish_after)
+            log.info("topic %s is ahead of the primary: finishing tick %d after %s",
+                     self.topic, resume.tick_id, resume.after)
             self._finish(resume)
         log.info("agent %s ready: published tick %d, next position %d, topic %s",
                  self.source, self.state.published_tick, self.state.next_position, self.topic)
@@ -89,7 +92,7 @@ class Agent:
         tick = self._next_tick(heartbeat_due)
         if tick is None:
             return False
-        self._publish_batch(tick, publish_after=self.state.next_position - 1, heartbeat=heartbeat_due)
+        self._publish_batch(tick, Progress(self.state.next_position - 1), heartbeat=heartbeat_due)
         return False  # ticks are paced by tick_interval_ms, busy or idle: that sizes the batches
 
     def _next_tick(self, heartbeat_due: bool) -> tuple[int, datetime] | None:
@@ -108,36 +111,53 @@ class Agent:
                 "VALUES (nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()) "
                 "RETURNING tick_id, tick_time").fetchone()
 
-    def _publish_batch(self, tick: tuple[int, datetime], publish_after: int, heartbeat: bool) -> None:
+    def _publish_batch(self, tick: tuple[int, datetime], after: Progress, heartbeat: bool,
+                       must_publish: bool = False) -> None:
+        """Stream the batch of ``tick`` to Kafka (parts after ``after`` only), flush, then record it."""
         assert self.conn is not None
         tick_id, tick_time = tick
-        with self.conn.transaction():
-            rows = self.conn.execute(BATCH_QUERY, {"prev": self.state.published_tick, "cur": tick_id}).fetchall()
-        transactions = list(group_transactions(LogRow(*r) for r in rows))
-        if publish_after >= self.state.next_position + len(transactions):
-            raise PositionError(
-                f"topic {self.topic} holds position {publish_after} of tick {tick_id} without its batch's end, "
-                f"but the primary's batch for that tick ends at position {self.state.next_position + len(transactions) - 1}")
-        records = transaction_records(self.source, tick_id, tick_time, self.state.next_position,
-                                      transactions, publish_after)
-        for record in records:
-            self._send("Transaction", record)
-        if not transactions and heartbeat:
-            self._send("Heartbeat", {"source": self.source, "position": self.state.next_position - 1,
-                                     "tick_id": tick_id, "tick_time": tick_time})
-        self._flush()
-        self._record(tick_id, self.state.next_position + len(transactions))
-        if transactions:
-            log.debug("tick %d: published %d transactions, %d changes, positions %d..%d", tick_id,
-                      len(transactions), len(rows), self.state.next_position - len(transactions),
-                      self.state.next_position - 1)
+        first_position = self.state.next_position
+        last: Part | None = None
+        sent = 0
 
-    def _send(self, kind: str, record: dict[str, Any]) -> None:
+        def unpublished(parts: Iterator[Part]) -> Iterator[Part]:
+            nonlocal last
+            for part in parts:
+                last = part
+                if Progress(part.position, part.chunk) > after:
+                    yield part
+
+        with self.conn.transaction(), self.conn.cursor(name="pgfanout_batch") as cur:
+            cur.itersize = FETCH_ROWS
+            cur.execute(BATCH_QUERY, {"prev": self.state.published_tick, "cur": tick_id})
+            parts = split_transactions((LogRow(*row) for row in cur), first_position, CHUNK_CHANGES,
+                                       self.settings.message_bytes)
+            for package, batch_end in with_last(pack(unpublished(parts), self.settings.message_bytes)):
+                self._send("Batch", {"source": self.source, "tick_id": tick_id, "tick_time": tick_time,
+                                     "batch_end": batch_end, "transactions": [p.record() for p in package]},
+                           package[-1].position)
+                sent += 1
+        if must_publish and sent == 0:
+            raise PositionError(
+                f"topic {self.topic} holds {after} of tick {tick_id} without its batch's end, but the primary's batch "
+                f"for that tick has nothing after it; the topic and the primary disagree")
+        if last is None and heartbeat:
+            self._send("Heartbeat", {"source": self.source, "position": first_position - 1,
+                                     "tick_id": tick_id, "tick_time": tick_time}, first_position - 1)
+        self._flush()
+        next_position = last.position + 1 if last is not None else first_position
+        self._record(tick_id, next_position)
+        if sent:
+            log.debug("tick %d: published positions %d..%d in %d messages", tick_id, first_position,
+                      next_position - 1, sent)
+
+    def _send(self, kind: str, record: dict[str, Any], position: int) -> None:
         value = self.codec.encode(kind, record)
         if len(value) > self.settings.max_message_bytes:
             raise FatalError(
-                f"transaction xid {record.get('xid')} at position {record['position']} encodes to {len(value)} bytes, "
-                f"over sources.{self.source}.max_message_bytes={self.settings.max_message_bytes}; raise that limit"
+                f"a message holding position {position} (tick {record['tick_id']}) encodes to {len(value)} bytes, over "
+                f"sources.{self.source}.max_message_bytes={self.settings.max_message_bytes}: a single row is that "
+                "large; raise that limit (and the consumers' fetch sizes)"
             )
         self.producer.send(self.topic, value=value)
         self.last_sent = time.monotonic()
@@ -179,7 +199,8 @@ class Agent:
             return None
         offset, value = last
         kind, record = self.codec.decode(value, f"{self.topic}[0]@{offset}")
-        return TopicTail(record["tick_id"], record["position"], kind == "Heartbeat" or record["batch_end"])
+        mark = mark_of(kind, record)
+        return TopicTail(mark.tick_id, mark.position, mark.chunk, kind == "Heartbeat" or record["batch_end"])
 
     def _finish(self, resume: Resume) -> None:
         assert self.conn is not None and resume.tick_id is not None
@@ -190,6 +211,6 @@ class Agent:
             raise PositionError(f"topic {self.topic} holds tick {resume.tick_id}, which the primary does not know; "
                                 "the topic belongs to another installation")
         if resume.batch_complete:
-            self._record(resume.tick_id, resume.publish_after + 1)
+            self._record(resume.tick_id, resume.after.position + 1)
         else:
-            self._publish_batch((row[0], row[1]), resume.publish_after, heartbeat=False)
+            self._publish_batch((row[0], row[1]), resume.after, heartbeat=False, must_publish=True)

@@ -1,18 +1,21 @@
-"""Pure logic: turning a batch's log rows into whole transactions, and positions into messages.
+"""Pure logic: turning a batch's log rows into transactions, chunks and messages.
 
 The rows of one batch arrive ordered by (the transaction's largest log sequence
 number, sequence number); see docs/ordering.md for why that order replays every
-write-write dependency correctly. Grouping consecutive rows by xid then yields
-each transaction whole, in a valid serial order.
+write-write dependency correctly. Everything here streams: memory holds at most one
+message's worth of changes, whatever the size of a transaction or a batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from datetime import datetime
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
+
+from pgfanout.positions import Progress
 
 OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE"}
+T = TypeVar("T")
 
 
 class LogRow(NamedTuple):
@@ -42,35 +45,79 @@ def change_of(row: LogRow) -> dict[str, Any]:
     return change
 
 
-def group_transactions(rows: Iterable[LogRow]) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """(xid, changes) per transaction, for rows already ordered with each transaction's rows together."""
-    xid: int | None = None
-    changes: list[dict[str, Any]] = []
-    seen: set[int] = set()
+def size_of(row: LogRow) -> int:
+    """A deterministic estimate of a change's encoded size (recomputing a batch must cut it the same way)."""
+    values = row.new_row or row.old_key or ()
+    return 48 + len(row.table_name) + sum(len(c) + len(v or "") + 2 for c, v in zip(row.columns, values, strict=False))
+
+
+@dataclass
+class Part:
+    """A whole transaction, or one chunk of it."""
+
+    position: int
+    xid: int
+    chunk: int
+    last_chunk: bool = False
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    size: int = 0
+
+    @property
+    def progress(self) -> Progress:
+        return Progress(self.position) if self.last_chunk else Progress(self.position, self.chunk)
+
+    def record(self) -> dict[str, Any]:
+        return {"position": self.position, "xid": self.xid, "chunk": self.chunk, "last_chunk": self.last_chunk,
+                "changes": self.changes}
+
+
+def split_transactions(rows: Iterable[LogRow], first_position: int, max_changes: int, max_bytes: int) -> Iterator[Part]:
+    """Parts of each transaction, numbered from ``first_position``, in row order.
+
+    A chunk is closed when one more change would pass ``max_changes`` or ``max_bytes``.
+    """
+    part: Part | None = None
+    position = first_position - 1
     for row in rows:
-        if row.xid != xid:
-            if xid is not None:
-                yield xid, changes
-            if row.xid in seen:
-                raise ValueError(f"rows of transaction {row.xid} are not contiguous in the batch")
-            seen.add(row.xid)
-            xid, changes = row.xid, []
-        changes.append(change_of(row))
-    if xid is not None:
-        yield xid, changes
+        if part is None or row.xid != part.xid:
+            if part is not None:
+                part.last_chunk = True
+                yield part
+            position += 1
+            part = Part(position, row.xid, 0)
+        size = size_of(row)
+        if part.changes and (len(part.changes) >= max_changes or part.size + size > max_bytes):
+            yield part
+            part = Part(position, row.xid, part.chunk + 1)
+        part.changes.append(change_of(row))
+        part.size += size
+    if part is not None:
+        part.last_chunk = True
+        yield part
 
 
-def transaction_records(
-    source: str, tick_id: int, tick_time: datetime, first_position: int,
-    transactions: list[tuple[int, list[dict[str, Any]]]], publish_after: int,
-) -> list[dict[str, Any]]:
-    """Number a batch's transactions from ``first_position``; leave out those already published."""
-    records = []
-    last = len(transactions) - 1
-    for index, (xid, changes) in enumerate(transactions):
-        position = first_position + index
-        if position <= publish_after:
-            continue
-        records.append({"source": source, "position": position, "xid": xid, "tick_id": tick_id,
-                        "tick_time": tick_time, "batch_end": index == last, "changes": changes})
-    return records
+def pack(parts: Iterable[Part], max_bytes: int) -> Iterator[list[Part]]:
+    """Consecutive parts grouped into messages of at most ``max_bytes`` (estimated)."""
+    package: list[Part] = []
+    size = 0
+    for part in parts:
+        if package and size + part.size > max_bytes:
+            yield package
+            package, size = [], 0
+        package.append(part)
+        size += part.size
+    if package:
+        yield package
+
+
+def with_last(items: Iterable[T]) -> Iterator[tuple[T, bool]]:
+    """Each item with whether it is the last one, looking one item ahead."""
+    iterator = iter(items)
+    try:
+        previous = next(iterator)
+    except StopIteration:
+        return
+    for item in iterator:
+        yield previous, False
+        previous = item
+    yield previous, True

@@ -23,7 +23,8 @@ from pgfanout.positions import Mark, mark_of
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-POLL_RECORDS = 2000
+POLL_RECORDS = 500
+NOTHING = Mark(-1, -1, -1)
 
 
 @dataclass
@@ -32,7 +33,7 @@ class RouteOut:
     cluster_name: str
     cluster: KafkaCluster
     topic: str
-    last: Mark = Mark(-1, -1)
+    last: Mark = NOTHING
 
 
 class Distributor:
@@ -81,8 +82,8 @@ class Distributor:
         if not records:
             return False
         for record in records:
-            _, message = self.codec.decode(record.value, f"{self.up_topic}[0]@{record.offset}")
-            mark = mark_of(message)
+            kind, message = self.codec.decode(record.value, f"{self.up_topic}[0]@{record.offset}")
+            mark = mark_of(kind, message)
             for route in self.routes:
                 if mark > route.last:
                     self.producers[route.cluster_name].send(route.topic, value=record.value)
@@ -102,7 +103,7 @@ class Distributor:
         finally:
             consumer.close()
         if last is None:
-            return Mark(-1, -1)
+            return NOTHING
         offset, value = last
-        _, message = self.codec.decode(value, f"{route.topic}[0]@{offset}")
-        return mark_of(message)
+        kind, message = self.codec.decode(value, f"{route.topic}[0]@{offset}")
+        return mark_of(kind, message)

@@ -66,7 +66,11 @@ class Source(Database):
     tables: list[str] = Field(min_length=1, description="schema-qualified tables to publish")
     tick_interval_ms: int = Field(default=50, ge=5, le=60_000)
     heartbeat_interval_ms: int = Field(default=1000, ge=50, le=3_600_000)
-    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    message_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024,
+                               description="target size of one Kafka message; transactions are packed up to it, "
+                                           "and larger ones are chunked at it")
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024,
+                                   description="hard limit of one message (the topic's max.message.bytes)")
 
     @field_validator("tables")
     @classmethod

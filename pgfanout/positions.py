@@ -1,26 +1,42 @@
 """Positions and the pure decisions made on them.
 
 Every transaction of a source gets a position one greater than the one before it.
-Heartbeats repeat the last transaction's position. A ``Mark`` orders every message of a
-source's stream (transactions and heartbeats alike): (tick_id, position) grows strictly
-along the stream, because tick ids grow, and inside one tick's batch positions grow.
+A transaction too large for one message is split into chunks 0, 1, ... of the same
+position. A part of the stream is identified by (position, chunk); progress "up to
+and including the whole transaction p" is written ``Progress(p, WHOLE)``.
+
+A ``Mark`` orders the messages of a source's stream: (tick_id, position, chunk) of the
+last part a message holds grows strictly along the stream, because tick ids grow, and
+inside one tick's batch positions and chunks grow. Heartbeats repeat the last position
+with a new tick id.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pgfanout.errors import PositionError
+
+WHOLE = 2**31 - 1  # stands for "every chunk of the transaction"
+
+
+class Progress(NamedTuple):
+    position: int
+    chunk: int = WHOLE
 
 
 class Mark(NamedTuple):
     tick_id: int
     position: int
+    chunk: int
 
 
-def mark_of(record: dict) -> Mark:
-    return Mark(record["tick_id"], record["position"])
+def mark_of(kind: str, message: dict[str, Any]) -> Mark:
+    if kind == "Heartbeat" or not message["transactions"]:
+        return Mark(message["tick_id"], message.get("position", 0), WHOLE)
+    last = message["transactions"][-1]
+    return Mark(message["tick_id"], last["position"], WHOLE if last["last_chunk"] else last["chunk"])
 
 
 class Step(enum.Enum):
@@ -28,19 +44,26 @@ class Step(enum.Enum):
     DUPLICATE = "duplicate"
 
 
-def next_step(stored: int, incoming: int, where: str) -> Step:
-    """What a consumer does with a transaction at ``incoming`` when it has applied ``stored``.
+def next_step(applied: Progress, position: int, chunk: int, where: str) -> Step:
+    """What a consumer does with part (position, chunk) when it has applied up to ``applied``.
 
-    ``stored`` is 0 before the first transaction. A gap is never skipped.
+    ``applied`` is Progress(0) before the first transaction. A gap is never skipped.
     """
-    if incoming == stored + 1:
-        return Step.APPLY
-    if incoming <= stored:
+    if (position, chunk) <= applied:
         return Step.DUPLICATE
+    whole = applied.chunk == WHOLE
+    expected = Progress(applied.position + 1, 0) if whole else Progress(applied.position, applied.chunk + 1)
+    if (position, chunk) == expected:
+        return Step.APPLY
+    if position > expected.position:
+        raise PositionError(
+            f"gap in the stream at {where}: expected position {expected.position}, found {position}; "
+            f"positions {expected.position}..{position - 1} are missing (deleted by retention or never delivered). "
+            "Re-materialize this subscriber or find the missing messages; nothing was applied past the gap"
+        )
     raise PositionError(
-        f"gap in the stream at {where}: expected position {stored + 1}, found {incoming}; "
-        f"positions {stored + 1}..{incoming - 1} are missing (deleted by retention or never delivered). "
-        "Re-materialize this subscriber or find the missing messages; nothing was applied past the gap"
+        f"broken transaction at {where}: expected chunk {expected.chunk} of position {expected.position}, "
+        f"found chunk {chunk} of position {position}; nothing of that transaction was committed"
     )
 
 
@@ -52,6 +75,7 @@ class AgentState(NamedTuple):
 class TopicTail(NamedTuple):
     tick_id: int
     position: int
+    chunk: int  # WHOLE when the last part was a transaction's last chunk
     batch_end: bool
 
 
@@ -59,7 +83,7 @@ class Resume(NamedTuple):
     """What the agent does on start. ``tick_id`` is None when primary and topic agree."""
 
     tick_id: int | None
-    publish_after: int  # publish only transactions with a position above this
+    after: Progress  # publish only parts after this
     batch_complete: bool
 
 
@@ -73,20 +97,20 @@ def plan_resume(state: AgentState, tail: TopicTail | None, topic: str) -> Resume
     last = state.next_position - 1
     if tail is None:
         if last == 0:
-            return Resume(None, 0, True)
+            return Resume(None, Progress(0), True)
         raise PositionError(
             f"topic {topic} is empty, but the primary records positions up to {last} as published; "
             "the topic was deleted or is the wrong one. Re-create it from a backup or re-install capture"
         )
     if tail.tick_id <= state.published_tick:
-        if tail.position != last:
+        if tail.position != last or tail.chunk != WHOLE:
             raise PositionError(
                 f"topic {topic} ends at position {tail.position} (tick {tail.tick_id}) but the primary records "
                 f"position {last} at tick {state.published_tick}; the topic lost or gained messages"
             )
-        return Resume(None, last, True)
+        return Resume(None, Progress(last), True)
     if tail.position < last:
         raise PositionError(
             f"topic {topic} ends at position {tail.position}, behind the {last} the primary records as published"
         )
-    return Resume(tail.tick_id, tail.position, tail.batch_end)
+    return Resume(tail.tick_id, Progress(tail.position, tail.chunk), tail.batch_end)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ from pgfanout.codec import default_codec
 from pgfanout.config import Config
 from pgfanout.errors import PoisonMessage
 from pgfanout.pg import connect
-from pgfanout.positions import Step, next_step
+from pgfanout.positions import WHOLE, Progress, Step, next_step
 from subscriber.apply import apply_changes
 
 log = logging.getLogger(__name__)
@@ -68,86 +69,116 @@ class Subscriber:
         self.codec = default_codec()
         self.conn: psycopg.Connection | None = None
         self.consumer: Any = None
-        self.position = 0
-        self.tick_id = 0
-        self.source_time: datetime | None = None
+        self.applied = Progress(0)  # committed in the replica
+        self.group = Group(Progress(0), 0, None, -1)  # applied in the open replica transaction
+        self.committed_offset = -1
 
     def connect(self) -> None:
         self.conn = connect(self.settings, f"pgfanout-subscriber-{self.subscriber}")
         ensure_state(self.conn)
-        with self.conn.transaction():
-            # The applier's own changes must not fire user triggers or re-check foreign keys.
-            self.conn.execute("SET session_replication_role = replica")
-            row = self.conn.execute(
-                "SELECT position, tick_id, kafka_offset, topic FROM pgfanout_replica.position WHERE subscriber = %s",
-                (self.subscriber,)).fetchone()
+        # The applier's own changes must not fire user triggers or re-check foreign keys.
+        self.conn.execute("SET session_replication_role = replica")
+        row = self.conn.execute(
+            "SELECT position, tick_id, kafka_offset, topic FROM pgfanout_replica.position WHERE subscriber = %s",
+            (self.subscriber,)).fetchone()
+        self.conn.autocommit = False  # one replica transaction may span several messages and polls
         self.consumer = kafkautil.consumer(self.cluster)
         tp = kafkautil.partition(self.topic)
         self.consumer.assign([tp])
         if row is None:
-            self.position, self.tick_id = 0, 0
+            self.applied = Progress(0)
             self.consumer.seek_to_beginning(tp)
+            offset, tick_id = -1, 0
         else:
-            self.position, self.tick_id, offset, topic = row
+            position, tick_id, offset, topic = row
+            self.applied = Progress(position)
             if topic != self.topic:
                 log.warning("%s: stored position came from topic %s, now reading %s", self.name, topic, self.topic)
             self.consumer.seek(tp, offset + 1)
-        log.info("%s ready: position %d, reading %s", self.name, self.position, self.topic)
+        self.group = Group(self.applied, tick_id, None, offset)
+        self.committed_offset = offset
+        log.info("%s ready: position %d, reading %s", self.name, self.applied.position, self.topic)
 
     def close(self) -> None:
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
         if self.conn is not None:
-            self.conn.close()
+            self.conn.close()  # an open replica transaction is rolled back: it holds no whole group
             self.conn = None
 
     def work(self) -> bool:
         tp = kafkautil.partition(self.topic)
-        records = self.consumer.poll(timeout_ms=100, max_records=self.settings.group_max_transactions).get(tp, [])
-        if not records:
-            return False
-        self._apply_group(records)
-        return True
+        records = self.consumer.poll(timeout_ms=100, max_records=POLL_MESSAGES).get(tp, [])
+        for record in records:
+            self._apply_message(record)
+            if self.group.pending.chunk == WHOLE and self._group_full():
+                self._commit()
+        # Commit what this poll brought (heartbeats move the stored offset too), unless a chunked
+        # transaction is half applied: that one stays open until its last chunk arrives.
+        if self.group.pending.chunk == WHOLE and self.group.offset != self.committed_offset:
+            self._commit()
+        return bool(records)
 
-    def _apply_group(self, records: list[Any]) -> None:
-        """Apply whole transactions in one replica transaction; commit nothing if any fails.
-
-        A group is closed after group_max_ms even if records remain; the consumer is
-        then rewound to the first record left out.
-        """
+    def _apply_message(self, record: Any) -> None:
         assert self.conn is not None
-        position, tick_id, source_time = self.position, self.tick_id, self.source_time
-        applied, last_offset = 0, records[-1].offset
-        deadline = time.monotonic() + self.settings.group_max_ms / 1000
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            for index, record in enumerate(records):
-                where = f"{self.topic}[0]@{record.offset}"
-                kind, message = self.codec.decode(record.value, where)
-                if kind == "Transaction" and next_step(position, message["position"], where) is Step.APPLY:
-                    self._apply_one(cur, message, where)
-                    position = message["position"]
-                    applied += 1
-                tick_id, source_time = message["tick_id"], message["tick_time"]
-                if time.monotonic() > deadline and index < len(records) - 1:
-                    last_offset = record.offset
-                    break
-            cur.execute(SAVE_POSITION, {"subscriber": self.subscriber, "source": self.source, "position": position,
-                                        "tick_id": tick_id, "topic": self.topic, "offset": last_offset,
-                                        "source_time": source_time})
-        if last_offset != records[-1].offset:
-            self.consumer.seek(kafkautil.partition(self.topic), last_offset + 1)
-        self.position, self.tick_id, self.source_time = position, tick_id, source_time
-        if applied:
-            log.debug("%s: applied %d transactions up to position %d", self.name, applied, position)
+        where = f"{self.topic}[0]@{record.offset}"
+        kind, message = self.codec.decode(record.value, where)
+        if self.group.started is None:
+            self.group.started = time.monotonic()
+        if kind == "Batch":
+            with self.conn.cursor() as cur:
+                for part in message["transactions"]:
+                    if next_step(self.group.pending, part["position"], part["chunk"], where) is Step.APPLY:
+                        self._apply_part(cur, part, message["source"], where)
+        self.group.tick_id, self.group.source_time, self.group.offset = message["tick_id"], message["tick_time"], record.offset
 
-    def _apply_one(self, cur: psycopg.Cursor, message: dict[str, Any], where: str) -> None:
-        where = f"{where} position {message['position']} (source {message['source']} xid {message['xid']})"
+    def _apply_part(self, cur: psycopg.Cursor, part: dict[str, Any], source: str, where: str) -> None:
+        where = f"{where} position {part['position']} chunk {part['chunk']} (source {source} xid {part['xid']})"
         try:
-            apply_changes(cur, message["changes"], where)
+            apply_changes(cur, part["changes"], where)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
             raise PoisonMessage(
                 f"transaction at {where} failed to apply, nothing of it was committed: "
                 f"{type(exc).__name__}: {str(exc).strip()}") from exc
+        if part["last_chunk"]:
+            self.group.pending = Progress(part["position"])
+            self.group.transactions += 1
+        else:
+            self.group.pending = Progress(part["position"], part["chunk"])
+
+    def _group_full(self) -> bool:
+        started = self.group.started or time.monotonic()
+        return (self.group.transactions >= self.settings.group_max_transactions
+                or time.monotonic() - started >= self.settings.group_max_ms / 1000)
+
+    def _commit(self) -> None:
+        assert self.conn is not None
+        group = self.group
+        self.conn.execute(SAVE_POSITION, {"subscriber": self.subscriber, "source": self.source,
+                                          "position": group.pending.position, "tick_id": group.tick_id,
+                                          "topic": self.topic, "offset": group.offset, "source_time": group.source_time})
+        self.conn.commit()
+        if group.transactions:
+            log.debug("%s: committed %d transactions up to position %d", self.name, group.transactions,
+                      group.pending.position)
+        self.applied = group.pending
+        self.committed_offset = group.offset
+        self.group = Group(group.pending, group.tick_id, group.source_time, group.offset)
+
+
+POLL_MESSAGES = 50
+
+
+@dataclass
+class Group:
+    """What the open replica transaction holds beyond the committed position."""
+
+    pending: Progress
+    tick_id: int
+    source_time: datetime | None
+    offset: int
+    transactions: int = 0
+    started: float | None = None

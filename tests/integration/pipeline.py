@@ -134,5 +134,11 @@ def read_topic(config: Config, stream: str) -> list[tuple[int, str, dict]]:
         consumer.close()
 
 
+def transactions(messages: list[tuple[int, str, dict]]) -> list[dict]:
+    """Every transaction part of a stream, in order, with its message's tick."""
+    return [dict(part, tick_id=m["tick_id"]) for _, kind, m in messages if kind == "Batch" for part in m["transactions"]]
+
+
 def transaction_positions(messages: list[tuple[int, str, dict]]) -> list[int]:
-    return [m["position"] for _, kind, m in messages if kind == "Transaction"]
+    """Positions of whole transactions (their last chunks), in stream order."""
+    return [part["position"] for part in transactions(messages) if part["last_chunk"]]

@@ -1,8 +1,6 @@
-from datetime import UTC, datetime
-
 import pytest
 
-from agent.batch import LogRow, change_of, group_transactions, transaction_records
+from agent.batch import LogRow, change_of, pack, size_of, split_transactions, with_last
 
 COLS, KEY = ["id", "name"], ["id"]
 
@@ -28,24 +26,47 @@ def test_a_row_whose_width_disagrees_with_its_table_is_refused():
         change_of(row(1, 1, "I", ["1"]))
 
 
-def test_grouping_keeps_each_transaction_whole_and_in_order():
+def test_transactions_are_numbered_consecutively_and_kept_whole():
     rows = [row(7, 1, "I", ["1", "a"]), row(7, 4, "I", ["2", "b"]), row(5, 2, "I", ["3", "c"]), row(5, 6, "D", None, ["3"])]
-    grouped = list(group_transactions(rows))
-    assert [xid for xid, _ in grouped] == [7, 5]
-    assert [len(changes) for _, changes in grouped] == [2, 2]
+    parts = list(split_transactions(rows, 100, max_changes=10, max_bytes=10_000))
+    assert [(p.position, p.xid, p.chunk, p.last_chunk, len(p.changes)) for p in parts] == [
+        (100, 7, 0, True, 2), (101, 5, 0, True, 2)]
 
 
-def test_interleaved_rows_are_refused():
-    rows = [row(7, 1, "I", ["1", "a"]), row(5, 2, "I", ["3", "c"]), row(7, 3, "I", ["2", "b"])]
-    with pytest.raises(ValueError, match="not contiguous"):
-        list(group_transactions(rows))
+def test_large_transactions_are_chunked_by_count_and_by_size():
+    rows = [row(9, i, "I", [str(i), "x" * 10]) for i in range(7)]
+    by_count = list(split_transactions(rows, 1, max_changes=3, max_bytes=10**9))
+    assert [(p.position, p.chunk, p.last_chunk, len(p.changes)) for p in by_count] == [
+        (1, 0, False, 3), (1, 1, False, 3), (1, 2, True, 1)]
+    one = size_of(rows[0])
+    by_size = list(split_transactions(rows, 1, max_changes=100, max_bytes=2 * one))
+    assert [len(p.changes) for p in by_size] == [2, 2, 2, 1]
+    # a transaction exactly filling a chunk ends with that chunk, not an empty one
+    exact = list(split_transactions(rows[:3], 1, max_changes=3, max_bytes=10**9))
+    assert [(p.chunk, p.last_chunk, len(p.changes)) for p in exact] == [(0, True, 3)]
 
 
-def test_positions_are_consecutive_and_resume_skips_published():
-    when = datetime(2026, 1, 1, tzinfo=UTC)
-    transactions = [(10, []), (11, []), (12, [])]
-    records = transaction_records("s", 3, when, 100, transactions, publish_after=99)
-    assert [r["position"] for r in records] == [100, 101, 102]
-    assert [r["batch_end"] for r in records] == [False, False, True]
-    resumed = transaction_records("s", 3, when, 100, transactions, publish_after=100)
-    assert [r["position"] for r in resumed] == [101, 102]
+def test_a_change_larger_than_a_chunk_gets_a_chunk_of_its_own():
+    rows = [row(9, 1, "I", ["1", "a"]), row(9, 2, "I", ["2", "y" * 5000]), row(9, 3, "I", ["3", "b"])]
+    parts = list(split_transactions(rows, 1, max_changes=100, max_bytes=1000))
+    assert [len(p.changes) for p in parts] == [1, 1, 1]
+
+
+def test_chunking_is_deterministic():
+    rows = [row(x, i, "I", [str(i), "v" * (i % 17)]) for x in range(5) for i in range(x * 10, x * 10 + 10)]
+    first = [(p.position, p.chunk, len(p.changes)) for p in split_transactions(rows, 1, 4, 300)]
+    again = [(p.position, p.chunk, len(p.changes)) for p in split_transactions(rows, 1, 4, 300)]
+    assert first == again
+
+
+def test_pack_groups_consecutive_parts_up_to_a_size():
+    parts = list(split_transactions([row(x, x, "I", [str(x), "a"]) for x in range(10)], 1, 10, 10**6))
+    size = parts[0].size
+    packages = list(pack(parts, max_bytes=3 * size))
+    assert [len(p) for p in packages] == [3, 3, 3, 1]
+    assert [p.position for package in packages for p in package] == list(range(1, 11))
+
+
+def test_with_last():
+    assert list(with_last([])) == []
+    assert list(with_last("ab")) == [("a", False), ("b", True)]

@@ -5,10 +5,7 @@ import pytest
 from pgfanout.codec import HEADER_SIZE, MAGIC, Codec, default_codec
 from pgfanout.errors import PoisonMessage
 
-TX = {
-    "source": "shop", "position": 42, "xid": 1234, "tick_id": 7,
-    "tick_time": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "batch_end": True,
-    "changes": [
+CHANGES = {"changes": [
         {"schema_name": "public", "table_name": "t", "op": "INSERT", "key": {"id": "1"}, "old_key": None,
          "row": {"id": "1", "name": "ünïcode 'quoted'", "note": None}},
         {"schema_name": "public", "table_name": "t", "op": "UPDATE", "key": {"id": "2"}, "old_key": {"id": "1"},
@@ -17,13 +14,20 @@ TX = {
         {"schema_name": "public", "table_name": "t", "op": "TRUNCATE", "key": {}, "old_key": None, "row": None},
     ],
 }
+TX = {
+    "source": "shop", "tick_id": 7, "tick_time": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "batch_end": True,
+    "transactions": [
+        {"position": 42, "xid": 1234, "chunk": 0, "last_chunk": True, **CHANGES},
+        {"position": 43, "xid": 1240, "chunk": 0, "last_chunk": False, "changes": []},
+    ],
+}
 
 
 def test_transaction_round_trip():
     codec = default_codec()
-    data = codec.encode("Transaction", TX)
+    data = codec.encode("Batch", TX)
     assert data.startswith(MAGIC)
-    assert codec.decode(data, "t[0]@0") == ("Transaction", TX)
+    assert codec.decode(data, "t[0]@0") == ("Batch", TX)
 
 
 def test_heartbeat_round_trip():
@@ -36,7 +40,7 @@ def test_fingerprints_differ_per_schema_and_are_stable():
     first, second = Codec(), Codec()
     assert first.encode("Heartbeat", {"source": "s", "position": 1, "tick_id": 1, "tick_time": TX["tick_time"]})[:HEADER_SIZE] \
         == second.encode("Heartbeat", {"source": "s", "position": 1, "tick_id": 1, "tick_time": TX["tick_time"]})[:HEADER_SIZE]
-    tx = first.encode("Transaction", TX)[:HEADER_SIZE]
+    tx = first.encode("Batch", TX)[:HEADER_SIZE]
     beat = first.encode("Heartbeat", {"source": "s", "position": 1, "tick_id": 1, "tick_time": TX["tick_time"]})[:HEADER_SIZE]
     assert tx != beat
 
@@ -53,7 +57,7 @@ def test_malformed_messages_are_refused_with_their_place(data, reason):
 
 
 def test_truncated_and_padded_bodies_are_refused():
-    data = default_codec().encode("Transaction", TX)
+    data = default_codec().encode("Batch", TX)
     with pytest.raises(PoisonMessage, match="cannot be decoded"):
         default_codec().decode(data[:-50], "t[0]@1")
     with pytest.raises(PoisonMessage, match="trailing bytes"):

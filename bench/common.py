@@ -1,0 +1,68 @@
+"""Shared benchmark plumbing: a stack of its own, machine facts, results written with their command."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pgfanout.local.postgres import bin_dir
+from pgfanout.local.stack import Stack
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH_HOME = Path(os.environ.get("PGFANOUT_BENCH_HOME", REPO / ".pgfanout-bench"))
+RESULTS = REPO / "bench" / "results"
+
+
+def bench_stack() -> Stack:
+    stack = Stack.load(BENCH_HOME)
+    stack.up()
+    return stack
+
+
+def machine() -> dict[str, str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                         if line.startswith("MemTotal")))
+    postgres = subprocess.run([str(bin_dir() / "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": f"{memory_kb / 1024 / 1024:.0f} GiB",
+            "os": platform.platform(), "python": platform.python_version(), "postgres": postgres,
+            "kafka": (REPO / "kafka" / "pom.xml").read_text().split("<kafka.version>")[1].split("<")[0]}
+
+
+def pgbench(*args: str, dsn_port: int, db: str) -> str:
+    result = subprocess.run([str(bin_dir() / "pgbench"), "-h", "127.0.0.1", "-p", str(dsn_port), "-U", "postgres",
+                             *args, db], capture_output=True, text=True, check=True)
+    return result.stdout + result.stderr
+
+
+def tps_of(output: str) -> float:
+    for line in output.splitlines():
+        if line.startswith("tps = "):
+            return float(line.split()[2])
+    raise ValueError(f"no tps line in pgbench output:\n{output}")
+
+
+def write_result(name: str, figures: dict, notes: str = "") -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = "python -m bench." + name + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+    record = {"benchmark": name, "command": command, "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "machine": machine(), "figures": figures, "notes": notes}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+    return path
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
