@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import datetime
 from typing import Any
 
@@ -32,10 +33,9 @@ FETCH_ROWS = 10_000  # rows per round trip of the batch cursor
 CHUNK_CHANGES = 20_000  # changes per chunk at most, whatever their size
 
 BATCH_QUERY = """
-SELECT l.txid::text::bigint, l.seq, t.schema_name, t.table_name, t.columns, t.key_columns,
-       l.op, l.new_row, l.old_key
-FROM pgfanout.log l
-JOIN pgfanout.tables t USING (table_id),
+SELECT l.txid::text::bigint, l.table_id, l.op, l.new_row, l.old_key,
+       16 + coalesce(octet_length(l.new_row::text), 0) + coalesce(octet_length(l.old_key::text), 0)
+FROM pgfanout.log l,
      (SELECT snapshot FROM pgfanout.tick WHERE tick_id = %(prev)s) prev,
      (SELECT snapshot FROM pgfanout.tick WHERE tick_id = %(cur)s) cur
 WHERE l.txid >= pg_snapshot_xmin(prev.snapshot)
@@ -58,6 +58,7 @@ class Agent:
         self.conn: psycopg.Connection | None = None
         self.producer: Any = None
         self.state = AgentState(0, 1)
+        self.tables: dict[int, dict[str, Any]] = {}
         self.last_sent = 0.0
 
     # -- lifecycle -----------------------------------------------------------------
@@ -127,16 +128,21 @@ class Agent:
                 if Progress(part.position, part.chunk) > after:
                     yield part
 
-        with self.conn.transaction(), self.conn.cursor(name="pgfanout_batch") as cur:
-            cur.itersize = FETCH_ROWS
-            cur.execute(BATCH_QUERY, {"prev": self.state.published_tick, "cur": tick_id})
-            parts = split_transactions((LogRow(*row) for row in cur), first_position, CHUNK_CHANGES,
-                                       self.settings.message_bytes)
-            for package, batch_end in with_last(pack(unpublished(parts), self.settings.message_bytes)):
-                self._send("Batch", {"source": self.source, "tick_id": tick_id, "tick_time": tick_time,
-                                     "batch_end": batch_end, "transactions": [p.record() for p in package]},
-                           package[-1].position)
-                sent += 1
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            self.tables = self._read_tables()  # capture may have been installed on more tables since
+            # stream(): PostgreSQL keeps producing rows while this process encodes them; memory holds one chunk
+            rows = cur.stream(BATCH_QUERY, {"prev": self.state.published_tick, "cur": tick_id}, size=FETCH_ROWS)
+            # closing() ends the stream even when sending fails: a suspended stream holds the connection's
+            # lock, and the transaction's rollback would wait for it forever
+            with closing(rows):
+                parts = split_transactions((LogRow(*row) for row in rows), first_position, CHUNK_CHANGES,
+                                           self.settings.message_bytes)
+                for package, batch_end in with_last(pack(unpublished(parts), self.settings.message_bytes)):
+                    self._send("Batch", {"source": self.source, "tick_id": tick_id, "tick_time": tick_time,
+                                         "batch_end": batch_end, "tables": self._tables_of(package),
+                                         "transactions": [p.record() for p in package]},
+                               package[-1].position)
+                    sent += 1
         if must_publish and sent == 0:
             raise PositionError(
                 f"topic {self.topic} holds {after} of tick {tick_id} without its batch's end, but the primary's batch "
@@ -150,6 +156,17 @@ class Agent:
         if sent:
             log.debug("tick %d: published positions %d..%d in %d messages", tick_id, first_position,
                       next_position - 1, sent)
+
+    def _tables_of(self, package: list[Part]) -> list[dict[str, Any]]:
+        used = set().union(*(part.tables for part in package))
+        return [self.tables[table_id] for table_id in sorted(used)]
+
+    def _read_tables(self) -> dict[int, dict[str, Any]]:
+        assert self.conn is not None
+        rows = self.conn.execute(
+            "SELECT table_id, schema_name, table_name, columns, key_columns FROM pgfanout.tables").fetchall()
+        return {r[0]: {"table_id": r[0], "schema_name": r[1], "table_name": r[2], "columns": r[3], "key_columns": r[4]}
+                for r in rows}
 
     def _send(self, kind: str, record: dict[str, Any], position: int) -> None:
         value = self.codec.encode(kind, record)

@@ -12,43 +12,22 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
-from pgfanout.positions import Progress
-
 OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE"}
 T = TypeVar("T")
 
 
 class LogRow(NamedTuple):
     xid: int
-    seq: int
-    schema_name: str
-    table_name: str
-    columns: list[str]
-    key_columns: list[str]
+    table_id: int
     op: str
     new_row: list[str | None] | None
     old_key: list[str] | None
+    size: int  # a deterministic estimate of the change's encoded size, computed by the batch query
 
 
 def change_of(row: LogRow) -> dict[str, Any]:
-    op = OPS[row.op]
-    change: dict[str, Any] = {"schema_name": row.schema_name, "table_name": row.table_name, "op": op,
-                              "key": {}, "old_key": None, "row": None}
-    if op in ("INSERT", "UPDATE"):
-        values = dict(zip(row.columns, row.new_row or (), strict=True))
-        change["row"] = values
-        change["key"] = {k: values[k] for k in row.key_columns}
-        if row.old_key is not None:
-            change["old_key"] = dict(zip(row.key_columns, row.old_key, strict=True))
-    elif op == "DELETE":
-        change["key"] = dict(zip(row.key_columns, row.old_key or (), strict=True))
-    return change
-
-
-def size_of(row: LogRow) -> int:
-    """A deterministic estimate of a change's encoded size (recomputing a batch must cut it the same way)."""
-    values = row.new_row or row.old_key or ()
-    return 48 + len(row.table_name) + sum(len(c) + len(v or "") + 2 for c, v in zip(row.columns, values, strict=False))
+    """The wire form of a change: the trigger already stored what it needs (see schemas/change.avsc)."""
+    return {"table": row.table_id, "op": OPS[row.op], "values": row.new_row, "old_key": row.old_key}
 
 
 @dataclass
@@ -61,10 +40,7 @@ class Part:
     last_chunk: bool = False
     changes: list[dict[str, Any]] = field(default_factory=list)
     size: int = 0
-
-    @property
-    def progress(self) -> Progress:
-        return Progress(self.position) if self.last_chunk else Progress(self.position, self.chunk)
+    tables: set[int] = field(default_factory=set)
 
     def record(self) -> dict[str, Any]:
         return {"position": self.position, "xid": self.xid, "chunk": self.chunk, "last_chunk": self.last_chunk,
@@ -85,12 +61,12 @@ def split_transactions(rows: Iterable[LogRow], first_position: int, max_changes:
                 yield part
             position += 1
             part = Part(position, row.xid, 0)
-        size = size_of(row)
-        if part.changes and (len(part.changes) >= max_changes or part.size + size > max_bytes):
+        if part.changes and (len(part.changes) >= max_changes or part.size + row.size > max_bytes):
             yield part
             part = Part(position, row.xid, part.chunk + 1)
         part.changes.append(change_of(row))
-        part.size += size
+        part.size += row.size
+        part.tables.add(row.table_id)
     if part is not None:
         part.last_chunk = True
         yield part

@@ -24,7 +24,7 @@ from pgfanout.errors import PoisonMessage
 
 MAGIC = b"PF\x01"
 HEADER_SIZE = len(MAGIC) + 8
-ENVELOPES = ("change", "transaction", "batch", "heartbeat")  # in dependency order
+ENVELOPES = ("table", "change", "transaction", "batch", "heartbeat")  # in dependency order
 
 
 def schema_dir() -> Path:

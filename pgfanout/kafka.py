@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 import kafka.errors
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from pgfanout.config import KafkaCluster, secret
 from pgfanout.errors import KafkaUnavailable
 

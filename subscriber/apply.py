@@ -1,9 +1,9 @@
 """Applying a transaction's changes to the replica.
 
 Planning is pure: consecutive changes to the same table with the same operation
-and columns become one run, applied with one pipelined executemany; order inside
-and across runs is the source's order. Values are PostgreSQL text representations
-sent untyped, so each column's own input function parses them.
+become one run, applied with one pipelined executemany; order inside and across
+runs is the source's order. Values are PostgreSQL text representations sent
+untyped, so each column's own input function parses them.
 """
 
 from __future__ import annotations
@@ -20,12 +20,36 @@ from pgfanout.errors import PoisonMessage
 
 
 @dataclass(frozen=True)
-class RunShape:
+class TableInfo:
     schema_name: str
     table_name: str
+    columns: tuple[str, ...]
+    key_columns: tuple[str, ...]
+    key_indexes: tuple[int, ...]
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema_name}.{self.table_name}"
+
+
+@lru_cache(maxsize=4096)
+def table_info(schema_name: str, table_name: str, columns: tuple[str, ...], key_columns: tuple[str, ...]) -> TableInfo:
+    try:
+        indexes = tuple(columns.index(k) for k in key_columns)
+    except ValueError:
+        raise PoisonMessage(f"table {schema_name}.{table_name}: key columns {key_columns} are not all among its columns") from None
+    return TableInfo(schema_name, table_name, columns, key_columns, indexes)
+
+
+def tables_of(message: dict[str, Any]) -> dict[int, TableInfo]:
+    return {t["table_id"]: table_info(t["schema_name"], t["table_name"], tuple(t["columns"]), tuple(t["key_columns"]))
+            for t in message["tables"]}
+
+
+@dataclass(frozen=True)
+class RunShape:
+    table: TableInfo
     op: str
-    columns: tuple[str, ...]  # row columns for INSERT/UPDATE
-    key_columns: tuple[str, ...]  # columns identifying the row for UPDATE/DELETE
 
 
 @dataclass
@@ -34,57 +58,66 @@ class Run:
     params: list[tuple[Any, ...]]
 
 
-def shape_of(change: dict[str, Any]) -> RunShape:
-    op = change["op"]
-    row = change["row"] or {}
-    where = change["old_key"] or change["key"]
-    return RunShape(change["schema_name"], change["table_name"], op, tuple(row), tuple(where) if op != "INSERT" else ())
+def params_of(change: dict[str, Any], table: TableInfo, where: str) -> tuple[Any, ...]:
+    op, values, old_key = change["op"], change["values"], change["old_key"]
+    if op in ("INSERT", "UPDATE"):
+        if values is None or len(values) != len(table.columns):
+            raise PoisonMessage(f"change at {where}: {op} on {table.qualified} carries "
+                                f"{'no' if values is None else len(values)} values for {len(table.columns)} columns")
+        if op == "INSERT":
+            return tuple(values)
+        key = old_key if old_key is not None else [values[i] for i in table.key_indexes]
+        return (*values, *key)
+    if op == "DELETE":
+        if old_key is None or len(old_key) != len(table.key_columns):
+            raise PoisonMessage(f"change at {where}: DELETE on {table.qualified} lacks its key")
+        return tuple(old_key)
+    return ()
 
 
-def params_of(change: dict[str, Any], shape: RunShape) -> tuple[Any, ...]:
-    row = change["row"] or {}
-    where = change["old_key"] or change["key"]
-    return tuple(row[c] for c in shape.columns) + tuple(where[c] for c in shape.key_columns)
-
-
-def plan(changes: Iterable[dict[str, Any]]) -> Iterator[Run]:
+def plan(changes: Iterable[dict[str, Any]], tables: dict[int, TableInfo], where: str) -> Iterator[Run]:
     current: Run | None = None
     for change in changes:
-        shape = shape_of(change)
+        table = tables.get(change["table"])
+        if table is None:
+            raise PoisonMessage(f"change at {where} refers to table {change['table']}, which its message does not describe")
+        shape = RunShape(table, change["op"])
+        params = params_of(change, table, where)
         if current is not None and current.shape == shape and shape.op != "TRUNCATE":
-            current.params.append(params_of(change, shape))
+            current.params.append(params)
             continue
         if current is not None:
             yield current
-        current = Run(shape, [params_of(change, shape)])
+        current = Run(shape, [params])
     if current is not None:
         yield current
 
 
 @lru_cache(maxsize=4096)
 def statement(shape: RunShape) -> sql.Composed:
-    table = sql.Identifier(shape.schema_name, shape.table_name)
-    where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in shape.key_columns)
+    table = shape.table
+    target = sql.Identifier(table.schema_name, table.table_name)
+    where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in table.key_columns)
     if shape.op == "INSERT":
         return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-            table, sql.SQL(", ").join(map(sql.Identifier, shape.columns)),
-            sql.SQL(", ").join(sql.Placeholder() * len(shape.columns)))
+            target, sql.SQL(", ").join(map(sql.Identifier, table.columns)),
+            sql.SQL(", ").join(sql.Placeholder() * len(table.columns)))
     if shape.op == "UPDATE":
         return sql.SQL("UPDATE {} SET {} WHERE {}").format(
-            table, sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in shape.columns), where)
+            target, sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in table.columns), where)
     if shape.op == "DELETE":
-        return sql.SQL("DELETE FROM {} WHERE {}").format(table, where)
-    return sql.SQL("TRUNCATE {}").format(table)
+        return sql.SQL("DELETE FROM {} WHERE {}").format(target, where)
+    return sql.SQL("TRUNCATE {}").format(target)
 
 
-def apply_changes(cur: psycopg.Cursor, changes: list[dict[str, Any]], where: str) -> int:
+def apply_changes(cur: psycopg.Cursor, changes: list[dict[str, Any]], tables: dict[int, TableInfo], where: str) -> int:
     """Apply one transaction's changes inside the caller's transaction; returns rows changed.
 
     An UPDATE or DELETE that finds no row means the replica has diverged from the
     source: refuse, rather than silently drift further.
     """
     total = 0
-    for run in plan(changes):
+    for run in plan(changes, tables, where):
         query = statement(run.shape)
         if run.shape.op == "TRUNCATE":
             cur.execute(query)
@@ -92,7 +125,7 @@ def apply_changes(cur: psycopg.Cursor, changes: list[dict[str, Any]], where: str
         cur.executemany(query, run.params)
         if run.shape.op != "INSERT" and cur.rowcount != len(run.params):
             raise PoisonMessage(
-                f"transaction at {where}: {run.shape.op} on {run.shape.schema_name}.{run.shape.table_name} "
+                f"transaction at {where}: {run.shape.op} on {run.shape.table.qualified} "
                 f"found {cur.rowcount} of {len(run.params)} rows; the replica has diverged from the source. "
                 "Re-materialize it (`pgfanout subscriber resync`)"
             )

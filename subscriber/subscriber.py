@@ -23,7 +23,7 @@ from pgfanout.config import Config
 from pgfanout.errors import PoisonMessage
 from pgfanout.pg import connect
 from pgfanout.positions import WHOLE, Progress, Step, next_step
-from subscriber.apply import apply_changes
+from subscriber.apply import TableInfo, apply_changes, tables_of
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +127,18 @@ class Subscriber:
         if self.group.started is None:
             self.group.started = time.monotonic()
         if kind == "Batch":
+            tables = tables_of(message)
             with self.conn.cursor() as cur:
                 for part in message["transactions"]:
                     if next_step(self.group.pending, part["position"], part["chunk"], where) is Step.APPLY:
-                        self._apply_part(cur, part, message["source"], where)
+                        self._apply_part(cur, part, tables, message["source"], where)
         self.group.tick_id, self.group.source_time, self.group.offset = message["tick_id"], message["tick_time"], record.offset
 
-    def _apply_part(self, cur: psycopg.Cursor, part: dict[str, Any], source: str, where: str) -> None:
+    def _apply_part(self, cur: psycopg.Cursor, part: dict[str, Any], tables: dict[int, TableInfo], source: str,
+                    where: str) -> None:
         where = f"{where} position {part['position']} chunk {part['chunk']} (source {source} xid {part['xid']})"
         try:
-            apply_changes(cur, part["changes"], where)
+            apply_changes(cur, part["changes"], tables, where)
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:

@@ -129,8 +129,9 @@ class KafkaNode:
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
+
+        from kafka import KafkaAdminClient
 
         deadline = time.monotonic() + timeout
         while True:

@@ -1,36 +1,57 @@
-from subscriber.apply import RunShape, plan, statement
+import pytest
+
+from pgfanout.errors import PoisonMessage
+from subscriber.apply import RunShape, plan, statement, table_info
+
+T = {1: table_info("public", "t", ("id", "v"), ("id",))}
 
 
-def change(op, key, row=None, old_key=None, table="t"):
-    return {"schema_name": "public", "table_name": table, "op": op, "key": key, "old_key": old_key, "row": row}
+def change(op, values=None, old_key=None, table=1):
+    return {"table": table, "op": op, "values": values, "old_key": old_key}
 
 
 def test_consecutive_alike_changes_share_a_run_in_order():
-    changes = [
-        change("INSERT", {"id": "1"}, {"id": "1", "v": "a"}),
-        change("INSERT", {"id": "2"}, {"id": "2", "v": "b"}),
-        change("UPDATE", {"id": "1"}, {"id": "1", "v": "c"}),
-        change("INSERT", {"id": "3"}, {"id": "3", "v": "d"}),
-    ]
-    runs = list(plan(changes))
+    changes = [change("INSERT", ["1", "a"]), change("INSERT", ["2", "b"]), change("UPDATE", ["1", "c"]),
+               change("INSERT", ["3", "d"])]
+    runs = list(plan(changes, T, "w"))
     assert [r.shape.op for r in runs] == ["INSERT", "UPDATE", "INSERT"]
     assert runs[0].params == [("1", "a"), ("2", "b")]
     assert runs[1].params == [("1", "c", "1")]
 
 
 def test_key_change_updates_by_the_old_key():
-    runs = list(plan([change("UPDATE", {"id": "9"}, {"id": "9", "v": "x"}, old_key={"id": "1"})]))
+    runs = list(plan([change("UPDATE", ["9", "x"], old_key=["1"])], T, "w"))
     assert runs[0].params == [("9", "x", "1")]
     assert statement(runs[0].shape).as_string() == 'UPDATE "public"."t" SET "id" = %s, "v" = %s WHERE "id" = %s'
 
 
+def test_deletes_use_the_old_key():
+    runs = list(plan([change("DELETE", old_key=["4"])], T, "w"))
+    assert runs[0].params == [("4",)]
+
+
 def test_statements_quote_identifiers():
-    shape = RunShape("Odd Schema", 'we"ird', "DELETE", (), ("k 1", "k2"))
-    assert statement(shape).as_string() == 'DELETE FROM "Odd Schema"."we""ird" WHERE "k 1" = %s AND "k2" = %s'
-    insert = RunShape("s", "t", "INSERT", ("a", "b"), ())
-    assert statement(insert).as_string() == 'INSERT INTO "s"."t" ("a", "b") VALUES (%s, %s)'
+    odd = table_info("Odd Schema", 'we"ird', ("k 1", "k2", "v"), ("k 1", "k2"))
+    assert statement(RunShape(odd, "DELETE")).as_string() == 'DELETE FROM "Odd Schema"."we""ird" WHERE "k 1" = %s AND "k2" = %s'
+    plain = table_info("s", "t", ("a", "b"), ("a",))
+    assert statement(RunShape(plain, "INSERT")).as_string() == 'INSERT INTO "s"."t" ("a", "b") VALUES (%s, %s)'
 
 
 def test_truncates_are_never_merged():
-    runs = list(plan([change("TRUNCATE", {}), change("TRUNCATE", {})]))
-    assert len(runs) == 2
+    assert len(list(plan([change("TRUNCATE"), change("TRUNCATE")], T, "w"))) == 2
+
+
+@pytest.mark.parametrize("bad, words", [
+    (change("INSERT", ["1"]), "1 values for 2 columns"),
+    (change("UPDATE", None), "no values"),
+    (change("DELETE", None), "lacks its key"),
+    (change("INSERT", ["1", "a"], table=7), "refers to table 7"),
+])
+def test_malformed_changes_are_poison(bad, words):
+    with pytest.raises(PoisonMessage, match=words):
+        list(plan([bad], T, "topic[0]@5"))
+
+
+def test_key_columns_must_be_columns():
+    with pytest.raises(PoisonMessage, match="key columns"):
+        table_info("s", "t", ("a",), ("b",))

@@ -6,16 +6,15 @@ from pgfanout.codec import HEADER_SIZE, MAGIC, Codec, default_codec
 from pgfanout.errors import PoisonMessage
 
 CHANGES = {"changes": [
-        {"schema_name": "public", "table_name": "t", "op": "INSERT", "key": {"id": "1"}, "old_key": None,
-         "row": {"id": "1", "name": "ünïcode 'quoted'", "note": None}},
-        {"schema_name": "public", "table_name": "t", "op": "UPDATE", "key": {"id": "2"}, "old_key": {"id": "1"},
-         "row": {"id": "2", "name": "", "note": "x" * 100_000}},
-        {"schema_name": "public", "table_name": "t", "op": "DELETE", "key": {"id": "2"}, "old_key": None, "row": None},
-        {"schema_name": "public", "table_name": "t", "op": "TRUNCATE", "key": {}, "old_key": None, "row": None},
-    ],
-}
+    {"table": 3, "op": "INSERT", "values": ["1", "ünïcode 'quoted'", None], "old_key": None},
+    {"table": 3, "op": "UPDATE", "values": ["2", "", "x" * 100_000], "old_key": ["1"]},
+    {"table": 3, "op": "DELETE", "values": None, "old_key": ["2"]},
+    {"table": 3, "op": "TRUNCATE", "values": None, "old_key": None},
+]}
 TX = {
     "source": "shop", "tick_id": 7, "tick_time": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "batch_end": True,
+    "tables": [{"table_id": 3, "schema_name": "public", "table_name": "t", "columns": ["id", "name", "note"],
+                "key_columns": ["id"]}],
     "transactions": [
         {"position": 42, "xid": 1234, "chunk": 0, "last_chunk": True, **CHANGES},
         {"position": 43, "xid": 1240, "chunk": 0, "last_chunk": False, "changes": []},

@@ -1,8 +1,7 @@
 import pytest
 
 from pgfanout.errors import PositionError
-from pgfanout.positions import (WHOLE, AgentState, Mark, Progress, Resume, Step, TopicTail, mark_of, next_step,
-                                plan_resume)
+from pgfanout.positions import WHOLE, AgentState, Mark, Progress, Resume, Step, TopicTail, mark_of, next_step, plan_resume
 
 
 def test_next_step_for_whole_transactions():

@@ -1,0 +1,134 @@
+"""Capture overhead and the trigger-design measurement.
+
+1. pgbench (scale 10, -c 4 -j 2, --duration seconds) without capture, then with capture installed and the
+   agent running: the TPS ratio (the issue's bar: >= 0.90; peers: Slony-I 0.87-0.95, Bucardo 0.78-0.83).
+   The log table's size is sampled during the captured run, to show consumed rows do not pile up.
+2. The same pgbench run with statement-level triggers using transition tables instead of row triggers
+   (a prototype built here only for the measurement), and a 1,000,000-row UPDATE under each design.
+
+Every run uses the same schema: pgbench_history gets a bigserial primary key in all of them, because a
+table without a key cannot be replicated.
+
+    .venv/bin/python -m bench.capture_overhead [--duration 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+import psycopg
+from psycopg import sql
+
+from agent import capture
+from bench.common import Timer, bench_stack, pgbench, tps_of, write_result
+from bench.publish_throughput import TABLES, prepare_pgbench_db
+from pgfanout.config import parse_config
+from pgfanout.demo import daemon_argv, start_daemon, write_config
+from pgfanout.local import processes
+from pgfanout.pg import connect
+
+DB = "bench_capture"
+
+
+def run_pgbench(port: int, duration: int) -> float:
+    return tps_of(pgbench("-c", "4", "-j", "2", "-T", str(duration), "-n", dsn_port=port, db=DB))
+
+
+def statement_trigger_statements(table: capture.PublishedTable) -> list[sql.Composable]:
+    """Statement-level capture with transition tables, for the measurement only (key changes not paired)."""
+    target = sql.Identifier(table.schema_name, table.table_name)
+    statements: list[sql.Composable] = []
+    for event, transition, op, values in (("INSERT", "NEW", "I", "n"), ("UPDATE", "NEW", "U", "n"),
+                                          ("DELETE", "OLD", "D", "o")):
+        function = sql.Identifier(capture.SCHEMA, f"capture_stmt_{event.lower()}_{table.table_id}")
+        alias = sql.Identifier(values)
+        columns = table.columns if op != "D" else table.key_columns
+        array = sql.SQL("ARRAY[{}]::text[]").format(
+            sql.SQL(", ").join(sql.SQL("{}.{}::text").format(alias, sql.Identifier(c)) for c in columns))
+        new_row, old_key = (array, sql.NULL) if op != "D" else (sql.NULL, array)
+        body = sql.SQL(
+            "BEGIN INSERT INTO pgfanout.log (table_id, op, new_row, old_key) "
+            "SELECT {tid}, {op}, {new_row}, {old_key} FROM changed_rows {alias}; RETURN NULL; END"
+        ).format(tid=sql.Literal(table.table_id), op=sql.Literal(op), new_row=new_row, old_key=old_key, alias=alias)
+        statements += [
+            sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+                    "SET search_path = pg_catalog, pg_temp AS {}").format(function, sql.Literal(body.as_string())),
+            sql.SQL("CREATE TRIGGER {} AFTER {} ON {} REFERENCING {} TABLE AS changed_rows "
+                    "FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
+                sql.Identifier(f"pgfanout_stmt_{event.lower()}"), sql.SQL(event), target, sql.SQL(transition), function),
+        ]
+    return statements
+
+
+def use_statement_triggers(conn: psycopg.Connection) -> None:
+    with conn.transaction():
+        for table in capture.describe_tables(conn, TABLES):
+            target = sql.Identifier(table.schema_name, table.table_name)
+            conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(capture.TRIGGER), target))
+            for statement in statement_trigger_statements(table):
+                conn.execute(statement)
+
+
+def bulk_update_seconds(conn: psycopg.Connection) -> float:
+    with Timer() as timer, conn.transaction():
+        conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1")
+    conn.execute("DELETE FROM pgfanout.log") if capture.installed(conn) else None
+    conn.execute("VACUUM pgbench_accounts")
+    return timer.seconds
+
+
+def sample_log_size(conn_info: str, stop: threading.Event, samples: list[int]) -> None:
+    with psycopg.connect(conn_info, autocommit=True) as conn:
+        while not stop.is_set():
+            samples.append(conn.execute("SELECT pg_total_relation_size('pgfanout.log')").fetchone()[0])
+            stop.wait(2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=30)
+    args = parser.parse_args()
+    stack = bench_stack()
+    primary = stack.postgres("primary")
+    data = prepare_pgbench_db(stack, DB)
+    config = parse_config(data)
+    figures: dict[str, object] = {}
+
+    run_pgbench(primary.port, 5)  # warm up caches
+    figures["tps_without_capture"] = round(run_pgbench(primary.port, args.duration))
+    with connect(config.sources[DB], "bench") as conn:
+        figures["bulk_update_1m_rows_seconds_without_capture"] = round(bulk_update_seconds(conn), 2)
+        capture.install(conn, TABLES)
+
+    config_path = write_config(stack.home / f"{DB}.yaml", data)
+    agent = start_daemon(stack, f"{DB}-agent", daemon_argv(config_path, "agent", "run", "--source", DB))
+    samples: list[int] = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=sample_log_size, args=(primary.dsn(DB), stop, samples))
+    sampler.start()
+    figures["tps_with_capture_and_agent"] = round(run_pgbench(primary.port, args.duration))
+    stop.set()
+    sampler.join()
+    figures["capture_tps_ratio"] = round(figures["tps_with_capture_and_agent"] / figures["tps_without_capture"], 3)
+    figures["log_size_bytes_during_run"] = {"min": min(samples), "max": max(samples), "last": samples[-1],
+                                            "samples": len(samples)}
+    processes.stop(agent)
+
+    with connect(config.sources[DB], "bench") as conn:
+        conn.execute("DELETE FROM pgfanout.log")
+        figures["bulk_update_1m_rows_seconds_row_triggers"] = round(bulk_update_seconds(conn), 2)
+        use_statement_triggers(conn)
+    figures["tps_statement_triggers_no_agent"] = round(run_pgbench(primary.port, args.duration))
+    with connect(config.sources[DB], "bench") as conn:
+        conn.execute("DELETE FROM pgfanout.log")
+        figures["bulk_update_1m_rows_seconds_statement_triggers"] = round(bulk_update_seconds(conn), 2)
+    time.sleep(0)
+    write_result("capture_overhead", figures, notes=(
+        "pgbench -c 4 -j 2 -T duration -n, scale 10, PostgreSQL on the same 2-core machine as pgbench and the agent; "
+        "statement-trigger figures come from a measurement-only prototype (no agent running)."))
+
+
+if __name__ == "__main__":
+    main()
