@@ -66,7 +66,8 @@ class Agent:
     def connect(self) -> None:
         self.conn = connect(self.settings, f"pgfanout-agent-{self.source}")
         if not capture.installed(self.conn):
-            raise FatalError(f"capture is not installed on source {self.source}; run `pgfanout agent install --source {self.source}`")
+            raise FatalError(f"capture is not installed on source {self.source}; "
+                             f"run `pgfanout agent install --source {self.source}`")
         kafkautil.ensure_topic(self.cluster, self.topic, self.settings.max_message_bytes)
         self.producer = kafkautil.producer(self.cluster, self.settings.max_message_bytes)
         self.state = self._read_state()

@@ -161,11 +161,13 @@ def cross_reference_problems(data: dict) -> list[str]:
                 problems.append(f"distributors.{name}.routes.{i}: no route named {route!r}")
                 continue
             if route in fed_by:
-                problems.append(f"distributors.{name}.routes.{i}: route {route!r} is already fed by distributor {fed_by[route]!r}")
+                problems.append(f"distributors.{name}.routes.{i}: route {route!r} is already fed by "
+                                f"distributor {fed_by[route]!r}")
             fed_by[route] = name
             upstreams.add(str(routes[route].get("upstream")))
         if len(upstreams) > 1:
-            problems.append(f"distributors.{name}.routes: all routes of one distributor must share one upstream, found {sorted(upstreams)}")
+            problems.append(f"distributors.{name}.routes: all routes of one distributor must share one upstream, "
+                            f"found {sorted(upstreams)}")
     for name, subscriber in subscribers.items():
         route = subscriber.get("route")
         if isinstance(route, str) and route not in routes:

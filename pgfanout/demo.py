@@ -112,7 +112,8 @@ def proof(config: Config, tables: list[str] = SAMPLE_TABLES) -> tuple[bool, list
     """Row count and checksum per table on the source and every subscriber."""
     source = config.sources[next(iter(config.sources))]
     names = list(config.subscribers)
-    header = f"{'table':<20} {'primary rows':>12} {'checksum':<12} " + " ".join(f"{n + ' rows':>10} {'checksum':<12}" for n in names)
+    header = f"{'table':<20} {'primary rows':>12} {'checksum':<12} "
+    header += " ".join(f"{n + ' rows':>10} {'checksum':<12}" for n in names)
     lines, equal = [header, "-" * len(header)], True
     with connect(source, "pgfanout-proof") as primary:
         subs = {n: connect(config.subscribers[n], "pgfanout-proof") for n in names}
@@ -122,7 +123,7 @@ def proof(config: Config, tables: list[str] = SAMPLE_TABLES) -> tuple[bool, list
                 keys = primary_keys(primary, schema_name, table_name)
                 expected = table_digest(primary, schema_name, table_name, keys)
                 line = f"{qualified:<20} {expected.rows:>12} {expected.checksum[:12]:<12} "
-                for name, conn in subs.items():
+                for conn in subs.values():
                     got = table_digest(conn, schema_name, table_name, keys)
                     mark = "" if got == expected else " DIFFERENT"
                     equal &= got == expected

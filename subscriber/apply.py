@@ -37,7 +37,8 @@ def table_info(schema_name: str, table_name: str, columns: tuple[str, ...], key_
     try:
         indexes = tuple(columns.index(k) for k in key_columns)
     except ValueError:
-        raise PoisonMessage(f"table {schema_name}.{table_name}: key columns {key_columns} are not all among its columns") from None
+        raise PoisonMessage(
+            f"table {schema_name}.{table_name}: key columns {key_columns} are not all among its columns") from None
     return TableInfo(schema_name, table_name, columns, key_columns, indexes)
 
 

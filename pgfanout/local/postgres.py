@@ -115,7 +115,8 @@ class PgCluster:
                     return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
-                    raise LocalStackError(f"PostgreSQL cluster {self.name} does not answer on 127.0.0.1:{self.port}: {exc}") from exc
+                    raise LocalStackError(
+                        f"PostgreSQL cluster {self.name} does not answer on 127.0.0.1:{self.port}: {exc}") from exc
                 time.sleep(0.2)
 
     def stop(self, mode: str = "fast") -> None:
