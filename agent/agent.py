@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from agent import capture
-from agent.batch import LogRow, Part, pack, split_transactions, with_last
+from agent.batch import Part, pack, split_transactions, with_last
 from pgfanout import kafka as kafkautil
 from pgfanout.codec import default_codec
 from pgfanout.config import Config
@@ -136,8 +136,7 @@ class Agent:
             # closing() ends the stream even when sending fails: a suspended stream holds the connection's
             # lock, and the transaction's rollback would wait for it forever
             with closing(rows):
-                parts = split_transactions((LogRow(*row) for row in rows), first_position, CHUNK_CHANGES,
-                                           self.settings.message_bytes)
+                parts = split_transactions(rows, first_position, CHUNK_CHANGES, self.settings.message_bytes)
                 for package, batch_end in with_last(pack(unpublished(parts), self.settings.message_bytes)):
                     self._send("Batch", {"source": self.source, "tick_id": tick_id, "tick_time": tick_time,
                                          "batch_end": batch_end, "tables": self._tables_of(package),

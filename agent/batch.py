@@ -17,6 +17,8 @@ T = TypeVar("T")
 
 
 class LogRow(NamedTuple):
+    """A row of the batch query. The hot path reads plain tuples of this shape by index."""
+
     xid: int
     table_id: int
     op: str
@@ -25,9 +27,12 @@ class LogRow(NamedTuple):
     size: int  # a deterministic estimate of the change's encoded size, computed by the batch query
 
 
-def change_of(row: LogRow) -> dict[str, Any]:
+XID, TABLE_ID, OP, NEW_ROW, OLD_KEY, SIZE = range(6)
+
+
+def change_of(row: tuple) -> dict[str, Any]:
     """The wire form of a change: the trigger already stored what it needs (see schemas/change.avsc)."""
-    return {"table": row.table_id, "op": OPS[row.op], "values": row.new_row, "old_key": row.old_key}
+    return {"table": row[TABLE_ID], "op": OPS[row[OP]], "values": row[NEW_ROW] or (), "old_key": row[OLD_KEY] or ()}
 
 
 @dataclass
@@ -47,26 +52,27 @@ class Part:
                 "changes": self.changes}
 
 
-def split_transactions(rows: Iterable[LogRow], first_position: int, max_changes: int, max_bytes: int) -> Iterator[Part]:
-    """Parts of each transaction, numbered from ``first_position``, in row order.
+def split_transactions(rows: Iterable[tuple], first_position: int, max_changes: int, max_bytes: int) -> Iterator[Part]:
+    """Parts of each transaction (rows shaped like LogRow), numbered from ``first_position``, in row order.
 
     A chunk is closed when one more change would pass ``max_changes`` or ``max_bytes``.
     """
     part: Part | None = None
     position = first_position - 1
     for row in rows:
-        if part is None or row.xid != part.xid:
+        if part is None or row[XID] != part.xid:
             if part is not None:
                 part.last_chunk = True
                 yield part
             position += 1
-            part = Part(position, row.xid, 0)
-        if part.changes and (len(part.changes) >= max_changes or part.size + row.size > max_bytes):
+            part = Part(position, row[XID], 0)
+        size = row[SIZE]
+        if part.changes and (len(part.changes) >= max_changes or part.size + size > max_bytes):
             yield part
-            part = Part(position, row.xid, part.chunk + 1)
+            part = Part(position, row[XID], part.chunk + 1)
         part.changes.append(change_of(row))
-        part.size += row.size
-        part.tables.add(row.table_id)
+        part.size += size
+        part.tables.add(row[TABLE_ID])
     if part is not None:
         part.last_chunk = True
         yield part

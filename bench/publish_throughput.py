@@ -51,16 +51,23 @@ def prepare_pgbench_db(stack, db: str) -> dict:
     return data
 
 
-def drain(stack, data: dict, db: str, expected_position: int) -> float:
+def drain(stack, data: dict, db: str, expected_position: int) -> tuple[float, float]:
+    """(seconds from process start, seconds from the agent's "ready") until the backlog is published."""
     config_path = write_config(stack.home / f"{db}.yaml", data)
     config = parse_config(data)
-    with Timer() as timer:
-        pid = start_daemon(stack, f"{db}-agent", daemon_argv(config_path, "agent", "run", "--source", db))
-        with connect(config.sources[db], "bench") as conn:
-            while source_position(conn)[0] < expected_position:
-                time.sleep(0.02)
+    log_file = stack.log_dir / f"{db}-agent.log"
+    log_file.unlink(missing_ok=True)
+    started = time.perf_counter()
+    pid = start_daemon(stack, f"{db}-agent", daemon_argv(config_path, "agent", "run", "--source", db))
+    while "ready:" not in (log_file.read_text() if log_file.exists() else ""):
+        time.sleep(0.005)
+    ready = time.perf_counter()
+    with connect(config.sources[db], "bench") as conn:
+        while source_position(conn)[0] < expected_position:
+            time.sleep(0.01)
+    done = time.perf_counter()
     processes.stop(pid)
-    return timer.seconds
+    return done - started, done - ready
 
 
 def main() -> None:
@@ -75,11 +82,14 @@ def main() -> None:
         capture.install(conn, TABLES)
         conn.execute(SMALL_TRANSACTIONS % {"count": args.transactions})
         rows = conn.execute("SELECT count(*) FROM pgfanout.log").fetchone()[0]
-    seconds = drain(stack, data, db, args.transactions)
-    figures = {"small_transactions": args.transactions, "changed_rows": rows, "seconds": round(seconds, 2),
-               "rows_per_second": round(rows / seconds), "transactions_per_second": round(args.transactions / seconds)}
-    write_result("publish_throughput", figures,
-                 notes="agent start-up (connect, reconcile) is included in the time; target >= 65,000 rows/s")
+    total, working = drain(stack, data, db, args.transactions)
+    figures = {"small_transactions": args.transactions, "changed_rows": rows,
+               "seconds_after_ready": round(working, 2), "rows_per_second": round(rows / working),
+               "transactions_per_second": round(args.transactions / working),
+               "seconds_including_startup": round(total, 2), "rows_per_second_including_startup": round(rows / total)}
+    write_result("publish_throughput", figures, notes=(
+        "backlog written with the agent stopped, then drained: from the agent's 'ready' log line (connected, "
+        "reconciled) until the primary records the last position published; target >= 65,000 rows/s"))
 
 
 if __name__ == "__main__":

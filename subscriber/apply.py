@@ -62,15 +62,15 @@ class Run:
 def params_of(change: dict[str, Any], table: TableInfo, where: str) -> tuple[Any, ...]:
     op, values, old_key = change["op"], change["values"], change["old_key"]
     if op in ("INSERT", "UPDATE"):
-        if values is None or len(values) != len(table.columns):
+        if len(values) != len(table.columns):
             raise PoisonMessage(f"change at {where}: {op} on {table.qualified} carries "
-                                f"{'no' if values is None else len(values)} values for {len(table.columns)} columns")
+                                f"{len(values) or 'no'} values for {len(table.columns)} columns")
         if op == "INSERT":
             return tuple(values)
-        key = old_key if old_key is not None else [values[i] for i in table.key_indexes]
+        key = old_key or [values[i] for i in table.key_indexes]
         return (*values, *key)
     if op == "DELETE":
-        if old_key is None or len(old_key) != len(table.key_columns):
+        if len(old_key) != len(table.key_columns):
             raise PoisonMessage(f"change at {where}: DELETE on {table.qualified} lacks its key")
         return tuple(old_key)
     return ()

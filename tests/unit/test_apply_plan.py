@@ -6,8 +6,8 @@ from subscriber.apply import RunShape, plan, statement, table_info
 T = {1: table_info("public", "t", ("id", "v"), ("id",))}
 
 
-def change(op, values=None, old_key=None, table=1):
-    return {"table": table, "op": op, "values": values, "old_key": old_key}
+def change(op, values=(), old_key=(), table=1):
+    return {"table": table, "op": op, "values": list(values), "old_key": list(old_key)}
 
 
 def test_consecutive_alike_changes_share_a_run_in_order():
@@ -43,8 +43,8 @@ def test_truncates_are_never_merged():
 
 @pytest.mark.parametrize("bad, words", [
     (change("INSERT", ["1"]), "1 values for 2 columns"),
-    (change("UPDATE", None), "no values"),
-    (change("DELETE", None), "lacks its key"),
+    (change("UPDATE"), "no values"),
+    (change("DELETE"), "lacks its key"),
     (change("INSERT", ["1", "a"], table=7), "refers to table 7"),
 ])
 def test_malformed_changes_are_poison(bad, words):

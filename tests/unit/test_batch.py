@@ -7,10 +7,10 @@ def row(xid, seq, op, new=None, old=None, table=1):
 
 
 def test_change_of_each_operation():
-    assert change_of(row(1, 1, "I", ["1", "a"])) == {"table": 1, "op": "INSERT", "values": ["1", "a"], "old_key": None}
+    assert change_of(row(1, 1, "I", ["1", "a"])) == {"table": 1, "op": "INSERT", "values": ["1", "a"], "old_key": ()}
     assert change_of(row(1, 2, "U", ["2", None], ["1"])) == {"table": 1, "op": "UPDATE", "values": ["2", None],
                                                              "old_key": ["1"]}
-    assert change_of(row(1, 3, "D", None, ["2"])) == {"table": 1, "op": "DELETE", "values": None, "old_key": ["2"]}
+    assert change_of(row(1, 3, "D", None, ["2"])) == {"table": 1, "op": "DELETE", "values": (), "old_key": ["2"]}
     assert change_of(row(1, 4, "T"))["op"] == "TRUNCATE"
 
 
