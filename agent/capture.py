@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from agent.typesettings import settings_for_columns
+from pgfanout.config import Source
 from pgfanout.errors import CaptureError
 from pgfanout.pg import SESSION_SETTINGS
 
@@ -41,6 +43,11 @@ BASE_DDL = [
         new_row text[],
         old_key text[])""",
     "CREATE INDEX IF NOT EXISTS log_txid ON pgfanout.log (txid)",
+    # the agent deletes consumed rows every tick: vacuum the log often and without throttling, so their
+    # space is reused instead of piling up
+    """ALTER TABLE pgfanout.log SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000,
+        autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0.5)""",
     "CREATE SEQUENCE IF NOT EXISTS pgfanout.tick_seq",
     """CREATE TABLE IF NOT EXISTS pgfanout.tick (
         tick_id bigint PRIMARY KEY,
@@ -67,6 +74,7 @@ class PublishedTable:
     table_name: str
     columns: tuple[str, ...]
     key_columns: tuple[str, ...]
+    settings: frozenset[str] = frozenset()  # session settings the trigger must pin (see typesettings)
 
     @property
     def qualified(self) -> str:
@@ -78,13 +86,52 @@ def _split(qualified: str) -> tuple[str, str]:
     return schema_name, table_name
 
 
-def describe_tables(conn: psycopg.Connection, tables: list[str]) -> list[PublishedTable]:
-    """Read each table's columns and key from the catalog; refuse missing and keyless tables."""
+def expand(conn: psycopg.Connection, tables: list[str], exclude: list[str]) -> tuple[list[str], list[str]]:
+    """(tables, missing): ``schema.*`` entries become every table of the schema, minus ``exclude``."""
+    found: list[str] = []
+    missing: list[str] = []
+    for entry in tables:
+        schema_name, table_name = _split(entry)
+        if table_name != "*":
+            found.append(entry)
+            continue
+        names = [r[0] for r in conn.execute(
+            """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname""",
+            (schema_name,))]
+        if not names:
+            missing.append(entry)
+        found += [f"{schema_name}.{name}" for name in names]
+    excluded = set(exclude)
+    return list(dict.fromkeys(t for t in found if t not in excluded)), missing
+
+
+def _unique_not_null(conn: psycopg.Connection, oid: int, columns: list[str]) -> str | None:
+    """None if ``columns`` are exactly a unique, non-partial index's columns and all NOT NULL; else why not."""
+    nullable = [r[0] for r in conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attname = ANY(%s) AND NOT attnotnull",
+        (oid, columns))]
+    if nullable:
+        return f"columns {', '.join(nullable)} allow NULL"
+    unique = conn.execute(
+        """SELECT 1 FROM pg_index i WHERE i.indrelid = %s AND i.indisunique AND i.indpred IS NULL
+             AND i.indexprs IS NULL
+             AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
+                  WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = %s""",
+        (oid, sorted(columns))).fetchone()
+    return None if unique else "no unique index (without a WHERE clause) on exactly those columns"
+
+
+def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[str] | None = None,
+                    keys: dict[str, list[str]] | None = None) -> list[PublishedTable]:
+    """Read each table's columns and key from the catalog; refuse missing and keyless tables, all at once."""
+    keys = keys or {}
+    tables, missing = expand(conn, tables, exclude or [])
     existing_ids: dict[tuple[str, str], int] = {}
     if conn.execute("SELECT to_regclass('pgfanout.tables')").fetchone()[0]:
         existing_ids = {(s, t): i for i, s, t in conn.execute("SELECT table_id, schema_name, table_name FROM pgfanout.tables")}
     next_id = max(existing_ids.values(), default=0) + 1
-    found, missing, keyless = [], [], []
+    found, keyless, bad_keys = [], [], []
     for qualified in tables:
         schema_name, table_name = _split(qualified)
         row = conn.execute(
@@ -94,29 +141,39 @@ def describe_tables(conn: psycopg.Connection, tables: list[str]) -> list[Publish
             missing.append(qualified)
             continue
         oid = row[0]
-        columns = [r[0] for r in conn.execute(
-            """SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0
-               AND NOT attisdropped AND attgenerated = '' ORDER BY attnum""", (oid,))]
+        described = conn.execute(
+            """SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s AND attnum > 0
+               AND NOT attisdropped AND attgenerated = '' ORDER BY attnum""", (oid,)).fetchall()
+        columns = [name for name, _ in described]
         key = [r[0] for r in conn.execute(
             """SELECT a.attname FROM pg_index i
                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
                WHERE i.indrelid = %s AND i.indisprimary
                ORDER BY array_position(i.indkey::int2[], a.attnum)""", (oid,))]
+        if qualified in keys:
+            reason = _unique_not_null(conn, oid, keys[qualified])
+            if reason or any(c not in columns for c in keys[qualified]):
+                bad_keys.append(f"{qualified} ({reason or 'a key column is not a column of the table'})")
+                continue
+            key = keys[qualified]
         if not key:
             keyless.append(qualified)
             continue
         table_id = existing_ids.get((schema_name, table_name))
         if table_id is None:
             table_id, next_id = next_id, next_id + 1
-        found.append(PublishedTable(table_id, schema_name, table_name, tuple(columns), tuple(key)))
+        settings = settings_for_columns(conn, [type_oid for _, type_oid in described])
+        found.append(PublishedTable(table_id, schema_name, table_name, tuple(columns), tuple(key), settings))
     problems = []
     if missing:
         problems.append(f"tables not found on the primary: {', '.join(missing)}")
     if keyless:
         problems.append(
             f"tables without a primary key cannot be replicated (a row must be identifiable): {', '.join(keyless)}; "
-            "add a primary key or leave them out of the source's tables"
+            "add a primary key, name a unique NOT NULL key under the source's keys, or leave them out"
         )
+    if bad_keys:
+        problems.append(f"configured keys that cannot identify rows: {'; '.join(bad_keys)}")
     if problems:
         raise CaptureError("; ".join(problems))
     return found
@@ -152,7 +209,8 @@ END
 """).format(tid=tid, new_row=_array("NEW", table.columns), old_key=_array("OLD", table.key_columns),
             old_key_row=_row("OLD", table.key_columns), new_key_row=_row("NEW", table.key_columns))
     settings = sql.SQL(" ").join(
-        sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)) for name, value in SESSION_SETTINGS.items())
+        sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+        for name, value in SESSION_SETTINGS.items() if name in table.settings)
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
         "SET search_path = pg_catalog, pg_temp {settings} AS {body}"
@@ -179,9 +237,9 @@ def table_statements(table: PublishedTable) -> list[sql.Composable]:
     ]
 
 
-def install_statements(conn: psycopg.Connection, tables: list[str]) -> list[sql.Composable]:
+def install_statements(conn: psycopg.Connection, source: Source) -> list[sql.Composable]:
     statements: list[sql.Composable] = [sql.SQL(s) for s in BASE_DDL]
-    for table in describe_tables(conn, tables):
+    for table in describe_tables(conn, source.tables, source.exclude, source.keys):
         statements += table_statements(table)
     return statements
 
@@ -190,14 +248,13 @@ def render(conn: psycopg.Connection, statements: list[sql.Composable]) -> str:
     return "".join(s.as_string(conn).strip() + ";\n\n" for s in statements)
 
 
-def install(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+def install(conn: psycopg.Connection, source: Source) -> None:
     """Install capture in one transaction; running it again changes nothing."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgfanout.install'))")
-        for statement in install_statements(conn, tables):
+        for statement in install_statements(conn, source):
             conn.execute(statement)
-    log.info("capture installed on %d tables", len(tables))
-    return tables
+    log.info("capture installed")
 
 
 def uninstall(conn: psycopg.Connection) -> None:

@@ -100,7 +100,7 @@ def main() -> None:
     figures["tps_without_capture"] = round(run_pgbench(primary.port, args.duration))
     with connect(config.sources[DB], "bench") as conn:
         figures["bulk_update_1m_rows_seconds_without_capture"] = round(bulk_update_seconds(conn), 2)
-        capture.install(conn, TABLES)
+        capture.install(conn, config.sources[DB])
 
     config_path = write_config(stack.home / f"{DB}.yaml", data)
     agent = start_daemon(stack, f"{DB}-agent", daemon_argv(config_path, "agent", "run", "--source", DB))

@@ -62,9 +62,9 @@ def cmd_agent_install(args: argparse.Namespace) -> int:
     source = config.sources[name]
     with connect(source, "pgfanout-install") as conn:
         if args.dry_run:
-            print(capture.render(conn, capture.install_statements(conn, source.tables)), end="")
+            print(capture.render(conn, capture.install_statements(conn, source)), end="")
             return 0
-        capture.install(conn, source.tables)
+        capture.install(conn, source)
     print(f"capture installed on source {name}: {', '.join(source.tables)}")
     return 0
 

@@ -20,7 +20,7 @@ from pgfanout.errors import ConfigError
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-QUALIFIED_TABLE = re.compile(r"^[^.\s]+\.[^.\s]+$")
+QUALIFIED_TABLE = re.compile(r"^[^.\s]+\.[^.\s]+$")  # schema.table, or schema.* for every table of a schema
 
 
 class Strict(BaseModel):
@@ -63,7 +63,10 @@ class Database(Strict):
 class Source(Database):
     kafka: Name
     topic: str | None = None
-    tables: list[str] = Field(min_length=1, description="schema-qualified tables to publish")
+    tables: list[str] = Field(min_length=1, description="schema-qualified tables to publish; schema.* for all of a schema")
+    exclude: list[str] = Field(default_factory=list, description="tables left out of the schema.* entries")
+    keys: dict[str, list[str]] = Field(
+        default_factory=dict, description="per table without a primary key: the columns of a unique, NOT NULL key")
     tick_interval_ms: int = Field(default=50, ge=5, le=60_000)
     heartbeat_interval_ms: int = Field(default=1000, ge=50, le=3_600_000)
     message_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024,
@@ -81,6 +84,14 @@ class Source(Database):
         if len(set(tables)) != len(tables):
             raise ValueError("a table is listed twice")
         return tables
+
+    @field_validator("exclude", "keys")
+    @classmethod
+    def _qualified_names(cls, names: list[str] | dict[str, list[str]]) -> list[str] | dict[str, list[str]]:
+        bad = [t for t in names if not QUALIFIED_TABLE.match(t) or t.endswith(".*")]
+        if bad:
+            raise ValueError(f"tables must be written schema.table: {', '.join(bad)}")
+        return names
 
 
 class Route(Strict):

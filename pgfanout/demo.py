@@ -156,7 +156,7 @@ def run_demo(seconds: float, writers: int) -> int:
     say("==> installing capture on the primary: " + ", ".join(SAMPLE_TABLES))
     from agent import capture
     with connect(config.sources["shop"], "pgfanout-demo") as conn:
-        capture.install(conn, config.sources["shop"].tables)
+        capture.install(conn, config.sources["shop"])
     say("==> starting the agent, distributor hq and subscribers " + ", ".join(SUBSCRIBERS))
     start_pipeline(stack, config_path, config)
     say(f"==> running a concurrent workload: {writers} writers for {seconds:.0f}s")

@@ -19,6 +19,7 @@ SESSION_SETTINGS = {
     "TimeZone": "UTC",
     "extra_float_digits": "3",
     "bytea_output": "hex",
+    "lc_monetary": "C",
 }
 
 

@@ -53,7 +53,7 @@ class Pipeline:
                 create_schema(conn)
         if install:
             with self.primary() as conn:
-                capture.install(conn, SAMPLE_TABLES)
+                capture.install(conn, self.config.sources[self.source])
 
     def seed(self) -> None:
         with self.primary() as conn:

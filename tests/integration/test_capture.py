@@ -10,6 +10,10 @@ from pgfanout.errors import CaptureError
 from pgfanout.sample import SAMPLE_TABLES
 
 
+def source_with(pipeline, **settings):
+    return pipeline.config.sources[pipeline.source].model_copy(update=settings)
+
+
 def triggers(conn):
     return sorted(r[0] for r in conn.execute(
         "SELECT tgrelid::regclass::text || ':' || tgname FROM pg_trigger WHERE tgname LIKE 'pgfanout%'"))
@@ -24,10 +28,10 @@ def test_install_is_idempotent_and_uninstall_leaves_user_data(pipeline):
     pipeline.seed()
     with pipeline.primary() as conn:
         before = conn.execute("SELECT count(*), sum(balance) FROM public.accounts").fetchone()
-        capture.install(conn, SAMPLE_TABLES)
+        capture.install(conn, pipeline.config.sources[pipeline.source])
         installed = triggers(conn)
         assert len(installed) == 2 * len(SAMPLE_TABLES)
-        capture.install(conn, SAMPLE_TABLES)
+        capture.install(conn, pipeline.config.sources[pipeline.source])
         assert triggers(conn) == installed
         capture.uninstall(conn)
         assert triggers(conn) == [] and not schema_exists(conn)
@@ -53,7 +57,8 @@ def test_keyless_and_missing_tables_are_refused_all_at_once(pipeline):
         conn.execute("CREATE TABLE public.events (happened timestamptz, what text)")
         conn.execute("CREATE TABLE public.audit (line text)")
         with pytest.raises(CaptureError) as err:
-            capture.install(conn, ["public.orders", "public.events", "public.audit", "public.nowhere"])
+            capture.install(conn, source_with(pipeline, tables=["public.orders", "public.events", "public.audit",
+                                                                "public.nowhere"]))
         message = str(err.value)
         assert "public.events, public.audit" in message and "public.nowhere" in message
         assert not schema_exists(conn), "a refused install must leave nothing behind"
@@ -102,3 +107,31 @@ def test_captured_text_ignores_the_writers_session_settings(pipeline):
         conn.execute("INSERT INTO public.customers VALUES (1, 'x', NULL, '2026-03-04 05:06:07.123456+00')")
         logged = conn.execute("SELECT new_row FROM pgfanout.log").fetchone()[0]
     assert logged[3] == "2026-03-04 05:06:07.123456+00"
+
+
+def test_schema_wildcard_with_exclusions(pipeline):
+    pipeline.prepare(install=False)
+    with pipeline.primary() as conn:
+        conn.execute("CREATE SCHEMA other")
+        conn.execute("CREATE TABLE other.skipped (id int PRIMARY KEY)")
+        conn.execute("CREATE TABLE public.extra (id int PRIMARY KEY)")
+        capture.install(conn, source_with(pipeline, tables=["public.*"], exclude=["public.accounts"]))
+        published = sorted(f"{s}.{t}" for s, t in conn.execute("SELECT schema_name, table_name FROM pgfanout.tables"))
+    assert published == sorted(set(SAMPLE_TABLES) - {"public.accounts"} | {"public.extra"})
+
+
+def test_a_configured_unique_not_null_key_stands_in_for_a_primary_key(pipeline):
+    pipeline.prepare(install=False)
+    with pipeline.primary() as conn:
+        conn.execute("CREATE TABLE public.events (seen timestamptz, code text NOT NULL, zone int NOT NULL, note text)")
+        conn.execute("CREATE UNIQUE INDEX ON public.events (zone, code)")
+        conn.execute("CREATE TABLE public.loose (code text, note text)")
+        conn.execute("CREATE UNIQUE INDEX ON public.loose (code)")
+        with pytest.raises(CaptureError, match=r"public.loose \(columns code allow NULL\)"):
+            capture.install(conn, source_with(pipeline, tables=["public.events", "public.loose"],
+                                              keys={"public.events": ["code", "zone"], "public.loose": ["code"]}))
+        capture.install(conn, source_with(pipeline, tables=["public.events"], keys={"public.events": ["code", "zone"]}))
+        conn.execute("INSERT INTO public.events VALUES (now(), 'a', 1, 'x')")
+        conn.execute("UPDATE public.events SET code = 'b' WHERE code = 'a'")
+        rows = conn.execute("SELECT op, old_key FROM pgfanout.log ORDER BY seq").fetchall()
+    assert rows == [("I", None), ("U", ["a", "1"])]

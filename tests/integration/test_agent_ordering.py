@@ -1,0 +1,121 @@
+"""The published order: conflicting writers, long transactions, and huge ones."""
+
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+
+from pgfanout.local import processes
+from pgfanout.pg import connect
+from pgfanout.sample import ACCOUNTS, OPENING_BALANCE
+from tests.integration.pipeline import read_topic, transactions
+
+
+def transfer_loop(dsn, seconds, writer, counts):
+    """Transfers between a few hot accounts, so writers conflict all the time."""
+    import random
+    rng = random.Random(writer)
+    deadline = time.monotonic() + seconds
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            a, b = rng.sample(range(1, 6), 2)
+            with conn.transaction():
+                # rows locked in id order: writers still wait on each other's hot rows, without deadlocks
+                conn.execute("SELECT FROM public.accounts WHERE id IN (%s, %s) ORDER BY id FOR UPDATE", (a, b))
+                conn.execute("UPDATE public.accounts SET balance = balance - 7 WHERE id = %s", (a,))
+                conn.execute("UPDATE public.accounts SET balance = balance + 7 WHERE id = %s", (b,))
+            counts[writer] += 1
+
+
+def test_conflicting_transfers_replay_to_the_primary_and_every_prefix_keeps_the_total(pipeline):
+    pipeline.prepare()
+    pipeline.seed()
+    pipeline.start("agent")
+    counts = [0] * 4
+    writers = [threading.Thread(target=transfer_loop, args=(pipeline.primary_dsn, 6, i, counts)) for i in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert sum(counts) > 500
+    from pgfanout.demo import wait_caught_up
+    wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=60)
+
+    total = ACCOUNTS * OPENING_BALANCE
+    balances: dict[str, Decimal] = {}
+    checked_batches = 0
+    for _, kind, message in read_topic(pipeline.config, pipeline.source):
+        if kind != "Batch":
+            continue
+        accounts = [t["table_id"] for t in message["tables"] if t["table_name"] == "accounts"]
+        for part in message["transactions"]:
+            for change in part["changes"]:
+                if change["table"] in accounts and change["op"] in ("INSERT", "UPDATE"):
+                    balances[change["values"][0]] = Decimal(change["values"][1])
+            # every transaction boundary of the published order is a state where the total holds
+            if len(balances) == ACCOUNTS:
+                assert sum(balances.values()) == total, f"total broken after position {part['position']}"
+        if message["batch_end"] and len(balances) == ACCOUNTS:
+            checked_batches += 1
+    assert checked_batches > 5
+    with pipeline.primary() as conn:
+        primary = {str(i): b for i, b in conn.execute("SELECT id, balance FROM public.accounts")}
+    assert balances == primary, "replaying the stream must give exactly the primary's final state"
+
+
+def test_a_transaction_open_across_many_ticks_is_published_whole_after_later_ones(pipeline):
+    pipeline.prepare()
+    pipeline.seed()
+    pipeline.start("agent")
+    with psycopg.connect(pipeline.primary_dsn) as long_tx:
+        long_tx.execute("INSERT INTO public.customers (id, name) VALUES (-1, 'long transaction, first row')")
+        xid = long_tx.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]
+        for i in range(20):  # other transactions commit and get published meanwhile
+            with connect(pipeline.config.sources[pipeline.source], "test") as other:
+                other.execute("UPDATE public.accounts SET balance = balance WHERE id = %s", (1 + i % 5,))
+            long_tx.execute("INSERT INTO public.customers (id, name) VALUES (%s, 'long transaction')", (-2 - i,))
+            time.sleep(0.1)
+        long_tx.commit()
+    pipeline.wait_for_log("agent", "ready:")
+    from pgfanout.demo import wait_caught_up
+    wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=60)
+
+    parts = transactions(read_topic(pipeline.config, pipeline.source))
+    mine = [p for p in parts if p["xid"] == xid]
+    assert len(mine) == 1 and mine[0]["last_chunk"], "published as one whole transaction"
+    assert len(mine[0]["changes"]) == 21
+    ticks = {p["tick_id"] for p in parts}
+    assert len(ticks) > 5, "the transaction stayed open across many ticks"
+    others_before = [p for p in parts if p["position"] < mine[0]["position"] and p["xid"] != xid]
+    assert len(others_before) >= 20, "transactions that committed earlier come first"
+
+
+def rss_peak_mb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_million_row_transaction_is_published_whole_in_chunks_with_bounded_memory(pipeline):
+    pipeline.prepare()
+    with pipeline.primary() as conn:
+        conn.execute("INSERT INTO public.products SELECT 'BULK-' || g, 'bulk product', g % 1000, NULL "
+                     "FROM generate_series(1, 1000000) g")
+        xid = conn.execute("SELECT max(txid)::text::bigint FROM pgfanout.log").fetchone()[0]
+    pipeline.start("agent")
+    from pgfanout.demo import wait_caught_up
+    wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=180)
+    peak = rss_peak_mb(pipeline.pid("agent"))
+    processes.stop(pipeline.pid("agent"))
+
+    parts = transactions(read_topic(pipeline.config, pipeline.source))
+    assert [p["xid"] for p in parts] == [xid] * len(parts), "one transaction"
+    assert len(parts) > 10, "split into chunks"
+    assert [p["chunk"] for p in parts] == list(range(len(parts)))
+    assert [p["last_chunk"] for p in parts] == [False] * (len(parts) - 1) + [True]
+    assert {p["position"] for p in parts} == {1}
+    assert sum(len(p["changes"]) for p in parts) == 1_000_000
+    assert peak < 300, f"agent peak RSS {peak:.0f} MB"
