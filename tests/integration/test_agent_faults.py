@@ -122,3 +122,20 @@ def test_crash_in_the_middle_of_a_batch_publishes_the_rest_once(pipeline, monkey
     assert len(positions) > len(partial)
     with pipeline.primary() as conn:
         assert conn.execute("SELECT next_position FROM pgfanout.agent_state").fetchone()[0] == positions[-1] + 1
+
+
+def test_agent_reconnects_after_a_primary_restart_and_loses_nothing(pipeline, stack):
+    pipeline.prepare()
+    pipeline.seed()
+    pipeline.start("agent")
+    first = run_workload(pipeline.primary_dsn, seconds=30, writers=2, max_transactions=100, seed_value=8,
+                         record_xids=True)
+    stack.postgres("primary").restart()
+    second = run_workload(pipeline.primary_dsn, seconds=30, writers=2, max_transactions=100, seed_value=9,
+                          record_xids=True)
+    wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=120)
+    assert pipeline.pid("agent"), "the agent must survive the restart"
+    published = [p["xid"] for p in transactions(read_topic(pipeline.config, pipeline.source))]
+    assert len(published) == len(set(published))
+    assert set(first.xids) | set(second.xids) <= set(published)
+    assert "cannot reach PostgreSQL" in pipeline.log("agent") or "retrying in" in pipeline.log("agent")

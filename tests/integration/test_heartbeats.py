@@ -1,0 +1,32 @@
+"""Idle sources publish heartbeats, so downstream lag in seconds stays known."""
+
+import time
+
+from tests.integration.pipeline import read_topic
+
+
+def test_an_idle_source_publishes_heartbeats_that_reach_the_subscriber(pipeline):
+    source = pipeline.data["sources"][pipeline.source]
+    source["heartbeat_interval_ms"] = 200
+    from pgfanout.config import load_config
+    from pgfanout.demo import write_config
+    write_config(pipeline.config_path, pipeline.data)
+    pipeline.config = load_config(pipeline.config_path)
+    pipeline.prepare()
+    pipeline.seed()
+    pipeline.start()
+    pipeline.wait_caught_up(timeout=60)
+    sub = pipeline.subscribers[0]
+    with pipeline.replica(sub) as conn:
+        before = conn.execute("SELECT position, source_time FROM pgfanout_replica.position").fetchone()
+    time.sleep(2)  # nothing is written on the primary meanwhile
+    with pipeline.replica(sub) as conn:
+        after = conn.execute("SELECT position, source_time FROM pgfanout_replica.position").fetchone()
+    assert after[0] == before[0], "heartbeats do not advance the position"
+    assert (after[1] - before[1]).total_seconds() > 1, "but they move the subscriber's source time on"
+
+    messages = read_topic(pipeline.config, pipeline.source)
+    beats = [m for _, kind, m in messages if kind == "Heartbeat"]
+    assert len(beats) >= 6
+    assert [b["tick_id"] for b in beats] == sorted({b["tick_id"] for b in beats})
+    assert {b["position"] for b in beats[-3:]} == {before[0]}
