@@ -12,6 +12,7 @@ help:
 	@echo "make unit   only the unit tests (no servers)"
 	@echo "make down   stop the local stack started by make demo"
 	@echo "make lint   ruff"
+	@echo "make bench  the benchmarks (bench/README.md); results in bench/results/"
 
 deps:
 	@scripts/install-deps.sh
@@ -44,6 +45,11 @@ unit: venv
 
 lint: venv
 	$(BIN)/ruff check .
+
+bench: deps venv jars
+	$(BIN)/python -m bench.publish_throughput
+	$(BIN)/python -m bench.capture_overhead
+	$(BIN)/python -m bench.lag
 
 clean: down
 	rm -rf $(VENV) .pgfanout .pytest_cache
