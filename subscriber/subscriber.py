@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from pgfanout import kafka as kafkautil
 from pgfanout.codec import default_codec
@@ -38,7 +39,18 @@ STATE_DDL = [
         kafka_offset bigint NOT NULL,
         source_time timestamptz,
         applied_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
+    # Replicated tables refuse writes from anyone but the applier. The applier runs with
+    # session_replication_role = replica, in which ordinary triggers like this one do not fire.
+    """CREATE OR REPLACE FUNCTION pgfanout_replica.deny_writes() RETURNS trigger LANGUAGE plpgsql
+        SET search_path = pg_catalog, pg_temp AS $$
+    BEGIN
+        RAISE EXCEPTION 'table %.% is a pgfanout replica of source %: only the pgfanout applier writes to it',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
+            USING ERRCODE = 'read_only_sql_transaction',
+                  HINT = 'write on the source primary; the change will be replicated here';
+    END $$""",
 ]
+DENY_TRIGGER = "pgfanout_replica_deny_writes"
 
 SAVE_POSITION = """
 INSERT INTO pgfanout_replica.position AS p
@@ -72,6 +84,7 @@ class Subscriber:
         self.applied = Progress(0)  # committed in the replica
         self.group = Group(Progress(0), 0, None, -1)  # applied in the open replica transaction
         self.committed_offset = -1
+        self.protected: set[tuple[str, str]] = set()
 
     def connect(self) -> None:
         self.conn = connect(self.settings, f"pgfanout-subscriber-{self.subscriber}")
@@ -81,6 +94,9 @@ class Subscriber:
         row = self.conn.execute(
             "SELECT position, tick_id, kafka_offset, topic FROM pgfanout_replica.position WHERE subscriber = %s",
             (self.subscriber,)).fetchone()
+        self.protected = {(s, t) for s, t in self.conn.execute(
+            """SELECT n.nspname, c.relname FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace WHERE g.tgname = %s""", (DENY_TRIGGER,))}
         self.conn.autocommit = False  # one replica transaction may span several messages and polls
         self.consumer = kafkautil.consumer(self.cluster)
         tp = kafkautil.partition(self.topic)
@@ -128,11 +144,31 @@ class Subscriber:
             self.group.started = time.monotonic()
         if kind == "Batch":
             tables = tables_of(message)
+            self._protect(tables.values(), message["source"])
             with self.conn.cursor() as cur:
                 for part in message["transactions"]:
                     if next_step(self.group.pending, part["position"], part["chunk"], where) is Step.APPLY:
                         self._apply_part(cur, part, tables, message["source"], where)
         self.group.tick_id, self.group.source_time, self.group.offset = message["tick_id"], message["tick_time"], record.offset
+
+    def _protect(self, tables: Any, source: str) -> None:
+        """Make each replicated table read-only for everyone but the applier, the first time it is seen."""
+        assert self.conn is not None
+        for table in tables:
+            if (table.schema_name, table.table_name) in self.protected:
+                continue
+            target = sql.Identifier(table.schema_name, table.table_name)
+            for events in ("INSERT OR UPDATE OR DELETE", "TRUNCATE"):
+                name = DENY_TRIGGER if events != "TRUNCATE" else DENY_TRIGGER + "_truncate"
+                try:
+                    self.conn.execute(sql.SQL(
+                        "CREATE OR REPLACE TRIGGER {} BEFORE {} ON {} FOR EACH STATEMENT "
+                        "EXECUTE FUNCTION pgfanout_replica.deny_writes({})").format(
+                        sql.Identifier(name), sql.SQL(events), target, sql.Literal(source)))
+                except psycopg.errors.UndefinedTable:
+                    raise PoisonMessage(f"table {table.qualified} does not exist on subscriber {self.subscriber}; "
+                                        "create it (pgfanout subscriber init) before applying") from None
+            self.protected.add((table.schema_name, table.table_name))
 
     def _apply_part(self, cur: psycopg.Cursor, part: dict[str, Any], tables: dict[int, TableInfo], source: str,
                     where: str) -> None:
