@@ -63,6 +63,19 @@ def spawn(argv: list[str], log_file: Path, pid_file: Path, env: dict[str, str] |
     return proc.pid
 
 
+def wait_exit(pid: int, timeout: float) -> int | None:
+    """The exit code of a process we spawned, once it exits by itself; None if still running at the timeout."""
+    child = _children.get(pid)
+    if child is None:
+        raise ValueError(f"process {pid} was not spawned here")
+    try:
+        code = child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    del _children[pid]
+    return code
+
+
 def stop(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
     """Ask a process to stop, wait for it, and kill it if it does not."""
     try:

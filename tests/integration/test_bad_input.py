@@ -1,0 +1,64 @@
+"""Bad input on a route: the subscriber stops, names the place, and commits nothing of the bad transaction."""
+
+from datetime import UTC, datetime
+
+import pytest
+
+from pgfanout import kafka as kafkautil
+from pgfanout.codec import MAGIC, default_codec
+from pgfanout.local import processes
+
+ACCOUNTS = {"table_id": 5, "schema_name": "public", "table_name": "accounts", "columns": ["id", "balance"],
+            "key_columns": ["id"]}
+MISSING = {"table_id": 9, "schema_name": "public", "table_name": "not_here", "columns": ["id"], "key_columns": ["id"]}
+
+
+def batch(position, changes, tables=(ACCOUNTS,)):
+    return default_codec().encode("Batch", {
+        "source": "test", "tick_id": position, "tick_time": datetime.now(UTC), "batch_end": True,
+        "tables": list(tables),
+        "transactions": [{"position": position, "xid": 1000 + position, "chunk": 0, "last_chunk": True,
+                          "changes": changes}]})
+
+
+def insert(table_id, *values):
+    return {"table": table_id, "op": "INSERT", "values": list(values), "old_key": []}
+
+
+GOOD = [batch(1, [insert(5, "1", "10")]), batch(2, [insert(5, "2", "20")])]
+CASES = {
+    "garbage": (b"\x00\x01garbage", "is not a pgfanout message (bad header)"),
+    "unknown_schema": (MAGIC + b"\xde\xad\xbe\xef\x00\x00\x00\x01" + b"\x00", "names unknown schema deadbeef00000001"),
+    "unknown_table": (batch(3, [insert(9, "1")], tables=(ACCOUNTS, MISSING)), "public.not_here does not exist"),
+    "constraint": (batch(3, [insert(5, "3", "30"), insert(5, "1", "99")]), "UniqueViolation"),
+    "type_error": (batch(3, [insert(5, "3", "thirty")]), "InvalidTextRepresentation"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_stops_the_subscriber_and_commits_nothing_of_it(pipeline, case):
+    bad, words = CASES[case]
+    pipeline.prepare(install=False)
+    cluster_name, topic = pipeline.config.stream(pipeline.route)
+    cluster = pipeline.config.kafka[cluster_name]
+    kafkautil.ensure_topic(cluster, topic, 1 << 20)
+    producer = kafkautil.producer(cluster, 1 << 20)
+    for value in [*GOOD, bad]:
+        producer.send(topic, value=value)
+    producer.flush(timeout=30)
+    producer.close()
+
+    sub = pipeline.subscribers[0]
+    pipeline.start(sub)
+    code = processes.wait_exit(pipeline.pid(sub), timeout=60)
+    assert code == 3, f"exit code {code}; log:\n{pipeline.log(sub)}"
+    log = pipeline.log(sub)
+    assert "Traceback" not in log
+    assert f"{topic}[0]@2" in log, "the error names topic, partition and offset"
+    assert words in log
+    if case in ("unknown_table", "constraint", "type_error"):
+        assert "position 3" in log
+    with pipeline.replica(sub) as conn:
+        assert conn.execute("SELECT count(*) FROM public.accounts WHERE id = 3").fetchone()[0] == 0
+        stored = conn.execute("SELECT max(position) FROM pgfanout_replica.position").fetchone()[0]
+    assert stored is None or stored < 3
