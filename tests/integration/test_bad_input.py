@@ -1,5 +1,6 @@
 """Bad input on a route: the subscriber stops, names the place, and commits nothing of the bad transaction."""
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from pgfanout import kafka as kafkautil
 from pgfanout.codec import MAGIC, default_codec
 from pgfanout.local import processes
+from pgfanout.status import subscriber_position
 
 ACCOUNTS = {"table_id": 5, "schema_name": "public", "table_name": "accounts", "columns": ["id", "balance"],
             "key_columns": ["id"]}
@@ -43,10 +45,12 @@ def test_bad_input_stops_the_subscriber_and_commits_nothing_of_it(pipeline, case
     cluster = pipeline.config.kafka[cluster_name]
     kafkautil.ensure_topic(cluster, topic, 1 << 20)
     producer = kafkautil.producer(cluster, 1 << 20)
-    for value in [*GOOD, bad]:
-        producer.send(topic, value=value)
-    producer.flush(timeout=30)
-    producer.close()
+    try:
+        for value in [*GOOD, bad]:
+            producer.send(topic, value=value)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
 
     sub = pipeline.subscribers[0]
     pipeline.start(sub)
@@ -62,3 +66,46 @@ def test_bad_input_stops_the_subscriber_and_commits_nothing_of_it(pipeline, case
         assert conn.execute("SELECT count(*) FROM public.accounts WHERE id = 3").fetchone()[0] == 0
         stored = conn.execute("SELECT max(position) FROM pgfanout_replica.position").fetchone()[0]
     assert stored is None or stored < 3
+
+
+def test_messages_deleted_by_retention_stop_the_subscriber_with_the_missing_positions(pipeline):
+    from kafka import KafkaAdminClient
+
+    pipeline.prepare(install=False)
+    cluster_name, topic = pipeline.config.stream(pipeline.route)
+    cluster = pipeline.config.kafka[cluster_name]
+    kafkautil.ensure_topic(cluster, topic, 1 << 20)
+    producer = kafkautil.producer(cluster, 1 << 20)
+
+    def send(*values):
+        for value in values:
+            producer.send(topic, value=value)
+        producer.flush(timeout=30)
+
+    sub = pipeline.subscribers[0]
+    try:
+        send(*GOOD)
+        pipeline.start(sub)
+        with pipeline.replica(sub) as conn:
+            deadline = time.monotonic() + 60
+            while subscriber_position(conn, sub)[0] < 2:
+                assert time.monotonic() < deadline, pipeline.log(sub)
+                time.sleep(0.1)
+        pipeline.kill(sub, 15)  # offline for a while
+        send(*(batch(p, [insert(5, str(p), "1")]) for p in (3, 4, 5)))
+    finally:
+        producer.close()
+    admin = KafkaAdminClient(**kafkautil.client_options(cluster))
+    try:
+        admin.delete_records({kafkautil.partition(topic): 4})  # retention removed positions 3 and 4
+    finally:
+        admin.close()
+
+    pipeline.start(sub)
+    code = processes.wait_exit(pipeline.pid(sub), timeout=60)
+    log = pipeline.log(sub)
+    assert code == 3, log
+    assert "expected position 3, found 5; positions 3..4 are missing (deleted by retention" in log
+    with pipeline.replica(sub) as conn:
+        assert conn.execute("SELECT max(position) FROM pgfanout_replica.position").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM public.accounts WHERE id >= 3").fetchone()[0] == 0
