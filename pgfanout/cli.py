@@ -102,6 +102,19 @@ def cmd_subscriber_run(args: argparse.Namespace) -> int:
     return _run_daemon(Subscriber(config, _pick("subscriber", list(config.subscribers), args.name)))
 
 
+def cmd_subscriber_skip(args: argparse.Namespace) -> int:
+    from pgfanout.pg import connect
+    from subscriber.subscriber import request_skip
+
+    config = _config(args)
+    name = _pick("subscriber", list(config.subscribers), args.name)
+    with connect(config.subscribers[name], "pgfanout-skip") as conn:
+        applied = request_skip(conn, name, args.position)
+    print(f"subscriber {name} (at position {applied}) will skip the transaction at position {args.position} when it "
+          "reaches it; that replica will then differ from the source by that transaction (resync it to be exact)")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from pgfanout.status import status_lines
 
@@ -179,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = top.add_parser("subscriber", help="apply a route to a replica").add_subparsers(dest="action", required=True)
     _add(sub, "run", cmd_subscriber_run, "run a subscriber daemon").add_argument("name", nargs="?")
+    skip = _add(sub, "skip", cmd_subscriber_skip, "skip one source transaction the subscriber cannot apply (logged loudly)")
+    skip.add_argument("name", nargs="?")
+    skip.add_argument("--position", type=int, required=True, help="the position of the transaction to skip")
 
     _add(top, "status", cmd_status, "positions and lag of every source and subscriber")
 

@@ -21,7 +21,7 @@ from psycopg import sql
 from pgfanout import kafka as kafkautil
 from pgfanout.codec import default_codec
 from pgfanout.config import Config
-from pgfanout.errors import PoisonMessage
+from pgfanout.errors import PoisonMessage, PositionError
 from pgfanout.pg import connect
 from pgfanout.positions import WHOLE, Progress, Step, next_step
 from subscriber.apply import TableInfo, apply_changes, tables_of
@@ -39,6 +39,11 @@ STATE_DDL = [
         kafka_offset bigint NOT NULL,
         source_time timestamptz,
         applied_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
+    """CREATE TABLE IF NOT EXISTS pgfanout_replica.skip (
+        subscriber text NOT NULL,
+        position bigint NOT NULL,
+        requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (subscriber, position))""",
     # Replicated tables refuse writes from anyone but the applier. The applier runs with
     # session_replication_role = replica, in which ordinary triggers like this one do not fire.
     """CREATE OR REPLACE FUNCTION pgfanout_replica.deny_writes() RETURNS trigger LANGUAGE plpgsql
@@ -60,6 +65,23 @@ ON CONFLICT (subscriber) DO UPDATE SET position = EXCLUDED.position, tick_id = E
     topic = EXCLUDED.topic, kafka_offset = EXCLUDED.kafka_offset, source_time = EXCLUDED.source_time,
     applied_at = EXCLUDED.applied_at
 """
+
+
+def request_skip(conn: psycopg.Connection, subscriber: str, position: int) -> int:
+    """Record the operator's request to skip one transaction; returns the position applied so far."""
+    ensure_state(conn)
+    with conn.transaction():
+        row = conn.execute("SELECT position FROM pgfanout_replica.position WHERE subscriber = %s",
+                           (subscriber,)).fetchone()
+        applied = row[0] if row else 0
+        if position <= applied:
+            raise PositionError(f"subscriber {subscriber} has already applied position {position} (it is at {applied}); "
+                                "nothing to skip")
+        conn.execute("INSERT INTO pgfanout_replica.skip (subscriber, position) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                     (subscriber, position))
+    log.warning("subscriber %s will SKIP the transaction at position %d when it reaches it (now at %d)",
+                subscriber, position, applied)
+    return applied
 
 
 def ensure_state(conn: psycopg.Connection) -> None:
@@ -85,6 +107,7 @@ class Subscriber:
         self.group = Group(Progress(0), 0, None, -1)  # applied in the open replica transaction
         self.committed_offset = -1
         self.protected: set[tuple[str, str]] = set()
+        self.skips: set[int] = set()
 
     def connect(self) -> None:
         self.conn = connect(self.settings, f"pgfanout-subscriber-{self.subscriber}")
@@ -97,6 +120,8 @@ class Subscriber:
         self.protected = {(s, t) for s, t in self.conn.execute(
             """SELECT n.nspname, c.relname FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
                JOIN pg_namespace n ON n.oid = c.relnamespace WHERE g.tgname = %s""", (DENY_TRIGGER,))}
+        self.skips = {r[0] for r in self.conn.execute(
+            "SELECT position FROM pgfanout_replica.skip WHERE subscriber = %s", (self.subscriber,))}
         self.conn.autocommit = False  # one replica transaction may span several messages and polls
         self.consumer = kafkautil.consumer(self.cluster)
         tp = kafkautil.partition(self.topic)
@@ -173,6 +198,23 @@ class Subscriber:
     def _apply_part(self, cur: psycopg.Cursor, part: dict[str, Any], tables: dict[int, TableInfo], source: str,
                     where: str) -> None:
         where = f"{where} position {part['position']} chunk {part['chunk']} (source {source} xid {part['xid']})"
+        if part["position"] in self.skips:
+            log.warning("%s: SKIPPING the transaction at %s, as `pgfanout subscriber skip` asked; this replica now "
+                        "differs from the source by that transaction", self.name, where)
+            if part["last_chunk"]:
+                cur.execute("DELETE FROM pgfanout_replica.skip WHERE subscriber = %s AND position = %s",
+                            (self.subscriber, part["position"]))
+                self.skips.discard(part["position"])
+        else:
+            self._apply_changes(cur, part, tables, where)
+        if part["last_chunk"]:
+            self.group.pending = Progress(part["position"])
+            self.group.transactions += 1
+        else:
+            self.group.pending = Progress(part["position"], part["chunk"])
+
+    def _apply_changes(self, cur: psycopg.Cursor, part: dict[str, Any], tables: dict[int, TableInfo],
+                       where: str) -> None:
         try:
             apply_changes(cur, part["changes"], tables, where)
         except psycopg.OperationalError:
@@ -180,12 +222,8 @@ class Subscriber:
         except psycopg.Error as exc:
             raise PoisonMessage(
                 f"transaction at {where} failed to apply, nothing of it was committed: "
-                f"{type(exc).__name__}: {str(exc).strip()}") from exc
-        if part["last_chunk"]:
-            self.group.pending = Progress(part["position"])
-            self.group.transactions += 1
-        else:
-            self.group.pending = Progress(part["position"], part["chunk"])
+                f"{type(exc).__name__}: {str(exc).strip()}. To go on without it, run "
+                f"`pgfanout subscriber skip {self.subscriber} --position {part['position']}`") from exc
 
     def _group_full(self) -> bool:
         started = self.group.started or time.monotonic()

@@ -109,3 +109,40 @@ def test_messages_deleted_by_retention_stop_the_subscriber_with_the_missing_posi
     with pipeline.replica(sub) as conn:
         assert conn.execute("SELECT max(position) FROM pgfanout_replica.position").fetchone()[0] == 2
         assert conn.execute("SELECT count(*) FROM public.accounts WHERE id >= 3").fetchone()[0] == 0
+
+
+def test_the_operator_can_skip_a_poison_transaction(pipeline):
+    import subprocess
+    import sys
+
+    pipeline.prepare(install=False)
+    cluster_name, topic = pipeline.config.stream(pipeline.route)
+    cluster = pipeline.config.kafka[cluster_name]
+    kafkautil.ensure_topic(cluster, topic, 1 << 20)
+    producer = kafkautil.producer(cluster, 1 << 20)
+    try:
+        for value in [*GOOD, CASES["constraint"][0], batch(4, [insert(5, "4", "40")])]:
+            producer.send(topic, value=value)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    sub = pipeline.subscribers[0]
+    pipeline.start(sub)
+    assert processes.wait_exit(pipeline.pid(sub), timeout=60) == 3
+    assert f"pgfanout subscriber skip {sub} --position 3" in pipeline.log(sub)
+
+    skip = subprocess.run([sys.executable, "-m", "pgfanout", "subscriber", "skip", sub, "--position", "3",
+                           "--config", str(pipeline.config_path)], capture_output=True, text=True)
+    assert skip.returncode == 0, skip.stderr
+    pipeline.start(sub)
+    with pipeline.replica(sub) as conn:
+        deadline = time.monotonic() + 60
+        while subscriber_position(conn, sub)[0] < 4:
+            assert time.monotonic() < deadline, pipeline.log(sub)
+            time.sleep(0.1)
+        assert sorted(r[0] for r in conn.execute("SELECT id FROM public.accounts")) == [1, 2, 4]
+        assert conn.execute("SELECT count(*) FROM pgfanout_replica.skip").fetchone()[0] == 0
+    assert "SKIPPING the transaction at" in pipeline.log(sub) and "position 3" in pipeline.log(sub)
+    again = subprocess.run([sys.executable, "-m", "pgfanout", "subscriber", "skip", sub, "--position", "2",
+                            "--config", str(pipeline.config_path)], capture_output=True, text=True)
+    assert again.returncode == 3 and "already applied position 2" in again.stderr
