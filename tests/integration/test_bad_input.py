@@ -27,6 +27,21 @@ def insert(table_id, *values):
     return {"table": table_id, "op": "INSERT", "values": list(values), "old_key": []}
 
 
+def fill_route(pipeline, values):
+    """Write messages straight into the pipeline's route topic; returns the topic."""
+    cluster_name, topic = pipeline.config.stream(pipeline.route)
+    cluster = pipeline.config.kafka[cluster_name]
+    kafkautil.ensure_topic(cluster, topic, 1 << 20)
+    producer = kafkautil.producer(cluster, 1 << 20)
+    try:
+        for value in values:
+            producer.send(topic, value=value)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
+    return topic
+
+
 GOOD = [batch(1, [insert(5, "1", "10")]), batch(2, [insert(5, "2", "20")])]
 CASES = {
     "garbage": (b"\x00\x01garbage", "is not a pgfanout message (bad header)"),
@@ -41,16 +56,7 @@ CASES = {
 def test_bad_input_stops_the_subscriber_and_commits_nothing_of_it(pipeline, case):
     bad, words = CASES[case]
     pipeline.prepare(install=False)
-    cluster_name, topic = pipeline.config.stream(pipeline.route)
-    cluster = pipeline.config.kafka[cluster_name]
-    kafkautil.ensure_topic(cluster, topic, 1 << 20)
-    producer = kafkautil.producer(cluster, 1 << 20)
-    try:
-        for value in [*GOOD, bad]:
-            producer.send(topic, value=value)
-        producer.flush(timeout=30)
-    finally:
-        producer.close()
+    topic = fill_route(pipeline, [*GOOD, bad])
 
     sub = pipeline.subscribers[0]
     pipeline.start(sub)
@@ -72,29 +78,17 @@ def test_messages_deleted_by_retention_stop_the_subscriber_with_the_missing_posi
     from kafka import KafkaAdminClient
 
     pipeline.prepare(install=False)
-    cluster_name, topic = pipeline.config.stream(pipeline.route)
-    cluster = pipeline.config.kafka[cluster_name]
-    kafkautil.ensure_topic(cluster, topic, 1 << 20)
-    producer = kafkautil.producer(cluster, 1 << 20)
-
-    def send(*values):
-        for value in values:
-            producer.send(topic, value=value)
-        producer.flush(timeout=30)
-
     sub = pipeline.subscribers[0]
-    try:
-        send(*GOOD)
-        pipeline.start(sub)
-        with pipeline.replica(sub) as conn:
-            deadline = time.monotonic() + 60
-            while subscriber_position(conn, sub)[0] < 2:
-                assert time.monotonic() < deadline, pipeline.log(sub)
-                time.sleep(0.1)
-        pipeline.kill(sub, 15)  # offline for a while
-        send(*(batch(p, [insert(5, str(p), "1")]) for p in (3, 4, 5)))
-    finally:
-        producer.close()
+    topic = fill_route(pipeline, GOOD)
+    pipeline.start(sub)
+    with pipeline.replica(sub) as conn:
+        deadline = time.monotonic() + 60
+        while subscriber_position(conn, sub)[0] < 2:
+            assert time.monotonic() < deadline, pipeline.log(sub)
+            time.sleep(0.1)
+    pipeline.kill(sub, 15)  # offline for a while
+    fill_route(pipeline, [batch(p, [insert(5, str(p), "1")]) for p in (3, 4, 5)])
+    cluster = pipeline.config.kafka[pipeline.config.stream(pipeline.route)[0]]
     admin = KafkaAdminClient(**kafkautil.client_options(cluster))
     try:
         admin.delete_records({kafkautil.partition(topic): 4})  # retention removed positions 3 and 4
@@ -116,16 +110,7 @@ def test_the_operator_can_skip_a_poison_transaction(pipeline):
     import sys
 
     pipeline.prepare(install=False)
-    cluster_name, topic = pipeline.config.stream(pipeline.route)
-    cluster = pipeline.config.kafka[cluster_name]
-    kafkautil.ensure_topic(cluster, topic, 1 << 20)
-    producer = kafkautil.producer(cluster, 1 << 20)
-    try:
-        for value in [*GOOD, CASES["constraint"][0], batch(4, [insert(5, "4", "40")])]:
-            producer.send(topic, value=value)
-        producer.flush(timeout=30)
-    finally:
-        producer.close()
+    fill_route(pipeline, [*GOOD, CASES["constraint"][0], batch(4, [insert(5, "4", "40")])])
     sub = pipeline.subscribers[0]
     pipeline.start(sub)
     assert processes.wait_exit(pipeline.pid(sub), timeout=60) == 3
