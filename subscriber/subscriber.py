@@ -39,6 +39,15 @@ STATE_DDL = [
         kafka_offset bigint NOT NULL,
         source_time timestamptz,
         applied_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
+    # An audit trail: the range of positions each replica transaction applied. Consecutive rows must
+    # join up exactly; a gap or an overlap would mean a lost or doubled transaction.
+    """CREATE TABLE IF NOT EXISTS pgfanout_replica.applied (
+        subscriber text NOT NULL,
+        first_position bigint NOT NULL,
+        last_position bigint NOT NULL,
+        kafka_offset bigint NOT NULL,
+        committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (subscriber, first_position))""",
     """CREATE TABLE IF NOT EXISTS pgfanout_replica.skip (
         subscriber text NOT NULL,
         position bigint NOT NULL,
@@ -108,6 +117,7 @@ class Subscriber:
         self.committed_offset = -1
         self.protected: set[tuple[str, str]] = set()
         self.skips: set[int] = set()
+        self.commits = 0
 
     def connect(self) -> None:
         self.conn = connect(self.settings, f"pgfanout-subscriber-{self.subscriber}")
@@ -233,6 +243,14 @@ class Subscriber:
     def _commit(self) -> None:
         assert self.conn is not None
         group = self.group
+        if group.pending.position > self.applied.position:
+            self.conn.execute(
+                "INSERT INTO pgfanout_replica.applied (subscriber, first_position, last_position, kafka_offset) "
+                "VALUES (%s, %s, %s, %s)", (self.subscriber, self.applied.position + 1, group.pending.position, group.offset))
+            self.commits += 1
+            if self.commits % 1000 == 0:
+                self.conn.execute("DELETE FROM pgfanout_replica.applied WHERE subscriber = %s "
+                                  "AND committed_at < clock_timestamp() - interval '7 days'", (self.subscriber,))
         self.conn.execute(SAVE_POSITION, {"subscriber": self.subscriber, "source": self.source,
                                           "position": group.pending.position, "tick_id": group.tick_id,
                                           "topic": self.topic, "offset": group.offset, "source_time": group.source_time})
