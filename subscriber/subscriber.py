@@ -180,10 +180,15 @@ class Subscriber:
         if kind == "Batch":
             tables = tables_of(message)
             self._protect(tables.values(), message["source"])
+            parts = []
+            for part in message["transactions"]:
+                if next_step(self.group.pending, part["position"], part["chunk"], where) is Step.APPLY:
+                    parts.append(part)
+                    self._advance(part, where)
             with self.conn.cursor() as cur:
-                for part in message["transactions"]:
-                    if next_step(self.group.pending, part["position"], part["chunk"], where) is Step.APPLY:
-                        self._apply_part(cur, part, tables, message["source"], where)
+                self._apply_parts(cur, [p for p in parts if p["position"] not in self.skipped], tables,
+                                  message["source"], where)
+            self._forget_skips(parts)
         self.group.tick_id, self.group.source_time, self.group.offset = message["tick_id"], message["tick_time"], record.offset
 
     def _protect(self, tables: Any, source: str) -> None:
@@ -205,35 +210,60 @@ class Subscriber:
                                         "create it (pgfanout subscriber init) before applying") from None
             self.protected.add((table.schema_name, table.table_name))
 
-    def _apply_part(self, cur: psycopg.Cursor, part: dict[str, Any], tables: dict[int, TableInfo], source: str,
-                    where: str) -> None:
-        where = f"{where} position {part['position']} chunk {part['chunk']} (source {source} xid {part['xid']})"
+    @property
+    def skipped(self) -> set[int]:
+        return self.skips
+
+    def _advance(self, part: dict[str, Any], where: str) -> None:
         if part["position"] in self.skips:
-            log.warning("%s: SKIPPING the transaction at %s, as `pgfanout subscriber skip` asked; this replica now "
-                        "differs from the source by that transaction", self.name, where)
-            if part["last_chunk"]:
-                cur.execute("DELETE FROM pgfanout_replica.skip WHERE subscriber = %s AND position = %s",
-                            (self.subscriber, part["position"]))
-                self.skips.discard(part["position"])
-        else:
-            self._apply_changes(cur, part, tables, where)
+            log.warning("%s: SKIPPING the transaction at %s position %d chunk %d, as `pgfanout subscriber skip` "
+                        "asked; this replica now differs from the source by that transaction",
+                        self.name, where, part["position"], part["chunk"])
         if part["last_chunk"]:
             self.group.pending = Progress(part["position"])
             self.group.transactions += 1
         else:
             self.group.pending = Progress(part["position"], part["chunk"])
 
-    def _apply_changes(self, cur: psycopg.Cursor, part: dict[str, Any], tables: dict[int, TableInfo],
-                       where: str) -> None:
+    def _forget_skips(self, parts: list[dict[str, Any]]) -> None:
+        assert self.conn is not None
+        for part in parts:
+            if part["position"] in self.skips and part["last_chunk"]:
+                self.conn.execute("DELETE FROM pgfanout_replica.skip WHERE subscriber = %s AND position = %s",
+                                  (self.subscriber, part["position"]))
+                self.skips.discard(part["position"])
+
+    def _apply_parts(self, cur: psycopg.Cursor, parts: list[dict[str, Any]], tables: dict[int, TableInfo],
+                     source: str, where: str) -> None:
+        """Apply a message's transactions set-based, per table; on any failure find the culprit one by one."""
+        if not parts:
+            return
+        assert self.conn is not None
+        changes = [change for part in parts for change in part["changes"]]
+        # Plain SAVEPOINT statements, not conn.transaction(): with no statement run yet in this group, that
+        # block would be the outermost one and commit the changes without their position.
+        cur.execute("SAVEPOINT pgfanout_message")
         try:
-            apply_changes(cur, part["changes"], tables, where)
+            apply_changes(cur, changes, tables, where, by_table=True)
+            cur.execute("RELEASE SAVEPOINT pgfanout_message")
+            return
         except psycopg.OperationalError:
             raise
-        except psycopg.Error as exc:
-            raise PoisonMessage(
-                f"transaction at {where} failed to apply, nothing of it was committed: "
-                f"{type(exc).__name__}: {str(exc).strip()}. To go on without it, run "
-                f"`pgfanout subscriber skip {self.subscriber} --position {part['position']}`") from exc
+        except (psycopg.Error, PoisonMessage):
+            cur.execute("ROLLBACK TO SAVEPOINT pgfanout_message")  # replay in source order to name the culprit
+        for part in parts:
+            here = f"{where} position {part['position']} chunk {part['chunk']} (source {source} xid {part['xid']})"
+            try:
+                apply_changes(cur, part["changes"], tables, here)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                raise PoisonMessage(
+                    f"transaction at {here} failed to apply, nothing of it was committed: "
+                    f"{type(exc).__name__}: {str(exc).strip()}. To go on without it, run "
+                    f"`pgfanout subscriber skip {self.subscriber} --position {part['position']}`") from exc
+        raise PoisonMessage(f"the transactions of the message at {where} failed together but not one by one; "
+                            "stop and inspect the replica")
 
     def _group_full(self) -> bool:
         started = self.group.started or time.monotonic()
