@@ -23,9 +23,29 @@ from pgfanout.pg import connect
 from pgfanout.status import source_position, subscriber_position
 
 
+def profile_subscriber(config, sub: str, target: int) -> None:
+    import cProfile
+    import pstats
+
+    from subscriber.subscriber import Subscriber
+
+    worker = Subscriber(config, sub)
+    worker.connect()
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    while worker.applied.position < target:
+        worker.work()
+    profiler.disable()
+    print(f"{target} transactions in {time.perf_counter() - started:.2f}s (profiled)")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(16)
+    worker.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--transactions", type=int, default=100_000)
+    parser.add_argument("--profile", action="store_true", help="run the subscriber in this process under cProfile")
     args = parser.parse_args()
     stack = bench_stack()
     name = "bench_catchup"
@@ -44,6 +64,11 @@ def main() -> None:
         target = source_position(conn)[0]
     time.sleep(3)  # let the distributor forward the tail of the backlog
     sub = f"{name}-sub"
+    if args.profile:
+        profile_subscriber(config, sub, target)
+        for p in (distributor, agent):
+            processes.stop(p)
+        return
     log_file = stack.log_dir / f"{sub}.log"
     log_file.unlink(missing_ok=True)
     pid = start_daemon(stack, sub, daemon_argv(config_path, "subscriber", "run", sub))

@@ -106,8 +106,10 @@ class Distributor(Strict):
 
 class Subscriber(Database):
     route: Name
-    group_max_transactions: int = Field(default=200, ge=1, le=100_000)
-    group_max_ms: int = Field(default=200, ge=1, le=60_000)
+    group_max_transactions: int = Field(default=5000, ge=1, le=100_000,
+                                        description="source transactions applied in one replica transaction at most")
+    group_max_ms: int = Field(default=200, ge=1, le=60_000,
+                              description="how long a replica transaction may collect before it commits")
 
 
 class Config(Strict):

@@ -8,6 +8,7 @@ untyped, so each column's own input function parses them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -124,6 +125,81 @@ def statement(shape: RunShape) -> sql.Composed:
     return sql.SQL("TRUNCATE {}").format(target)
 
 
+COPY_MIN_ROWS = 64  # below this, pipelined statements are as fast as COPY and its merge
+
+
+_staged: dict[int, set[str]] = {}  # staging tables created, per connection
+
+
+def forget_staging(conn: psycopg.Connection) -> None:
+    """A closed (or rolled back) connection's temp tables are gone."""
+    _staged.pop(id(conn), None)
+
+
+def stage_name(table: TableInfo, kind: str) -> sql.Identifier:
+    digest = hashlib.md5(f"{table.qualified}/{kind}".encode()).hexdigest()[:16]
+    return sql.Identifier(f"pgfanout_stage_{digest}")
+
+
+def _stage(cur: psycopg.Cursor, table: TableInfo, columns: tuple[str, ...], rows: Iterable[tuple[Any, ...]]) -> sql.Identifier:
+    """COPY rows into an empty temp table shaped like ``columns`` of the target; returns its name."""
+    target = sql.Identifier(table.schema_name, table.table_name)
+    stage = stage_name(table, ",".join(columns))
+    cols = sql.SQL(", ").join(map(sql.Identifier, columns))
+    staged = _staged.setdefault(id(cur.connection), set())
+    if stage.as_string() not in staged:
+        cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA").format(
+            stage, cols, target))
+        staged.add(stage.as_string())
+    cur.execute(sql.SQL("TRUNCATE {}").format(stage))
+    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, cols)) as copy:
+        for row in rows:
+            copy.write_row(row)
+    return stage
+
+
+def _key_match(table: TableInfo, left: str, right: str) -> sql.Composable:
+    return sql.SQL(" AND ").join(
+        sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(k), sql.Identifier(right), sql.Identifier(k))
+        for k in table.key_columns)
+
+
+def copy_run(cur: psycopg.Cursor, run: Run) -> int | None:
+    """Apply a large run with COPY and one set-based statement; None when this run cannot go that way.
+
+    Returns how many rows the statement must have touched (distinct keys), for the divergence check.
+    """
+    table, op = run.shape.table, run.shape.op
+    target = sql.Identifier(table.schema_name, table.table_name)
+    width = len(table.columns)
+    if op == "INSERT":
+        cols = sql.SQL(", ").join(map(sql.Identifier, table.columns))
+        with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, cols)) as copy:
+            for row in run.params:
+                copy.write_row(row)
+        return None
+    if op == "UPDATE":
+        latest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for params in run.params:
+            row, key = params[:width], params[width:]
+            if tuple(row[i] for i in table.key_indexes) != key:
+                return -1  # a key change: it must be applied row by row, in order
+            latest[key] = row  # full row images: the last one is the row's final state
+        stage = _stage(cur, table, table.columns, latest.values())
+        # a table made of key columns only still gets its rows matched, for the divergence check
+        changed = [c for c in table.columns if c not in table.key_columns] or list(table.key_columns)
+        assignments = sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(c)) for c in changed)
+        cur.execute(sql.SQL("UPDATE {} AS t SET {} FROM {} AS s WHERE {}").format(
+            target, assignments, stage, _key_match(table, "t", "s")))
+        return len(latest)
+    if op == "DELETE":
+        keys = list(dict.fromkeys(run.params))
+        stage = _stage(cur, table, table.key_columns, keys)
+        cur.execute(sql.SQL("DELETE FROM {} AS t USING {} AS s WHERE {}").format(target, stage, _key_match(table, "t", "s")))
+        return len(keys)
+    return -1
+
+
 def apply_changes(cur: psycopg.Cursor, changes: list[dict[str, Any]], tables: dict[int, TableInfo], where: str,
                   by_table: bool = False) -> int:
     """Apply changes inside the caller's transaction; returns rows changed.
@@ -137,6 +213,18 @@ def apply_changes(cur: psycopg.Cursor, changes: list[dict[str, Any]], tables: di
         query = statement(run.shape)
         if run.shape.op == "TRUNCATE":
             cur.execute(query)
+            continue
+        expected = copy_run(cur, run) if len(run.params) >= COPY_MIN_ROWS else -1
+        if expected is None:  # inserted by COPY; a duplicate key would have raised
+            total += len(run.params)
+            continue
+        if expected >= 0:
+            if cur.rowcount != expected:
+                raise PoisonMessage(
+                    f"transaction at {where}: {run.shape.op} on {run.shape.table.qualified} found {cur.rowcount} of "
+                    f"{expected} rows; the replica has diverged from the source. Re-materialize it "
+                    "(`pgfanout subscriber resync`)")
+            total += len(run.params)
             continue
         if len(run.params) == 1:
             cur.execute(query, run.params[0])  # one row: a plain round trip is cheaper than a pipeline

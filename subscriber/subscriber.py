@@ -24,7 +24,7 @@ from pgfanout.config import Config
 from pgfanout.errors import PoisonMessage, PositionError
 from pgfanout.pg import connect
 from pgfanout.positions import WHOLE, Progress, Step, next_step
-from subscriber.apply import TableInfo, apply_changes, tables_of
+from subscriber.apply import TableInfo, apply_changes, forget_staging, tables_of
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,9 @@ class Subscriber:
         self.protected: set[tuple[str, str]] = set()
         self.skips: set[int] = set()
         self.commits = 0
+        self.pending: list[tuple[dict[str, Any], dict[int, TableInfo], str, str]] = []  # collected, not yet applied
+        self.pending_changes = 0
+        self.pending_tables = TableSet()
 
     def connect(self) -> None:
         self.conn = connect(self.settings, f"pgfanout-subscriber-{self.subscriber}")
@@ -147,6 +150,8 @@ class Subscriber:
                 log.warning("%s: stored position came from topic %s, now reading %s", self.name, topic, self.topic)
             self.consumer.seek(tp, offset + 1)
         self.group = Group(self.applied, tick_id, None, offset)
+        self.pending, self.pending_changes = [], 0
+        self.pending_tables.clear()
         self.committed_offset = offset
         log.info("%s ready: position %d, reading %s", self.name, self.applied.position, self.topic)
 
@@ -155,6 +160,7 @@ class Subscriber:
             self.consumer.close()
             self.consumer = None
         if self.conn is not None:
+            forget_staging(self.conn)
             self.conn.close()  # an open replica transaction is rolled back: it holds no whole group
             self.conn = None
 
@@ -180,15 +186,21 @@ class Subscriber:
         if kind == "Batch":
             tables = tables_of(message)
             self._protect(tables.values(), message["source"])
-            parts = []
             for part in message["transactions"]:
-                if next_step(self.group.pending, part["position"], part["chunk"], where) is Step.APPLY:
-                    parts.append(part)
-                    self._advance(part, where)
-            with self.conn.cursor() as cur:
-                self._apply_parts(cur, [p for p in parts if p["position"] not in self.skipped], tables,
-                                  message["source"], where)
-            self._forget_skips(parts)
+                if next_step(self.group.pending, part["position"], part["chunk"], where) is not Step.APPLY:
+                    continue
+                self._advance(part, where)
+                if part["position"] in self.skips:
+                    self._forget_skip(part)
+                    continue
+                whole = part["chunk"] == 0 and part["last_chunk"]
+                if not whole or self.pending_tables.get_conflict(tables):
+                    self._flush()  # keep source order: what was collected goes first
+                self.pending.append((part, tables, message["source"], where))
+                self.pending_changes += len(part["changes"])
+                self.pending_tables.update(tables)
+                if not whole or self.pending_changes >= FLUSH_CHANGES:
+                    self._flush()
         self.group.tick_id, self.group.source_time, self.group.offset = message["tick_id"], message["tick_time"], record.offset
 
     def _protect(self, tables: Any, source: str) -> None:
@@ -210,10 +222,6 @@ class Subscriber:
                                         "create it (pgfanout subscriber init) before applying") from None
             self.protected.add((table.schema_name, table.table_name))
 
-    @property
-    def skipped(self) -> set[int]:
-        return self.skips
-
     def _advance(self, part: dict[str, Any], where: str) -> None:
         if part["position"] in self.skips:
             log.warning("%s: SKIPPING the transaction at %s position %d chunk %d, as `pgfanout subscriber skip` "
@@ -225,21 +233,29 @@ class Subscriber:
         else:
             self.group.pending = Progress(part["position"], part["chunk"])
 
-    def _forget_skips(self, parts: list[dict[str, Any]]) -> None:
+    def _forget_skip(self, part: dict[str, Any]) -> None:
         assert self.conn is not None
-        for part in parts:
-            if part["position"] in self.skips and part["last_chunk"]:
-                self.conn.execute("DELETE FROM pgfanout_replica.skip WHERE subscriber = %s AND position = %s",
-                                  (self.subscriber, part["position"]))
-                self.skips.discard(part["position"])
+        if part["last_chunk"]:
+            self.conn.execute("DELETE FROM pgfanout_replica.skip WHERE subscriber = %s AND position = %s",
+                              (self.subscriber, part["position"]))
+            self.skips.discard(part["position"])
 
-    def _apply_parts(self, cur: psycopg.Cursor, parts: list[dict[str, Any]], tables: dict[int, TableInfo],
-                     source: str, where: str) -> None:
-        """Apply a message's transactions set-based, per table; on any failure find the culprit one by one."""
-        if not parts:
+    def _flush(self) -> None:
+        """Apply what the group collected, set-based and per table; on any failure find the culprit one by one."""
+        if not self.pending:
             return
         assert self.conn is not None
-        changes = [change for part in parts for change in part["changes"]]
+        pending, tables = self.pending, dict(self.pending_tables)
+        self.pending, self.pending_changes = [], 0
+        self.pending_tables.clear()
+        with self.conn.cursor() as cur:
+            self._apply_parts(cur, pending, tables)
+
+    def _apply_parts(self, cur: psycopg.Cursor, pending: list[tuple[dict[str, Any], dict[int, TableInfo], str, str]],
+                     tables: dict[int, TableInfo]) -> None:
+        assert self.conn is not None
+        where = pending[0][3] if len(pending) == 1 else f"{pending[0][3]}..{pending[-1][3].rsplit('@', 1)[-1]}"
+        changes = [change for part, *_ in pending for change in part["changes"]]
         # Plain SAVEPOINT statements, not conn.transaction(): with no statement run yet in this group, that
         # block would be the outermost one and commit the changes without their position.
         cur.execute("SAVEPOINT pgfanout_message")
@@ -251,10 +267,11 @@ class Subscriber:
             raise
         except (psycopg.Error, PoisonMessage):
             cur.execute("ROLLBACK TO SAVEPOINT pgfanout_message")  # replay in source order to name the culprit
-        for part in parts:
-            here = f"{where} position {part['position']} chunk {part['chunk']} (source {source} xid {part['xid']})"
+            forget_staging(self.conn)  # staging tables created since the savepoint are gone
+        for part, part_tables, source, part_where in pending:
+            here = f"{part_where} position {part['position']} chunk {part['chunk']} (source {source} xid {part['xid']})"
             try:
-                apply_changes(cur, part["changes"], tables, here)
+                apply_changes(cur, part["changes"], part_tables, here)
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
@@ -262,7 +279,7 @@ class Subscriber:
                     f"transaction at {here} failed to apply, nothing of it was committed: "
                     f"{type(exc).__name__}: {str(exc).strip()}. To go on without it, run "
                     f"`pgfanout subscriber skip {self.subscriber} --position {part['position']}`") from exc
-        raise PoisonMessage(f"the transactions of the message at {where} failed together but not one by one; "
+        raise PoisonMessage(f"the transactions of the messages at {where} failed together but not one by one; "
                             "stop and inspect the replica")
 
     def _group_full(self) -> bool:
@@ -272,6 +289,7 @@ class Subscriber:
 
     def _commit(self) -> None:
         assert self.conn is not None
+        self._flush()
         group = self.group
         if group.pending.position > self.applied.position:
             self.conn.execute(
@@ -294,6 +312,14 @@ class Subscriber:
 
 
 POLL_MESSAGES = 50
+FLUSH_CHANGES = 20_000  # collected changes applied at the latest at this many, to bound memory
+
+
+class TableSet(dict):
+    """The tables of what a group collected, by id; a different description of an id forces a flush."""
+
+    def get_conflict(self, tables: dict[int, TableInfo]) -> bool:
+        return any(self.get(table_id, info) != info for table_id, info in tables.items())
 
 
 @dataclass

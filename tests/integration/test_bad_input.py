@@ -49,6 +49,9 @@ CASES = {
     "unknown_table": (batch(3, [insert(9, "1")], tables=(ACCOUNTS, MISSING)), "public.not_here does not exist"),
     "constraint": (batch(3, [insert(5, "3", "30"), insert(5, "1", "99")]), "UniqueViolation"),
     "type_error": (batch(3, [insert(5, "3", "thirty")]), "InvalidTextRepresentation"),
+    # 100 updates go the COPY-and-merge way; 98 of their rows are not on the replica
+    "diverged_bulk": (batch(3, [{"table": 5, "op": "UPDATE", "values": [str(i), "1"], "old_key": []}
+                                for i in range(1, 101)]), "found 2 of 100 rows; the replica has diverged"),
 }
 
 
@@ -66,7 +69,7 @@ def test_bad_input_stops_the_subscriber_and_commits_nothing_of_it(pipeline, case
     assert "Traceback" not in log
     assert f"{topic}[0]@2" in log, "the error names topic, partition and offset"
     assert words in log
-    if case in ("unknown_table", "constraint", "type_error"):
+    if case in ("unknown_table", "constraint", "type_error", "diverged_bulk"):
         assert "position 3" in log
     with pipeline.replica(sub) as conn:
         assert conn.execute("SELECT count(*) FROM public.accounts WHERE id = 3").fetchone()[0] == 0
