@@ -33,8 +33,9 @@ FETCH_ROWS = 10_000  # rows per round trip of the batch cursor
 CHUNK_CHANGES = 20_000  # changes per chunk at most, whatever their size
 
 BATCH_QUERY = """
-SELECT l.txid::text::bigint, l.table_id, l.op, l.new_row, l.old_key,
-       16 + coalesce(octet_length(l.new_row::text), 0) + coalesce(octet_length(l.old_key::text), 0)
+SELECT l.txid::text::bigint, l.table_id, l.op, array_replace(l.new_row, NULL, ''), l.old_key,
+       16 + coalesce(octet_length(l.new_row::text), 0) + coalesce(octet_length(l.old_key::text), 0),
+       array_positions(l.new_row, NULL)
 FROM pgfanout.log l,
      (SELECT snapshot FROM pgfanout.tick WHERE tick_id = %(prev)s) prev,
      (SELECT snapshot FROM pgfanout.tick WHERE tick_id = %(cur)s) cur

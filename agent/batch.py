@@ -25,14 +25,17 @@ class LogRow(NamedTuple):
     new_row: list[str | None] | None
     old_key: list[str] | None
     size: int  # a deterministic estimate of the change's encoded size, computed by the batch query
+    null_positions: list[int] | None  # 1-based positions of NULL values (new_row has '' there)
 
 
-XID, TABLE_ID, OP, NEW_ROW, OLD_KEY, SIZE = range(6)
+XID, TABLE_ID, OP, NEW_ROW, OLD_KEY, SIZE, NULLS = range(7)
 
 
 def change_of(row: tuple) -> dict[str, Any]:
     """The wire form of a change: the trigger already stored what it needs (see schemas/change.avsc)."""
-    return {"table": row[TABLE_ID], "op": OPS[row[OP]], "values": row[NEW_ROW] or (), "old_key": row[OLD_KEY] or ()}
+    nulls = row[NULLS]
+    return {"table": row[TABLE_ID], "op": OPS[row[OP]], "values": row[NEW_ROW] or (),
+            "nulls": [p - 1 for p in nulls] if nulls else (), "old_key": row[OLD_KEY] or ()}
 
 
 @dataclass

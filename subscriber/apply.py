@@ -62,6 +62,10 @@ class Run:
 
 def params_of(change: dict[str, Any], table: TableInfo, where: str) -> tuple[Any, ...]:
     op, values, old_key = change["op"], change["values"], change["old_key"]
+    if change["nulls"]:
+        values = list(values)
+        for index in change["nulls"]:
+            values[index] = None
     if op in ("INSERT", "UPDATE"):
         if len(values) != len(table.columns):
             raise PoisonMessage(f"change at {where}: {op} on {table.qualified} carries "
@@ -79,18 +83,18 @@ def params_of(change: dict[str, Any], table: TableInfo, where: str) -> tuple[Any
 
 def plan(changes: Iterable[dict[str, Any]], tables: dict[int, TableInfo], where: str) -> Iterator[Run]:
     current: Run | None = None
+    current_key: tuple[int, str] | None = None
     for change in changes:
+        key = (change["table"], change["op"])
+        if key == current_key and key[1] != "TRUNCATE":
+            current.params.append(params_of(change, current.shape.table, where))  # type: ignore[union-attr]
+            continue
         table = tables.get(change["table"])
         if table is None:
             raise PoisonMessage(f"change at {where} refers to table {change['table']}, which its message does not describe")
-        shape = RunShape(table, change["op"])
-        params = params_of(change, table, where)
-        if current is not None and current.shape == shape and shape.op != "TRUNCATE":
-            current.params.append(params)
-            continue
         if current is not None:
             yield current
-        current = Run(shape, [params])
+        current, current_key = Run(RunShape(table, change["op"]), [params_of(change, table, where)]), key
     if current is not None:
         yield current
 

@@ -186,6 +186,8 @@ class Subscriber:
         if kind == "Batch":
             tables = tables_of(message)
             self._protect(tables.values(), message["source"])
+            if self.pending_tables.get_conflict(tables):
+                self._flush()  # a table described differently than in what was collected: apply that first
             for part in message["transactions"]:
                 if next_step(self.group.pending, part["position"], part["chunk"], where) is not Step.APPLY:
                     continue
@@ -194,7 +196,7 @@ class Subscriber:
                     self._forget_skip(part)
                     continue
                 whole = part["chunk"] == 0 and part["last_chunk"]
-                if not whole or self.pending_tables.get_conflict(tables):
+                if not whole:
                     self._flush()  # keep source order: what was collected goes first
                 self.pending.append((part, tables, message["source"], where))
                 self.pending_changes += len(part["changes"])

@@ -24,7 +24,7 @@ def batch(position, changes, tables=(ACCOUNTS,)):
 
 
 def insert(table_id, *values):
-    return {"table": table_id, "op": "INSERT", "values": list(values), "old_key": []}
+    return {"table": table_id, "op": "INSERT", "values": list(values), "nulls": [], "old_key": []}
 
 
 def fill_route(pipeline, values):
@@ -50,7 +50,7 @@ CASES = {
     "constraint": (batch(3, [insert(5, "3", "30"), insert(5, "1", "99")]), "UniqueViolation"),
     "type_error": (batch(3, [insert(5, "3", "thirty")]), "InvalidTextRepresentation"),
     # 100 updates go the COPY-and-merge way; 98 of their rows are not on the replica
-    "diverged_bulk": (batch(3, [{"table": 5, "op": "UPDATE", "values": [str(i), "1"], "old_key": []}
+    "diverged_bulk": (batch(3, [{"table": 5, "op": "UPDATE", "values": [str(i), "1"], "nulls": [], "old_key": []}
                                 for i in range(1, 101)]), "found 2 of 100 rows; the replica has diverged"),
 }
 

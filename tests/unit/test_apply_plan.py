@@ -6,8 +6,13 @@ from subscriber.apply import RunShape, plan, statement, table_info
 T = {1: table_info("public", "t", ("id", "v"), ("id",))}
 
 
-def change(op, values=(), old_key=(), table=1):
-    return {"table": table, "op": op, "values": list(values), "old_key": list(old_key)}
+def change(op, values=(), old_key=(), table=1, nulls=()):
+    return {"table": table, "op": op, "values": list(values), "nulls": list(nulls), "old_key": list(old_key)}
+
+
+def test_nulls_are_restored_from_their_indexes():
+    runs = list(plan([change("INSERT", ["1", ""], nulls=[1]), change("INSERT", ["2", ""])], T, "w"))
+    assert runs[0].params == [("1", None), ("2", "")]
 
 
 def test_consecutive_alike_changes_share_a_run_in_order():

@@ -2,15 +2,19 @@ from agent.batch import LogRow, change_of, pack, split_transactions, with_last
 
 
 def row(xid, seq, op, new=None, old=None, table=1):
+    """A batch query row: NULLs come as '' plus their 1-based positions, as array_replace/array_positions give."""
     size = 16 + sum(len(v or "") for v in (new or old or []))
-    return LogRow(xid, table, op, new, old, size)
+    nulls = [i + 1 for i, v in enumerate(new or []) if v is None]
+    return LogRow(xid, table, op, [v or "" for v in new] if new is not None else None, old, size, nulls)
 
 
 def test_change_of_each_operation():
-    assert change_of(row(1, 1, "I", ["1", "a"])) == {"table": 1, "op": "INSERT", "values": ["1", "a"], "old_key": ()}
-    assert change_of(row(1, 2, "U", ["2", None], ["1"])) == {"table": 1, "op": "UPDATE", "values": ["2", None],
-                                                             "old_key": ["1"]}
-    assert change_of(row(1, 3, "D", None, ["2"])) == {"table": 1, "op": "DELETE", "values": (), "old_key": ["2"]}
+    assert change_of(row(1, 1, "I", ["1", "a"])) == {"table": 1, "op": "INSERT", "values": ["1", "a"], "nulls": (),
+                                                     "old_key": ()}
+    assert change_of(row(1, 2, "U", ["2", None], ["1"])) == {"table": 1, "op": "UPDATE", "values": ["2", ""],
+                                                             "nulls": [1], "old_key": ["1"]}
+    assert change_of(row(1, 3, "D", None, ["2"])) == {"table": 1, "op": "DELETE", "values": (), "nulls": (),
+                                                      "old_key": ["2"]}
     assert change_of(row(1, 4, "T"))["op"] == "TRUNCATE"
 
 

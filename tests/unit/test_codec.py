@@ -6,10 +6,10 @@ from pgfanout.codec import HEADER_SIZE, MAGIC, Codec, default_codec
 from pgfanout.errors import PoisonMessage
 
 CHANGES = {"changes": [
-    {"table": 3, "op": "INSERT", "values": ["1", "ünïcode 'quoted'", None], "old_key": []},
-    {"table": 3, "op": "UPDATE", "values": ["2", "", "x" * 100_000], "old_key": ["1"]},
-    {"table": 3, "op": "DELETE", "values": [], "old_key": ["2"]},
-    {"table": 3, "op": "TRUNCATE", "values": [], "old_key": []},
+    {"table": 3, "op": "INSERT", "values": ["1", "ünïcode 'quoted'", ""], "nulls": [2], "old_key": []},
+    {"table": 3, "op": "UPDATE", "values": ["2", "", "x" * 100_000], "nulls": [], "old_key": ["1"]},
+    {"table": 3, "op": "DELETE", "values": [], "nulls": [], "old_key": ["2"]},
+    {"table": 3, "op": "TRUNCATE", "values": [], "nulls": [], "old_key": []},
 ]}
 TX = {
     "source": "shop", "tick_id": 7, "tick_time": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "batch_end": True,
