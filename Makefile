@@ -50,6 +50,8 @@ bench: deps venv jars
 	$(BIN)/python -m bench.publish_throughput
 	$(BIN)/python -m bench.capture_overhead
 	$(BIN)/python -m bench.lag
+	$(BIN)/python -m bench.catchup
+	$(BIN)/python -m bench.keepup
 
 clean: down
 	rm -rf $(VENV) .pgfanout .pytest_cache
