@@ -13,12 +13,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from agent import capture
 from bench.common import bench_stack, pgbench, write_result
-from bench.lag import prepare
-from pgfanout.config import parse_config
-from pgfanout.demo import daemon_argv, reset_streams, start_daemon, wait_caught_up, write_config
-from pgfanout.local import processes
+from bench.lag import BenchPipeline
+from pgfanout.demo import wait_caught_up
 from pgfanout.pg import connect
 from pgfanout.status import source_position, subscriber_position
 
@@ -49,29 +46,23 @@ def main() -> None:
     args = parser.parse_args()
     stack = bench_stack()
     name = "bench_catchup"
-    data = prepare(stack, name)
-    config = parse_config(data)
-    reset_streams(config)
-    config_path = write_config(stack.home / f"{name}.yaml", data)
-    with connect(config.sources[name], "bench") as conn:
-        capture.install(conn, config.sources[name])
-    agent = start_daemon(stack, f"{name}-agent", daemon_argv(config_path, "agent", "run", "--source", name))
-    distributor = start_daemon(stack, f"{name}-dist", daemon_argv(config_path, "distributor", "run", f"{name}-dist"))
+    pipeline = BenchPipeline(stack, name)
+    config = pipeline.config
+    pipeline.start("agent", "distributor")
     pgbench("-c", "4", "-j", "2", "-t", str(args.transactions // 4), "-n", dsn_port=stack.postgres("primary").port,
             db=name)
     wait_caught_up(config.model_copy(update={"subscribers": {}}), timeout=300)
     with connect(config.sources[name], "bench") as conn:
         target = source_position(conn)[0]
     time.sleep(3)  # let the distributor forward the tail of the backlog
-    sub = f"{name}-sub"
+    sub = pipeline.subscriber
     if args.profile:
         profile_subscriber(config, sub, target)
-        for p in (distributor, agent):
-            processes.stop(p)
+        pipeline.stop()
         return
     log_file = stack.log_dir / f"{sub}.log"
     log_file.unlink(missing_ok=True)
-    pid = start_daemon(stack, sub, daemon_argv(config_path, "subscriber", "run", sub))
+    pipeline.start("subscriber")
     while "ready:" not in (log_file.read_text() if log_file.exists() else ""):
         time.sleep(0.005)
     started = time.perf_counter()
@@ -79,8 +70,7 @@ def main() -> None:
         while subscriber_position(conn, sub)[0] < target:
             time.sleep(0.01)
     seconds = time.perf_counter() - started
-    for p in (pid, distributor, agent):
-        processes.stop(p)
+    pipeline.stop()
     write_result("catchup", {"transactions": target, "changed_rows": target * 4, "seconds": round(seconds, 2),
                              "transactions_per_second": round(target / seconds),
                              "rows_per_second": round(target * 4 / seconds)},

@@ -12,12 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from agent import capture
 from bench.common import bench_stack, pgbench, tps_of, write_result
-from bench.lag import prepare
-from pgfanout.config import parse_config
-from pgfanout.demo import daemon_argv, reset_streams, start_daemon, write_config
-from pgfanout.local import processes
+from bench.lag import BenchPipeline
 from pgfanout.pg import connect
 from pgfanout.status import source_position, subscriber_position
 
@@ -28,16 +24,9 @@ def main() -> None:
     args = parser.parse_args()
     stack = bench_stack()
     name = "bench_keepup"
-    data = prepare(stack, name)
-    config = parse_config(data)
-    reset_streams(config)
-    config_path = write_config(stack.home / f"{name}.yaml", data)
-    with connect(config.sources[name], "bench") as conn:
-        capture.install(conn, config.sources[name])
-    sub = f"{name}-sub"
-    pids = [start_daemon(stack, f"{name}-agent", daemon_argv(config_path, "agent", "run", "--source", name)),
-            start_daemon(stack, f"{name}-dist", daemon_argv(config_path, "distributor", "run", f"{name}-dist")),
-            start_daemon(stack, sub, daemon_argv(config_path, "subscriber", "run", sub))]
+    pipeline = BenchPipeline(stack, name)
+    config, sub = pipeline.config, pipeline.subscriber
+    pipeline.start("agent", "distributor", "subscriber")
     time.sleep(3)
     output = pgbench("-c", "4", "-j", "2", "-T", str(args.duration), "-n", dsn_port=stack.postgres("primary").port,
                      db=name)
@@ -50,8 +39,7 @@ def main() -> None:
         while subscriber_position(replica, sub)[0] < target:
             time.sleep(0.005)
     drained = time.perf_counter() - stopped
-    for pid in pids:
-        processes.stop(pid)
+    pipeline.stop()
     write_result("keepup", {"pgbench_tps": round(tps_of(output)), "duration_s": args.duration,
                             "transactions": target, "behind_when_load_stopped": behind_at_stop,
                             "drained_seconds_after_load_stopped": round(drained, 2)},

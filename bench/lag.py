@@ -63,6 +63,33 @@ def prepare(stack, name: str) -> dict:
     }
 
 
+class BenchPipeline:
+    """A pgbench database on the primary and the replica, capture installed, topics fresh, and its daemons."""
+
+    def __init__(self, stack, name: str):
+        self.stack, self.name = stack, name
+        self.data = prepare(stack, name)
+        self.config = parse_config(self.data)
+        reset_streams(self.config)
+        self.config_path = write_config(stack.home / f"{name}.yaml", self.data)
+        with connect(self.config.sources[name], "bench") as conn:
+            capture.install(conn, self.config.sources[name])
+        self.subscriber = f"{name}-sub"
+        self.pids: dict[str, int] = {}
+
+    def start(self, *roles: str) -> None:
+        commands = {"agent": ("agent", "run", "--source", self.name),
+                    "distributor": ("distributor", "run", f"{self.name}-dist"),
+                    "subscriber": ("subscriber", "run", self.subscriber)}
+        for role in roles:
+            log_name = self.subscriber if role == "subscriber" else f"{self.name}-{role}"
+            self.pids[role] = start_daemon(self.stack, log_name, daemon_argv(self.config_path, *commands[role]))
+
+    def stop(self) -> None:
+        for pid in self.pids.values():
+            processes.stop(pid)
+
+
 def watch(dsn: str, stop: threading.Event, lags: list[float]) -> None:
     last = 0
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -88,15 +115,9 @@ def main() -> None:
     args = parser.parse_args()
     stack = bench_stack()
     name = "bench_lag"
-    data = prepare(stack, name)
-    config = parse_config(data)
-    reset_streams(config)
-    config_path = write_config(stack.home / f"{name}.yaml", data)
-    with connect(config.sources[name], "bench") as conn:
-        capture.install(conn, config.sources[name])
-    pids = [start_daemon(stack, f"{name}-agent", daemon_argv(config_path, "agent", "run", "--source", name)),
-            start_daemon(stack, f"{name}-dist", daemon_argv(config_path, "distributor", "run", f"{name}-dist")),
-            start_daemon(stack, f"{name}-sub", daemon_argv(config_path, "subscriber", "run", f"{name}-sub"))]
+    pipeline = BenchPipeline(stack, name)
+    config = pipeline.config
+    pipeline.start("agent", "distributor", "subscriber")
     time.sleep(3)  # let every daemon connect
     lags: list[float] = []
     stop = threading.Event()
@@ -111,8 +132,7 @@ def main() -> None:
     time.sleep(0.2)
     stop.set()
     watcher.join()
-    for pid in pids:
-        processes.stop(pid)
+    pipeline.stop()
     millis = [lag * 1000 for lag in lags]
     tps = next((line.split()[2] for line in output.splitlines() if line.startswith("tps = ")), "?")
     figures = {"rate": args.rate, "duration_s": args.duration, "pgbench_tps": tps, "probes": len(millis),

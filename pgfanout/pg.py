@@ -50,10 +50,3 @@ def connect(db: Database, application_name: str) -> psycopg.Connection:
         conn.execute("SELECT set_config(%s, %s, false)", (name, value))
     return conn
 
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth a reconnect and retry (SQLSTATE classes, never message text)."""
-    return isinstance(
-        exc,
-        (psycopg.OperationalError, psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected),
-    ) and not isinstance(exc, psycopg.errors.QueryCanceled)

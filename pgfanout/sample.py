@@ -156,7 +156,3 @@ def run_workload(dsn: str, seconds: float, writers: int, max_transactions: int |
         thread.join()
     return stats
 
-
-def total_balance(conn: psycopg.Connection) -> int:
-    with conn.transaction():
-        return int(conn.execute("SELECT coalesce(sum(balance), 0) FROM public.accounts").fetchone()[0])
