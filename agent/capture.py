@@ -19,7 +19,7 @@ from psycopg import sql
 from agent.typesettings import settings_for_columns
 from pgfanout.config import Source
 from pgfanout.errors import CaptureError
-from pgfanout.pg import SESSION_SETTINGS
+from pgfanout.pg import SESSION_SETTINGS, primary_key
 
 log = logging.getLogger(__name__)
 SCHEMA = "pgfanout"
@@ -145,11 +145,7 @@ def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[s
             """SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s AND attnum > 0
                AND NOT attisdropped AND attgenerated = '' ORDER BY attnum""", (oid,)).fetchall()
         columns = [name for name, _ in described]
-        key = [r[0] for r in conn.execute(
-            """SELECT a.attname FROM pg_index i
-               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-               WHERE i.indrelid = %s AND i.indisprimary
-               ORDER BY array_position(i.indkey::int2[], a.attnum)""", (oid,))]
+        key = primary_key(conn, oid)
         if qualified in keys:
             reason = _unique_not_null(conn, oid, keys[qualified])
             if reason or any(c not in columns for c in keys[qualified]):

@@ -7,6 +7,8 @@ from typing import NamedTuple
 import psycopg
 from psycopg import sql
 
+from pgfanout.pg import primary_key
+
 
 class Digest(NamedTuple):
     rows: int
@@ -26,9 +28,4 @@ def table_digest(conn: psycopg.Connection, schema_name: str, table_name: str, ke
 
 def primary_keys(conn: psycopg.Connection, schema_name: str, table_name: str) -> list[str]:
     with conn.transaction():
-        return [r[0] for r in conn.execute(
-            """SELECT a.attname FROM pg_index i
-               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-               WHERE i.indrelid = %s::regclass AND i.indisprimary
-               ORDER BY array_position(i.indkey::int2[], a.attnum)""",
-            (sql.Identifier(schema_name, table_name).as_string(conn),))]
+        return primary_key(conn, sql.Identifier(schema_name, table_name).as_string(conn))

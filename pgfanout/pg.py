@@ -23,6 +23,15 @@ SESSION_SETTINGS = {
 }
 
 
+def primary_key(conn: psycopg.Connection, relation: int | str) -> list[str]:
+    """A table's primary key columns in key order; ``relation`` is an oid or a quoted qualified name."""
+    return [r[0] for r in conn.execute(
+        """SELECT a.attname FROM pg_index i
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+           WHERE i.indrelid = %s::regclass AND i.indisprimary
+           ORDER BY array_position(i.indkey::int2[], a.attnum)""", (relation,))]
+
+
 def describe(dsn: str) -> str:
     """host:port/dbname of a connection string, never its credentials."""
     try:

@@ -9,6 +9,7 @@ untyped, so each column's own input function parses them.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -132,12 +133,13 @@ def statement(shape: RunShape) -> sql.Composed:
 COPY_MIN_ROWS = 64  # below this, pipelined statements are as fast as COPY and its merge
 
 
-_staged: dict[int, set[str]] = {}  # staging tables created, per connection
+# Staging tables created, per connection; weak keys, so a new connection never inherits a dead one's set.
+_staged: weakref.WeakKeyDictionary[psycopg.Connection, set[str]] = weakref.WeakKeyDictionary()
 
 
 def forget_staging(conn: psycopg.Connection) -> None:
-    """A closed (or rolled back) connection's temp tables are gone."""
-    _staged.pop(id(conn), None)
+    """Temp tables created since a rolled-back savepoint (or on a closed connection) are gone."""
+    _staged.pop(conn, None)
 
 
 def stage_name(table: TableInfo, kind: str) -> sql.Identifier:
@@ -150,7 +152,7 @@ def _stage(cur: psycopg.Cursor, table: TableInfo, columns: tuple[str, ...], rows
     target = sql.Identifier(table.schema_name, table.table_name)
     stage = stage_name(table, ",".join(columns))
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
-    staged = _staged.setdefault(id(cur.connection), set())
+    staged = _staged.setdefault(cur.connection, set())
     if stage.as_string() not in staged:
         cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA").format(
             stage, cols, target))
@@ -169,9 +171,10 @@ def _key_match(table: TableInfo, left: str, right: str) -> sql.Composable:
 
 
 def copy_run(cur: psycopg.Cursor, run: Run) -> int | None:
-    """Apply a large run with COPY and one set-based statement; None when this run cannot go that way.
+    """Apply a large run with COPY (and one set-based statement); None when this run cannot go that way.
 
-    Returns how many rows the statement must have touched (distinct keys), for the divergence check.
+    Returns how many rows the last command must have touched (the rows copied, or the distinct keys
+    merged), for the divergence check against ``cur.rowcount``.
     """
     table, op = run.shape.table, run.shape.op
     target = sql.Identifier(table.schema_name, table.table_name)
@@ -181,13 +184,13 @@ def copy_run(cur: psycopg.Cursor, run: Run) -> int | None:
         with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(target, cols)) as copy:
             for row in run.params:
                 copy.write_row(row)
-        return None
+        return len(run.params)
     if op == "UPDATE":
         latest: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         for params in run.params:
             row, key = params[:width], params[width:]
             if tuple(row[i] for i in table.key_indexes) != key:
-                return -1  # a key change: it must be applied row by row, in order
+                return None  # a key change: it must be applied row by row, in order
             latest[key] = row  # full row images: the last one is the row's final state
         stage = _stage(cur, table, table.columns, latest.values())
         # a table made of key columns only still gets its rows matched, for the divergence check
@@ -201,7 +204,7 @@ def copy_run(cur: psycopg.Cursor, run: Run) -> int | None:
         stage = _stage(cur, table, table.key_columns, keys)
         cur.execute(sql.SQL("DELETE FROM {} AS t USING {} AS s WHERE {}").format(target, stage, _key_match(table, "t", "s")))
         return len(keys)
-    return -1
+    return None
 
 
 def apply_changes(cur: psycopg.Cursor, changes: list[dict[str, Any]], tables: dict[int, TableInfo], where: str,
@@ -218,11 +221,8 @@ def apply_changes(cur: psycopg.Cursor, changes: list[dict[str, Any]], tables: di
         if run.shape.op == "TRUNCATE":
             cur.execute(query)
             continue
-        expected = copy_run(cur, run) if len(run.params) >= COPY_MIN_ROWS else -1
-        if expected is None:  # inserted by COPY; a duplicate key would have raised
-            total += len(run.params)
-            continue
-        if expected >= 0:
+        expected = copy_run(cur, run) if len(run.params) >= COPY_MIN_ROWS else None
+        if expected is not None:
             if cur.rowcount != expected:
                 raise PoisonMessage(
                     f"transaction at {where}: {run.shape.op} on {run.shape.table.qualified} found {cur.rowcount} of "

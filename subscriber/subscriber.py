@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -120,7 +121,7 @@ class Subscriber:
         self.commits = 0
         self.pending: list[tuple[dict[str, Any], dict[int, TableInfo], str, str]] = []  # collected, not yet applied
         self.pending_changes = 0
-        self.pending_tables = TableSet()
+        self.pending_tables: dict[int, TableInfo] = {}
 
     def connect(self) -> None:
         self.conn = connect(self.settings, f"pgfanout-subscriber-{self.subscriber}")
@@ -186,14 +187,14 @@ class Subscriber:
         if kind == "Batch":
             tables = tables_of(message)
             self._protect(tables.values(), message["source"])
-            if self.pending_tables.get_conflict(tables):
+            if described_differently(self.pending_tables, tables):
                 self._flush()  # a table described differently than in what was collected: apply that first
             for part in message["transactions"]:
                 if next_step(self.group.pending, part["position"], part["chunk"], where) is not Step.APPLY:
                     continue
-                self._advance(part, where)
+                self._advance(part)
                 if part["position"] in self.skips:
-                    self._forget_skip(part)
+                    self._skip(part, where)
                     continue
                 whole = part["chunk"] == 0 and part["last_chunk"]
                 if not whole:
@@ -205,7 +206,7 @@ class Subscriber:
                     self._flush()
         self.group.tick_id, self.group.source_time, self.group.offset = message["tick_id"], message["tick_time"], record.offset
 
-    def _protect(self, tables: Any, source: str) -> None:
+    def _protect(self, tables: Iterable[TableInfo], source: str) -> None:
         """Make each replicated table read-only for everyone but the applier, the first time it is seen."""
         assert self.conn is not None
         for table in tables:
@@ -224,19 +225,19 @@ class Subscriber:
                                         "create it (pgfanout subscriber init) before applying") from None
             self.protected.add((table.schema_name, table.table_name))
 
-    def _advance(self, part: dict[str, Any], where: str) -> None:
-        if part["position"] in self.skips:
-            log.warning("%s: SKIPPING the transaction at %s position %d chunk %d, as `pgfanout subscriber skip` "
-                        "asked; this replica now differs from the source by that transaction",
-                        self.name, where, part["position"], part["chunk"])
+    def _advance(self, part: dict[str, Any]) -> None:
         if part["last_chunk"]:
             self.group.pending = Progress(part["position"])
             self.group.transactions += 1
         else:
             self.group.pending = Progress(part["position"], part["chunk"])
 
-    def _forget_skip(self, part: dict[str, Any]) -> None:
+    def _skip(self, part: dict[str, Any], where: str) -> None:
+        """Leave out a transaction the operator asked to skip; forget the request with its last chunk."""
         assert self.conn is not None
+        log.warning("%s: SKIPPING the transaction at %s position %d chunk %d, as `pgfanout subscriber skip` "
+                    "asked; this replica now differs from the source by that transaction",
+                    self.name, where, part["position"], part["chunk"])
         if part["last_chunk"]:
             self.conn.execute("DELETE FROM pgfanout_replica.skip WHERE subscriber = %s AND position = %s",
                               (self.subscriber, part["position"]))
@@ -317,11 +318,9 @@ POLL_MESSAGES = 50
 FLUSH_CHANGES = 20_000  # collected changes applied at the latest at this many, to bound memory
 
 
-class TableSet(dict):
-    """The tables of what a group collected, by id; a different description of an id forces a flush."""
-
-    def get_conflict(self, tables: dict[int, TableInfo]) -> bool:
-        return any(self.get(table_id, info) != info for table_id, info in tables.items())
+def described_differently(collected: dict[int, TableInfo], tables: dict[int, TableInfo]) -> bool:
+    """Whether a message describes a table id otherwise than what the group collected so far."""
+    return any(collected.get(table_id, info) != info for table_id, info in tables.items())
 
 
 @dataclass

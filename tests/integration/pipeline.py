@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -14,7 +16,7 @@ from pgfanout.demo import daemon_argv, proof, reset_streams, start_daemon, wait_
 from pgfanout.local import processes
 from pgfanout.local.stack import Stack
 from pgfanout.pg import connect
-from pgfanout.sample import SAMPLE_TABLES, create_schema, seed
+from pgfanout.sample import SAMPLE_TABLES, WorkloadStats, create_schema, run_workload, seed
 
 
 class Pipeline:
@@ -94,6 +96,20 @@ class Pipeline:
                 processes.stop(pid)
 
     # -- checks --------------------------------------------------------------------
+
+    def workload_in_background(self, **settings: Any) -> tuple[threading.Thread, dict[str, WorkloadStats]]:
+        """Start run_workload on the primary in a thread; the dict gets its stats under "stats" when it ends."""
+        result: dict[str, WorkloadStats] = {}
+        thread = threading.Thread(target=lambda: result.update(stats=run_workload(self.primary_dsn, **settings)))
+        thread.start()
+        return thread, result
+
+    def run_until_it_stops(self, role: str, timeout: float = 60.0) -> tuple[int | None, str]:
+        """Start a daemon expected to stop by itself; its exit code (None if still running) and its log."""
+        self.start(role)
+        pid = self.pid(role)
+        assert pid, f"{role} did not start; its log:\n{self.log(role)}"
+        return processes.wait_exit(pid, timeout=timeout), self.log(role)
 
     def wait_caught_up(self, timeout: float = 120.0) -> dict[str, float]:
         return wait_caught_up(self.config, timeout)

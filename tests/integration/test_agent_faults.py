@@ -1,7 +1,6 @@
 """The agent killed with SIGKILL at random moments, and Kafka restarted, during a workload."""
 
 import random
-import threading
 import time
 
 import pytest
@@ -19,10 +18,8 @@ def test_agent_kills_and_a_kafka_restart_lose_and_double_nothing(pipeline, stack
     pipeline.prepare()
     pipeline.start("agent")
     pipeline.seed()
-    result = {}
-    workload = threading.Thread(target=lambda: result.update(stats=run_workload(
-        pipeline.primary_dsn, seconds=90, writers=3, max_transactions=1500, seed_value=11, record_xids=True)))
-    workload.start()
+    workload, result = pipeline.workload_in_background(seconds=90, writers=3, max_transactions=1500, seed_value=11,
+                                                       record_xids=True)
 
     rng = random.Random(5)
     kills = 0

@@ -7,7 +7,6 @@ import pytest
 
 from pgfanout import kafka as kafkautil
 from pgfanout.codec import MAGIC, default_codec
-from pgfanout.local import processes
 from pgfanout.status import subscriber_position
 
 ACCOUNTS = {"table_id": 5, "schema_name": "public", "table_name": "accounts", "columns": ["id", "balance"],
@@ -62,10 +61,8 @@ def test_bad_input_stops_the_subscriber_and_commits_nothing_of_it(pipeline, case
     topic = fill_route(pipeline, [*GOOD, bad])
 
     sub = pipeline.subscribers[0]
-    pipeline.start(sub)
-    code = processes.wait_exit(pipeline.pid(sub), timeout=60)
-    assert code == 3, f"exit code {code}; log:\n{pipeline.log(sub)}"
-    log = pipeline.log(sub)
+    code, log = pipeline.run_until_it_stops(sub)
+    assert code == 3, f"exit code {code}; log:\n{log}"
     assert "Traceback" not in log
     assert f"{topic}[0]@2" in log, "the error names topic, partition and offset"
     assert words in log
@@ -98,9 +95,7 @@ def test_messages_deleted_by_retention_stop_the_subscriber_with_the_missing_posi
     finally:
         admin.close()
 
-    pipeline.start(sub)
-    code = processes.wait_exit(pipeline.pid(sub), timeout=60)
-    log = pipeline.log(sub)
+    code, log = pipeline.run_until_it_stops(sub)
     assert code == 3, log
     assert "expected position 3, found 5; positions 3..4 are missing (deleted by retention" in log
     with pipeline.replica(sub) as conn:
@@ -115,9 +110,9 @@ def test_the_operator_can_skip_a_poison_transaction(pipeline):
     pipeline.prepare(install=False)
     fill_route(pipeline, [*GOOD, CASES["constraint"][0], batch(4, [insert(5, "4", "40")])])
     sub = pipeline.subscribers[0]
-    pipeline.start(sub)
-    assert processes.wait_exit(pipeline.pid(sub), timeout=60) == 3
-    assert f"pgfanout subscriber skip {sub} --position 3" in pipeline.log(sub)
+    code, log = pipeline.run_until_it_stops(sub)
+    assert code == 3
+    assert f"pgfanout subscriber skip {sub} --position 3" in log
 
     skip = subprocess.run([sys.executable, "-m", "pgfanout", "subscriber", "skip", sub, "--position", "3",
                            "--config", str(pipeline.config_path)], capture_output=True, text=True)

@@ -1,10 +1,8 @@
 """The walking skeleton end to end: primary -> agent -> Kafka -> distributor -> two subscribers."""
 
 import random
-import threading
 import time
 
-from pgfanout.sample import run_workload
 from tests.integration.pipeline import read_topic, transaction_positions
 
 
@@ -12,10 +10,7 @@ def test_concurrent_writers_replicate_to_both_subscribers_through_subscriber_kil
     pipeline.prepare()
     pipeline.start()
     pipeline.seed()
-    result = {}
-    workload = threading.Thread(target=lambda: result.update(stats=run_workload(
-        pipeline.primary_dsn, seconds=60, writers=4, max_transactions=750, seed_value=7)))
-    workload.start()
+    workload, result = pipeline.workload_in_background(seconds=60, writers=4, max_transactions=750, seed_value=7)
 
     # Kill one subscriber with SIGKILL at random moments mid-workload, and restart it each time.
     rng = random.Random(2)

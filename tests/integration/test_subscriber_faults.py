@@ -7,7 +7,7 @@ import time
 import psycopg
 import pytest
 
-from pgfanout.sample import ACCOUNTS, OPENING_BALANCE, run_workload
+from pgfanout.sample import ACCOUNTS, OPENING_BALANCE
 
 pytestmark = pytest.mark.fault
 
@@ -35,10 +35,7 @@ def test_subscriber_kills_and_a_database_restart_lose_double_and_split_nothing(p
     stop = threading.Event()
     reader = threading.Thread(target=watch_total, args=(pipeline.config.subscribers[victim].dsn, stop, seen))
     reader.start()
-    result = {}
-    workload = threading.Thread(target=lambda: result.update(stats=run_workload(
-        pipeline.primary_dsn, seconds=120, writers=3, max_transactions=1500, seed_value=21)))
-    workload.start()
+    workload, _ = pipeline.workload_in_background(seconds=120, writers=3, max_transactions=1500, seed_value=21)
 
     rng = random.Random(9)
     kills, restarted = 0, False
