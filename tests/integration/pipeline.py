@@ -111,6 +111,16 @@ class Pipeline:
         assert pid, f"{role} did not start; its log:\n{self.log(role)}"
         return processes.wait_exit(pid, timeout=timeout), self.log(role)
 
+    def wait_for_position(self, subscriber: str, position: int, timeout: float = 60.0) -> None:
+        """Wait until a subscriber has committed ``position`` (whatever the rest of the pipeline is doing)."""
+        from pgfanout.status import subscriber_position
+
+        deadline = time.monotonic() + timeout
+        with self.replica(subscriber) as conn:
+            while subscriber_position(conn, subscriber)[0] < position:
+                assert time.monotonic() < deadline, self.log(subscriber)
+                time.sleep(0.1)
+
     def wait_caught_up(self, timeout: float = 120.0) -> dict[str, float]:
         return wait_caught_up(self.config, timeout)
 

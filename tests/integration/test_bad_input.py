@@ -1,13 +1,11 @@
 """Bad input on a route: the subscriber stops, names the place, and commits nothing of the bad transaction."""
 
-import time
 from datetime import UTC, datetime
 
 import pytest
 
 from pgfanout import kafka as kafkautil
 from pgfanout.codec import MAGIC, default_codec
-from pgfanout.status import subscriber_position
 
 ACCOUNTS = {"table_id": 5, "schema_name": "public", "table_name": "accounts", "columns": ["id", "balance"],
             "key_columns": ["id"]}
@@ -81,11 +79,7 @@ def test_messages_deleted_by_retention_stop_the_subscriber_with_the_missing_posi
     sub = pipeline.subscribers[0]
     topic = fill_route(pipeline, GOOD)
     pipeline.start(sub)
-    with pipeline.replica(sub) as conn:
-        deadline = time.monotonic() + 60
-        while subscriber_position(conn, sub)[0] < 2:
-            assert time.monotonic() < deadline, pipeline.log(sub)
-            time.sleep(0.1)
+    pipeline.wait_for_position(sub, 2)
     pipeline.kill(sub, 15)  # offline for a while
     fill_route(pipeline, [batch(p, [insert(5, str(p), "1")]) for p in (3, 4, 5)])
     cluster = pipeline.config.kafka[pipeline.config.stream(pipeline.route)[0]]
@@ -118,11 +112,8 @@ def test_the_operator_can_skip_a_poison_transaction(pipeline):
                            "--config", str(pipeline.config_path)], capture_output=True, text=True)
     assert skip.returncode == 0, skip.stderr
     pipeline.start(sub)
+    pipeline.wait_for_position(sub, 4)
     with pipeline.replica(sub) as conn:
-        deadline = time.monotonic() + 60
-        while subscriber_position(conn, sub)[0] < 4:
-            assert time.monotonic() < deadline, pipeline.log(sub)
-            time.sleep(0.1)
         assert sorted(r[0] for r in conn.execute("SELECT id FROM public.accounts")) == [1, 2, 4]
         assert conn.execute("SELECT count(*) FROM pgfanout_replica.skip").fetchone()[0] == 0
     assert "SKIPPING the transaction at" in pipeline.log(sub) and "position 3" in pipeline.log(sub)
