@@ -69,6 +69,7 @@ def test_a_transaction_open_across_many_ticks_is_published_whole_after_later_one
     pipeline.prepare()
     pipeline.seed()
     pipeline.start("agent")
+    pipeline.wait_for_log("agent", "ready:")  # ticking while the long transaction is open
     with psycopg.connect(pipeline.primary_dsn) as long_tx:
         long_tx.execute("INSERT INTO public.customers (id, name) VALUES (-1, 'long transaction, first row')")
         xid = long_tx.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]
@@ -78,7 +79,6 @@ def test_a_transaction_open_across_many_ticks_is_published_whole_after_later_one
             long_tx.execute("INSERT INTO public.customers (id, name) VALUES (%s, 'long transaction')", (-2 - i,))
             time.sleep(0.1)
         long_tx.commit()
-    pipeline.wait_for_log("agent", "ready:")
     from pgfanout.demo import wait_caught_up
     wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=60)
 
