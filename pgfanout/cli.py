@@ -104,7 +104,7 @@ def cmd_subscriber_run(args: argparse.Namespace) -> int:
 
 def cmd_subscriber_skip(args: argparse.Namespace) -> int:
     from pgfanout.pg import connect
-    from subscriber.subscriber import request_skip
+    from subscriber.state import request_skip
 
     config = _config(args)
     name = _pick("subscriber", list(config.subscribers), args.name)
@@ -112,6 +112,31 @@ def cmd_subscriber_skip(args: argparse.Namespace) -> int:
         applied = request_skip(conn, name, args.position)
     print(f"subscriber {name} (at position {applied}) will skip the transaction at position {args.position} when it "
           "reaches it; that replica will then differ from the source by that transaction (resync it to be exact)")
+    return 0
+
+
+def cmd_subscriber_init(args: argparse.Namespace) -> int:
+    from subscriber.materialize import Materializer
+
+    config = _config(args)
+    name = _pick("subscriber", list(config.subscribers), args.name)
+    position = Materializer(config, name, copy_from=args.copy_from).init(restart=args.restart)
+    print(f"subscriber {name} materialized; `pgfanout subscriber run {name}` continues the stream after position {position}")
+    return 0
+
+
+def cmd_subscriber_resync(args: argparse.Namespace) -> int:
+    from subscriber.materialize import Materializer
+
+    config = _config(args)
+    name = _pick("subscriber", list(config.subscribers), args.name)
+    materializer = Materializer(config, name, copy_from=args.copy_from)
+    if args.table:
+        position = materializer.resync_table(args.table)
+        print(f"table {args.table} of subscriber {name} copied again at position {position}")
+    else:
+        position = materializer.resync()
+        print(f"subscriber {name} copied again; the stream continues after position {position}")
     return 0
 
 
@@ -192,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = top.add_parser("subscriber", help="apply a route to a replica").add_subparsers(dest="action", required=True)
     _add(sub, "run", cmd_subscriber_run, "run a subscriber daemon").add_argument("name", nargs="?")
+    init = _add(sub, "init", cmd_subscriber_init,
+                "create the subscribed tables on the replica and copy their rows; run again to resume")
+    init.add_argument("name", nargs="?")
+    init.add_argument("--copy-from", metavar="SUBSCRIBER", help="copy from this subscriber's replica, not the primary")
+    init.add_argument("--restart", action="store_true", help="throw away an interrupted init and start over")
+    resync = _add(sub, "resync", cmd_subscriber_resync, "copy a subscriber's tables (or one table, online) again")
+    resync.add_argument("name", nargs="?")
+    resync.add_argument("--table", metavar="SCHEMA.TABLE", help="only this table, while the subscriber keeps running")
+    resync.add_argument("--copy-from", metavar="SUBSCRIBER", help="copy from this subscriber's replica, not the primary")
     skip = _add(sub, "skip", cmd_subscriber_skip, "skip one source transaction the subscriber cannot apply (logged loudly)")
     skip.add_argument("name", nargs="?")
     skip.add_argument("--position", type=int, required=True, help="the position of the transaction to skip")

@@ -110,6 +110,11 @@ class Subscriber(Database):
                                         description="source transactions applied in one replica transaction at most")
     group_max_ms: int = Field(default=200, ge=1, le=60_000,
                               description="how long a replica transaction may collect before it commits")
+    copy_from: Name | None = Field(default=None, description="another subscriber of the same source whose replica "
+                                   "init and resync copy from (for tiers that cannot reach the primary); "
+                                   "default: the source primary")
+    on_gap: Literal["stop", "resync"] = Field(default="stop", description="when positions the subscriber needs "
+                                              "were deleted by retention: stop with an error, or resync by itself")
 
 
 class Config(Strict):
@@ -185,6 +190,9 @@ def cross_reference_problems(data: dict) -> list[str]:
         route = subscriber.get("route")
         if isinstance(route, str) and route not in routes:
             problems.append(f"subscribers.{name}.route: no route named {route!r}")
+        copy_from = subscriber.get("copy_from")
+        if isinstance(copy_from, str) and (copy_from not in subscribers or copy_from == name):
+            problems.append(f"subscribers.{name}.copy_from: no other subscriber named {copy_from!r}")
     return problems
 
 

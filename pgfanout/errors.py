@@ -47,6 +47,18 @@ class PositionError(FatalError):
     """The stream does not continue where the stored position says it should."""
 
 
+class StreamGap(PositionError):
+    """Positions the consumer needs are missing from the stream (deleted by retention, or never delivered)."""
+
+
+class MaterializeError(FatalError):
+    """A replica cannot be materialized (initial copy or resync) as asked."""
+
+
+class ApplierBusy(TransientError):
+    """Another process applies to (or materializes) this subscriber right now."""
+
+
 class PoisonMessage(FatalError):
     """A message cannot be decoded or applied; nothing of it was committed."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kafka.errors
@@ -149,3 +150,41 @@ def last_value(client: KafkaConsumer, topic: str) -> tuple[int, bytes] | None:
         for record in batch.get(tp, []):
             return record.offset, record.value
     raise KafkaUnavailable(",".join(map(str, client.config["bootstrap_servers"])), f"could not read the last record of {topic}")
+
+
+def offset_after_position(client: KafkaConsumer, tp: TopicPartition, position: int,
+                          position_of: Callable[[bytes, int], int | None]) -> int:
+    """The offset of the first record that holds anything beyond ``position`` (the end offset if none).
+
+    Positions grow along the topic, so this is a binary search; ``position_of(value, offset)``
+    gives the last position a record holds, or None when it holds none (such records are
+    passed over: there is nothing in them to apply).
+    """
+    client.assign([tp])
+    low, high = int(client.beginning_offsets([tp])[tp]), int(client.end_offsets([tp])[tp])
+    while low < high:
+        middle = (low + high) // 2
+        found = _first_known(client, tp, middle, high, position_of)
+        if found is None or found[1] > position:
+            high = middle
+        else:
+            low = found[0] + 1
+    return low
+
+
+def _first_known(client: KafkaConsumer, tp: TopicPartition, start: int, stop: int,
+                 position_of: Callable[[bytes, int], int | None]) -> tuple[int, int] | None:
+    """(offset, position) of the first record in [start, stop) that holds a position."""
+    client.seek(tp, start)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for record in client.poll(timeout_ms=200, max_records=100).get(tp, []):
+            if record.offset >= stop:
+                return None
+            known = position_of(record.value, record.offset)
+            if known is not None:
+                return record.offset, known
+        if client.position(tp) >= stop:
+            return None
+    raise KafkaUnavailable(",".join(map(str, client.config["bootstrap_servers"])),
+                           f"could not read {tp.topic} from offset {start} within 30 s")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from typing import Any, NamedTuple
 
-from pgfanout.errors import PositionError
+from pgfanout.errors import PositionError, StreamGap
 
 WHOLE = 2**31 - 1  # stands for "every chunk of the transaction"
 
@@ -56,10 +56,11 @@ def next_step(applied: Progress, position: int, chunk: int, where: str) -> Step:
     if (position, chunk) == expected:
         return Step.APPLY
     if position > expected.position:
-        raise PositionError(
+        raise StreamGap(
             f"gap in the stream at {where}: expected position {expected.position}, found {position}; "
             f"positions {expected.position}..{position - 1} are missing (deleted by retention or never delivered). "
-            "Re-materialize this subscriber or find the missing messages; nothing was applied past the gap"
+            "Nothing was applied past the gap. Re-materialize with `pgfanout subscriber resync NAME` "
+            "(or set on_gap: resync), or find the missing messages"
         )
     raise PositionError(
         f"broken transaction at {where}: expected chunk {expected.chunk} of position {expected.position}, "

@@ -17,93 +17,32 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from pgfanout import kafka as kafkautil
 from pgfanout.codec import default_codec
 from pgfanout.config import Config
-from pgfanout.errors import PoisonMessage, PositionError
+from pgfanout.errors import ApplierBusy, PoisonMessage, StreamGap
 from pgfanout.pg import connect
 from pgfanout.positions import WHOLE, Progress, Step, next_step
 from subscriber.apply import TableInfo, apply_changes, forget_staging, tables_of
+from subscriber.copyfilter import CopyFilter, CopyFilters
+from subscriber.materialize import Materializer
+from subscriber.state import (
+    DENY_TRIGGER,
+    SAVE_POSITION,
+    UNKNOWN_OFFSET,
+    applier_lock_key,
+    ensure_state,
+    protect_table,
+    resync_lock_key,
+)
 
 log = logging.getLogger(__name__)
-
-STATE_DDL = [
-    "CREATE SCHEMA IF NOT EXISTS pgfanout_replica",
-    """CREATE TABLE IF NOT EXISTS pgfanout_replica.position (
-        subscriber text PRIMARY KEY,
-        source text NOT NULL,
-        position bigint NOT NULL,
-        tick_id bigint NOT NULL,
-        topic text NOT NULL,
-        kafka_offset bigint NOT NULL,
-        source_time timestamptz,
-        applied_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
-    # An audit trail: the range of positions each replica transaction applied. Consecutive rows must
-    # join up exactly; a gap or an overlap would mean a lost or doubled transaction.
-    """CREATE TABLE IF NOT EXISTS pgfanout_replica.applied (
-        subscriber text NOT NULL,
-        first_position bigint NOT NULL,
-        last_position bigint NOT NULL,
-        kafka_offset bigint NOT NULL,
-        committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-        PRIMARY KEY (subscriber, first_position))""",
-    """CREATE TABLE IF NOT EXISTS pgfanout_replica.skip (
-        subscriber text NOT NULL,
-        position bigint NOT NULL,
-        requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-        PRIMARY KEY (subscriber, position))""",
-    # Replicated tables refuse writes from anyone but the applier. The applier runs with
-    # session_replication_role = replica, in which ordinary triggers like this one do not fire.
-    """CREATE OR REPLACE FUNCTION pgfanout_replica.deny_writes() RETURNS trigger LANGUAGE plpgsql
-        SET search_path = pg_catalog, pg_temp AS $$
-    BEGIN
-        RAISE EXCEPTION 'table %.% is a pgfanout replica of source %: only the pgfanout applier writes to it',
-            TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
-            USING ERRCODE = 'read_only_sql_transaction',
-                  HINT = 'write on the source primary; the change will be replicated here';
-    END $$""",
-]
-DENY_TRIGGER = "pgfanout_replica_deny_writes"
-
-SAVE_POSITION = """
-INSERT INTO pgfanout_replica.position AS p
-    (subscriber, source, position, tick_id, topic, kafka_offset, source_time, applied_at)
-VALUES (%(subscriber)s, %(source)s, %(position)s, %(tick_id)s, %(topic)s, %(offset)s, %(source_time)s, clock_timestamp())
-ON CONFLICT (subscriber) DO UPDATE SET position = EXCLUDED.position, tick_id = EXCLUDED.tick_id,
-    topic = EXCLUDED.topic, kafka_offset = EXCLUDED.kafka_offset, source_time = EXCLUDED.source_time,
-    applied_at = EXCLUDED.applied_at
-"""
-
-
-def request_skip(conn: psycopg.Connection, subscriber: str, position: int) -> int:
-    """Record the operator's request to skip one transaction; returns the position applied so far."""
-    ensure_state(conn)
-    with conn.transaction():
-        row = conn.execute("SELECT position FROM pgfanout_replica.position WHERE subscriber = %s",
-                           (subscriber,)).fetchone()
-        applied = row[0] if row else 0
-        if position <= applied:
-            raise PositionError(f"subscriber {subscriber} has already applied position {position} (it is at {applied}); "
-                                "nothing to skip")
-        conn.execute("INSERT INTO pgfanout_replica.skip (subscriber, position) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                     (subscriber, position))
-    log.warning("subscriber %s will SKIP the transaction at position %d when it reaches it (now at %d)",
-                subscriber, position, applied)
-    return applied
-
-
-def ensure_state(conn: psycopg.Connection) -> None:
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgfanout_replica.state'))")
-        for statement in STATE_DDL:
-            conn.execute(statement)
-
 
 class Subscriber:
     def __init__(self, config: Config, name: str):
         self.name = f"subscriber {name}"
+        self.config = config
         self.subscriber = name
         self.settings = config.subscribers[name]
         cluster_name, self.topic = config.stream(self.settings.route)
@@ -122,10 +61,14 @@ class Subscriber:
         self.pending: list[tuple[dict[str, Any], dict[int, TableInfo], str, str]] = []  # collected, not yet applied
         self.pending_changes = 0
         self.pending_tables: dict[int, TableInfo] = {}
+        self.copy_filters = CopyFilters({})
 
     def connect(self) -> None:
         self.conn = connect(self.settings, f"pgfanout-subscriber-{self.subscriber}")
         ensure_state(self.conn)
+        if not self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", applier_lock_key(self.subscriber)).fetchone()[0]:
+            raise ApplierBusy(f"subscriber {self.subscriber} is being applied to or materialized by another process "
+                              "(another `subscriber run`, or `init`/`resync`); waiting for it to finish")
         # The applier's own changes must not fire user triggers or re-check foreign keys.
         self.conn.execute("SET session_replication_role = replica")
         row = self.conn.execute(
@@ -136,6 +79,7 @@ class Subscriber:
                JOIN pg_namespace n ON n.oid = c.relnamespace WHERE g.tgname = %s""", (DENY_TRIGGER,))}
         self.skips = {r[0] for r in self.conn.execute(
             "SELECT position FROM pgfanout_replica.skip WHERE subscriber = %s", (self.subscriber,))}
+        self._read_copy_filters()
         self.conn.autocommit = False  # one replica transaction may span several messages and polls
         self.consumer = kafkautil.consumer(self.cluster)
         tp = kafkautil.partition(self.topic)
@@ -149,12 +93,22 @@ class Subscriber:
             self.applied = Progress(position)
             if topic != self.topic:
                 log.warning("%s: stored position came from topic %s, now reading %s", self.name, topic, self.topic)
+                offset = UNKNOWN_OFFSET
+            if offset == UNKNOWN_OFFSET:  # just materialized: find where the stream continues
+                offset = kafkautil.offset_after_position(self.consumer, tp, position, self._last_position) - 1
+                log.info("%s: position %d continues at %s[0]@%d", self.name, position, self.topic, offset + 1)
             self.consumer.seek(tp, offset + 1)
         self.group = Group(self.applied, tick_id, None, offset)
         self.pending, self.pending_changes = [], 0
         self.pending_tables.clear()
         self.committed_offset = offset
         log.info("%s ready: position %d, reading %s", self.name, self.applied.position, self.topic)
+
+    def _last_position(self, value: bytes, offset: int) -> int | None:
+        kind, message = self.codec.decode(value, f"{self.topic}[0]@{offset}")
+        if kind == "Heartbeat":
+            return message["position"]
+        return message["transactions"][-1]["position"] if message["transactions"] else None
 
     def close(self) -> None:
         if self.consumer is not None:
@@ -166,6 +120,19 @@ class Subscriber:
             self.conn = None
 
     def work(self) -> bool:
+        try:
+            return self._work()
+        except StreamGap as gap:
+            if self.settings.on_gap != "resync":
+                raise
+            log.error("%s: %s", self.name, gap)
+            log.warning("%s: on_gap is resync: copying every table again", self.name)
+            self.close()  # gives up the applier lock and rolls back the open replica transaction
+            Materializer(self.config, self.subscriber).resync()
+            self.connect()
+            return True
+
+    def _work(self) -> bool:
         tp = kafkautil.partition(self.topic)
         records = self.consumer.poll(timeout_ms=100, max_records=POLL_MESSAGES).get(tp, [])
         for record in records:
@@ -184,18 +151,26 @@ class Subscriber:
         kind, message = self.codec.decode(record.value, where)
         if self.group.started is None:
             self.group.started = time.monotonic()
+            # Waits while `resync --table` copies a table, then sees what that copy holds.
+            self.conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", resync_lock_key(self.subscriber))
+            self._read_copy_filters()
         if kind == "Batch":
             tables = tables_of(message)
             self._protect(tables.values(), message["source"])
             if described_differently(self.pending_tables, tables):
                 self._flush()  # a table described differently than in what was collected: apply that first
             for part in message["transactions"]:
-                if next_step(self.group.pending, part["position"], part["chunk"], where) is not Step.APPLY:
-                    continue
+                try:
+                    if next_step(self.group.pending, part["position"], part["chunk"], where) is not Step.APPLY:
+                        continue
+                except StreamGap as gap:
+                    raise StreamGap(f"subscriber {self.subscriber}: {gap}".replace("NAME", self.subscriber)) from None
                 self._advance(part)
                 if part["position"] in self.skips:
                     self._skip(part, where)
                     continue
+                if self.copy_filters:
+                    part = dict(part, changes=self.copy_filters.changes_to_apply(part, tables))
                 whole = part["chunk"] == 0 and part["last_chunk"]
                 if not whole:
                     self._flush()  # keep source order: what was collected goes first
@@ -212,18 +187,18 @@ class Subscriber:
         for table in tables:
             if (table.schema_name, table.table_name) in self.protected:
                 continue
-            target = sql.Identifier(table.schema_name, table.table_name)
-            for events in ("INSERT OR UPDATE OR DELETE", "TRUNCATE"):
-                name = DENY_TRIGGER if events != "TRUNCATE" else DENY_TRIGGER + "_truncate"
-                try:
-                    self.conn.execute(sql.SQL(
-                        "CREATE OR REPLACE TRIGGER {} BEFORE {} ON {} FOR EACH STATEMENT "
-                        "EXECUTE FUNCTION pgfanout_replica.deny_writes({})").format(
-                        sql.Identifier(name), sql.SQL(events), target, sql.Literal(source)))
-                except psycopg.errors.UndefinedTable:
-                    raise PoisonMessage(f"table {table.qualified} does not exist on subscriber {self.subscriber}; "
-                                        "create it (pgfanout subscriber init) before applying") from None
+            try:
+                protect_table(self.conn, table.schema_name, table.table_name, source)
+            except psycopg.errors.UndefinedTable:
+                raise PoisonMessage(f"table {table.qualified} does not exist on subscriber {self.subscriber}; "
+                                    f"create it with `pgfanout subscriber init {self.subscriber}`") from None
             self.protected.add((table.schema_name, table.table_name))
+
+    def _read_copy_filters(self) -> None:
+        assert self.conn is not None
+        self.copy_filters = CopyFilters({(s, t): CopyFilter.from_row(p, snap) for s, t, p, snap in self.conn.execute(
+            "SELECT schema_name, table_name, start_position, snapshot FROM pgfanout_replica.materialized "
+            "WHERE subscriber = %s", (self.subscriber,))})
 
     def _advance(self, part: dict[str, Any]) -> None:
         if part["last_chunk"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -45,12 +46,14 @@ class Pipeline:
     def replica(self, subscriber: str) -> psycopg.Connection:
         return connect(self.config.subscribers[subscriber], "pgfanout-test")
 
-    def prepare(self, install: bool = True) -> None:
+    def prepare(self, install: bool = True, bare: tuple[str, ...] = ()) -> None:
+        """Fresh databases and topics; every database gets the sample schema except the ``bare`` subscribers'."""
         reset_streams(self.config)
         self.stack.postgres("primary").create_database(f"{self.name}_primary", drop_first=True)
         for sub in self.subscribers:
             self.stack.postgres("replica").create_database(sub.replace(".", "_"), drop_first=True)
-        for db in [self.config.sources[self.source], *self.config.subscribers.values()]:
+        with_schema = [self.config.sources[self.source]] + [s for n, s in self.config.subscribers.items() if n not in bare]
+        for db in with_schema:
             with connect(db, "pgfanout-test") as conn:
                 create_schema(conn)
         if install:
@@ -103,6 +106,10 @@ class Pipeline:
         thread = threading.Thread(target=lambda: result.update(stats=run_workload(self.primary_dsn, **settings)))
         thread.start()
         return thread, result
+
+    def command(self, *argv: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        """Run a one-shot ``pgfanout`` command against this pipeline's config."""
+        return subprocess.run(daemon_argv(self.config_path, *argv), capture_output=True, text=True, timeout=timeout)
 
     def run_until_it_stops(self, role: str, timeout: float = 60.0) -> tuple[int | None, str]:
         """Start a daemon expected to stop by itself; its exit code (None if still running) and its log."""

@@ -1,0 +1,133 @@
+"""The subscriber's state in the replica database, and the locks that keep its writers apart.
+
+- ``pgfanout_replica.position``: where each subscriber is, written in the same replica
+  transaction as the changes it covers.
+- ``pgfanout_replica.applied``: an audit trail of the position ranges each replica transaction applied.
+- ``pgfanout_replica.skip``: transactions the operator asked to skip.
+- ``pgfanout_replica.materialized``: what each copied table already holds.
+
+One applier per subscriber holds a session advisory lock; init and a whole resync take it
+too. ``resync --table`` runs beside the applier: the applier takes the shared side of a
+second lock at the start of each replica transaction, the resync its exclusive side.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+
+import psycopg
+from psycopg import sql
+
+from pgfanout.errors import PositionError
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_OFFSET = -1  # the route offset of a stored position is not known yet: the subscriber looks it up
+_APPLIER_LOCK = 0x7066_0001  # pg_advisory_lock's first key; the second is hashtext(subscriber)
+_RESYNC_LOCK = 0x7066_0002
+
+
+def applier_lock_key(subscriber: str) -> tuple[int, int]:
+    return _APPLIER_LOCK, _stable_hash(subscriber)
+
+
+def resync_lock_key(subscriber: str) -> tuple[int, int]:
+    return _RESYNC_LOCK, _stable_hash(subscriber)
+
+
+def _stable_hash(name: str) -> int:
+    value = zlib.crc32(name.encode())
+    return value - 2**32 if value >= 2**31 else value
+
+
+STATE_DDL = [
+    "CREATE SCHEMA IF NOT EXISTS pgfanout_replica",
+    """CREATE TABLE IF NOT EXISTS pgfanout_replica.position (
+        subscriber text PRIMARY KEY,
+        source text NOT NULL,
+        position bigint NOT NULL,
+        tick_id bigint NOT NULL,
+        topic text NOT NULL,
+        kafka_offset bigint NOT NULL,
+        source_time timestamptz,
+        applied_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
+    # An audit trail: the range of positions each replica transaction applied. Consecutive rows must
+    # join up exactly; a gap or an overlap would mean a lost or doubled transaction.
+    """CREATE TABLE IF NOT EXISTS pgfanout_replica.applied (
+        subscriber text NOT NULL,
+        first_position bigint NOT NULL,
+        last_position bigint NOT NULL,
+        kafka_offset bigint NOT NULL,
+        committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (subscriber, first_position))""",
+    """CREATE TABLE IF NOT EXISTS pgfanout_replica.skip (
+        subscriber text NOT NULL,
+        position bigint NOT NULL,
+        requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (subscriber, position))""",
+    # What each materialized table's copy already holds (see copyfilter): the stream skips it for that table.
+    """CREATE TABLE IF NOT EXISTS pgfanout_replica.materialized (
+        subscriber text NOT NULL,
+        schema_name text NOT NULL,
+        table_name text NOT NULL,
+        start_position bigint NOT NULL,
+        snapshot text,
+        copied_from text NOT NULL,
+        copied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (subscriber, schema_name, table_name))""",
+    # Replicated tables refuse writes from anyone but the applier. The applier runs with
+    # session_replication_role = replica, in which ordinary triggers like this one do not fire.
+    """CREATE OR REPLACE FUNCTION pgfanout_replica.deny_writes() RETURNS trigger LANGUAGE plpgsql
+        SET search_path = pg_catalog, pg_temp AS $$
+    BEGIN
+        RAISE EXCEPTION 'table %.% is a pgfanout replica of source %: only the pgfanout applier writes to it',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_ARGV[0]
+            USING ERRCODE = 'read_only_sql_transaction',
+                  HINT = 'write on the source primary; the change will be replicated here';
+    END $$""",
+]
+DENY_TRIGGER = "pgfanout_replica_deny_writes"
+
+SAVE_POSITION = """
+INSERT INTO pgfanout_replica.position AS p
+    (subscriber, source, position, tick_id, topic, kafka_offset, source_time, applied_at)
+VALUES (%(subscriber)s, %(source)s, %(position)s, %(tick_id)s, %(topic)s, %(offset)s, %(source_time)s, clock_timestamp())
+ON CONFLICT (subscriber) DO UPDATE SET position = EXCLUDED.position, tick_id = EXCLUDED.tick_id,
+    topic = EXCLUDED.topic, kafka_offset = EXCLUDED.kafka_offset, source_time = EXCLUDED.source_time,
+    applied_at = EXCLUDED.applied_at
+"""
+
+
+def request_skip(conn: psycopg.Connection, subscriber: str, position: int) -> int:
+    """Record the operator's request to skip one transaction; returns the position applied so far."""
+    ensure_state(conn)
+    with conn.transaction():
+        row = conn.execute("SELECT position FROM pgfanout_replica.position WHERE subscriber = %s",
+                           (subscriber,)).fetchone()
+        applied = row[0] if row else 0
+        if position <= applied:
+            raise PositionError(f"subscriber {subscriber} has already applied position {position} (it is at {applied}); "
+                                "nothing to skip")
+        conn.execute("INSERT INTO pgfanout_replica.skip (subscriber, position) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                     (subscriber, position))
+    log.warning("subscriber %s will SKIP the transaction at position %d when it reaches it (now at %d)",
+                subscriber, position, applied)
+    return applied
+
+
+def ensure_state(conn: psycopg.Connection) -> None:
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgfanout_replica.state'))")
+        for statement in STATE_DDL:
+            conn.execute(statement)
+
+
+def protect_table(conn: psycopg.Connection, schema_name: str, table_name: str, source: str) -> None:
+    """Make a replicated table read-only for everyone but the applier."""
+    target = sql.Identifier(schema_name, table_name)
+    for events, name in (("INSERT OR UPDATE OR DELETE", DENY_TRIGGER), ("TRUNCATE", DENY_TRIGGER + "_truncate")):
+        conn.execute(sql.SQL(
+            "CREATE OR REPLACE TRIGGER {} BEFORE {} ON {} FOR EACH STATEMENT "
+            "EXECUTE FUNCTION pgfanout_replica.deny_writes({})").format(
+            sql.Identifier(name), sql.SQL(events), target, sql.Literal(source)))
