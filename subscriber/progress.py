@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LOG_EVERY_SECONDS = 5.0
-UPDATE_EVERY_ROWS = 2000  # the bar is refreshed in steps, not per row: a row is a few microseconds
 
 
 class CopyProgress:
@@ -27,7 +26,7 @@ class CopyProgress:
 
     @contextmanager
     def table(self, definition: TableDefinition) -> Iterator[Callable[[int], None]]:
-        """Yields ``report(nbytes)``, to be called once per copied row."""
+        """Yields ``report(rows, nbytes)``, to be called as rows are copied."""
         name = definition.qualified
         started = last_log = time.monotonic()
         rows = nbytes = shown = 0
@@ -35,12 +34,10 @@ class CopyProgress:
         bar = tqdm(total=total, desc=name, unit="row", unit_scale=True, file=self.stream, leave=True,
                    dynamic_ncols=True) if self.bar else None
 
-        def report(size: int) -> None:
+        def report(copied_rows: int, size: int) -> None:
             nonlocal rows, nbytes, shown, last_log
-            rows += 1
+            rows += copied_rows
             nbytes += size
-            if rows - shown < UPDATE_EVERY_ROWS:
-                return
             now = time.monotonic()
             if bar is not None:
                 bar.update(rows - shown)

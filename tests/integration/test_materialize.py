@@ -181,3 +181,18 @@ def test_init_refuses_a_source_without_capture(pipeline):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 3
     assert "capture is not installed on source" in result.stderr and "pgfanout agent install" in result.stderr
+
+
+def test_init_into_a_table_that_does_not_match_names_it_and_keeps_nothing(pipeline):
+    sub = pipeline.subscribers[0]
+    pipeline.prepare(bare=(sub,))
+    pipeline.seed()
+    with pipeline.replica(sub) as conn:
+        conn.execute("CREATE TABLE public.accounts (id integer PRIMARY KEY, amount numeric)")  # balance is missing
+    result = pipeline.command("subscriber", "init", sub)
+    assert result.returncode == 3, result.stderr
+    assert "copying public.accounts from source" in result.stderr and '"balance"' in result.stderr
+    with pipeline.replica(sub) as conn:
+        assert conn.execute("SELECT count(*) FROM pgfanout_replica.position").fetchone()[0] == 0
+        copied = materialized(conn, sub)
+        assert "public.accounts" not in copied and len(copied) == 4  # the tables before it are kept for a resume
