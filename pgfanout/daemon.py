@@ -6,6 +6,7 @@ when it may sleep ``idle_seconds``. Signal handlers only set a flag.
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import signal
@@ -43,8 +44,24 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_garbage_collector() -> None:
+    """Collect cyclic garbage less often.
+
+    Decoding a message makes thousands of small dicts and lists that reference counting frees; the
+    default generation-0 threshold (700 allocations) runs the cycle collector over them again and again,
+    and that cost the subscriber 40% of its decode time. Objects that live through start-up are frozen
+    out of the collector's sight.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(worker: Worker, stop: threading.Event) -> int:
     """Run until ``stop`` is set (exit 0) or a fatal error (its exit code)."""
+    tune_garbage_collector()
     failures = 0
     while not stop.is_set():
         try:
