@@ -22,6 +22,7 @@ import psycopg
 from agent import capture
 from agent.batch import Part, pack, split_transactions, with_last
 from pgfanout import kafka as kafkautil
+from pgfanout import registry
 from pgfanout.codec import default_codec
 from pgfanout.config import Config
 from pgfanout.errors import FatalError, KafkaUnavailable, PositionError
@@ -69,6 +70,7 @@ class Agent:
         if not capture.installed(self.conn):
             raise FatalError(f"capture is not installed on source {self.source}; "
                              f"run `pgfanout agent install --source {self.source}`")
+        registry.register(self.cluster, self.codec)  # before anything is written with them
         kafkautil.ensure_topic(self.cluster, self.topic, self.settings.max_message_bytes)
         self.producer = kafkautil.producer(self.cluster, self.settings.max_message_bytes)
         self.state = self._read_state()
@@ -165,9 +167,10 @@ class Agent:
     def _read_tables(self) -> dict[int, dict[str, Any]]:
         assert self.conn is not None
         rows = self.conn.execute(
-            "SELECT table_id, schema_name, table_name, columns, key_columns FROM pgfanout.tables").fetchall()
-        return {r[0]: {"table_id": r[0], "schema_name": r[1], "table_name": r[2], "columns": r[3], "key_columns": r[4]}
-                for r in rows}
+            "SELECT table_id, schema_name, table_name, columns, key_columns, column_types, missing_values "
+            "FROM pgfanout.tables").fetchall()
+        return {r[0]: {"table_id": r[0], "schema_name": r[1], "table_name": r[2], "columns": r[3], "key_columns": r[4],
+                       "column_types": r[5], "missing_values": r[6]} for r in rows}
 
     def _send(self, kind: str, record: dict[str, Any], position: int) -> None:
         value = self.codec.encode(kind, record)

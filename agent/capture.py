@@ -10,6 +10,7 @@ the pgfanout schema.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -32,8 +33,12 @@ BASE_DDL = [
         schema_name text NOT NULL,
         table_name text NOT NULL,
         columns text[] NOT NULL,
-        key_columns text[] NOT NULL,
-        UNIQUE (schema_name, table_name))""",
+        key_columns text[] NOT NULL)""",
+    # One row per layout of a table: an ALTER TABLE that changes the columns adds a row with a new id,
+    # and log rows written before it keep the old one.
+    "ALTER TABLE pgfanout.tables DROP CONSTRAINT IF EXISTS tables_schema_name_table_name_key",
+    "ALTER TABLE pgfanout.tables ADD COLUMN IF NOT EXISTS column_types text[] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE pgfanout.tables ADD COLUMN IF NOT EXISTS missing_values jsonb NOT NULL DEFAULT '{}'",
     "CREATE SEQUENCE IF NOT EXISTS pgfanout.log_seq",
     """CREATE TABLE IF NOT EXISTS pgfanout.log (
         seq bigint NOT NULL DEFAULT nextval('pgfanout.log_seq'),
@@ -75,6 +80,8 @@ class PublishedTable:
     columns: tuple[str, ...]
     key_columns: tuple[str, ...]
     settings: frozenset[str] = frozenset()  # session settings the trigger must pin (see typesettings)
+    column_types: tuple[str, ...] = ()
+    missing_values: tuple[tuple[str, str], ...] = ()  # (column, text) of columns added with a constant default
 
     @property
     def qualified(self) -> str:
@@ -127,10 +134,14 @@ def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[s
     """Read each table's columns and key from the catalog; refuse missing and keyless tables, all at once."""
     keys = keys or {}
     tables, missing = expand(conn, tables, exclude or [])
-    existing_ids: dict[tuple[str, str], int] = {}
+    latest: dict[tuple[str, str], tuple[int, tuple[str, ...], tuple[str, ...]]] = {}  # the newest layout of each
     if conn.execute("SELECT to_regclass('pgfanout.tables')").fetchone()[0]:
-        existing_ids = {(s, t): i for i, s, t in conn.execute("SELECT table_id, schema_name, table_name FROM pgfanout.tables")}
-    next_id = max(existing_ids.values(), default=0) + 1
+        has_types = conn.execute("SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'pgfanout.tables'::regclass "
+                                 "AND attname = 'column_types')").fetchone()[0]
+        query = ("SELECT table_id, schema_name, table_name, columns, key_columns, "
+                 f"{'column_types' if has_types else 'columns'} FROM pgfanout.tables ORDER BY table_id")
+        latest = {(s, t): (i, (*c, *k), tuple(types)) for i, s, t, c, k, types in conn.execute(query)}
+    next_id = max((v[0] for v in latest.values()), default=0) + 1
     found, keyless, bad_keys = [], [], []
     for qualified in tables:
         schema_name, table_name = _split(qualified)
@@ -142,9 +153,11 @@ def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[s
             continue
         oid = row[0]
         described = conn.execute(
-            """SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s AND attnum > 0
+            """SELECT attname, atttypid, format_type(atttypid, atttypmod),
+                      CASE WHEN atthasmissing THEN (attmissingval::text::text[])[1] END
+               FROM pg_attribute WHERE attrelid = %s AND attnum > 0
                AND NOT attisdropped AND attgenerated = '' ORDER BY attnum""", (oid,)).fetchall()
-        columns = [name for name, _ in described]
+        columns = [r[0] for r in described]
         key = primary_key(conn, oid)
         if qualified in keys:
             reason = _unique_not_null(conn, oid, keys[qualified])
@@ -155,11 +168,16 @@ def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[s
         if not key:
             keyless.append(qualified)
             continue
-        table_id = existing_ids.get((schema_name, table_name))
-        if table_id is None:
-            table_id, next_id = next_id, next_id + 1
-        settings = settings_for_columns(conn, [type_oid for _, type_oid in described])
-        found.append(PublishedTable(table_id, schema_name, table_name, tuple(columns), tuple(key), settings))
+        types = tuple(r[2] for r in described)
+        previous = latest.get((schema_name, table_name))
+        if previous is not None and previous[1:] == ((*columns, *key), types):
+            table_id = previous[0]
+        else:
+            table_id, next_id = next_id, next_id + 1  # a new table, or a new layout of it
+        settings = settings_for_columns(conn, [r[1] for r in described])
+        missing_values = tuple((r[0], r[3]) for r in described if r[3] is not None)
+        found.append(PublishedTable(table_id, schema_name, table_name, tuple(columns), tuple(key), settings, types,
+                                    missing_values))
     problems = []
     if missing:
         problems.append(f"tables not found on the primary: {', '.join(missing)}")
@@ -185,10 +203,7 @@ def _row(record: str, columns: tuple[str, ...]) -> sql.Composable:
         sql.SQL(", ").join(sql.SQL("{}.{}").format(sql.SQL(record), sql.Identifier(c)) for c in columns))
 
 
-def trigger_function(table: PublishedTable) -> sql.Composable:
-    function = sql.Identifier(SCHEMA, f"capture_{table.table_id}")
-    tid = sql.Literal(table.table_id)
-    body = sql.SQL("""
+BODY = """
 BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO pgfanout.log (table_id, op, new_row) VALUES ({tid}, 'I', {new_row});
@@ -202,15 +217,113 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-""").format(tid=tid, new_row=_array("NEW", table.columns), old_key=_array("OLD", table.key_columns),
-            old_key_row=_row("OLD", table.key_columns), new_key_row=_row("NEW", table.key_columns))
-    settings = sql.SQL(" ").join(
+"""
+FUNCTION = ("CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+            "SET search_path = pg_catalog, pg_temp {settings} AS {body}")
+
+
+def _settings_clause(names: frozenset[str] | None) -> sql.Composable:
+    return sql.SQL(" ").join(
         sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
-        for name, value in SESSION_SETTINGS.items() if name in table.settings)
-    return sql.SQL(
-        "CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
-        "SET search_path = pg_catalog, pg_temp {settings} AS {body}"
-    ).format(function=function, settings=settings, body=sql.Literal(body.as_string()))
+        for name, value in SESSION_SETTINGS.items() if names is None or name in names)
+
+
+def trigger_function(table: PublishedTable) -> sql.Composable:
+    function = sql.Identifier(SCHEMA, f"capture_{table.table_id}")
+    body = sql.SQL(BODY).format(
+        tid=sql.Literal(table.table_id), new_row=_array("NEW", table.columns), old_key=_array("OLD", table.key_columns),
+        old_key_row=_row("OLD", table.key_columns), new_key_row=_row("NEW", table.key_columns))
+    return sql.SQL(FUNCTION).format(function=function, settings=_settings_clause(table.settings),
+                                    body=sql.Literal(body.as_string()))
+
+
+def follow_ddl_statements() -> list[sql.Composable]:
+    """Event triggers that keep capture in step with ALTER TABLE on published tables (superuser only).
+
+    A changed column list gets a new layout row and the capture function is rewritten, in the ALTER's
+    own transaction, so no change is ever logged with the wrong columns. Rewrites (ALTER COLUMN TYPE,
+    ADD COLUMN with a volatile default) are refused: the rows they rewrite fire no trigger.
+    """
+    # The body template for format(): %1$s table id, %2$s new row, %3$s old key, %4$s/%5$s key rows.
+    template = sql.SQL(FUNCTION).format(
+        function=sql.SQL("%6$s"), settings=_settings_clause(None),
+        body=sql.SQL("%7$L")).as_string()
+    body = BODY.format(tid="%1$s", new_row="%2$s", old_key="%3$s", old_key_row="%4$s", new_key_row="%5$s")
+    follow = f"""
+CREATE OR REPLACE FUNCTION pgfanout.follow_alter_table() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp {_settings_clause(None).as_string()} AS $follow$
+DECLARE
+    command record; layout record; new_id integer; cols text[]; types text[]; missing jsonb; fn regproc;
+BEGIN
+    FOR command IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+                   WHERE classid = 'pg_class'::regclass LOOP
+        SELECT t.* INTO layout FROM pgfanout.tables t JOIN pg_class c ON c.relname = t.table_name
+            JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = t.schema_name
+            WHERE c.oid = command.objid ORDER BY t.table_id DESC LIMIT 1;
+        CONTINUE WHEN NOT FOUND;
+        SELECT array_agg(attname::text ORDER BY attnum), array_agg(format_type(atttypid, atttypmod) ORDER BY attnum),
+               coalesce(jsonb_object_agg(attname, (attmissingval::text::text[])[1]) FILTER (WHERE atthasmissing), '{{}}')
+          INTO cols, types, missing
+          FROM pg_attribute WHERE attrelid = command.objid AND attnum > 0 AND NOT attisdropped AND attgenerated = '';
+        CONTINUE WHEN cols = layout.columns AND types = layout.column_types;
+        IF NOT layout.key_columns <@ cols THEN
+            RAISE EXCEPTION 'pgfanout: %.% is published and this would change its key columns (%)',
+                layout.schema_name, layout.table_name, layout.key_columns
+                USING HINT = 'run pgfanout agent uninstall/install around such a change, and resync the subscribers';
+        END IF;
+        IF EXISTS (SELECT FROM unnest(layout.columns, layout.column_types) o(c, t)
+                   JOIN unnest(cols, types) n(c, t) ON n.c = o.c WHERE n.t <> o.t)
+           AND cardinality(layout.column_types) > 0 THEN
+            RAISE EXCEPTION 'pgfanout: %.% is published; changing a column''s type is not followed by the replicas',
+                layout.schema_name, layout.table_name
+                USING HINT = 'uninstall capture for the table, alter it, install again and resync the subscribers';
+        END IF;
+        IF NOT layout.columns <@ cols AND NOT cols <@ layout.columns THEN
+            RAISE EXCEPTION 'pgfanout: %.% is published; renaming a column (or dropping and adding in one statement) '
+                'cannot be told from a new column on the replicas', layout.schema_name, layout.table_name
+                USING HINT = 'add and drop columns in separate statements; a rename needs a resync of the subscribers';
+        END IF;
+        LOCK TABLE pgfanout.tables IN EXCLUSIVE MODE;
+        SELECT max(table_id) + 1 INTO new_id FROM pgfanout.tables;
+        INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns, column_types, missing_values)
+            VALUES (new_id, layout.schema_name, layout.table_name, cols, layout.key_columns, types, missing);
+        SELECT tgfoid INTO fn FROM pg_trigger WHERE tgrelid = command.objid AND tgname = {sql.Literal(TRIGGER).as_string(None)};
+        EXECUTE format({sql.Literal(template).as_string(None)}, new_id,
+            'ARRAY[' || (SELECT string_agg(format('NEW.%I::text', c), ', ') FROM unnest(cols) c) || ']::text[]',
+            'ARRAY[' || (SELECT string_agg(format('OLD.%I::text', c), ', ') FROM unnest(layout.key_columns) c) || ']::text[]',
+            'ROW(' || (SELECT string_agg(format('OLD.%I', c), ', ') FROM unnest(layout.key_columns) c) || ')',
+            'ROW(' || (SELECT string_agg(format('NEW.%I', c), ', ') FROM unnest(layout.key_columns) c) || ')',
+            fn::text, format({sql.Literal(body).as_string(None)}, new_id,
+            'ARRAY[' || (SELECT string_agg(format('NEW.%I::text', c), ', ') FROM unnest(cols) c) || ']::text[]',
+            'ARRAY[' || (SELECT string_agg(format('OLD.%I::text', c), ', ') FROM unnest(layout.key_columns) c) || ']::text[]',
+            'ROW(' || (SELECT string_agg(format('OLD.%I', c), ', ') FROM unnest(layout.key_columns) c) || ')',
+            'ROW(' || (SELECT string_agg(format('NEW.%I', c), ', ') FROM unnest(layout.key_columns) c) || ')'));
+        RAISE NOTICE 'pgfanout: %.% now published with columns %', layout.schema_name, layout.table_name, cols;
+    END LOOP;
+END $follow$"""
+    refuse = """
+CREATE OR REPLACE FUNCTION pgfanout.refuse_rewrite() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $refuse$
+DECLARE
+    target record;
+BEGIN
+    SELECT n.nspname, c.relname INTO target FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = pg_event_trigger_table_rewrite_oid()
+          AND EXISTS (SELECT FROM pgfanout.tables t WHERE t.schema_name = n.nspname AND t.table_name = c.relname);
+    IF FOUND THEN
+        RAISE EXCEPTION 'pgfanout: %.% is published and this ALTER would rewrite every row without firing triggers '
+            '(ALTER COLUMN TYPE, or ADD COLUMN with a volatile default), so replicas would differ', target.nspname, target.relname
+            USING HINT = 'add the column without a volatile default and fill it with UPDATEs; to change a type, '
+                         'uninstall capture for the table, alter it, install again and resync the subscribers';
+    END IF;
+END $refuse$"""
+    return [sql.SQL(follow), sql.SQL(refuse),
+            sql.SQL("DROP EVENT TRIGGER IF EXISTS pgfanout_follow_alter_table"),
+            sql.SQL("CREATE EVENT TRIGGER pgfanout_follow_alter_table ON ddl_command_end WHEN TAG IN ('ALTER TABLE') "
+                    "EXECUTE FUNCTION pgfanout.follow_alter_table()"),
+            sql.SQL("DROP EVENT TRIGGER IF EXISTS pgfanout_refuse_rewrite"),
+            sql.SQL("CREATE EVENT TRIGGER pgfanout_refuse_rewrite ON table_rewrite "
+                    "EXECUTE FUNCTION pgfanout.refuse_rewrite()")]
 
 
 def table_statements(table: PublishedTable) -> list[sql.Composable]:
@@ -218,11 +331,11 @@ def table_statements(table: PublishedTable) -> list[sql.Composable]:
     function = sql.Identifier(SCHEMA, f"capture_{table.table_id}")
     return [
         sql.SQL(
-            "INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns) "
-            "VALUES ({}, {}, {}, {}, {}) ON CONFLICT (table_id) DO UPDATE "
-            "SET columns = EXCLUDED.columns, key_columns = EXCLUDED.key_columns"
+            "INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns, column_types, "
+            "missing_values) VALUES ({}, {}, {}, {}, {}, {}, {}) ON CONFLICT (table_id) DO NOTHING"
         ).format(sql.Literal(table.table_id), sql.Literal(table.schema_name), sql.Literal(table.table_name),
-                 sql.Literal(list(table.columns)), sql.Literal(list(table.key_columns))),
+                 sql.Literal(list(table.columns)), sql.Literal(list(table.key_columns)),
+                 sql.Literal(list(table.column_types)), sql.Literal(json.dumps(dict(table.missing_values)))),
         trigger_function(table),
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), target),
         sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()")
@@ -237,6 +350,11 @@ def install_statements(conn: psycopg.Connection, source: Source) -> list[sql.Com
     statements: list[sql.Composable] = [sql.SQL(s) for s in BASE_DDL]
     for table in describe_tables(conn, source.tables, source.exclude, source.keys):
         statements += table_statements(table)
+    if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+        statements += follow_ddl_statements()
+    else:
+        log.warning("not a superuser: no event triggers, so ALTER TABLE on published tables is not followed; "
+                    "run `pgfanout agent install` again after each one")
     return statements
 
 

@@ -16,10 +16,12 @@ from typing import Any
 from kafka.structs import OffsetAndMetadata
 
 from pgfanout import kafka as kafkautil
+from pgfanout import registry
 from pgfanout.codec import default_codec
 from pgfanout.config import Config, KafkaCluster
 from pgfanout.errors import KafkaUnavailable
 from pgfanout.positions import Mark, mark_of
+from pgfanout.registry import RegistryDecoder
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -48,11 +50,14 @@ class Distributor:
                        for r in route_names]
         self.idle_seconds = 0.0  # poll() itself waits for data
         self.codec = default_codec()
+        self.decoder = RegistryDecoder(self.codec, self.up_cluster)
         self.consumer: Any = None
         self.producers: dict[str, Any] = {}
 
     def connect(self) -> None:
+        registry.load(self.up_cluster, self.codec)
         for route in self.routes:
+            registry.register(route.cluster, self.codec)  # what it forwards must stay readable downstream
             kafkautil.ensure_topic(route.cluster, route.topic, MAX_MESSAGE_BYTES)
             route.last = self._tail_mark(route)
             if route.cluster_name not in self.producers:
@@ -82,7 +87,7 @@ class Distributor:
         if not records:
             return False
         for record in records:
-            kind, message = self.codec.decode(record.value, f"{self.up_topic}[0]@{record.offset}")
+            kind, message = self.decoder.decode(record.value, f"{self.up_topic}[0]@{record.offset}")
             mark = mark_of(kind, message)
             for route in self.routes:
                 if mark > route.last:

@@ -53,6 +53,8 @@ class WriterSchema:
     name: str  # the record's short name: "Transaction", "Heartbeat"
     fingerprint: bytes
     parsed: Any
+    reader: Any = None  # for an older schema: the current one, which fastavro resolves it to
+    text: str = ""  # the expanded schema as JSON, as it is stored in the registry topic
 
 
 class Codec:
@@ -65,9 +67,32 @@ class Codec:
             raw = json.loads((directory / f"{stem}.avsc").read_text())
             full = _expand(raw, named)
             named[f"{full['namespace']}.{full['name']}"] = full
-            writer = WriterSchema(full["name"], fingerprint(full), fastavro.parse_schema(full))
+            writer = WriterSchema(full["name"], fingerprint(full), fastavro.parse_schema(full),
+                                  text=json.dumps(full, sort_keys=True))
             self._by_name[writer.name] = writer
             self._by_fingerprint[writer.fingerprint] = writer
+        for path in sorted((directory / "history").glob("*.avsc")):
+            self.learn(path.read_text())
+
+    @property
+    def all_schemas(self) -> list[WriterSchema]:
+        """Every schema this codec can read: the current ones and the older versions it learned."""
+        return list(self._by_fingerprint.values())
+
+    def learn(self, schema_text: str) -> bool:
+        """Make an older (or another writer's) version of an envelope readable; False if it names no known record."""
+        full = json.loads(schema_text)
+        current = self._by_name.get(full.get("name", ""))
+        if current is None:
+            return False
+        key = fingerprint(full)
+        if key not in self._by_fingerprint:
+            self._by_fingerprint[key] = WriterSchema(current.name, key, fastavro.parse_schema(full), current.parsed,
+                                                     json.dumps(full, sort_keys=True))
+        return True
+
+    def knows(self, data: bytes) -> bool:
+        return bytes(data[len(MAGIC):HEADER_SIZE]) in self._by_fingerprint
 
     def encode(self, kind: str, record: dict[str, Any]) -> bytes:
         writer = self._by_name[kind]
@@ -84,13 +109,13 @@ class Codec:
         writer = self._by_fingerprint.get(bytes(data[len(MAGIC):HEADER_SIZE]))
         if writer is None:
             raise PoisonMessage(
-                f"message at {where} names unknown schema {data[len(MAGIC):HEADER_SIZE].hex()}; "
-                "it was written by a newer or foreign writer; upgrade this reader"
+                f"message at {where} names unknown schema {data[len(MAGIC):HEADER_SIZE].hex()}, which is not in "
+                "the schema registry topic either; it was written by a foreign writer, or the registry lost it"
             )
         buffer = io.BytesIO(data)
         buffer.seek(HEADER_SIZE)
         try:
-            record = fastavro.schemaless_reader(buffer, writer.parsed, None)
+            record = fastavro.schemaless_reader(buffer, writer.parsed, writer.reader)
         except Exception as exc:  # fastavro raises assorted types on corrupt input
             raise PoisonMessage(f"message at {where} cannot be decoded as {writer.name}: {exc!r}") from exc
         if buffer.tell() != len(data):

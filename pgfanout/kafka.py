@@ -76,8 +76,8 @@ def consumer(cluster: KafkaCluster, group_id: str | None = None) -> KafkaConsume
         raise _unavailable(cluster, exc) from exc
 
 
-def ensure_topic(cluster: KafkaCluster, topic: str, max_message_bytes: int) -> None:
-    """Create the single-partition topic a stream lives in, unless it exists."""
+def ensure_topic(cluster: KafkaCluster, topic: str, max_message_bytes: int, compact: bool = False) -> None:
+    """Create the single-partition topic a stream lives in (or a compacted one), unless it exists."""
     try:
         admin = KafkaAdminClient(**client_options(cluster))
     except kafka.errors.KafkaError as exc:
@@ -86,6 +86,8 @@ def ensure_topic(cluster: KafkaCluster, topic: str, max_message_bytes: int) -> N
         if topic in admin.list_topics():
             return
         configs = {"max.message.bytes": str(max_message_bytes), "min.insync.replicas": "1"}
+        if compact:
+            configs["cleanup.policy"] = "compact"
         admin.create_topics([NewTopic(topic, 1, 1, topic_configs=configs)])
         log.info("created topic %s on %s", topic, where(cluster))
     except kafka.errors.TopicAlreadyExistsError:

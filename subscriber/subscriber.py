@@ -17,13 +17,16 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from pgfanout import kafka as kafkautil
+from pgfanout import registry
 from pgfanout.codec import default_codec
 from pgfanout.config import Config
 from pgfanout.errors import ApplierBusy, PoisonMessage, StreamGap
 from pgfanout.pg import connect
 from pgfanout.positions import WHOLE, Progress, Step, next_step
+from pgfanout.registry import RegistryDecoder
 from subscriber.apply import TableInfo, apply_changes, forget_staging, tables_of
 from subscriber.copyfilter import CopyFilter, CopyFilters
 from subscriber.materialize import Materializer
@@ -50,6 +53,7 @@ class Subscriber:
         self.source = config.origin_source(self.settings.route)
         self.idle_seconds = 0.0  # poll() waits for data
         self.codec = default_codec()
+        self.decoder = RegistryDecoder(self.codec, self.cluster)
         self.conn: psycopg.Connection | None = None
         self.consumer: Any = None
         self.applied = Progress(0)  # committed in the replica
@@ -62,6 +66,7 @@ class Subscriber:
         self.pending_changes = 0
         self.pending_tables: dict[int, TableInfo] = {}
         self.copy_filters = CopyFilters({})
+        self.checked_layouts: set[tuple[str, str, tuple[str, ...]]] = set()
 
     def connect(self) -> None:
         self.conn = connect(self.settings, f"pgfanout-subscriber-{self.subscriber}")
@@ -80,7 +85,9 @@ class Subscriber:
         self.skips = {r[0] for r in self.conn.execute(
             "SELECT position FROM pgfanout_replica.skip WHERE subscriber = %s", (self.subscriber,))}
         self._read_copy_filters()
+        self.checked_layouts.clear()  # an ALTER in a rolled-back replica transaction is gone
         self.conn.autocommit = False  # one replica transaction may span several messages and polls
+        registry.load(self.cluster, self.codec)
         self.consumer = kafkautil.consumer(self.cluster)
         tp = kafkautil.partition(self.topic)
         self.consumer.assign([tp])
@@ -105,7 +112,7 @@ class Subscriber:
         log.info("%s ready: position %d, reading %s", self.name, self.applied.position, self.topic)
 
     def _last_position(self, value: bytes, offset: int) -> int | None:
-        kind, message = self.codec.decode(value, f"{self.topic}[0]@{offset}")
+        kind, message = self.decoder.decode(value, f"{self.topic}[0]@{offset}")
         if kind == "Heartbeat":
             return message["position"]
         return message["transactions"][-1]["position"] if message["transactions"] else None
@@ -148,7 +155,7 @@ class Subscriber:
     def _apply_message(self, record: Any) -> None:
         assert self.conn is not None
         where = f"{self.topic}[0]@{record.offset}"
-        kind, message = self.codec.decode(record.value, where)
+        kind, message = self.decoder.decode(record.value, where)
         if self.group.started is None:
             self.group.started = time.monotonic()
             # Waits while `resync --table` copies a table, then sees what that copy holds.
@@ -159,6 +166,7 @@ class Subscriber:
             self._protect(tables.values(), message["source"])
             if described_differently(self.pending_tables, tables):
                 self._flush()  # a table described differently than in what was collected: apply that first
+            needs_columns = self._layouts_needing_columns(message["tables"], where)
             for part in message["transactions"]:
                 try:
                     if next_step(self.group.pending, part["position"], part["chunk"], where) is not Step.APPLY:
@@ -171,6 +179,8 @@ class Subscriber:
                     continue
                 if self.copy_filters:
                     part = dict(part, changes=self.copy_filters.changes_to_apply(part, tables))
+                if needs_columns:
+                    self._add_columns_for(part, needs_columns, where)
                 whole = part["chunk"] == 0 and part["last_chunk"]
                 if not whole:
                     self._flush()  # keep source order: what was collected goes first
@@ -193,6 +203,67 @@ class Subscriber:
                 raise PoisonMessage(f"table {table.qualified} does not exist on subscriber {self.subscriber}; "
                                     f"create it with `pgfanout subscriber init {self.subscriber}`") from None
             self.protected.add((table.schema_name, table.table_name))
+
+    def _layouts_needing_columns(self, layouts: list[dict[str, Any]], where: str) -> dict[int, dict[str, Any]]:
+        """The message's table layouts with columns the replica lacks (the source ran ALTER TABLE ADD COLUMN)."""
+        assert self.conn is not None
+        needs = {}
+        for layout in layouts:
+            key = (layout["schema_name"], layout["table_name"], tuple(layout["columns"]))
+            if key in self.checked_layouts:
+                continue
+            target = sql.Identifier(layout["schema_name"], layout["table_name"])
+            present = {r[0] for r in self.conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                (target.as_string(self.conn),))}
+            if all(column in present for column in layout["columns"]):
+                self.checked_layouts.add(key)
+            elif len(layout["column_types"]) != len(layout["columns"]):
+                raise PoisonMessage(f"message at {where}: table {key[0]}.{key[1]} has columns "
+                                    f"{[c for c in layout['columns'] if c not in present]} the replica lacks, and the "
+                                    "message does not say their types (an older agent wrote it); add them by hand")
+            else:
+                needs[layout["table_id"]] = layout
+        return needs
+
+    def _add_columns_for(self, part: dict[str, Any], needs: dict[int, dict[str, Any]], where: str) -> None:
+        """Before the first change written with a new layout: apply what came before, then add its columns."""
+        assert self.conn is not None
+        for table_id in dict.fromkeys(c["table"] for c in part["changes"] if c["table"] in needs):
+            self._flush()  # older changes first: rows that existed get the added column's value, not NULL
+            layout = needs.pop(table_id)
+            target = sql.Identifier(layout["schema_name"], layout["table_name"])
+            present = {r[0] for r in self.conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                (target.as_string(self.conn),))}
+            for index, column in enumerate(layout["columns"]):
+                if column not in present:
+                    self._add_column(layout, index, target, where)
+            self.checked_layouts.add((layout["schema_name"], layout["table_name"], tuple(layout["columns"])))
+
+    def _add_column(self, layout: dict[str, Any], index: int, target: sql.Identifier, where: str) -> None:
+        assert self.conn is not None
+        column, type_sql = layout["columns"][index], layout["column_types"][index]
+        existing_value = layout["missing_values"].get(column)
+        statement = sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(target, sql.Identifier(column), sql.SQL(type_sql))
+        if existing_value is not None:
+            statement = sql.SQL("{} DEFAULT {}::{}").format(statement, sql.Literal(existing_value), sql.SQL(type_sql))
+        self.conn.execute("SAVEPOINT pgfanout_add_column")
+        try:
+            self.conn.execute(statement)
+            if existing_value is not None:
+                self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(
+                    target, sql.Identifier(column)))
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            raise PoisonMessage(f"message at {where}: adding column {column} {type_sql} to {layout['schema_name']}."
+                                f"{layout['table_name']} failed: {str(exc).strip()}; add it on the replica by hand "
+                                "and start the subscriber again") from exc
+        self.conn.execute("RELEASE SAVEPOINT pgfanout_add_column")
+        log.warning("%s: added column %s %s to %s.%s, as the source did%s", self.name, column, type_sql,
+                    layout["schema_name"], layout["table_name"],
+                    f" (existing rows get {existing_value!r})" if existing_value is not None else "")
 
     def _read_copy_filters(self) -> None:
         assert self.conn is not None

@@ -14,7 +14,7 @@ CHANGES = {"changes": [
 TX = {
     "source": "shop", "tick_id": 7, "tick_time": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "batch_end": True,
     "tables": [{"table_id": 3, "schema_name": "public", "table_name": "t", "columns": ["id", "name", "note"],
-                "key_columns": ["id"]}],
+                "key_columns": ["id"], "column_types": ["integer", "text", "text"], "missing_values": {"note": "n/a"}}],
     "transactions": [
         {"position": 42, "xid": 1234, "chunk": 0, "last_chunk": True, **CHANGES},
         {"position": 43, "xid": 1240, "chunk": 0, "last_chunk": False, "changes": []},
@@ -27,6 +27,41 @@ def test_transaction_round_trip():
     data = codec.encode("Batch", TX)
     assert data.startswith(MAGIC)
     assert codec.decode(data, "t[0]@0") == ("Batch", TX)
+
+
+def test_messages_written_with_an_older_schema_stay_readable():
+    import io
+    import json
+
+    import fastavro
+
+    from pgfanout.codec import fingerprint, schema_dir
+
+    older = json.loads(next((schema_dir() / "history").glob("Batch-*.avsc")).read_text())
+    assert "column_types" not in json.dumps(older)
+    old_tables = [{k: v for k, v in TX["tables"][0].items() if k not in ("column_types", "missing_values")}]
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(older), dict(TX, tables=old_tables))
+    data = MAGIC + fingerprint(older) + body.getvalue()
+    kind, message = default_codec().decode(data, "t[0]@0")
+    assert kind == "Batch" and message["transactions"] == TX["transactions"]
+    assert message["tables"] == [dict(old_tables[0], column_types=[], missing_values={})]
+
+
+def test_a_schema_learned_from_the_registry_becomes_readable():
+    import json
+
+    codec = Codec()
+    newer = json.loads(next(w.text for w in codec.all_schemas if w.name == "Heartbeat"))
+    newer["fields"].append({"name": "note", "type": "string", "default": ""})
+    from pgfanout.codec import fingerprint
+
+    data = MAGIC + fingerprint(newer) + b"\x04s1\x02\x04" + b"\x00" * 8 + b"\x04hi"
+    assert not codec.knows(data)
+    with pytest.raises(PoisonMessage, match="not in the schema registry"):
+        codec.decode(data, "here")
+    assert codec.learn(json.dumps(newer)) and codec.knows(data)
+    assert not codec.learn(json.dumps(dict(newer, name="Unknown")))
 
 
 def test_heartbeat_round_trip():

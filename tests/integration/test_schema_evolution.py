@@ -1,0 +1,73 @@
+"""ALTER TABLE on the primary mid-stream: new columns reach the replicas; rewrites are refused; schemas registered."""
+
+import time
+
+import psycopg
+import pytest
+
+from pgfanout.codec import default_codec
+from pgfanout.registry import REGISTRY_TOPIC
+
+
+def test_columns_added_mid_stream_reach_the_replicas_with_their_values(pipeline):
+    pipeline.prepare()
+    pipeline.start()
+    pipeline.seed()
+    workload, _ = pipeline.workload_in_background(seconds=30, writers=2, max_transactions=600, seed_value=12)
+    time.sleep(1.5)
+    with pipeline.primary() as conn:
+        # existing rows get 7 without being rewritten (PostgreSQL's "missing value"), new ones their own
+        conn.execute("ALTER TABLE public.customers ADD COLUMN loyalty integer DEFAULT 7")
+        conn.execute("ALTER TABLE public.products ADD COLUMN color text")
+        time.sleep(0.5)
+        conn.execute("INSERT INTO public.customers (id, name, loyalty) VALUES (-1, 'after the change', 99)")
+        conn.execute("UPDATE public.products SET color = 'red' WHERE sku = 'SKU-7'")
+        conn.execute("ALTER TABLE public.products DROP COLUMN color")  # replicas keep it
+        conn.execute("UPDATE public.products SET title = 'retitled' WHERE sku = 'SKU-8'")
+        with pytest.raises(psycopg.errors.RaiseException, match="changing a column's type"):
+            conn.execute("ALTER TABLE public.accounts ALTER COLUMN balance TYPE numeric(16,2)")  # no rewrite
+        with pytest.raises(psycopg.errors.RaiseException, match="would rewrite every row"):
+            conn.execute("ALTER TABLE public.accounts ALTER COLUMN balance TYPE float8")
+        with pytest.raises(psycopg.errors.RaiseException, match="would rewrite every row"):
+            conn.execute("ALTER TABLE public.customers ADD COLUMN luck float8 DEFAULT random()")
+        with pytest.raises(psycopg.errors.RaiseException, match="renaming a column"):
+            conn.execute("ALTER TABLE public.customers RENAME COLUMN email TO mail")
+    workload.join()
+    pipeline.wait_caught_up(timeout=120)
+    with pipeline.primary() as conn:
+        expected = conn.execute("SELECT id, loyalty FROM public.customers ORDER BY id").fetchall()
+    assert (-1, 99) in expected and sum(1 for _, loyalty in expected if loyalty == 7) >= 1
+    for sub in pipeline.subscribers:
+        with pipeline.replica(sub) as conn:
+            assert conn.execute("SELECT id, loyalty FROM public.customers ORDER BY id").fetchall() == expected
+            assert conn.execute("SELECT color, title FROM public.products WHERE sku IN ('SKU-7', 'SKU-8') "
+                                "ORDER BY sku").fetchall() == [("red", "Product 7"), (None, "retitled")]
+        assert "added column loyalty integer to public.customers, as the source did (existing rows get '7')" \
+            in pipeline.log(sub)
+    for sub in pipeline.subscribers:  # a column dropped on the source stays on replicas until the operator drops it
+        with pipeline.replica(sub) as conn:
+            conn.execute("ALTER TABLE public.products DROP COLUMN color")
+    equal, lines = pipeline.proof()
+    assert equal, "\n".join(lines)
+
+
+def test_the_registry_topic_holds_every_schema_the_agent_writes_with(pipeline):
+    from pgfanout import kafka as kafkautil
+    from pgfanout import registry
+    from pgfanout.codec import Codec
+
+    pipeline.prepare()
+    pipeline.start("agent")
+    pipeline.wait_for_log("agent", "ready")
+    cluster = pipeline.config.kafka["local"]
+    fresh = Codec()
+    fresh._by_fingerprint = {k: v for k, v in fresh._by_fingerprint.items() if v.reader is None}  # no history files
+    known_before = set(fresh._by_fingerprint)
+    assert registry.load(cluster, fresh) >= len(default_codec().all_schemas)
+    assert set(fresh._by_fingerprint) >= {w.fingerprint for w in default_codec().all_schemas} > known_before
+    consumer = kafkautil.consumer(cluster)
+    try:
+        admin_configs = consumer.topics()
+        assert REGISTRY_TOPIC in admin_configs
+    finally:
+        consumer.close()
