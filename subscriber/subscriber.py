@@ -213,9 +213,7 @@ class Subscriber:
             if key in self.checked_layouts:
                 continue
             target = sql.Identifier(layout["schema_name"], layout["table_name"])
-            present = {r[0] for r in self.conn.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
-                (target.as_string(self.conn),))}
+            present = self._replica_columns(target)
             if all(column in present for column in layout["columns"]):
                 self.checked_layouts.add(key)
             elif len(layout["column_types"]) != len(layout["columns"]):
@@ -233,13 +231,17 @@ class Subscriber:
             self._flush()  # older changes first: rows that existed get the added column's value, not NULL
             layout = needs.pop(table_id)
             target = sql.Identifier(layout["schema_name"], layout["table_name"])
-            present = {r[0] for r in self.conn.execute(
-                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
-                (target.as_string(self.conn),))}
+            present = self._replica_columns(target)
             for index, column in enumerate(layout["columns"]):
                 if column not in present:
                     self._add_column(layout, index, target, where)
             self.checked_layouts.add((layout["schema_name"], layout["table_name"], tuple(layout["columns"])))
+
+    def _replica_columns(self, target: sql.Identifier) -> set[str]:
+        assert self.conn is not None
+        return {r[0] for r in self.conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            (target.as_string(self.conn),))}
 
     def _add_column(self, layout: dict[str, Any], index: int, target: sql.Identifier, where: str) -> None:
         assert self.conn is not None
