@@ -244,11 +244,11 @@ def follow_ddl_statements() -> list[sql.Composable]:
     own transaction, so no change is ever logged with the wrong columns. Rewrites (ALTER COLUMN TYPE,
     ADD COLUMN with a volatile default) are refused: the rows they rewrite fire no trigger.
     """
-    # The body template for format(): %1$s table id, %2$s new row, %3$s old key, %4$s/%5$s key rows.
-    template = sql.SQL(FUNCTION).format(
-        function=sql.SQL("%6$s"), settings=_settings_clause(None),
-        body=sql.SQL("%7$L")).as_string()
-    body = BODY.format(tid="%1$s", new_row="%2$s", old_key="%3$s", old_key_row="%4$s", new_key_row="%5$s")
+    # format() templates: the function (%1$s name, %2$L body), and its body (%1$s table id, %2$s new row,
+    # %3$s old key, %4$s/%5$s old and new key rows); the same text trigger_function() writes, every setting pinned.
+    function_template = sql.SQL(FUNCTION).format(
+        function=sql.SQL("%1$s"), settings=_settings_clause(None), body=sql.SQL("%2$L")).as_string(None)
+    body_template = BODY.format(tid="%1$s", new_row="%2$s", old_key="%3$s", old_key_row="%4$s", new_key_row="%5$s")
     follow = f"""
 CREATE OR REPLACE FUNCTION pgfanout.follow_alter_table() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp {_settings_clause(None).as_string()} AS $follow$
@@ -288,12 +288,8 @@ BEGIN
         INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns, column_types, missing_values)
             VALUES (new_id, layout.schema_name, layout.table_name, cols, layout.key_columns, types, missing);
         SELECT tgfoid INTO fn FROM pg_trigger WHERE tgrelid = command.objid AND tgname = {sql.Literal(TRIGGER).as_string(None)};
-        EXECUTE format({sql.Literal(template).as_string(None)}, new_id,
-            'ARRAY[' || (SELECT string_agg(format('NEW.%I::text', c), ', ') FROM unnest(cols) c) || ']::text[]',
-            'ARRAY[' || (SELECT string_agg(format('OLD.%I::text', c), ', ') FROM unnest(layout.key_columns) c) || ']::text[]',
-            'ROW(' || (SELECT string_agg(format('OLD.%I', c), ', ') FROM unnest(layout.key_columns) c) || ')',
-            'ROW(' || (SELECT string_agg(format('NEW.%I', c), ', ') FROM unnest(layout.key_columns) c) || ')',
-            fn::text, format({sql.Literal(body).as_string(None)}, new_id,
+        EXECUTE format({sql.Literal(function_template).as_string(None)}, fn::text,
+            format({sql.Literal(body_template).as_string(None)}, new_id,
             'ARRAY[' || (SELECT string_agg(format('NEW.%I::text', c), ', ') FROM unnest(cols) c) || ']::text[]',
             'ARRAY[' || (SELECT string_agg(format('OLD.%I::text', c), ', ') FROM unnest(layout.key_columns) c) || ']::text[]',
             'ROW(' || (SELECT string_agg(format('OLD.%I', c), ', ') FROM unnest(layout.key_columns) c) || ')',

@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import psycopg
 
-from bench.common import bench_stack, write_result
+from bench.common import bench_stack, peak_rss_mb, wait_for_ready, write_result
 from bench.lag import BenchPipeline
 from pgfanout.demo import wait_caught_up
 from pgfanout.pg import connect
@@ -30,13 +29,6 @@ from pgfanout.status import source_position, subscriber_position
 
 UPDATE = "UPDATE pgbench_accounts SET abalance = abalance + 1"
 ROWS = 1_000_000
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def wait_applied(config, sub: str, target: int, timeout: float = 300) -> None:
@@ -73,8 +65,7 @@ def main() -> None:
         time.sleep(3)  # the distributor forwards it
         log_file.unlink(missing_ok=True)
         pipeline.start("subscriber")
-        while "ready:" not in (log_file.read_text() if log_file.exists() else ""):
-            time.sleep(0.005)
+        wait_for_ready(log_file)
         started = time.perf_counter()
         wait_applied(config, sub, target)
         apply_rates.append(round(ROWS / (time.perf_counter() - started)))

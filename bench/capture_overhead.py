@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import threading
-import time
 
 import psycopg
 from psycopg import sql
 
 from agent import capture
-from bench.common import Timer, bench_stack, pgbench, tps_of, write_result
+from bench.common import Timer, bench_stack, pgbench, tps_of, wait_for_ready, write_result
 from bench.publish_throughput import TABLES, prepare_pgbench_db
 from pgfanout.config import parse_config
 from pgfanout.demo import daemon_argv, reset_streams, start_daemon, write_config
@@ -103,9 +102,7 @@ def start_capture(stack, data: dict, config) -> int:
     config_path = write_config(stack.home / f"{DB}.yaml", data)
     pid = start_daemon(stack, f"{DB}-agent", daemon_argv(config_path, "agent", "run", "--source", DB))
     log_file = stack.log_dir / f"{DB}-agent.log"
-    deadline = time.monotonic() + 30
-    while "ready:" not in (log_file.read_text() if log_file.exists() else "") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_ready(log_file, timeout=30)
     return pid
 
 

@@ -14,8 +14,8 @@ import argparse
 import statistics
 import time
 
-from bench.common import bench_stack, pgbench, write_result
-from bench.lag import BenchPipeline, pgbench_database
+from bench.common import bench_stack, pgbench, pgbench_database, wait_for_ready, write_result
+from bench.lag import BenchPipeline
 from pgfanout.demo import wait_caught_up
 from pgfanout.local import processes
 from pgfanout.pg import connect
@@ -66,7 +66,7 @@ def main() -> None:
     rates = []
     for round_ in range(args.rounds):
         if round_:
-            pgbench_database(stack.postgres("replica"), name)  # the same backlog again, onto a fresh replica
+            pgbench_database(stack.postgres("replica"), name, probe=True)  # the same backlog again, onto a fresh replica
         seconds = time_catchup(stack, pipeline, config, sub, target)
         rates.append(round(target / seconds))
         print(f"round {round_ + 1}: {target} transactions in {seconds:.2f} s = {target / seconds:.0f} tx/s", flush=True)
@@ -83,8 +83,7 @@ def time_catchup(stack, pipeline: BenchPipeline, config, sub: str, target: int) 
     log_file = stack.log_dir / f"{sub}.log"
     log_file.unlink(missing_ok=True)
     pipeline.start("subscriber")
-    while "ready:" not in (log_file.read_text() if log_file.exists() else ""):
-        time.sleep(0.005)
+    wait_for_ready(log_file)
     started = time.perf_counter()
     with connect(config.subscribers[sub], "bench") as conn:
         while subscriber_position(conn, sub)[0] < target:

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
+
 from pgfanout.local.postgres import bin_dir
 from pgfanout.local.stack import Stack
 
@@ -66,3 +68,31 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def pgbench_database(cluster, name: str, scale: int = 10, probe: bool = False) -> None:
+    """A fresh pgbench database; pgbench_history gets a key (capture needs one), ``probe`` adds bench.lag's table.
+
+    pgbench's initial data is deterministic, so two clusters initialized alike start equal.
+    """
+    cluster.create_database(name, drop_first=True)
+    pgbench("-i", "-s", str(scale), "-q", dsn_port=cluster.port, db=name)
+    with psycopg.connect(cluster.dsn(name), autocommit=True) as conn:
+        conn.execute("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY")
+        if probe:
+            conn.execute("CREATE TABLE lag_probe (id bigserial PRIMARY KEY, written_at timestamptz NOT NULL)")
+        conn.execute("VACUUM ANALYZE")
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
+
+
+def wait_for_ready(log_file: Path, timeout: float = 60.0) -> None:
+    """Wait until a daemon has logged that it is connected and ready."""
+    deadline = time.monotonic() + timeout
+    while "ready:" not in (log_file.read_text() if log_file.exists() else ""):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no 'ready:' in {log_file} after {timeout:.0f} s")
+        time.sleep(0.005)

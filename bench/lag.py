@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 
 from agent import capture
-from bench.common import bench_stack, pgbench, write_result
+from bench.common import bench_stack, pgbench, pgbench_database, write_result
 from pgfanout.config import parse_config
 from pgfanout.demo import daemon_argv, reset_streams, start_daemon, wait_caught_up, write_config
 from pgfanout.local import processes
@@ -43,20 +43,10 @@ TABLES = ["public.pgbench_accounts", "public.pgbench_tellers", "public.pgbench_b
           "public.lag_probe"]
 
 
-def pgbench_database(cluster, name: str) -> None:
-    """A fresh pgbench database (scale 10) with the probe table; its initial data is deterministic."""
-    cluster.create_database(name, drop_first=True)
-    pgbench("-i", "-s", "10", "-q", dsn_port=cluster.port, db=name)
-    with psycopg.connect(cluster.dsn(name), autocommit=True) as conn:
-        conn.execute("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY")
-        conn.execute("CREATE TABLE lag_probe (id bigserial PRIMARY KEY, written_at timestamptz NOT NULL)")
-        conn.execute("VACUUM ANALYZE")
-
-
 def prepare(stack, name: str) -> dict:
     primary, replica = stack.postgres("primary"), stack.postgres("replica")
     for cluster in (primary, replica):  # both start equal
-        pgbench_database(cluster, name)
+        pgbench_database(cluster, name, probe=True)
     kafka = stack.kafka("main").bootstrap
     return {
         "kafka": {"local": {"bootstrap_servers": [kafka]}},

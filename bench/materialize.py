@@ -18,7 +18,7 @@ import subprocess
 import psycopg
 
 from agent import capture
-from bench.common import Timer, bench_stack, pgbench, write_result
+from bench.common import Timer, bench_stack, pgbench_database, write_result
 from pgfanout.config import parse_config
 from pgfanout.demo import daemon_argv, write_config
 from pgfanout.local.postgres import bin_dir
@@ -56,11 +56,7 @@ def main() -> None:
     stack = bench_stack()
     primary, replica = stack.postgres("primary"), stack.postgres("replica")
     name = "bench_materialize"
-    primary.create_database(name, drop_first=True)
-    pgbench("-i", "-s", str(args.scale), "-q", dsn_port=primary.port, db=name)
-    with psycopg.connect(primary.dsn(name), autocommit=True) as conn:
-        conn.execute("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY")
-        conn.execute("VACUUM ANALYZE")
+    pgbench_database(primary, name, scale=args.scale)
     data = {
         "kafka": {"local": {"bootstrap_servers": [stack.kafka("main").bootstrap]}},
         "sources": {name: {"dsn": primary.dsn(name), "kafka": "local", "tables": TABLES}},

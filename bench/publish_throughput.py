@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 from agent import capture
-from bench.common import bench_stack, pgbench, write_result
+from bench.common import bench_stack, peak_rss_mb, pgbench_database, wait_for_ready, write_result
 from pgfanout.config import parse_config
 from pgfanout.demo import daemon_argv, reset_streams, start_daemon, write_config
 from pgfanout.local import processes
@@ -38,23 +37,13 @@ END $$
 
 def prepare_pgbench_db(stack, db: str) -> dict:
     primary = stack.postgres("primary")
-    primary.create_database(db, drop_first=True)
-    pgbench("-i", "-s", "10", "-q", dsn_port=primary.port, db=db)
+    pgbench_database(primary, db)
     data = {
         "kafka": {"local": {"bootstrap_servers": [stack.kafka("main").bootstrap]}},
         "sources": {db: {"dsn": primary.dsn(db), "kafka": "local", "tables": TABLES}},
     }
-    config = parse_config(data)
-    with connect(config.sources[db], "bench") as conn:
-        conn.execute("ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY")
-        conn.execute("VACUUM ANALYZE")
-    reset_streams(config)
+    reset_streams(parse_config(data))
     return data
-
-
-def peak_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def drain(stack, data: dict, db: str, expected_position: int) -> tuple[float, float, float]:
@@ -65,8 +54,7 @@ def drain(stack, data: dict, db: str, expected_position: int) -> tuple[float, fl
     log_file.unlink(missing_ok=True)
     started = time.perf_counter()
     pid = start_daemon(stack, f"{db}-agent", daemon_argv(config_path, "agent", "run", "--source", db))
-    while "ready:" not in (log_file.read_text() if log_file.exists() else ""):
-        time.sleep(0.005)
+    wait_for_ready(log_file)
     ready = time.perf_counter()
     with connect(config.sources[db], "bench") as conn:
         while source_position(conn)[0] < expected_position:

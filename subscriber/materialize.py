@@ -28,6 +28,7 @@ from subscriber.copyfilter import CopyFilter
 from subscriber.ddl import TableDefinition, after_copy, create_enum, create_table, missing_types, read_definition
 from subscriber.progress import CopyProgress
 from subscriber.state import (
+    DENY_TRIGGER,
     UNKNOWN_OFFSET,
     applier_lock_key,
     ensure_state,
@@ -149,8 +150,6 @@ def _referenced_by_foreign_key(conn: psycopg.Connection, definition: TableDefini
 
 def _protected_tables(conn: psycopg.Connection, origin: str) -> list[tuple[str, str]]:
     """Tables a replica holds for a source: those its deny triggers name that source for."""
-    from subscriber.state import DENY_TRIGGER
-
     return [(s, t) for s, t, args in conn.execute(
         """SELECT n.nspname, c.relname, g.tgargs FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
            JOIN pg_namespace n ON n.oid = c.relnamespace WHERE g.tgname = %s""", (DENY_TRIGGER,))

@@ -158,9 +158,7 @@ class Subscriber:
         kind, message = self.decoder.decode(record.value, where)
         if self.group.started is None:
             self.group.started = time.monotonic()
-            # Waits while `resync --table` copies a table, then sees what that copy holds.
-            self.conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", resync_lock_key(self.subscriber))
-            self._read_copy_filters()
+            self._read_copy_filters(wait_for_resync=True)
         if kind == "Batch":
             tables = tables_of(message)
             self._protect(tables.values(), message["source"])
@@ -204,7 +202,8 @@ class Subscriber:
                                     f"create it with `pgfanout subscriber init {self.subscriber}`") from None
             self.protected.add((table.schema_name, table.table_name))
 
-    def _layouts_needing_columns(self, layouts: list[dict[str, Any]], where: str) -> dict[int, dict[str, Any]]:
+    def _layouts_needing_columns(self, layouts: list[dict[str, Any]],
+                                 where: str) -> dict[int, tuple[dict[str, Any], set[str]]]:
         """The message's table layouts with columns the replica lacks (the source ran ALTER TABLE ADD COLUMN)."""
         assert self.conn is not None
         needs = {}
@@ -221,17 +220,17 @@ class Subscriber:
                                     f"{[c for c in layout['columns'] if c not in present]} the replica lacks, and the "
                                     "message does not say their types (an older agent wrote it); add them by hand")
             else:
-                needs[layout["table_id"]] = layout
+                needs[layout["table_id"]] = (layout, present)
         return needs
 
-    def _add_columns_for(self, part: dict[str, Any], needs: dict[int, dict[str, Any]], where: str) -> None:
+    def _add_columns_for(self, part: dict[str, Any], needs: dict[int, tuple[dict[str, Any], set[str]]],
+                         where: str) -> None:
         """Before the first change written with a new layout: apply what came before, then add its columns."""
         assert self.conn is not None
         for table_id in dict.fromkeys(c["table"] for c in part["changes"] if c["table"] in needs):
             self._flush()  # older changes first: rows that existed get the added column's value, not NULL
-            layout = needs.pop(table_id)
+            layout, present = needs.pop(table_id)
             target = sql.Identifier(layout["schema_name"], layout["table_name"])
-            present = self._replica_columns(target)
             for index, column in enumerate(layout["columns"]):
                 if column not in present:
                     self._add_column(layout, index, target, where)
@@ -267,11 +266,20 @@ class Subscriber:
                     layout["schema_name"], layout["table_name"],
                     f" (existing rows get {existing_value!r})" if existing_value is not None else "")
 
-    def _read_copy_filters(self) -> None:
+    def _read_copy_filters(self, wait_for_resync: bool = False) -> None:
+        """Read what copied tables hold; at the start of a replica transaction, first wait out a `resync --table`.
+
+        One round trip: the CTE takes the shared side of the resync lock before the filters are read.
+        """
         assert self.conn is not None
-        self.copy_filters = CopyFilters({(s, t): CopyFilter.from_row(p, snap) for s, t, p, snap in self.conn.execute(
-            "SELECT schema_name, table_name, start_position, snapshot FROM pgfanout_replica.materialized "
-            "WHERE subscriber = %s", (self.subscriber,))})
+        lock, key = resync_lock_key(self.subscriber)
+        rows = self.conn.execute(
+            """WITH resync_done AS MATERIALIZED (
+                   SELECT CASE WHEN %(wait)s THEN pg_advisory_xact_lock_shared(%(lock)s, %(key)s) END)
+               SELECT m.schema_name, m.table_name, m.start_position, m.snapshot
+               FROM resync_done LEFT JOIN pgfanout_replica.materialized m ON m.subscriber = %(subscriber)s""",
+            {"wait": wait_for_resync, "lock": lock, "key": key, "subscriber": self.subscriber}).fetchall()
+        self.copy_filters = CopyFilters({(s, t): CopyFilter.from_row(p, snap) for s, t, p, snap in rows if s is not None})
 
     def _advance(self, part: dict[str, Any]) -> None:
         if part["last_chunk"]:
