@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,7 +17,8 @@ import psycopg.conninfo
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pgfanout.errors import ConfigError
+from pgfanout.errors import ConfigError, FilterError
+from pgfanout.rowfilter import RowFilter, parse_filter
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -94,10 +96,58 @@ class Source(Database):
         return names
 
 
+class TableSubscription(Strict):
+    where: str | None = Field(default=None, description="a row filter: an SQL boolean expression over the row's "
+                              "columns; a row is sent when it is true")
+    columns: list[str] | None = Field(default=None, min_length=1, description="the columns sent (the key included); "
+                                      "default: all")
+
+    @field_validator("where")
+    @classmethod
+    def _parses(cls, where: str | None) -> str | None:
+        if where is not None:
+            try:
+                parsed_filter(where)
+            except FilterError as exc:
+                raise ValueError(f"{where!r}: {exc.reason}") from None
+        return where
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct(cls, columns: list[str] | None) -> list[str] | None:
+        if columns is not None and len(set(columns)) != len(columns):
+            raise ValueError("a column is listed twice")
+        return columns
+
+    def row_filter(self) -> RowFilter | None:
+        return parsed_filter(self.where) if self.where is not None else None
+
+    def used_columns(self) -> set[str]:
+        """Columns this subscription needs to see: the filter's and the listed ones."""
+        row_filter = self.row_filter()
+        return set(self.columns or ()) | set(row_filter.columns if row_filter else ())
+
+
+@cache
+def parsed_filter(text: str) -> RowFilter:
+    return parse_filter(text)
+
+
 class Route(Strict):
     upstream: Name = Field(description="the source or route this route is fed from")
     kafka: Name
     topic: str | None = None
+    tables: dict[str, TableSubscription] | None = Field(
+        default=None, description="the subscription: the tables this route receives, each with an optional row "
+                                  "filter and column list; default: everything its upstream carries")
+
+    @field_validator("tables")
+    @classmethod
+    def _qualified(cls, tables: dict[str, TableSubscription] | None) -> dict[str, TableSubscription] | None:
+        bad = [t for t in tables or () if not QUALIFIED_TABLE.match(t) or t.endswith(".*")]
+        if bad:
+            raise ValueError(f"tables must be written schema.table: {', '.join(bad)}")
+        return tables
 
 
 class Distributor(Strict):
@@ -136,6 +186,15 @@ class Config(Strict):
             return self.sources[name].kafka, self.source_topic(name)
         return self.routes[name].kafka, self.route_topic(name)
 
+    def subscription_chain(self, name: str) -> list[dict[str, TableSubscription]]:
+        """The subscriptions a route's messages passed through, from the source down to the route itself."""
+        chain = []
+        while name in self.routes:
+            if self.routes[name].tables is not None:
+                chain.append(self.routes[name].tables)
+            name = self.routes[name].upstream
+        return chain[::-1]
+
     def origin_source(self, name: str) -> str:
         """The source a route (or source) ultimately carries."""
         while name in self.routes:
@@ -170,6 +229,7 @@ def cross_reference_problems(data: dict) -> list[str]:
         if isinstance(upstream, str) and upstream not in sources and upstream not in routes:
             problems.append(f"routes.{name}.upstream: no source or route named {upstream!r}")
     problems += _loop_problems(routes)
+    problems += _subscription_problems(routes)
     fed_by: dict[str, str] = {}
     for name, distributor in distributors.items():
         upstreams = set()
@@ -207,6 +267,39 @@ def _loop_problems(routes: dict[str, dict]) -> list[str]:
                 break
             seen.append(name)
             name = routes[name].get("upstream")
+    return problems
+
+
+def _subscription_problems(routes: dict[str, dict]) -> list[str]:
+    """A route can only subscribe to what its upstream route receives: its tables and columns."""
+    problems = []
+    for name, route in sorted(routes.items()):
+        tables, upstream = route.get("tables"), routes.get(route.get("upstream"))  # type: ignore[arg-type]
+        seen = [route]
+        while upstream is not None and not isinstance(upstream.get("tables"), dict) and upstream not in seen:
+            seen.append(upstream)
+            upstream = routes.get(upstream.get("upstream"))  # type: ignore[arg-type]
+        if upstream in seen:
+            continue  # a loop, reported on its own
+        if not isinstance(tables, dict) or upstream is None:
+            continue
+        offered = upstream["tables"]
+        for table, wanted in tables.items():
+            if table not in offered:
+                problems.append(f"routes.{name}.tables.{table}: the upstream route does not carry this table "
+                                f"(it carries {_names(offered)})")
+                continue
+            columns = (offered[table] or {}).get("columns") if isinstance(offered[table], dict) else None
+            if not isinstance(columns, list) or not isinstance(wanted, dict):
+                continue
+            try:
+                needed = TableSubscription.model_validate(wanted).used_columns()
+            except (ValidationError, FilterError):
+                continue  # reported by the model itself
+            lacking = sorted(needed - set(columns))
+            if lacking:
+                problems.append(f"routes.{name}.tables.{table}: uses columns the upstream route does not carry: "
+                                f"{', '.join(lacking)}")
     return problems
 
 

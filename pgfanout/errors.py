@@ -25,6 +25,17 @@ class ConfigError(PgfanoutError):
         super().__init__(f"invalid configuration in {source}:\n{lines}")
 
 
+class FilterError(PgfanoutError):
+    """A row filter uses something the evaluator does not support, or a column the table lacks."""
+
+    exit_code = 2
+
+    def __init__(self, expression: str, reason: str):
+        self.expression = expression
+        self.reason = reason
+        super().__init__(f"row filter {expression!r}: {reason}")
+
+
 class TransientError(PgfanoutError):
     exit_code = 75  # EX_TEMPFAIL: trying again later may work
 

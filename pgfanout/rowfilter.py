@@ -1,0 +1,567 @@
+"""Row filters: SQL boolean expressions parsed by sqlglot, evaluated over decoded rows.
+
+A filter is parsed once when the config is loaded (``parse_filter``): anything but the
+small supported language is refused there, with the expression and the reason. It is
+compiled against a table layout (``compile_filter``) when its column types are known:
+that is where unknown columns and type mismatches are refused. The compiled filter is a
+tree of closures; nothing is ever passed to ``eval``.
+
+Semantics follow PostgreSQL's for the same row, three-valued logic included: NULL
+compares to nothing, ``NULL AND FALSE`` is FALSE, ``x IN (1, NULL)`` is NULL when x is
+not 1, and a row passes only when its filter is TRUE. Numeric and float NaN equal
+themselves and sort above every other value, as in PostgreSQL. Text orders by code
+point, which is PostgreSQL's order under the C collation (and the same for equality,
+LIKE and IN under any deterministic collation). Timestamps without a zone in literals
+are read as UTC, the time zone the capture triggers write in.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+
+from pgfanout.errors import FilterError
+
+Value = Any  # a decoded SQL value; None is NULL
+Evaluate = Callable[[Sequence[str | None]], Value]
+
+
+class _NaN:
+    """NaN of numeric or float columns: equal to itself, greater than every number (PostgreSQL's rule)."""
+
+    def __repr__(self) -> str:
+        return "NaN"
+
+
+NAN = _NaN()
+
+# -- the parsed form ---------------------------------------------------------------
+
+COMPARISONS = {exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
+FUNCTIONS = {exp.Lower: "lower", exp.Upper: "upper", exp.Length: "length", exp.Abs: "abs", exp.Coalesce: "coalesce"}
+ALLOWED = (exp.And, exp.Or, exp.Not, exp.Paren, exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null,
+           exp.In, exp.Between, exp.Is, exp.Like, exp.ILike, exp.Escape, exp.Neg, exp.NullSafeEQ, exp.NullSafeNEQ,
+           *COMPARISONS, *FUNCTIONS)
+
+
+@dataclass(frozen=True)
+class RowFilter:
+    text: str
+    tree: exp.Expression
+    columns: frozenset[str]
+
+    def sql(self) -> str:
+        """The filter as PostgreSQL SQL (regenerated from the parse tree, so only what was validated)."""
+        return self.tree.sql(dialect="postgres")
+
+
+def column_name(identifier: exp.Column) -> str:
+    """PostgreSQL folds unquoted identifiers to lower case."""
+    ident = identifier.this
+    return ident.this if ident.quoted else ident.this.lower()
+
+
+def parse_filter(text: str) -> RowFilter:
+    try:
+        tree = sqlglot.parse_one(text, dialect="postgres")
+    except sqlglot.errors.SqlglotError as exc:
+        raise FilterError(text, f"not a valid SQL expression: {str(exc).splitlines()[0]}") from None
+    columns = set()
+    for node in tree.walk():
+        if not isinstance(node, ALLOWED):
+            raise FilterError(text, f"{node.key.upper()} ({node.sql(dialect='postgres')}) is not supported; filters "
+                                    "may use columns, constants, comparisons, AND/OR/NOT, IN, BETWEEN, IS [NOT] NULL, "
+                                    "IS [NOT] DISTINCT FROM, [I]LIKE, lower, upper, length, abs and coalesce")
+        if isinstance(node, exp.Column):
+            if node.table:
+                raise FilterError(text, f"{node.sql()}: name columns without a table")
+            columns.add(column_name(node))
+        if isinstance(node, exp.Neg) and not isinstance(node.this, exp.Literal):
+            raise FilterError(text, f"{node.sql()}: only constants may be negated")
+        if isinstance(node, exp.Is) and not isinstance(node.expression, (exp.Null, exp.Boolean)):
+            raise FilterError(text, f"{node.sql()}: IS takes NULL, TRUE or FALSE")
+    return RowFilter(text, tree, frozenset(columns))
+
+
+# -- values from PostgreSQL's text forms -------------------------------------------
+
+
+def _parse_int(text: str) -> int:
+    return int(text.strip())
+
+
+def _parse_numeric(text: str) -> Any:
+    text = text.strip()
+    if text.lower() == "nan":
+        return NAN
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"invalid numeric {text!r}") from None
+    if value.is_nan():
+        raise ValueError(f"invalid numeric {text!r}")
+    return value
+
+
+def _parse_float(text: str) -> Any:
+    value = float(text)
+    return NAN if value != value else value
+
+
+def _parse_real(text: str) -> Any:
+    value = _parse_float(text)  # a real compared with a double is widened, so round to single precision first
+    return value if value is NAN else struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("t", "true", "y", "yes", "on", "1"):
+        return True
+    if word in ("f", "false", "n", "no", "off", "0"):
+        return False
+    raise ValueError(f"invalid boolean {text!r}")
+
+
+TIME = re.compile(r"^\s*(\d{4,})-(\d\d)-(\d\d)(?:[ T](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)?)?"
+                  r"\s*(?:(Z|[+-]\d\d(?::?\d\d(?::?\d\d)?)?))?(\s+BC)?\s*$", re.IGNORECASE)
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 in the proleptic Gregorian calendar, for any year (H. Hinnant's algorithm)."""
+    year -= month <= 2
+    era = (year if year >= 0 else year - 399) // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146097 + day_of_era - 719468
+
+
+def _parse_time(text: str) -> Any:
+    """date, timestamp and timestamptz as microseconds since 1970-01-01 UTC (±infinity as floats)."""
+    word = text.strip().lower()
+    if word in ("infinity", "+infinity"):
+        return float("inf")
+    if word == "-infinity":
+        return float("-inf")
+    match = TIME.match(text)
+    if not match:
+        raise ValueError(f"invalid date/time {text!r} (write ISO 8601: 2024-01-31 or 2024-01-31 12:00:00+02)")
+    year, month, day, hour, minute, second, fraction, zone, bc = match.groups()
+    year = int(year)
+    if bc:
+        year = 1 - year
+    if not (1 <= int(month) <= 12 and 1 <= int(day) <= 31):
+        raise ValueError(f"invalid date {text!r}")
+    micros = _days_from_civil(year, int(month), int(day)) * 86_400_000_000
+    micros += ((int(hour or 0) * 60 + int(minute or 0)) * 60 + int(second or 0)) * 1_000_000
+    micros += int((fraction or "0").ljust(6, "0"))
+    if zone and zone.upper() != "Z":
+        digits = zone[1:].replace(":", "")
+        offset = int(digits[0:2]) * 3600 + int(digits[2:4] or 0) * 60 + int(digits[4:6] or 0)
+        micros -= (offset if zone[0] == "+" else -offset) * 1_000_000
+    return micros
+
+
+def _parse_uuid(text: str) -> str:
+    return str(uuid.UUID(text.strip()))
+
+
+def _parse_bpchar(text: str) -> str:
+    return text.rstrip(" ")  # char(n) compares without its padding
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # number, float, text, bool, time, uuid
+    parse: Callable[[str], Any]
+
+
+TYPE_KINDS: dict[str, Kind] = {}
+for _names, _kind in (
+    (("smallint", "integer", "bigint"), Kind("number", _parse_int)),
+    (("numeric",), Kind("number", _parse_numeric)),
+    (("double precision",), Kind("float", _parse_float)),
+    (("real",), Kind("float", _parse_real)),
+    (("text", "character varying", "name"), Kind("text", str)),
+    (("character", "bpchar"), Kind("text", _parse_bpchar)),
+    (("boolean",), Kind("bool", _parse_bool)),
+    (("date", "timestamp without time zone", "timestamp with time zone"), Kind("time", _parse_time)),
+    (("uuid",), Kind("uuid", _parse_uuid)),
+):
+    for _name in _names:
+        TYPE_KINDS[_name] = _kind
+UNKNOWN = Kind("unknown", str)  # a string constant, typed by what it meets (as PostgreSQL's unknown literals)
+NUMBER_LITERAL = Kind("number", _parse_numeric)
+BOOL = Kind("bool", _parse_bool)
+NULL = Kind("null", str)
+
+
+def kind_of_type(type_text: str) -> Kind | None:
+    """The kind of a column from its format_type() text: 'numeric(10,2)' -> number."""
+    base = re.sub(r"\(.*?\)", "", type_text).strip()
+    return TYPE_KINDS.get(base)
+
+
+# -- comparison, PostgreSQL style ---------------------------------------------------
+
+
+def _compare(a: Any, b: Any) -> int:
+    if a is NAN:
+        return 0 if b is NAN else 1
+    if b is NAN:
+        return -1
+    return (a > b) - (a < b)
+
+
+def _to_float(value: Any) -> Any:
+    return value if value is NAN or value is None else float(value)
+
+
+TESTS: dict[str, Callable[[int], bool]] = {
+    "=": lambda c: c == 0, "<>": lambda c: c != 0, "<": lambda c: c < 0,
+    "<=": lambda c: c <= 0, ">": lambda c: c > 0, ">=": lambda c: c >= 0,
+}
+
+
+def like_regex(pattern: str, escape: str | None, text: str) -> re.Pattern[str]:
+    parts, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        if escape and char == escape:
+            if i + 1 == len(pattern):
+                raise FilterError(text, f"LIKE pattern {pattern!r} must not end with the escape character")
+            parts.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        parts.append(".*" if char == "%" else "." if char == "_" else re.escape(char))
+        i += 1
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def fold_case(text: str, upper: bool = False) -> str:
+    """Character by character, as PostgreSQL's lower()/upper() do: 'ß' stays one character."""
+    out = []
+    for char in text:
+        mapped = char.upper() if upper else char.lower()
+        out.append(mapped if len(mapped) == 1 else char)
+    return "".join(out)
+
+
+# -- compiling ----------------------------------------------------------------------
+
+
+@dataclass
+class Compiled:
+    kind: Kind
+    evaluate: Evaluate
+    constant: str | None = None  # for string constants: their text, typed once the other side is known
+    padded_to: int | None = None  # a character(n) column: LIKE sees its value padded with spaces to n
+
+
+class _Compiler:
+    def __init__(self, row_filter: RowFilter, columns: Sequence[str], types: Sequence[str]):
+        self.filter = row_filter
+        self.index = {name: i for i, name in enumerate(columns)}
+        self.types = types
+
+    def fail(self, node: exp.Expression, reason: str) -> FilterError:
+        return FilterError(self.filter.text, f"{node.sql(dialect='postgres')}: {reason}")
+
+    def boolean(self, node: exp.Expression) -> Evaluate:
+        compiled = self.node(node)
+        if compiled.kind.name == "null":
+            return compiled.evaluate
+        if compiled.kind.name == "unknown":
+            value = self.typed(compiled, BOOL, node).evaluate
+            return value
+        if compiled.kind.name != "bool":
+            raise self.fail(node, f"is {compiled.kind.name}, not a boolean condition")
+        return compiled.evaluate
+
+    def typed(self, compiled: Compiled, kind: Kind, node: exp.Expression) -> Compiled:
+        """A string constant read as ``kind``, as PostgreSQL types an unknown literal by what it meets."""
+        if compiled.kind.name != "unknown":
+            return compiled
+        try:
+            value = kind.parse(compiled.constant or "")
+        except (ValueError, TypeError) as exc:
+            raise self.fail(node, f"{compiled.constant!r} is not a valid {kind.name} ({exc})") from None
+        return Compiled(kind, lambda row: value)
+
+    def node(self, node: exp.Expression) -> Compiled:
+        method = getattr(self, f"_{type(node).__name__.lower()}", None)
+        if method is None:
+            raise self.fail(node, "not supported")
+        compiled = method(node)
+        if node.args.get("negate") and not isinstance(node, (exp.Like, exp.ILike)):  # x IS NOT NULL, x NOT IN (...)
+            inner = compiled.evaluate
+            compiled = Compiled(BOOL, lambda row: None if (v := inner(row)) is None else not v)
+        return compiled
+
+    def _paren(self, node: exp.Paren) -> Compiled:
+        return self.node(node.this)
+
+    def _column(self, node: exp.Column) -> Compiled:
+        name = column_name(node)
+        if name not in self.index:
+            raise self.fail(node, f"no column {name!r} in the table (columns: {', '.join(self.index)})")
+        i = self.index[name]
+        kind = kind_of_type(self.types[i])
+        if kind is None:
+            raise self.fail(node, f"column {name!r} has type {self.types[i]}, which filters do not support")
+        parse = kind.parse
+
+        def column(row: Sequence[str | None]) -> Value:
+            value = row[i]
+            return None if value is None else parse(value)
+        width = re.fullmatch(r"character\((\d+)\)", self.types[i])
+        return Compiled(kind, column, padded_to=int(width.group(1)) if width else None)
+
+    def _literal(self, node: exp.Literal) -> Compiled:
+        if node.is_string:
+            return Compiled(UNKNOWN, lambda row, v=node.this: v, constant=node.this)
+        text = node.this
+        value = int(text) if text.isdigit() else _parse_numeric(text)
+        return Compiled(NUMBER_LITERAL, lambda row: value)
+
+    def _neg(self, node: exp.Neg) -> Compiled:
+        inner = self._literal(node.this)
+        if inner.kind.name != "number":
+            raise self.fail(node, "only numbers may be negated")
+        value = -inner.evaluate(())
+        return Compiled(NUMBER_LITERAL, lambda row: value)
+
+    def _boolean(self, node: exp.Boolean) -> Compiled:
+        value = bool(node.this)
+        return Compiled(BOOL, lambda row: value)
+
+    def _null(self, node: exp.Null) -> Compiled:
+        return Compiled(NULL, lambda row: None)
+
+    # -- logic
+
+    def _and(self, node: exp.And) -> Compiled:
+        left, right = self.boolean(node.this), self.boolean(node.expression)
+
+        def both(row: Sequence[str | None]) -> Value:
+            a = left(row)
+            if a is False:
+                return False
+            b = right(row)
+            if b is False:
+                return False
+            return None if a is None or b is None else True
+        return Compiled(BOOL, both)
+
+    def _or(self, node: exp.Or) -> Compiled:
+        left, right = self.boolean(node.this), self.boolean(node.expression)
+
+        def either(row: Sequence[str | None]) -> Value:
+            a = left(row)
+            if a is True:
+                return True
+            b = right(row)
+            if b is True:
+                return True
+            return None if a is None or b is None else False
+        return Compiled(BOOL, either)
+
+    def _not(self, node: exp.Not) -> Compiled:
+        inner = self.boolean(node.this)
+
+        def negated(row: Sequence[str | None]) -> Value:
+            value = inner(row)
+            return None if value is None else not value
+        return Compiled(BOOL, negated)
+
+    # -- comparisons
+
+    def pair(self, left_node: exp.Expression, right_node: exp.Expression) -> tuple[Evaluate, Evaluate]:
+        """Both sides brought to one comparable kind, as PostgreSQL's operator resolution would."""
+        left, right = self.node(left_node), self.node(right_node)
+        if left.kind.name == "unknown" and right.kind.name == "unknown":
+            left, right = Compiled(TYPE_KINDS["text"], left.evaluate), Compiled(TYPE_KINDS["text"], right.evaluate)
+        left, right = self.typed(left, right.kind, left_node), self.typed(right, left.kind, right_node)
+        kinds = {left.kind.name, right.kind.name} - {"null"}
+        if kinds == {"number", "float"}:  # numeric meets double precision: compared as double precision
+            return (lambda row, f=left.evaluate: _to_float(f(row))), (lambda row, f=right.evaluate: _to_float(f(row)))
+        if len(kinds) > 1:
+            raise self.fail(left_node.parent or left_node,
+                            f"cannot compare {left.kind.name} with {right.kind.name}")
+        return left.evaluate, right.evaluate
+
+    def comparison(self, node: exp.Expression, operator: str) -> Compiled:
+        left, right = self.pair(node.this, node.expression)
+        test = TESTS[operator]
+
+        def compare(row: Sequence[str | None]) -> Value:
+            a = left(row)
+            if a is None:
+                return None
+            b = right(row)
+            return None if b is None else test(_compare(a, b))
+        return Compiled(BOOL, compare)
+
+    def _eq(self, node: exp.EQ) -> Compiled:
+        return self.comparison(node, "=")
+
+    def _neq(self, node: exp.NEQ) -> Compiled:
+        return self.comparison(node, "<>")
+
+    def _lt(self, node: exp.LT) -> Compiled:
+        return self.comparison(node, "<")
+
+    def _lte(self, node: exp.LTE) -> Compiled:
+        return self.comparison(node, "<=")
+
+    def _gt(self, node: exp.GT) -> Compiled:
+        return self.comparison(node, ">")
+
+    def _gte(self, node: exp.GTE) -> Compiled:
+        return self.comparison(node, ">=")
+
+    def distinct(self, node: exp.Expression, distinct: bool) -> Compiled:
+        left, right = self.pair(node.this, node.expression)
+
+        def test(row: Sequence[str | None]) -> Value:
+            a, b = left(row), right(row)
+            if a is None or b is None:
+                return (a is None) != (b is None) if distinct else (a is None) == (b is None)
+            return (_compare(a, b) != 0) if distinct else (_compare(a, b) == 0)
+        return Compiled(BOOL, test)
+
+    def _nullsafeeq(self, node: exp.NullSafeEQ) -> Compiled:
+        return self.distinct(node, False)
+
+    def _nullsafeneq(self, node: exp.NullSafeNEQ) -> Compiled:
+        return self.distinct(node, True)
+
+    def _is(self, node: exp.Is) -> Compiled:
+        inner = self.node(node.this)
+        if isinstance(node.expression, exp.Null):
+            return Compiled(BOOL, lambda row, f=inner.evaluate: f(row) is None)
+        inner_eval = self.boolean(node.this)
+        wanted = bool(node.expression.this)
+        return Compiled(BOOL, lambda row: inner_eval(row) is wanted)
+
+    def _between(self, node: exp.Between) -> Compiled:
+        low = self.comparison(exp.GTE(this=node.this, expression=node.args["low"]), ">=").evaluate
+        high = self.comparison(exp.LTE(this=node.this, expression=node.args["high"]), "<=").evaluate
+        return self._and_of(low, high)
+
+    @staticmethod
+    def _and_of(left: Evaluate, right: Evaluate) -> Compiled:
+        def both(row: Sequence[str | None]) -> Value:
+            a, b = left(row), right(row)
+            if a is False or b is False:
+                return False
+            return None if a is None or b is None else True
+        return Compiled(BOOL, both)
+
+    def _in(self, node: exp.In) -> Compiled:
+        if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
+            raise self.fail(node, "IN takes a list of values")
+        tests = [self.comparison(exp.EQ(this=node.this, expression=item), "=").evaluate
+                 for item in node.expressions]
+
+        def member(row: Sequence[str | None]) -> Value:
+            unknown = False
+            for test in tests:
+                result = test(row)
+                if result is True:
+                    return True
+                unknown = unknown or result is None
+            return None if unknown else False
+        return Compiled(BOOL, member)
+
+    def _escape(self, node: exp.Escape) -> Compiled:
+        escape = node.expression
+        if not (isinstance(escape, exp.Literal) and escape.is_string and len(escape.this) <= 1):
+            raise self.fail(node, "ESCAPE takes one character (or '') as a constant")
+        if not isinstance(node.this, (exp.Like, exp.ILike)):
+            raise self.fail(node, "ESCAPE belongs to LIKE")
+        return self.like(node.this, escape.this or None)
+
+    def _like(self, node: exp.Like) -> Compiled:
+        return self.like(node, "\\")
+
+    def _ilike(self, node: exp.ILike) -> Compiled:
+        return self.like(node, "\\")
+
+    def like(self, node: exp.Expression, escape: str | None) -> Compiled:
+        pattern_node = node.expression
+        if not (isinstance(pattern_node, exp.Literal) and pattern_node.is_string):
+            raise self.fail(node, "the pattern of LIKE must be a string constant")
+        subject = self.typed(self.node(node.this), TYPE_KINDS["text"], node.this)
+        if subject.kind.name not in ("text", "null"):
+            raise self.fail(node, f"LIKE needs text, not {subject.kind.name}")
+        insensitive = isinstance(node, exp.ILike)
+        pattern = fold_case(pattern_node.this) if insensitive else pattern_node.this
+        regex = like_regex(pattern, escape, self.filter.text)
+        value, negate, width = subject.evaluate, bool(node.args.get("negate")), subject.padded_to or 0
+
+        def like(row: Sequence[str | None]) -> Value:
+            text = value(row)
+            if text is None:
+                return None
+            text = text.ljust(width)
+            matched = regex.fullmatch(fold_case(text) if insensitive else text) is not None
+            return matched != negate
+        return Compiled(BOOL, like)
+
+    # -- functions
+
+    def text_argument(self, node: exp.Expression) -> Evaluate:
+        inner = self.typed(self.node(node.this), TYPE_KINDS["text"], node.this)
+        if inner.kind.name not in ("text", "null"):
+            raise self.fail(node, f"takes text, not {inner.kind.name}")
+        return inner.evaluate
+
+    def _lower(self, node: exp.Lower) -> Compiled:
+        inner = self.text_argument(node)
+        return Compiled(TYPE_KINDS["text"], lambda row: None if (v := inner(row)) is None else fold_case(v))
+
+    def _upper(self, node: exp.Upper) -> Compiled:
+        inner = self.text_argument(node)
+        return Compiled(TYPE_KINDS["text"], lambda row: None if (v := inner(row)) is None else fold_case(v, True))
+
+    def _length(self, node: exp.Length) -> Compiled:
+        inner = self.text_argument(node)
+        return Compiled(TYPE_KINDS["integer"], lambda row: None if (v := inner(row)) is None else len(v))
+
+    def _abs(self, node: exp.Abs) -> Compiled:
+        inner = self.node(node.this)
+        if inner.kind.name not in ("number", "float", "null"):
+            raise self.fail(node, f"abs takes a number, not {inner.kind.name}")
+        f = inner.evaluate
+        return Compiled(inner.kind, lambda row: v if (v := f(row)) is None or v is NAN else abs(v))
+
+    def _coalesce(self, node: exp.Coalesce) -> Compiled:
+        nodes = [node.this, *node.expressions]
+        compiled = [self.node(n) for n in nodes]
+        kinds = {c.kind.name for c in compiled} - {"null", "unknown"}
+        if len(kinds) > 1:
+            raise self.fail(node, f"mixes {' and '.join(sorted(kinds))}")
+        kind = next((c.kind for c in compiled if c.kind.name in kinds), TYPE_KINDS["text"])
+        parts = [self.typed(c, kind, n).evaluate for c, n in zip(compiled, nodes, strict=True)]
+
+        def first(row: Sequence[str | None]) -> Value:
+            for part in parts:
+                value = part(row)
+                if value is not None:
+                    return value
+            return None
+        return Compiled(kind, first)
+
+
+def compile_filter(row_filter: RowFilter, columns: Sequence[str], types: Sequence[str]) -> Evaluate:
+    """A function of a row (text values in ``columns`` order, None for NULL) giving True, False or None."""
+    return _Compiler(row_filter, columns, types).boolean(row_filter.tree)
