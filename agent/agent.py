@@ -35,8 +35,9 @@ CHUNK_CHANGES = 20_000  # changes per chunk at most, whatever their size
 
 BATCH_QUERY = """
 SELECT l.txid::text::bigint, l.table_id, l.op, array_replace(l.new_row, NULL, ''), l.old_key,
-       16 + coalesce(octet_length(l.new_row::text), 0) + coalesce(octet_length(l.old_key::text), 0),
-       array_positions(l.new_row, NULL)
+       16 + coalesce(octet_length(l.new_row::text), 0) + coalesce(octet_length(l.old_key::text), 0)
+          + coalesce(octet_length(l.old_values::text), 0),
+       array_positions(l.new_row, NULL), array_replace(l.old_values, NULL, ''), array_positions(l.old_values, NULL)
 FROM pgfanout.log l,
      (SELECT snapshot FROM pgfanout.tick WHERE tick_id = %(prev)s) prev,
      (SELECT snapshot FROM pgfanout.tick WHERE tick_id = %(cur)s) cur
@@ -167,10 +168,10 @@ class Agent:
     def _read_tables(self) -> dict[int, dict[str, Any]]:
         assert self.conn is not None
         rows = self.conn.execute(
-            "SELECT table_id, schema_name, table_name, columns, key_columns, column_types, missing_values "
+            "SELECT table_id, schema_name, table_name, columns, key_columns, column_types, missing_values, old_columns "
             "FROM pgfanout.tables").fetchall()
         return {r[0]: {"table_id": r[0], "schema_name": r[1], "table_name": r[2], "columns": r[3], "key_columns": r[4],
-                       "column_types": r[5], "missing_values": r[6]} for r in rows}
+                       "column_types": r[5], "missing_values": r[6], "old_columns": r[7]} for r in rows}
 
     def _send(self, kind: str, record: dict[str, Any], position: int) -> None:
         value = self.codec.encode(kind, record)

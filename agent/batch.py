@@ -26,16 +26,24 @@ class LogRow(NamedTuple):
     old_key: list[str] | None
     size: int  # a deterministic estimate of the change's encoded size, computed by the batch query
     null_positions: list[int] | None  # 1-based positions of NULL values (new_row has '' there)
+    old_values: list[str] | None = None  # old values of the table's old_columns, for UPDATE and DELETE
+    old_null_positions: list[int] | None = None
 
 
-XID, TABLE_ID, OP, NEW_ROW, OLD_KEY, SIZE, NULLS = range(7)
+XID, TABLE_ID, OP, NEW_ROW, OLD_KEY, SIZE, NULLS, OLD_VALUES, OLD_NULLS = range(9)
 
 
 def change_of(row: tuple) -> dict[str, Any]:
     """The wire form of a change: the trigger already stored what it needs (see schemas/change.avsc)."""
     nulls = row[NULLS]
-    return {"table": row[TABLE_ID], "op": OPS[row[OP]], "values": row[NEW_ROW] or (),
-            "nulls": [p - 1 for p in nulls] if nulls else (), "old_key": row[OLD_KEY] or ()}
+    change = {"table": row[TABLE_ID], "op": OPS[row[OP]], "values": row[NEW_ROW] or (),
+              "nulls": [p - 1 for p in nulls] if nulls else (), "old_key": row[OLD_KEY] or ()}
+    old_values = row[OLD_VALUES]
+    if old_values:
+        old_nulls = row[OLD_NULLS]
+        change["old_values"] = old_values
+        change["old_nulls"] = [p - 1 for p in old_nulls] if old_nulls else ()
+    return change
 
 
 @dataclass

@@ -18,9 +18,10 @@ import psycopg
 from psycopg import sql
 
 from agent.typesettings import settings_for_columns
-from pgfanout.config import Source
-from pgfanout.errors import CaptureError
+from pgfanout.config import Source, TableSubscription
+from pgfanout.errors import CaptureError, FilterError
 from pgfanout.pg import SESSION_SETTINGS, primary_key
+from pgfanout.rowfilter import compile_filter
 
 log = logging.getLogger(__name__)
 SCHEMA = "pgfanout"
@@ -39,6 +40,7 @@ BASE_DDL = [
     "ALTER TABLE pgfanout.tables DROP CONSTRAINT IF EXISTS tables_schema_name_table_name_key",
     "ALTER TABLE pgfanout.tables ADD COLUMN IF NOT EXISTS column_types text[] NOT NULL DEFAULT '{}'",
     "ALTER TABLE pgfanout.tables ADD COLUMN IF NOT EXISTS missing_values jsonb NOT NULL DEFAULT '{}'",
+    "ALTER TABLE pgfanout.tables ADD COLUMN IF NOT EXISTS old_columns text[] NOT NULL DEFAULT '{}'",
     "CREATE SEQUENCE IF NOT EXISTS pgfanout.log_seq",
     """CREATE TABLE IF NOT EXISTS pgfanout.log (
         seq bigint NOT NULL DEFAULT nextval('pgfanout.log_seq'),
@@ -47,6 +49,7 @@ BASE_DDL = [
         op "char" NOT NULL,
         new_row text[],
         old_key text[])""",
+    "ALTER TABLE pgfanout.log ADD COLUMN IF NOT EXISTS old_values text[]",
     "CREATE INDEX IF NOT EXISTS log_txid ON pgfanout.log (txid)",
     # the agent deletes consumed rows every tick: vacuum the log often and without throttling, so their
     # space is reused instead of piling up
@@ -82,6 +85,7 @@ class PublishedTable:
     settings: frozenset[str] = frozenset()  # session settings the trigger must pin (see typesettings)
     column_types: tuple[str, ...] = ()
     missing_values: tuple[tuple[str, str], ...] = ()  # (column, text) of columns added with a constant default
+    old_columns: tuple[str, ...] = ()  # non-key columns whose old values UPDATE and DELETE log (row filters use them)
 
     @property
     def qualified(self) -> str:
@@ -129,18 +133,29 @@ def _unique_not_null(conn: psycopg.Connection, oid: int, columns: list[str]) -> 
     return None if unique else "no unique index (without a WHERE clause) on exactly those columns"
 
 
+def _catalog_has(conn: psycopg.Connection, column: str) -> bool:
+    """Whether pgfanout.tables (installed by an older version, maybe) has ``column``."""
+    return conn.execute("SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'pgfanout.tables'::regclass "
+                        "AND attname = %s)", (column,)).fetchone()[0]
+
+
 def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[str] | None = None,
-                    keys: dict[str, list[str]] | None = None) -> list[PublishedTable]:
-    """Read each table's columns and key from the catalog; refuse missing and keyless tables, all at once."""
-    keys = keys or {}
+                    keys: dict[str, list[str]] | None = None,
+                    filtered: dict[str, set[str]] | None = None) -> list[PublishedTable]:
+    """Read each table's columns and key from the catalog; refuse missing and keyless tables, all at once.
+
+    ``filtered`` names per table the columns row filters use: their old values are logged too.
+    """
+    keys, filtered = keys or {}, filtered or {}
     tables, missing = expand(conn, tables, exclude or [])
-    latest: dict[tuple[str, str], tuple[int, tuple[str, ...], tuple[str, ...]]] = {}  # the newest layout of each
+    latest: dict[tuple[str, str], tuple[int, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}  # newest layouts
     if conn.execute("SELECT to_regclass('pgfanout.tables')").fetchone()[0]:
-        has_types = conn.execute("SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'pgfanout.tables'::regclass "
-                                 "AND attname = 'column_types')").fetchone()[0]
-        query = ("SELECT table_id, schema_name, table_name, columns, key_columns, "
-                 f"{'column_types' if has_types else 'columns'} FROM pgfanout.tables ORDER BY table_id")
-        latest = {(s, t): (i, (*c, *k), tuple(types)) for i, s, t, c, k, types in conn.execute(query)}
+        query = sql.SQL("SELECT table_id, schema_name, table_name, columns, key_columns, {}, {} FROM pgfanout.tables "
+                        "ORDER BY table_id").format(
+            sql.SQL("column_types" if _catalog_has(conn, "column_types") else "columns"),
+            sql.SQL("old_columns" if _catalog_has(conn, "old_columns") else "'{}'::text[]"))
+        latest = {(s, t): (i, (*c, *k), tuple(types), tuple(old))
+                  for i, s, t, c, k, types, old in conn.execute(query)}
     next_id = max((v[0] for v in latest.values()), default=0) + 1
     found, keyless, bad_keys = [], [], []
     for qualified in tables:
@@ -169,15 +184,16 @@ def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[s
             keyless.append(qualified)
             continue
         types = tuple(r[2] for r in described)
+        old_columns = tuple(c for c in columns if c in filtered.get(qualified, ()) and c not in key)
         previous = latest.get((schema_name, table_name))
-        if previous is not None and previous[1:] == ((*columns, *key), types):
+        if previous is not None and previous[1:] == ((*columns, *key), types, old_columns):
             table_id = previous[0]
         else:
             table_id, next_id = next_id, next_id + 1  # a new table, or a new layout of it
         settings = settings_for_columns(conn, [r[1] for r in described])
         missing_values = tuple((r[0], r[3]) for r in described if r[3] is not None)
         found.append(PublishedTable(table_id, schema_name, table_name, tuple(columns), tuple(key), settings, types,
-                                    missing_values))
+                                    missing_values, old_columns))
     problems = []
     if missing:
         problems.append(f"tables not found on the primary: {', '.join(missing)}")
@@ -208,10 +224,10 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         INSERT INTO pgfanout.log (table_id, op, new_row) VALUES ({tid}, 'I', {new_row});
     ELSIF TG_OP = 'UPDATE' THEN
-        INSERT INTO pgfanout.log (table_id, op, new_row, old_key) VALUES ({tid}, 'U', {new_row},
-            CASE WHEN {old_key_row} IS DISTINCT FROM {new_key_row} THEN {old_key} END);
+        INSERT INTO pgfanout.log (table_id, op, new_row, old_key, old_values) VALUES ({tid}, 'U', {new_row},
+            CASE WHEN {old_key_row} IS DISTINCT FROM {new_key_row} THEN {old_key} END, {old_values});
     ELSIF TG_OP = 'DELETE' THEN
-        INSERT INTO pgfanout.log (table_id, op, old_key) VALUES ({tid}, 'D', {old_key});
+        INSERT INTO pgfanout.log (table_id, op, old_key, old_values) VALUES ({tid}, 'D', {old_key}, {old_values});
     ELSIF TG_OP = 'TRUNCATE' THEN
         INSERT INTO pgfanout.log (table_id, op) VALUES ({tid}, 'T');
     END IF;
@@ -232,7 +248,8 @@ def trigger_function(table: PublishedTable) -> sql.Composable:
     function = sql.Identifier(SCHEMA, f"capture_{table.table_id}")
     body = sql.SQL(BODY).format(
         tid=sql.Literal(table.table_id), new_row=_array("NEW", table.columns), old_key=_array("OLD", table.key_columns),
-        old_key_row=_row("OLD", table.key_columns), new_key_row=_row("NEW", table.key_columns))
+        old_key_row=_row("OLD", table.key_columns), new_key_row=_row("NEW", table.key_columns),
+        old_values=_array("OLD", table.old_columns) if table.old_columns else sql.SQL("NULL"))
     return sql.SQL(FUNCTION).format(function=function, settings=_settings_clause(table.settings),
                                     body=sql.Literal(body.as_string()))
 
@@ -245,15 +262,17 @@ def follow_ddl_statements() -> list[sql.Composable]:
     ADD COLUMN with a volatile default) are refused: the rows they rewrite fire no trigger.
     """
     # format() templates: the function (%1$s name, %2$L body), and its body (%1$s table id, %2$s new row,
-    # %3$s old key, %4$s/%5$s old and new key rows); the same text trigger_function() writes, every setting pinned.
+    # %3$s old key, %4$s/%5$s old and new key rows, %6$s old values); the same text trigger_function() writes,
+    # every setting pinned.
     function_template = sql.SQL(FUNCTION).format(
         function=sql.SQL("%1$s"), settings=_settings_clause(None), body=sql.SQL("%2$L")).as_string(None)
-    body_template = BODY.format(tid="%1$s", new_row="%2$s", old_key="%3$s", old_key_row="%4$s", new_key_row="%5$s")
+    body_template = BODY.format(tid="%1$s", new_row="%2$s", old_key="%3$s", old_key_row="%4$s", new_key_row="%5$s",
+                                old_values="%6$s")
     follow = f"""
 CREATE OR REPLACE FUNCTION pgfanout.follow_alter_table() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp {_settings_clause(None).as_string()} AS $follow$
 DECLARE
-    command record; layout record; new_id integer; cols text[]; types text[]; missing jsonb; fn regproc;
+    command record; layout record; new_id integer; cols text[]; types text[]; missing jsonb; fn regproc; olds text[];
 BEGIN
     FOR command IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
                    WHERE classid = 'pg_class'::regclass LOOP
@@ -285,15 +304,19 @@ BEGIN
         END IF;
         LOCK TABLE pgfanout.tables IN EXCLUSIVE MODE;
         SELECT max(table_id) + 1 INTO new_id FROM pgfanout.tables;
-        INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns, column_types, missing_values)
-            VALUES (new_id, layout.schema_name, layout.table_name, cols, layout.key_columns, types, missing);
+        olds := ARRAY(SELECT c FROM unnest(layout.old_columns) c WHERE c = ANY (cols));
+        INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns, column_types, missing_values,
+                                     old_columns)
+            VALUES (new_id, layout.schema_name, layout.table_name, cols, layout.key_columns, types, missing, olds);
         SELECT tgfoid INTO fn FROM pg_trigger WHERE tgrelid = command.objid AND tgname = {sql.Literal(TRIGGER).as_string(None)};
         EXECUTE format({sql.Literal(function_template).as_string(None)}, fn::text,
             format({sql.Literal(body_template).as_string(None)}, new_id,
             'ARRAY[' || (SELECT string_agg(format('NEW.%I::text', c), ', ') FROM unnest(cols) c) || ']::text[]',
             'ARRAY[' || (SELECT string_agg(format('OLD.%I::text', c), ', ') FROM unnest(layout.key_columns) c) || ']::text[]',
             'ROW(' || (SELECT string_agg(format('OLD.%I', c), ', ') FROM unnest(layout.key_columns) c) || ')',
-            'ROW(' || (SELECT string_agg(format('NEW.%I', c), ', ') FROM unnest(layout.key_columns) c) || ')'));
+            'ROW(' || (SELECT string_agg(format('NEW.%I', c), ', ') FROM unnest(layout.key_columns) c) || ')',
+            CASE WHEN cardinality(olds) = 0 THEN 'NULL' ELSE
+                'ARRAY[' || (SELECT string_agg(format('OLD.%I::text', c), ', ') FROM unnest(olds) c) || ']::text[]' END));
         RAISE NOTICE 'pgfanout: %.% now published with columns %', layout.schema_name, layout.table_name, cols;
     END LOOP;
 END $follow$"""
@@ -328,10 +351,11 @@ def table_statements(table: PublishedTable) -> list[sql.Composable]:
     return [
         sql.SQL(
             "INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns, column_types, "
-            "missing_values) VALUES ({}, {}, {}, {}, {}, {}, {}) ON CONFLICT (table_id) DO NOTHING"
+            "missing_values, old_columns) VALUES ({}, {}, {}, {}, {}, {}, {}, {}) ON CONFLICT (table_id) DO NOTHING"
         ).format(sql.Literal(table.table_id), sql.Literal(table.schema_name), sql.Literal(table.table_name),
                  sql.Literal(list(table.columns)), sql.Literal(list(table.key_columns)),
-                 sql.Literal(list(table.column_types)), sql.Literal(json.dumps(dict(table.missing_values)))),
+                 sql.Literal(list(table.column_types)), sql.Literal(json.dumps(dict(table.missing_values))),
+                 sql.Literal(list(table.old_columns))),
         trigger_function(table),
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), target),
         sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()")
@@ -342,9 +366,54 @@ def table_statements(table: PublishedTable) -> list[sql.Composable]:
     ]
 
 
-def install_statements(conn: psycopg.Connection, source: Source) -> list[sql.Composable]:
+Subscriptions = dict[str, dict[str, TableSubscription]]  # route -> table -> what the route takes of it
+
+
+def filtered_columns(subscriptions: Subscriptions) -> dict[str, set[str]]:
+    """Per table, every column a row filter of some route uses."""
+    used: dict[str, set[str]] = {}
+    for tables in subscriptions.values():
+        for table, subscription in tables.items():
+            row_filter = subscription.row_filter()
+            if row_filter is not None:
+                used.setdefault(table, set()).update(row_filter.columns)
+    return used
+
+
+def subscription_problems(tables: list[PublishedTable], subscriptions: Subscriptions) -> list[str]:
+    """Route subscriptions checked against the published tables: tables, columns, keys, filter types."""
+    by_name = {t.qualified: t for t in tables}
+    problems = []
+    for route, wanted in sorted(subscriptions.items()):
+        for name, subscription in wanted.items():
+            table = by_name.get(name)
+            if table is None:
+                problems.append(f"routes.{route}.tables.{name}: not a table published by the source")
+                continue
+            unknown = [c for c in subscription.columns or () if c not in table.columns]
+            if unknown:
+                problems.append(f"routes.{route}.tables.{name}.columns: no such columns: {', '.join(unknown)}")
+            lacking_key = [c for c in table.key_columns if subscription.columns and c not in subscription.columns]
+            if lacking_key:
+                problems.append(f"routes.{route}.tables.{name}.columns: must include the key ({', '.join(lacking_key)})")
+            row_filter = subscription.row_filter()
+            if row_filter is not None:
+                try:
+                    compile_filter(row_filter, table.columns, table.column_types)
+                except FilterError as exc:
+                    problems.append(f"routes.{route}.tables.{name}.where: {exc}")
+    return problems
+
+
+def install_statements(conn: psycopg.Connection, source: Source,
+                       subscriptions: Subscriptions | None = None) -> list[sql.Composable]:
     statements: list[sql.Composable] = [sql.SQL(s) for s in BASE_DDL]
-    for table in describe_tables(conn, source.tables, source.exclude, source.keys):
+    subscriptions = subscriptions or {}
+    tables = describe_tables(conn, source.tables, source.exclude, source.keys, filtered_columns(subscriptions))
+    problems = subscription_problems(tables, subscriptions)
+    if problems:
+        raise CaptureError("the routes' subscriptions do not fit the published tables: " + "; ".join(problems))
+    for table in tables:
         statements += table_statements(table)
     if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
         statements += follow_ddl_statements()
@@ -358,11 +427,11 @@ def render(conn: psycopg.Connection, statements: list[sql.Composable]) -> str:
     return "".join(s.as_string(conn).strip() + ";\n\n" for s in statements)
 
 
-def install(conn: psycopg.Connection, source: Source) -> None:
+def install(conn: psycopg.Connection, source: Source, subscriptions: Subscriptions | None = None) -> None:
     """Install capture in one transaction; running it again changes nothing."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgfanout.install'))")
-        for statement in install_statements(conn, source):
+        for statement in install_statements(conn, source, subscriptions):
             conn.execute(statement)
     log.info("capture installed")
 

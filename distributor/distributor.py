@@ -1,5 +1,8 @@
 """The distributor loop: consume one upstream stream, forward each message to its routes.
 
+A route with a subscription gets its share of each batch (distributor.routing); others
+get the upstream's bytes unchanged.
+
 Exactly-once per hop: each route remembers the mark (tick, position) of the last
 message it holds, read from the route topic's tail on start; anything at or below
 it is a duplicate from a crash between producing and committing the upstream
@@ -15,6 +18,7 @@ from typing import Any
 
 from kafka.structs import OffsetAndMetadata
 
+from distributor.routing import RouteFilter
 from pgfanout import kafka as kafkautil
 from pgfanout import registry
 from pgfanout.codec import default_codec
@@ -35,6 +39,7 @@ class RouteOut:
     cluster_name: str
     cluster: KafkaCluster
     topic: str
+    subscription: RouteFilter | None = None  # None: the route takes everything, bytes as they are
     last: Mark = NOTHING
 
 
@@ -46,7 +51,8 @@ class Distributor:
         upstream = config.routes[route_names[0]].upstream
         up_cluster, self.up_topic = config.stream(upstream)
         self.up_cluster = config.kafka[up_cluster]
-        self.routes = [RouteOut(r, config.routes[r].kafka, config.kafka[config.routes[r].kafka], config.route_topic(r))
+        self.routes = [RouteOut(r, config.routes[r].kafka, config.kafka[config.routes[r].kafka], config.route_topic(r),
+                                RouteFilter(r, config.routes[r].tables) if config.routes[r].tables is not None else None)
                        for r in route_names]
         self.idle_seconds = 0.0  # poll() itself waits for data
         self.codec = default_codec()
@@ -87,11 +93,15 @@ class Distributor:
         if not records:
             return False
         for record in records:
-            kind, message = self.decoder.decode(record.value, f"{self.up_topic}[0]@{record.offset}")
+            where = f"{self.up_topic}[0]@{record.offset}"
+            kind, message = self.decoder.decode(record.value, where)
             mark = mark_of(kind, message)
             for route in self.routes:
                 if mark > route.last:
-                    self.producers[route.cluster_name].send(route.topic, value=record.value)
+                    value = record.value
+                    if route.subscription is not None and kind == "Batch":
+                        value = self.codec.encode(kind, route.subscription.batch(message, where))
+                    self.producers[route.cluster_name].send(route.topic, value=value)
                     route.last = mark
         for cluster_name, producer in self.producers.items():
             try:

@@ -62,9 +62,9 @@ def cmd_agent_install(args: argparse.Namespace) -> int:
     source = config.sources[name]
     with connect(source, "pgfanout-install") as conn:
         if args.dry_run:
-            print(capture.render(conn, capture.install_statements(conn, source)), end="")
+            print(capture.render(conn, capture.install_statements(conn, source, config.subscriptions_of(name))), end="")
             return 0
-        capture.install(conn, source)
+        capture.install(conn, source, config.subscriptions_of(name))
     print(f"capture installed on source {name}: {', '.join(source.tables)}")
     return 0
 

@@ -195,6 +195,36 @@ class Config(Strict):
             name = self.routes[name].upstream
         return chain[::-1]
 
+    def share_of(self, route: str) -> dict[str, tuple[frozenset[str] | None, list[RowFilter]]] | None:
+        """What a route receives, through every tier above it: table -> (columns or None for all, filters).
+
+        None when no tier subscribes (the route carries every published table whole).
+        """
+        chain = self.subscription_chain(route)
+        if not chain:
+            return None
+        share: dict[str, tuple[frozenset[str] | None, list[RowFilter]]] = {}
+        for table in chain[-1]:
+            columns: frozenset[str] | None = None
+            filters: list[RowFilter] = []
+            for tier in chain:
+                subscription = tier.get(table)
+                if subscription is None:
+                    break
+                if subscription.columns is not None:
+                    listed = frozenset(subscription.columns)
+                    columns = listed if columns is None else columns & listed
+                if subscription.row_filter() is not None:
+                    filters.append(subscription.row_filter())  # type: ignore[arg-type]
+            else:
+                share[table] = (columns, filters)
+        return share
+
+    def subscriptions_of(self, source: str) -> dict[str, dict[str, TableSubscription]]:
+        """The subscriptions of every route, at any tier, that carries ``source``: route -> table -> subscription."""
+        return {name: route.tables for name, route in self.routes.items()
+                if route.tables is not None and self.origin_source(name) == source}
+
     def origin_source(self, name: str) -> str:
         """The source a route (or source) ultimately carries."""
         while name in self.routes:

@@ -64,6 +64,32 @@ class TableDefinition:
         return sql.Identifier(self.schema_name, self.table_name)
 
 
+def _mentions(text: str, names: set[str]) -> bool:
+    """Whether SQL text (a constraint, index or expression definition) names any of these columns."""
+    import re
+
+    words = set(re.findall(r'"((?:[^"]|"")+)"|([A-Za-z_][A-Za-z0-9_$]*)', text))
+    found = {quoted.replace('""', '"') if quoted else plain for quoted, plain in words}
+    return bool(found & names)
+
+
+def project(definition: TableDefinition, kept: frozenset[str] | None) -> TableDefinition:
+    """The definition with only the ``kept`` columns, for a route with a column list.
+
+    Constraints, indexes and generated columns over a column left out are left out too.
+    """
+    if kept is None:
+        return definition
+    dropped = {c.name for c in definition.columns if c.name not in kept and c.generated is None}
+    columns = tuple(c for c in definition.columns
+                    if c.name in kept or (c.generated is not None and not _mentions(c.generated, dropped)))
+    return TableDefinition(
+        definition.schema_name, definition.table_name, columns,
+        tuple(c for c in definition.constraints if not _mentions(c[1], dropped)),
+        tuple(i for i in definition.indexes if not _mentions(i.split(" USING ", 1)[-1], dropped)),
+        definition.user_types, definition.is_partitioned, definition.estimated_rows, definition.size_bytes)
+
+
 def read_definition(conn: psycopg.Connection, schema_name: str, table_name: str) -> TableDefinition:
     """The definition of one table; call inside a transaction with ``search_path = pg_catalog`` set locally."""
     row = conn.execute(

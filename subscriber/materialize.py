@@ -25,7 +25,15 @@ from pgfanout.errors import ApplierBusy, MaterializeError
 from pgfanout.pg import connect, describe
 from pgfanout.snapshots import parse_snapshot
 from subscriber.copyfilter import CopyFilter
-from subscriber.ddl import TableDefinition, after_copy, create_enum, create_table, missing_types, read_definition
+from subscriber.ddl import (
+    TableDefinition,
+    after_copy,
+    create_enum,
+    create_table,
+    missing_types,
+    project,
+    read_definition,
+)
 from subscriber.progress import CopyProgress
 from subscriber.state import (
     DENY_TRIGGER,
@@ -168,6 +176,22 @@ class Materializer:
             raise MaterializeError(f"subscriber {subscriber} cannot copy from itself")
         self.progress = progress or CopyProgress()
         self.online = False  # a resync: the replica is in service, so tables are emptied with DELETE, not TRUNCATE
+        # what the subscriber's route carries of each table (columns, row filters); None: everything
+        self.share = config.share_of(self.settings.route)
+
+    def _wanted(self, table: tuple[str, str]) -> bool:
+        return self.share is None or f"{table[0]}.{table[1]}" in self.share
+
+    def _definition(self, source: CopySource, table: tuple[str, str]) -> TableDefinition:
+        definition = read_definition(source.conn, *table)
+        return definition if self.share is None else project(definition, self.share[f"{table[0]}.{table[1]}"][0])
+
+    def _row_filter(self, definition: TableDefinition) -> sql.Composable:
+        filters = [] if self.share is None else self.share[definition.qualified][1]
+        if not filters:
+            return sql.SQL("")
+        # regenerated from the validated parse tree, never the configured text itself
+        return sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(sql.SQL("({})").format(sql.SQL(f.sql())) for f in filters))
 
     def _source(self):  # type: ignore[no-untyped-def]
         if self.copy_from:
@@ -230,8 +254,8 @@ class Materializer:
             log.info("subscriber %s: resuming an interrupted init; already copied: %s", self.subscriber,
                      ", ".join(f"{s}.{t}" for s, t in sorted(done)))
         with self._source() as source:
-            todo = [t for t in source.tables if t not in done]
-            definitions = [read_definition(source.conn, s, t) for s, t in todo]
+            todo = [t for t in source.tables if t not in done and self._wanted(t)]
+            definitions = [self._definition(source, t) for t in todo]
             self._create_types(replica, definitions)
             for definition in definitions:
                 table = (definition.schema_name, definition.table_name)
@@ -266,7 +290,7 @@ class Materializer:
                                        f"run `pgfanout subscriber init {self.subscriber}`")
             applied = row[0]
             with self._source() as source:
-                if table not in source.filter_for:
+                if table not in source.filter_for or not self._wanted(table):
                     raise MaterializeError(f"table {qualified} is not published to subscriber {self.subscriber} "
                                            f"by {source.description}")
                 copy_filter = source.filter_for[table]
@@ -275,7 +299,7 @@ class Materializer:
                                            f"(at {applied}); wait until it has caught up")
                 # Everything the subscriber applied was published before the snapshot was taken, so
                 # the copy holds it; the filter makes the stream skip only what the copy holds.
-                definition = read_definition(source.conn, schema_name, table_name)
+                definition = self._definition(source, table)
                 self._create_types(replica, [definition])
                 self._copy_table(source, replica, definition)
                 self._record(replica, table, CopyFilter(max(applied, copy_filter.start_position), copy_filter.snapshot),
@@ -307,8 +331,9 @@ class Materializer:
         else:
             replica.execute(sql.SQL("TRUNCATE {}").format(target))
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in definition.copied_columns)
-        read = (sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT") if definition.is_partitioned
-                else sql.SQL("COPY {1} ({0}) TO STDOUT")).format(columns, target)
+        row_filter = self._row_filter(definition)
+        read = (sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT") if definition.is_partitioned or row_filter.as_string(None)
+                else sql.SQL("COPY {1} ({0}) TO STDOUT")).format(columns, target, row_filter)
         write = sql.SQL("COPY {} ({}) FROM STDIN").format(target, columns)
         with self.progress.table(definition) as report:
             try:

@@ -58,7 +58,7 @@ class Pipeline:
                 create_schema(conn)
         if install:
             with self.primary() as conn:
-                capture.install(conn, self.config.sources[self.source])
+                capture.install(conn, self.config.sources[self.source], self.config.subscriptions_of(self.source))
 
     def seed(self) -> None:
         with self.primary() as conn:

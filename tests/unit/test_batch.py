@@ -18,6 +18,13 @@ def test_change_of_each_operation():
     assert change_of(row(1, 4, "T"))["op"] == "TRUNCATE"
 
 
+def test_old_values_travel_with_their_nulls():
+    logged = row(1, 2, "U", ["2", "b"])._replace(old_values=["a", ""], old_null_positions=[2])
+    change = change_of(logged)
+    assert change["old_values"] == ["a", ""] and change["old_nulls"] == [1]
+    assert "old_values" not in change_of(row(1, 3, "U", ["2", "b"]))  # the Avro default (empty) stands for none
+
+
 def test_parts_know_their_tables():
     rows = [row(7, 1, "I", ["1", "a"], table=3), row(7, 2, "I", ["2", "b"], table=5)]
     assert next(split_transactions(rows, 1, 10, 10_000)).tables == {3, 5}

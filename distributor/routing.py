@@ -1,0 +1,199 @@
+"""Pure logic: what one route receives of a batch (tables, row filters, column lists, row migration).
+
+A route with a subscription gets, of each batch, only the changes of its tables whose rows
+its filters let through, with only its columns; tables, keys and old values of anything
+else never leave the distributor. Every transaction is kept, empty or not, so positions
+downstream advance exactly as upstream (a subscriber's lag stays truthful).
+
+Row migration, as Sybase Replication Server and PostgreSQL 15 do it: an UPDATE whose
+old row did not pass the filter but whose new row does arrives as an INSERT of the row;
+one whose old row passed and new row does not arrives as a DELETE; both: an UPDATE;
+neither: nothing. The old row's filtered columns come from the change's old key and old
+values, which capture logs for every column a filter of the source's routes uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pgfanout.config import TableSubscription
+from pgfanout.errors import FatalError, FilterError
+from pgfanout.rowfilter import Evaluate, compile_filter
+
+EMPTY: tuple = ()
+
+
+class RouteError(FatalError):
+    """A route's subscription cannot be applied to what the upstream sends."""
+
+
+def _project(values: Sequence[str], nulls: Sequence[int], keep: list[int] | None) -> tuple[Any, Any]:
+    if keep is None:
+        return values, nulls
+    if not nulls:
+        return [values[i] for i in keep], EMPTY
+    null_set = set(nulls)
+    return [values[i] for i in keep], [j for j, i in enumerate(keep) if i in null_set]
+
+
+@dataclass
+class TablePlan:
+    """What a route does with the changes of one table layout."""
+
+    route: str
+    table: dict[str, Any]  # the Table record sent downstream: projected
+    width: int  # columns of the upstream layout
+    keep: list[int] | None  # upstream column indexes kept, in order (None: all)
+    old_keep: list[int] | None  # indexes into old_values kept (None: all)
+    evaluate: Evaluate | None
+    key_positions: list[int]
+    old_positions: list[int]  # upstream column index of each old value
+    needs_old_values: bool  # the filter reads non-key columns of the old row
+    table_old_columns: tuple[str, ...] = ()  # the upstream layout's old_columns
+
+    def new_row(self, change: dict[str, Any]) -> list[str | None]:
+        row: list[str | None] = list(change["values"])
+        for i in change["nulls"]:
+            row[i] = None
+        return row
+
+    def old_row(self, change: dict[str, Any], new_row: list[str | None] | None, where: str) -> list[str | None]:
+        row: list[str | None] = [None] * self.width
+        key = change["old_key"]
+        if key:
+            for i, value in zip(self.key_positions, key, strict=True):
+                row[i] = value
+        elif new_row is not None:  # an UPDATE that kept its key
+            for i in self.key_positions:
+                row[i] = new_row[i]
+        if self.needs_old_values:
+            old_values = change.get("old_values") or EMPTY
+            if len(old_values) != len(self.old_positions):
+                raise RouteError(
+                    f"{where}: a {change['op']} of {self.table['schema_name']}.{self.table['table_name']} lacks the old "
+                    f"values of {', '.join(self.table_old_columns)} that route {self.route}'s filter needs (it was "
+                    "captured before capture was installed with this filter); run `pgfanout agent install`, then "
+                    "resync this route's subscribers")
+            for i, value in zip(self.old_positions, old_values, strict=True):
+                row[i] = value
+            for j in change.get("old_nulls") or EMPTY:
+                row[self.old_positions[j]] = None
+        return row
+
+    def passes(self, row: list[str | None]) -> bool:
+        return self.evaluate is None or self.evaluate(row) is True
+
+    def route_change(self, change: dict[str, Any], where: str) -> dict[str, Any] | None:
+        op = change["op"]
+        if op == "TRUNCATE":
+            return change
+        if self.evaluate is None:
+            return self.projected(change, op)
+        if op == "INSERT":
+            return self.projected(change, op) if self.passes(self.new_row(change)) else None
+        if op == "DELETE":
+            return self.projected(change, op) if self.passes(self.old_row(change, None, where)) else None
+        new_row = self.new_row(change)
+        new_in = self.passes(new_row)
+        old_in = self.passes(self.old_row(change, new_row, where))
+        if new_in and old_in:
+            return self.projected(change, "UPDATE")
+        if new_in:  # migrates in
+            return self.projected(dict(change, old_key=EMPTY, old_values=EMPTY, old_nulls=EMPTY), "INSERT")
+        if old_in:  # migrates out: the replica deletes the row by its old key
+            old_key = change["old_key"] or [new_row[i] for i in self.key_positions]
+            return self.projected(dict(change, values=EMPTY, nulls=EMPTY, old_key=old_key), "DELETE")
+        return None
+
+    def projected(self, change: dict[str, Any], op: str) -> dict[str, Any]:
+        values, nulls = _project(change["values"], change["nulls"], self.keep) if change["values"] else (EMPTY, EMPTY)
+        old_values = change.get("old_values") or EMPTY
+        old_nulls = change.get("old_nulls") or EMPTY
+        if old_values and self.old_keep is not None:
+            old_values, old_nulls = _project(old_values, old_nulls, self.old_keep)
+        return {"table": change["table"], "op": op, "values": values, "nulls": nulls, "old_key": change["old_key"],
+                "old_values": old_values, "old_nulls": old_nulls}
+
+
+def plan_table(route: str, table: dict[str, Any], subscription: TableSubscription) -> TablePlan:
+    """Check a subscription against a table layout and prepare its projection and filter."""
+    name = f"{table['schema_name']}.{table['table_name']}"
+    columns, keys = list(table["columns"]), list(table["key_columns"])
+    types = list(table.get("column_types") or ())
+    old_columns = list(table.get("old_columns") or ())
+    prefix = f"route {route}, table {name} (layout {table['table_id']})"
+    keep = None
+    if subscription.columns is not None:
+        unknown = [c for c in subscription.columns if c not in columns]
+        if unknown:
+            raise RouteError(f"{prefix}: the column list names columns the table does not have: {', '.join(unknown)}")
+        missing_key = [k for k in keys if k not in subscription.columns]
+        if missing_key:
+            raise RouteError(f"{prefix}: the column list must include the key ({', '.join(missing_key)})")
+        keep = [i for i, c in enumerate(columns) if c in subscription.columns]  # in the table's column order
+    evaluate, needs_old = None, False
+    row_filter = subscription.row_filter()
+    if row_filter is not None:
+        if len(types) != len(columns):
+            raise RouteError(f"{prefix}: the upstream sends no column types, which row filters need; "
+                             "upgrade the agent that publishes this source")
+        try:
+            evaluate = compile_filter(row_filter, columns, types)
+        except FilterError as exc:
+            raise RouteError(f"{prefix}: {exc}") from None
+        uncaptured = sorted(row_filter.columns - set(keys) - set(old_columns))
+        if uncaptured:
+            raise RouteError(
+                f"{prefix}: the filter reads {', '.join(uncaptured)}, whose values before an UPDATE or DELETE capture "
+                "does not record, so rows could not migrate in and out; run `pgfanout agent install` for the source "
+                "with this configuration (it records the old values of every filtered column), then resync this "
+                "route's subscribers")
+        needs_old = bool(row_filter.columns - set(keys))
+    kept = set(columns if keep is None else (columns[i] for i in keep))
+    old_keep = None if all(c in kept for c in old_columns) else [j for j, c in enumerate(old_columns) if c in kept]
+    projected = dict(table)
+    if keep is not None:
+        projected.update(columns=[columns[i] for i in keep],
+                         column_types=[types[i] for i in keep] if types else [],
+                         missing_values={c: v for c, v in (table.get("missing_values") or {}).items() if c in kept},
+                         old_columns=[c for c in old_columns if c in kept])
+    return TablePlan(route, projected, len(columns), keep, old_keep, evaluate,
+                     [columns.index(k) for k in keys], [columns.index(c) for c in old_columns], needs_old,
+                     tuple(old_columns))
+
+
+class RouteFilter:
+    """One route's subscription, applied to whole batches; table layouts are planned once each."""
+
+    def __init__(self, route: str, tables: dict[str, TableSubscription]):
+        self.route = route
+        self.tables = tables
+        self.plans: dict[int, TablePlan | None] = {}
+
+    def plan(self, table: dict[str, Any]) -> TablePlan | None:
+        table_id = table["table_id"]
+        if table_id not in self.plans:
+            subscription = self.tables.get(f"{table['schema_name']}.{table['table_name']}")
+            self.plans[table_id] = None if subscription is None else plan_table(self.route, table, subscription)
+        return self.plans[table_id]
+
+    def batch(self, message: dict[str, Any], where: str) -> dict[str, Any]:
+        """The route's copy of a Batch message: same transactions, in the same order, each with its share."""
+        plans = {t["table_id"]: self.plan(t) for t in message["tables"]}
+        used: set[int] = set()
+        transactions = []
+        for transaction in message["transactions"]:
+            changes = []
+            for change in transaction["changes"]:
+                plan = plans[change["table"]]
+                if plan is None:
+                    continue
+                routed = plan.route_change(change, f"{where}, position {transaction['position']}")
+                if routed is not None:
+                    changes.append(routed)
+                    used.add(change["table"])
+            transactions.append(dict(transaction, changes=changes))
+        tables = [plan.table for table_id, plan in plans.items() if table_id in used and plan is not None]
+        return dict(message, tables=tables, transactions=transactions)
