@@ -71,6 +71,8 @@ class Pipeline:
             return daemon_argv(self.config_path, "agent", "run", "--source", self.source)
         if role == "distributor":
             return daemon_argv(self.config_path, "distributor", "run", self.distributor)
+        if role in self.config.distributors:
+            return daemon_argv(self.config_path, "distributor", "run", role)
         return daemon_argv(self.config_path, "subscriber", "run", role)
 
     def daemon_name(self, role: str) -> str:
@@ -92,8 +94,15 @@ class Pipeline:
         path = self.stack.log_dir / f"{self.daemon_name(role)}.log"
         return path.read_text() if path.exists() else ""
 
+    def reconfigure(self, data: dict) -> None:
+        """Replace the configuration (another topology) before ``prepare``."""
+        self.data = data
+        self.subscribers = list(data.get("subscribers", {}))
+        self.config_path = write_config(self.config_path, data)
+        self.config = load_config(self.config_path)
+
     def stop_all(self) -> None:
-        for role in ("agent", "distributor", *self.subscribers):
+        for role in ("agent", "distributor", *self.config.distributors, *self.subscribers):
             pid = self.pid(role)
             if pid:
                 processes.stop(pid)
@@ -145,8 +154,15 @@ class Pipeline:
 
 def read_topic(config: Config, stream: str) -> list[tuple[int, str, dict]]:
     """Every message of a source's or route's topic: (offset, kind, record)."""
-    from pgfanout import kafka as kafkautil
     from pgfanout.codec import default_codec
+
+    topic = config.stream(stream)[1]
+    return [(offset, *default_codec().decode(value, f"{topic}@{offset}")) for offset, value in read_raw(config, stream)]
+
+
+def read_raw(config: Config, stream: str) -> list[tuple[int, bytes]]:
+    """Every message of a source's or route's topic as the broker holds it: (offset, bytes)."""
+    from pgfanout import kafka as kafkautil
 
     cluster_name, topic = config.stream(stream)
     consumer = kafkautil.consumer(config.kafka[cluster_name])
@@ -155,12 +171,11 @@ def read_topic(config: Config, stream: str) -> list[tuple[int, str, dict]]:
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)
         end = kafkautil.end_offset(consumer, topic)
-        messages: list[tuple[int, str, dict]] = []
+        messages: list[tuple[int, bytes]] = []
         deadline = time.monotonic() + 60
         while consumer.position(tp) < end and time.monotonic() < deadline:
             for record in consumer.poll(timeout_ms=500).get(tp, []):
-                kind, message = default_codec().decode(record.value, f"{topic}@{record.offset}")
-                messages.append((record.offset, kind, message))
+                messages.append((record.offset, record.value))
         return messages
     finally:
         consumer.close()
