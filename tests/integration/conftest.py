@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from pgfanout.local.kafka import ensure_jars
 from pgfanout.local.stack import Stack
 from tests.integration.pipeline import Pipeline
 
@@ -26,6 +27,15 @@ def stack():
     started.up(kafka_clusters=1)
     yield started
     started.down(purge=os.environ.get("PGFANOUT_KEEP_TEST_STACK") != "1")
+
+
+@pytest.fixture(scope="session")
+def second_kafka(stack):
+    """A second Kafka cluster, for routes that cross clusters (started on first use)."""
+    node = stack.kafka("second")
+    if node.pid() is None:
+        node.start(ensure_jars())
+    return node
 
 
 @pytest.fixture

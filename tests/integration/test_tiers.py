@@ -10,10 +10,8 @@ primary's rows as selected by the same filters in SQL.
 import re
 import time
 
-import pytest
 from psycopg import sql
 
-from pgfanout.local.kafka import ensure_jars
 from pgfanout.rowfilter import parse_filter
 from tests.integration.pipeline import read_raw, read_topic, transaction_positions
 
@@ -29,13 +27,6 @@ BRANCH = {
     "public.customers": {},
 }
 KEYS = {"public.accounts": ["id"], "public.customers": ["id"], "public.orders": ["id"], "public.products": ["sku"]}
-
-
-@pytest.fixture(scope="module")
-def second_kafka(stack):
-    node = stack.kafka("second")
-    node.start(ensure_jars())
-    return node
 
 
 def tree(pipeline, second_kafka) -> dict:
