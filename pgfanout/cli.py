@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+from pathlib import Path
 from collections.abc import Callable, Sequence
 
 from pgfanout import __version__
@@ -140,6 +141,26 @@ def cmd_subscriber_resync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from distributor.export import export
+
+    config = _config(args)
+    if args.route not in config.routes and args.route not in config.sources:
+        raise ConfigError(args.config, [f"--route: no route or source named {args.route!r} "
+                                        f"(routes: {', '.join(config.routes) or 'none'})"])
+    print(export(config, args.route, args.from_position, Path(args.to)))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from subscriber.importer import Importer
+
+    config = _config(args)
+    name = _pick("subscriber", list(config.subscribers), args.subscriber)
+    print(Importer(config, name, Path(args.file)).run())
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from pgfanout.status import status_lines
 
@@ -231,6 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     skip.add_argument("--position", type=int, required=True, help="the position of the transaction to skip")
 
     _add(top, "status", cmd_status, "positions and lag of every source and subscriber")
+
+    ship = _add(top, "export", cmd_export, "write a route's transactions from a position on into a log shipping file "
+                "(Avro object container) for a site without Kafka")
+    ship.add_argument("--route", required=True, help="the route (or source) to export")
+    ship.add_argument("--from", dest="from_position", type=int, required=True, metavar="POSITION",
+                      help="the first position the file must hold (the importing subscriber's position + 1)")
+    ship.add_argument("--to", required=True, metavar="FILE")
+    land = _add(top, "import", cmd_import, "apply a log shipping file to a subscriber, exactly once and in order")
+    land.add_argument("file")
+    land.add_argument("--subscriber", help="the subscriber to apply to (default: the only one)")
 
     local = top.add_parser("local", help="the local stack: PostgreSQL clusters and Kafka, no Docker").add_subparsers(
         dest="action", required=True)

@@ -60,8 +60,12 @@ def reset_streams(config: Config) -> None:
         kafkautil.delete_groups(cluster, [f"pgfanout-distributor-{d}" for d in config.distributors])
 
 
+SINGLE_WORD_COMMANDS = ("status", "export", "import")
+
+
 def daemon_argv(config_path: Path, *command: str) -> list[str]:
-    return [sys.executable, "-m", "pgfanout", *command[:2], "--config", str(config_path), *command[2:]]
+    words = 1 if command[0] in SINGLE_WORD_COMMANDS else 2  # `--config` belongs after the (sub)command's name
+    return [sys.executable, "-m", "pgfanout", *command[:words], "--config", str(config_path), *command[words:]]
 
 
 def start_daemon(stack: Stack, name: str, argv: list[str]) -> int:

@@ -69,6 +69,31 @@ class Subscriber:
         self.checked_layouts: set[tuple[str, str, tuple[str, ...]]] = set()
 
     def connect(self) -> None:
+        row = self._connect_replica()
+        registry.load(self.cluster, self.codec)
+        self.consumer = kafkautil.consumer(self.cluster)
+        tp = kafkautil.partition(self.topic)
+        self.consumer.assign([tp])
+        if row is None:
+            self.consumer.seek_to_beginning(tp)
+            offset, tick_id = -1, 0
+        else:
+            _, tick_id, offset, topic = row
+            if topic != self.topic:
+                log.warning("%s: stored position came from topic %s, now reading %s", self.name, topic, self.topic)
+                offset = UNKNOWN_OFFSET
+            if offset == UNKNOWN_OFFSET:  # just materialized or imported: find where the stream continues
+                offset = kafkautil.offset_after_position(self.consumer, tp, self.applied.position,
+                                                         self._last_position) - 1
+                log.info("%s: position %d continues at %s[0]@%d", self.name, self.applied.position, self.topic,
+                         offset + 1)
+            self.consumer.seek(tp, offset + 1)
+        self.group = Group(self.applied, tick_id, None, offset)
+        self.committed_offset = offset
+        log.info("%s ready: position %d, reading %s", self.name, self.applied.position, self.topic)
+
+    def _connect_replica(self) -> tuple[int, int, int, str] | None:
+        """Connect to the replica as its only applier; the stored (position, tick, offset, topic), if any."""
         self.conn = connect(self.settings, f"pgfanout-subscriber-{self.subscriber}")
         ensure_state(self.conn)
         if not self.conn.execute("SELECT pg_try_advisory_lock(%s, %s)", applier_lock_key(self.subscriber)).fetchone()[0]:
@@ -87,29 +112,11 @@ class Subscriber:
         self._read_copy_filters()
         self.checked_layouts.clear()  # an ALTER in a rolled-back replica transaction is gone
         self.conn.autocommit = False  # one replica transaction may span several messages and polls
-        registry.load(self.cluster, self.codec)
-        self.consumer = kafkautil.consumer(self.cluster)
-        tp = kafkautil.partition(self.topic)
-        self.consumer.assign([tp])
-        if row is None:
-            self.applied = Progress(0)
-            self.consumer.seek_to_beginning(tp)
-            offset, tick_id = -1, 0
-        else:
-            position, tick_id, offset, topic = row
-            self.applied = Progress(position)
-            if topic != self.topic:
-                log.warning("%s: stored position came from topic %s, now reading %s", self.name, topic, self.topic)
-                offset = UNKNOWN_OFFSET
-            if offset == UNKNOWN_OFFSET:  # just materialized: find where the stream continues
-                offset = kafkautil.offset_after_position(self.consumer, tp, position, self._last_position) - 1
-                log.info("%s: position %d continues at %s[0]@%d", self.name, position, self.topic, offset + 1)
-            self.consumer.seek(tp, offset + 1)
-        self.group = Group(self.applied, tick_id, None, offset)
+        self.applied = Progress(row[0] if row else 0)
+        self.group = Group(self.applied, row[1] if row else 0, None, UNKNOWN_OFFSET)
         self.pending, self.pending_changes = [], 0
         self.pending_tables.clear()
-        self.committed_offset = offset
-        log.info("%s ready: position %d, reading %s", self.name, self.applied.position, self.topic)
+        return row
 
     def _last_position(self, value: bytes, offset: int) -> int | None:
         kind, message = self.decoder.decode(value, f"{self.topic}[0]@{offset}")
@@ -152,9 +159,16 @@ class Subscriber:
             self._commit()
         return bool(records)
 
+    def _where(self, record: Any) -> str:
+        return f"{self.topic}[0]@{record.offset}"
+
+    def _stored_offset(self, record: Any) -> int:
+        """The offset saved with the position: where the next run continues reading."""
+        return int(record.offset)
+
     def _apply_message(self, record: Any) -> None:
         assert self.conn is not None
-        where = f"{self.topic}[0]@{record.offset}"
+        where = self._where(record)
         kind, message = self.decoder.decode(record.value, where)
         if self.group.started is None:
             self.group.started = time.monotonic()
@@ -187,7 +201,8 @@ class Subscriber:
                 self.pending_tables.update(tables)
                 if not whole or self.pending_changes >= FLUSH_CHANGES:
                     self._flush()
-        self.group.tick_id, self.group.source_time, self.group.offset = message["tick_id"], message["tick_time"], record.offset
+        self.group.tick_id, self.group.source_time = message["tick_id"], message["tick_time"]
+        self.group.offset = self._stored_offset(record)
 
     def _protect(self, tables: Iterable[TableInfo], source: str) -> None:
         """Make each replicated table read-only for everyone but the applier, the first time it is seen."""

@@ -1,0 +1,91 @@
+"""`pgfanout export`: a route's messages from a position on, into a log shipping file.
+
+The file ends on a whole transaction (chunks of the last one are awaited past the
+topic's end as it was when the export began), and is written under a temporary name
+and renamed when complete, so a file with its final name is always whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from pgfanout import kafka as kafkautil
+from pgfanout import registry, shipfile
+from pgfanout.codec import default_codec
+from pgfanout.config import Config
+from pgfanout.errors import FatalError, StreamGap
+from pgfanout.positions import WHOLE, mark_of
+from pgfanout.registry import RegistryDecoder
+
+log = logging.getLogger(__name__)
+FINISH_SECONDS = 60  # how long to wait for the rest of a transaction cut by the topic's end
+
+
+class ExportError(FatalError):
+    pass
+
+
+def export(config: Config, stream: str, from_position: int, path: Path) -> str:
+    cluster_name, topic = config.stream(stream)
+    cluster = config.kafka[cluster_name]
+    codec = default_codec()
+    registry.load(cluster, codec)
+    decoder = RegistryDecoder(codec, cluster)
+    consumer = kafkautil.consumer(cluster)
+    tp = kafkautil.partition(topic)
+
+    def last_position(value: bytes, offset: int) -> int | None:
+        kind, message = decoder.decode(value, f"{topic}[0]@{offset}")
+        if kind == "Heartbeat":
+            return message["position"]
+        return message["transactions"][-1]["position"] if message["transactions"] else None
+
+    try:
+        start = kafkautil.offset_after_position(consumer, tp, from_position - 1, last_position)
+        end = kafkautil.end_offset(consumer, topic)
+        if start >= end:
+            raise ExportError(f"{topic} holds nothing from position {from_position} on; nothing exported")
+
+        def records():  # (offset, value, last position), ending on a whole transaction
+            consumer.seek(tp, start)
+            first = True
+            whole = True
+            deadline = None
+            while True:
+                polled = consumer.poll(timeout_ms=500, max_records=200).get(tp, [])
+                for record in polled:
+                    where = f"{topic}[0]@{record.offset}"
+                    kind, message = decoder.decode(record.value, where)
+                    if first and kind == "Batch" and message["transactions"]:
+                        found = message["transactions"][0]["position"]
+                        if found > from_position:
+                            raise StreamGap(f"{topic} no longer holds position {from_position} (retention?): its "
+                                            f"first message from there, at {where}, starts at {found}")
+                    first = False
+                    mark = mark_of(kind, message)
+                    whole = mark.chunk == WHOLE
+                    yield record.offset, record.value, mark.position
+                    if record.offset >= end - 1 and whole:
+                        return
+                if consumer.position(tp) >= end and not whole:
+                    deadline = deadline or time.monotonic() + FINISH_SECONDS
+                    if time.monotonic() > deadline:
+                        raise ExportError(f"{topic}: the transaction cut by the topic's end did not complete within "
+                                          f"{FINISH_SECONDS}s; nothing exported")
+
+        partial = path.with_name(path.name + ".partial")
+        try:
+            with partial.open("wb") as out:
+                count, last = shipfile.write(out, codec, config.origin_source(stream), stream, topic, from_position,
+                                             records())
+                out.flush()
+                os.fsync(out.fileno())
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+    finally:
+        consumer.close()
+    return f"exported {count} messages of {topic} (positions {from_position}..{last}) to {path}"
