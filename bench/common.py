@@ -52,7 +52,8 @@ def tps_of(output: str) -> float:
 
 def write_result(name: str, figures: dict, notes: str = "") -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    command = "python -m bench." + name + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+    module = Path(sys.argv[0]).stem  # the benchmark's module: one module may write several results
+    command = "python -m bench." + module + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     record = {"benchmark": name, "command": command, "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
               "machine": machine(), "figures": figures, "notes": notes}
     path = RESULTS / f"{name}.json"

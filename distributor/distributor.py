@@ -13,11 +13,14 @@ producers have flushed.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from kafka.structs import OffsetAndMetadata
 
+from distributor.parallel import RoutingPool, worker_count
 from distributor.routing import RouteFilter
 from pgfanout import kafka as kafkautil
 from pgfanout import registry
@@ -30,6 +33,8 @@ from pgfanout.registry import RegistryDecoder
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 POLL_RECORDS = 500
+MAX_INFLIGHT = 16  # messages handed to the routing workers and not yet forwarded
+COMMIT_SECONDS = 0.2
 NOTHING = Mark(-1, -1, -1)
 
 
@@ -44,7 +49,7 @@ class RouteOut:
 
 
 class Distributor:
-    def __init__(self, config: Config, name: str):
+    def __init__(self, config: Config, name: str, workers: int | None = None):
         self.name = f"distributor {name}"
         self.group_id = f"pgfanout-distributor-{name}"
         route_names = config.distributors[name].routes
@@ -59,6 +64,11 @@ class Distributor:
         self.decoder = RegistryDecoder(self.codec, self.up_cluster)
         self.consumer: Any = None
         self.producers: dict[str, Any] = {}
+        self.uncommitted: int | None = None  # the upstream offset to commit once the routes have acked
+        self.committed_at = 0.0
+        self.workers = worker_count() if workers is None else workers
+        self.pool: RoutingPool | None = None
+        self.inflight: deque[tuple[int, bytes, Any]] = deque()  # (offset, value, pending result), in stream order
 
     def connect(self) -> None:
         registry.load(self.up_cluster, self.codec)
@@ -66,8 +76,14 @@ class Distributor:
             registry.register(route.cluster, self.codec)  # what it forwards must stay readable downstream
             kafkautil.ensure_topic(route.cluster, route.topic, MAX_MESSAGE_BYTES)
             route.last = self._tail_mark(route)
+        if any(route.subscription is not None for route in self.routes) and self.workers > 1:
+            # forked now: the schemas are loaded and no Kafka client (with its threads) exists yet
+            self.pool = RoutingPool(self.codec, self.decoder, [r.subscription for r in self.routes], self.workers)
+        for route in self.routes:
             if route.cluster_name not in self.producers:
                 self.producers[route.cluster_name] = kafkautil.producer(route.cluster, MAX_MESSAGE_BYTES)
+        self.uncommitted = None
+        self.inflight.clear()
         self.consumer = kafkautil.consumer(self.up_cluster, group_id=self.group_id)
         tp = kafkautil.partition(self.up_topic)
         self.consumer.assign([tp])
@@ -80,6 +96,10 @@ class Distributor:
                  ", ".join(f"{r.topic} (last {tuple(r.last)})" for r in self.routes))
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        self.inflight.clear()
         for producer in self.producers.values():
             producer.close(timeout=5)
         self.producers = {}
@@ -88,9 +108,12 @@ class Distributor:
             self.consumer = None
 
     def work(self) -> bool:
+        if self.pool is not None:
+            return self._work_in_parallel()
         tp = kafkautil.partition(self.up_topic)
         records = self.consumer.poll(timeout_ms=100, max_records=POLL_RECORDS).get(tp, [])
         if not records:
+            self._flush_and_commit(tp)
             return False
         for record in records:
             where = f"{self.up_topic}[0]@{record.offset}"
@@ -103,13 +126,51 @@ class Distributor:
                         value = self.codec.encode(kind, route.subscription.batch(message, where))
                     self.producers[route.cluster_name].send(route.topic, value=value)
                     route.last = mark
+        self.uncommitted = records[-1].offset + 1
+        if time.monotonic() - self.committed_at >= COMMIT_SECONDS:
+            self._flush_and_commit(tp)
+        return True
+
+    def _work_in_parallel(self) -> bool:
+        assert self.pool is not None
+        tp = kafkautil.partition(self.up_topic)
+        room = MAX_INFLIGHT - len(self.inflight)
+        records = self.consumer.poll(timeout_ms=0 if self.inflight else 100, max_records=max(room, 1)).get(tp, [])
+        for record in records:
+            where = f"{self.up_topic}[0]@{record.offset}"
+            self.inflight.append((record.offset, record.value, self.pool.submit(record.value, where)))
+        # forward from the front only, so the routes get the stream's order; wait for the oldest when
+        # nothing new came or the queue is full
+        while self.inflight and (self.inflight[0][2].ready() or not records or len(self.inflight) >= MAX_INFLIGHT):
+            offset, value, pending = self.inflight.popleft()
+            mark, outputs = self.pool.result(pending)
+            for route, output in zip(self.routes, outputs, strict=True):
+                if mark > route.last:
+                    self.producers[route.cluster_name].send(route.topic, value=value if output is None else output)
+                    route.last = mark
+            self.uncommitted = offset + 1
+        if not records and not self.inflight:
+            self._flush_and_commit(tp)
+            return False
+        if time.monotonic() - self.committed_at >= COMMIT_SECONDS:
+            self._flush_and_commit(tp)
+        return True
+
+    def _flush_and_commit(self, tp: Any) -> None:
+        """Wait for the routes' acks, then commit the upstream offset: never the other way round.
+
+        Done every COMMIT_SECONDS or when idle, not after every poll: sends are not delayed by it (the
+        producers send at once), and the next poll's work overlaps the acks of this one's.
+        """
+        if self.uncommitted is None:
+            return
         for cluster_name, producer in self.producers.items():
             try:
                 producer.flush(timeout=60)
             except Exception as exc:
                 raise KafkaUnavailable(cluster_name, f"forwarding to routes did not complete: {exc}") from exc
-        self.consumer.commit({tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)})
-        return True
+        self.consumer.commit({tp: OffsetAndMetadata(self.uncommitted, "", -1)})
+        self.uncommitted, self.committed_at = None, time.monotonic()
 
     def _tail_mark(self, route: RouteOut) -> Mark:
         consumer = kafkautil.consumer(route.cluster)

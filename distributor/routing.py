@@ -14,8 +14,9 @@ values, which capture logs for every column a filter of the source's routes uses
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pgfanout.config import TableSubscription
@@ -52,6 +53,10 @@ class TablePlan:
     old_positions: list[int]  # upstream column index of each old value
     needs_old_values: bool  # the filter reads non-key columns of the old row
     table_old_columns: tuple[str, ...] = ()  # the upstream layout's old_columns
+    passes_whole: bool = False  # no filter, no column list: changes go on as they are, without a copy
+
+    def __post_init__(self) -> None:
+        self.passes_whole = self.evaluate is None and self.keep is None and self.old_keep is None
 
     def new_row(self, change: dict[str, Any]) -> list[str | None]:
         row: list[str | None] = list(change["values"])
@@ -59,7 +64,8 @@ class TablePlan:
             row[i] = None
         return row
 
-    def old_row(self, change: dict[str, Any], new_row: list[str | None] | None, where: str) -> list[str | None]:
+    def old_row(self, change: dict[str, Any], new_row: list[str | None] | None,
+                where: Callable[[], str]) -> list[str | None]:
         row: list[str | None] = [None] * self.width
         key = change["old_key"]
         if key:
@@ -72,7 +78,7 @@ class TablePlan:
             old_values = change.get("old_values") or EMPTY
             if len(old_values) != len(self.old_positions):
                 raise RouteError(
-                    f"{where}: a {change['op']} of {self.table['schema_name']}.{self.table['table_name']} lacks the old "
+                    f"{where()}: a {change['op']} of {self.table['schema_name']}.{self.table['table_name']} lacks the old "
                     f"values of {', '.join(self.table_old_columns)} that route {self.route}'s filter needs (it was "
                     "captured before capture was installed with this filter); run `pgfanout agent install`, then "
                     "resync this route's subscribers")
@@ -85,9 +91,10 @@ class TablePlan:
     def passes(self, row: list[str | None]) -> bool:
         return self.evaluate is None or self.evaluate(row) is True
 
-    def route_change(self, change: dict[str, Any], where: str) -> dict[str, Any] | None:
+    def route_change(self, change: dict[str, Any], where: Callable[[], str]) -> dict[str, Any] | None:
+        """The change as the route receives it, or None; ``where`` names it, for error messages only."""
         op = change["op"]
-        if op == "TRUNCATE":
+        if op == "TRUNCATE" or self.passes_whole:
             return change
         if self.evaluate is None:
             return self.projected(change, op)
@@ -186,11 +193,12 @@ class RouteFilter:
         transactions = []
         for transaction in message["transactions"]:
             changes = []
+            here = partial("{}, position {}".format, where, transaction["position"])
             for change in transaction["changes"]:
                 plan = plans[change["table"]]
                 if plan is None:
                     continue
-                routed = plan.route_change(change, f"{where}, position {transaction['position']}")
+                routed = plan.route_change(change, here)
                 if routed is not None:
                     changes.append(routed)
                     used.add(change["table"])

@@ -11,8 +11,8 @@ import logging
 import os
 import sys
 import threading
-from pathlib import Path
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pgfanout import __version__
 from pgfanout.config import Config, load_config

@@ -17,6 +17,7 @@ are read as UTC, the time zone the capture triggers write in.
 
 from __future__ import annotations
 
+import operator
 import re
 import struct
 import uuid
@@ -202,6 +203,7 @@ UNKNOWN = Kind("unknown", str)  # a string constant, typed by what it meets (as 
 NUMBER_LITERAL = Kind("number", _parse_numeric)
 BOOL = Kind("bool", _parse_bool)
 NULL = Kind("null", str)
+FLOAT = Kind("float", _parse_float)
 
 
 def kind_of_type(type_text: str) -> Kind | None:
@@ -264,6 +266,8 @@ class Compiled:
     evaluate: Evaluate
     constant: str | None = None  # for string constants: their text, typed once the other side is known
     padded_to: int | None = None  # a character(n) column: LIKE sees its value padded with spaces to n
+    column: tuple[int, Callable[[str], Any]] | None = None  # a bare column: (its index, its parser)
+    value: tuple[Any] | None = None  # a typed constant: (its value,)
 
 
 class _Compiler:
@@ -294,7 +298,7 @@ class _Compiler:
             value = kind.parse(compiled.constant or "")
         except (ValueError, TypeError) as exc:
             raise self.fail(node, f"{compiled.constant!r} is not a valid {kind.name} ({exc})") from None
-        return Compiled(kind, lambda row: value)
+        return Compiled(kind, lambda row: value, value=(value,))
 
     def node(self, node: exp.Expression) -> Compiled:
         method = getattr(self, f"_{type(node).__name__.lower()}", None)
@@ -323,21 +327,21 @@ class _Compiler:
             value = row[i]
             return None if value is None else parse(value)
         width = re.fullmatch(r"character\((\d+)\)", self.types[i])
-        return Compiled(kind, column, padded_to=int(width.group(1)) if width else None)
+        return Compiled(kind, column, padded_to=int(width.group(1)) if width else None, column=(i, parse))
 
     def _literal(self, node: exp.Literal) -> Compiled:
         if node.is_string:
             return Compiled(UNKNOWN, lambda row, v=node.this: v, constant=node.this)
         text = node.this
         value = int(text) if text.isdigit() else _parse_numeric(text)
-        return Compiled(NUMBER_LITERAL, lambda row: value)
+        return Compiled(NUMBER_LITERAL, lambda row: value, value=(value,))
 
     def _neg(self, node: exp.Neg) -> Compiled:
         inner = self._literal(node.this)
         if inner.kind.name != "number":
             raise self.fail(node, "only numbers may be negated")
         value = -inner.evaluate(())
-        return Compiled(NUMBER_LITERAL, lambda row: value)
+        return Compiled(NUMBER_LITERAL, lambda row: value, value=(value,))
 
     def _boolean(self, node: exp.Boolean) -> Compiled:
         value = bool(node.this)
@@ -385,6 +389,10 @@ class _Compiler:
     # -- comparisons
 
     def pair(self, left_node: exp.Expression, right_node: exp.Expression) -> tuple[Evaluate, Evaluate]:
+        left, right = self.compiled_pair(left_node, right_node)
+        return left.evaluate, right.evaluate
+
+    def compiled_pair(self, left_node: exp.Expression, right_node: exp.Expression) -> tuple[Compiled, Compiled]:
         """Both sides brought to one comparable kind, as PostgreSQL's operator resolution would."""
         left, right = self.node(left_node), self.node(right_node)
         if left.kind.name == "unknown" and right.kind.name == "unknown":
@@ -392,15 +400,19 @@ class _Compiler:
         left, right = self.typed(left, right.kind, left_node), self.typed(right, left.kind, right_node)
         kinds = {left.kind.name, right.kind.name} - {"null"}
         if kinds == {"number", "float"}:  # numeric meets double precision: compared as double precision
-            return (lambda row, f=left.evaluate: _to_float(f(row))), (lambda row, f=right.evaluate: _to_float(f(row)))
+            return (Compiled(FLOAT, lambda row, f=left.evaluate: _to_float(f(row))),
+                    Compiled(FLOAT, lambda row, f=right.evaluate: _to_float(f(row))))
         if len(kinds) > 1:
             raise self.fail(left_node.parent or left_node,
                             f"cannot compare {left.kind.name} with {right.kind.name}")
-        return left.evaluate, right.evaluate
+        return left, right
 
     def comparison(self, node: exp.Expression, operator: str) -> Compiled:
-        left, right = self.pair(node.this, node.expression)
-        test = TESTS[operator]
+        left_compiled, right_compiled = self.compiled_pair(node.this, node.expression)
+        fast = _column_against_constant(left_compiled, right_compiled, operator)
+        if fast is not None:
+            return Compiled(BOOL, fast)
+        left, right, test = left_compiled.evaluate, right_compiled.evaluate, TESTS[operator]
 
         def compare(row: Sequence[str | None]) -> Value:
             a = left(row)
@@ -560,6 +572,33 @@ class _Compiler:
                     return value
             return None
         return Compiled(kind, first)
+
+
+OPERATORS = {"=": operator.eq, "<>": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+             ">=": operator.ge}
+MIRRORED = {"=": "=", "<>": "<>", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+
+def _column_against_constant(left: Compiled, right: Compiled, operator_name: str) -> Evaluate | None:
+    """The common case, column <op> constant, as one closure: most of a filter's cost is Python calls."""
+    if left.column is None and right.column is not None:
+        left, right, operator_name = right, left, MIRRORED[operator_name]
+    if left.column is None or right.value is None or right.value[0] is None:
+        return None
+    index, parse = left.column
+    constant, compare, test = right.value[0], OPERATORS[operator_name], TESTS[operator_name]
+    if parse is _parse_int:
+        parse = int  # int() strips blanks as PostgreSQL's integer input does
+
+    def column_against_constant(row: Sequence[str | None]) -> Value:
+        text = row[index]
+        if text is None:
+            return None
+        value = parse(text)
+        if value is NAN or constant is NAN:
+            return test(_compare(value, constant))
+        return compare(value, constant)
+    return column_against_constant
 
 
 def compile_filter(row_filter: RowFilter, columns: Sequence[str], types: Sequence[str]) -> Evaluate:

@@ -105,8 +105,8 @@ def test_evaluator_matches_postgresql(stack):
                 got = evaluate(text_row)
                 checked += 1
                 if got is not expected[row_id]:
-                    mismatches.append(f"{predicate!r} on {dict(zip(names, text_row, strict=True))}: PostgreSQL {expected[row_id]}, "
-                                      f"evaluator {got}")
+                    row = dict(zip(names, text_row, strict=True))
+                    mismatches.append(f"{predicate!r} on {row}: PostgreSQL {expected[row_id]}, evaluator {got}")
     assert not mismatches, f"{len(mismatches)} of {checked} answers differ:\n" + "\n".join(mismatches[:20])
     assert checked >= 60_000
     assert len({p for p in predicates}) > 150

@@ -1,0 +1,61 @@
+"""Routing on every core: decode, filter and encode run in forked worker processes, in stream order.
+
+One Python process decodes, filters and re-encodes about 100,000 changed rows/s, mostly
+in fastavro. The workers do that part for whole messages; the distributor process only
+polls, hands messages out, and sends the results in the order the messages came
+(results are taken from the front of the queue only), so order and the exactly-once
+rules are unchanged. Workers are forked after the schemas were loaded and before any
+Kafka client exists, so they inherit the codec and the route filters and no threads.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from distributor.routing import RouteFilter
+from pgfanout.errors import FatalError, PgfanoutError, TransientError
+from pgfanout.positions import Mark, mark_of
+
+_WORKER_STATE: tuple[Any, Any, Sequence[RouteFilter | None]] | None = None
+
+
+def _route(value: bytes, where: str) -> tuple[Mark | None, list[bytes | None], tuple[bool, str] | None]:
+    """In a worker: (mark, the message for each filtered route or None to forward as is, error)."""
+    assert _WORKER_STATE is not None
+    codec, decoder, subscriptions = _WORKER_STATE
+    try:
+        kind, message = decoder.decode(value, where)
+        outputs = [codec.encode(kind, s.batch(message, where)) if s is not None and kind == "Batch" else None
+                   for s in subscriptions]
+        return mark_of(kind, message), outputs, None
+    except PgfanoutError as exc:  # sent back as text: not every error class survives pickling
+        return None, [], (isinstance(exc, TransientError), str(exc))
+
+
+def worker_count() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class RoutingPool:
+    def __init__(self, codec: Any, decoder: Any, subscriptions: Sequence[RouteFilter | None], workers: int):
+        global _WORKER_STATE
+        _WORKER_STATE = (codec, decoder, subscriptions)
+        self.pool = multiprocessing.get_context("fork").Pool(workers)
+
+    def submit(self, value: bytes, where: str) -> Any:
+        return self.pool.apply_async(_route, (value, where))
+
+    @staticmethod
+    def result(pending: Any) -> tuple[Mark, list[bytes | None]]:
+        mark, outputs, error = pending.get()
+        if error is not None:
+            transient, text = error
+            raise (TransientError if transient else FatalError)(text)
+        return mark, outputs
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
