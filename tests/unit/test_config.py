@@ -116,3 +116,36 @@ def test_cli_config_check_exit_codes(tmp_path):
     assert "Traceback" not in failed.stderr
     assert "routes.all.kafka: no Kafka cluster named 'region'" in failed.stderr
     assert "sources.shop.bogus: Extra inputs are not permitted" in failed.stderr
+
+
+def test_unsupported_filter_is_refused_with_expression_and_reason():
+    found = problems(variant(routes__all__tables={"public.orders": {"where": "total * 2 > 10"}}))
+    assert len(found) == 1
+    assert found[0].startswith("routes.all.tables.public.orders.where:")
+    assert "'total * 2 > 10'" in found[0] and "MUL" in found[0] and "not supported" in found[0]
+
+
+def test_next_tier_can_only_subscribe_to_what_its_upstream_carries():
+    data = variant(routes={
+        "east": {"upstream": "shop", "kafka": "hq",
+                 "tables": {"public.orders": {"columns": ["id", "status"]}}},
+        "branch": {"upstream": "east", "kafka": "hq",
+                   "tables": {"public.orders": {"where": "total > 5"}, "public.lines": {}}},
+    }, distributors={"d1": {"routes": ["east"]}, "d2": {"routes": ["branch"]}}, subscribers={})
+    found = problems(data)
+    assert "routes.branch.tables.public.orders: uses columns the upstream route does not carry: total" in found
+    assert any(p.startswith("routes.branch.tables.public.lines: the upstream route does not carry") for p in found)
+
+
+def test_share_of_a_route_combines_every_tier():
+    data = variant(routes={
+        "east": {"upstream": "shop", "kafka": "hq",
+                 "tables": {"public.orders": {"where": "region = 'east'", "columns": ["id", "region", "total"]}}},
+        "branch": {"upstream": "east", "kafka": "hq",
+                   "tables": {"public.orders": {"where": "total > 5", "columns": ["id", "total"]}}},
+    }, distributors={"d1": {"routes": ["east"]}, "d2": {"routes": ["branch"]}}, subscribers={})
+    config = parse_config(data)
+    columns, filters = config.share_of("branch")["public.orders"]
+    assert columns == {"id", "total"}
+    assert [f.sql() for f in filters] == ["region = 'east'", "total > 5"]
+    assert set(config.subscriptions_of("shop")) == {"east", "branch"}
