@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from agent.typesettings import settings_for_columns
+from agent.typesettings import settings_for_columns, unsupported_reason
 from pgfanout.config import Source, TableSubscription
 from pgfanout.errors import CaptureError, FilterError
 from pgfanout.pg import SESSION_SETTINGS, primary_key
@@ -157,7 +157,7 @@ def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[s
         latest = {(s, t): (i, (*c, *k), tuple(types), tuple(old))
                   for i, s, t, c, k, types, old in conn.execute(query)}
     next_id = max((v[0] for v in latest.values()), default=0) + 1
-    found, keyless, bad_keys = [], [], []
+    found, keyless, bad_keys, bad_types = [], [], [], []
     for qualified in tables:
         schema_name, table_name = _split(qualified)
         row = conn.execute(
@@ -173,6 +173,10 @@ def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[s
                FROM pg_attribute WHERE attrelid = %s AND attnum > 0
                AND NOT attisdropped AND attgenerated = '' ORDER BY attnum""", (oid,)).fetchall()
         columns = [r[0] for r in described]
+        for name, type_oid, type_text, _ in described:
+            reason = unsupported_reason(conn, type_oid)
+            if reason:
+                bad_types.append(f"{qualified}.{name} ({type_text}; {reason})")
         key = primary_key(conn, oid)
         if qualified in keys:
             reason = _unique_not_null(conn, oid, keys[qualified])
@@ -204,6 +208,9 @@ def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[s
         )
     if bad_keys:
         problems.append(f"configured keys that cannot identify rows: {'; '.join(bad_keys)}")
+    if bad_types:
+        problems.append(f"columns of types that cannot be replicated: {'; '.join(bad_types)}; leave the tables out, "
+                        "or change those columns (to text, or to the object's name)")
     if problems:
         raise CaptureError("; ".join(problems))
     return found

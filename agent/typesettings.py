@@ -67,3 +67,37 @@ def _settings(conn: psycopg.Connection, oid: int, seen: tuple[int, ...]) -> froz
         return frozenset({"extra_float_digits"})
     return ALL
 
+
+
+# Types whose values name things of the primary server itself: their text would mean another object, or
+# nothing, on a replica. Refused at install, as are arrays, domains, ranges and composites over them.
+UNSUPPORTED = {
+    **{name: "an object id resolved by name; it would name another object (or none) on a replica"
+       for name in ("regclass", "regproc", "regprocedure", "regoper", "regoperator", "regtype", "regconfig",
+                    "regdictionary", "regnamespace", "regrole", "regcollation")},
+    "tid": "a physical row address, meaningless on another server",
+    "xid": "a transaction id of the primary", "xid8": "a transaction id of the primary",
+    "cid": "a command id of the primary",
+    "aclitem": "privileges naming the primary's roles",
+    "pg_node_tree": "an internal parse tree",
+}
+NESTED_TYPES = """
+WITH RECURSIVE nested(oid) AS (
+    SELECT %s::oid
+    UNION
+    SELECT s.inner_type FROM nested n JOIN pg_type t ON t.oid = n.oid,
+        LATERAL (SELECT t.typelem WHERE t.typcategory = 'A' AND t.typelem <> 0
+                 UNION ALL SELECT t.typbasetype WHERE t.typtype = 'd'
+                 UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid OR r.rngmultitypid = t.oid
+                 UNION ALL SELECT a.atttypid FROM pg_attribute a
+                     WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+        ) s(inner_type))
+SELECT t.typname FROM nested n JOIN pg_type t ON t.oid = n.oid"""
+
+
+def unsupported_reason(conn: psycopg.Connection, type_oid: int) -> str | None:
+    """Why values of this type (or of a type inside it) cannot be replicated; None if they can."""
+    for (name,) in conn.execute(NESTED_TYPES, (type_oid,)):
+        if name in UNSUPPORTED:
+            return f"{name}: {UNSUPPORTED[name]}"
+    return None

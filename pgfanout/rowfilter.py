@@ -353,30 +353,10 @@ class _Compiler:
     # -- logic
 
     def _and(self, node: exp.And) -> Compiled:
-        left, right = self.boolean(node.this), self.boolean(node.expression)
-
-        def both(row: Sequence[str | None]) -> Value:
-            a = left(row)
-            if a is False:
-                return False
-            b = right(row)
-            if b is False:
-                return False
-            return None if a is None or b is None else True
-        return Compiled(BOOL, both)
+        return _connective(self.boolean(node.this), self.boolean(node.expression), decisive=False)
 
     def _or(self, node: exp.Or) -> Compiled:
-        left, right = self.boolean(node.this), self.boolean(node.expression)
-
-        def either(row: Sequence[str | None]) -> Value:
-            a = left(row)
-            if a is True:
-                return True
-            b = right(row)
-            if b is True:
-                return True
-            return None if a is None or b is None else False
-        return Compiled(BOOL, either)
+        return _connective(self.boolean(node.this), self.boolean(node.expression), decisive=True)
 
     def _not(self, node: exp.Not) -> Compiled:
         inner = self.boolean(node.this)
@@ -467,16 +447,7 @@ class _Compiler:
     def _between(self, node: exp.Between) -> Compiled:
         low = self.comparison(exp.GTE(this=node.this, expression=node.args["low"]), ">=").evaluate
         high = self.comparison(exp.LTE(this=node.this, expression=node.args["high"]), "<=").evaluate
-        return self._and_of(low, high)
-
-    @staticmethod
-    def _and_of(left: Evaluate, right: Evaluate) -> Compiled:
-        def both(row: Sequence[str | None]) -> Value:
-            a, b = left(row), right(row)
-            if a is False or b is False:
-                return False
-            return None if a is None or b is None else True
-        return Compiled(BOOL, both)
+        return _connective(low, high, decisive=False)
 
     def _in(self, node: exp.In) -> Compiled:
         if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
@@ -572,6 +543,19 @@ class _Compiler:
                     return value
             return None
         return Compiled(kind, first)
+
+
+def _connective(left: Evaluate, right: Evaluate, decisive: bool) -> Compiled:
+    """AND (decisive FALSE) or OR (decisive TRUE) in three-valued logic: NULL unless one side decides."""
+    def connective(row: Sequence[str | None]) -> Value:
+        a = left(row)
+        if a is decisive:
+            return decisive
+        b = right(row)
+        if b is decisive:
+            return decisive
+        return None if a is None or b is None else not decisive
+    return Compiled(BOOL, connective)
 
 
 OPERATORS = {"=": operator.eq, "<>": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,

@@ -135,3 +135,19 @@ def test_a_configured_unique_not_null_key_stands_in_for_a_primary_key(pipeline):
         conn.execute("UPDATE public.events SET code = 'b' WHERE code = 'a'")
         rows = conn.execute("SELECT op, old_key FROM pgfanout.log ORDER BY seq").fetchall()
     assert rows == [("I", None), ("U", ["a", "1"])]
+
+
+def test_columns_of_server_bound_types_are_refused_at_install(pipeline):
+    pipeline.prepare(install=False)
+    with pipeline.primary() as conn:
+        conn.execute("CREATE DOMAIN public.table_ref AS regclass")
+        conn.execute("CREATE TABLE public.objects (id int PRIMARY KEY, owner regclass, refs public.table_ref[], "
+                     "fine oid, at tid)")
+        with pytest.raises(CaptureError) as err:
+            capture.install(conn, source_with(pipeline, tables=["public.orders", "public.objects"]))
+        message = str(err.value)
+        assert "public.objects.owner (regclass; regclass: an object id" in message
+        assert "public.objects.refs (table_ref[]; regclass" in message  # through an array of a domain
+        assert "public.objects.at (tid; tid: a physical row address" in message
+        assert "fine" not in message
+        assert not schema_exists(conn)
