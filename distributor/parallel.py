@@ -19,6 +19,7 @@ from distributor.routing import RouteFilter
 from pgfanout.errors import FatalError, PgfanoutError, TransientError
 from pgfanout.positions import Mark, mark_of
 
+WORKER_TIMEOUT = 300  # seconds; routing one message takes well under one
 _WORKER_STATE: tuple[Any, Any, Sequence[RouteFilter | None]] | None = None
 
 
@@ -50,7 +51,11 @@ class RoutingPool:
 
     @staticmethod
     def result(pending: Any) -> tuple[Mark, list[bytes | None]]:
-        mark, outputs, error = pending.get()
+        try:
+            mark, outputs, error = pending.get(timeout=WORKER_TIMEOUT)
+        except multiprocessing.TimeoutError:  # a worker died (the pool replaces it, but its task is lost)
+            raise TransientError(f"a routing worker gave no answer within {WORKER_TIMEOUT} s; "
+                                 "starting over from the last committed upstream offset") from None
         if error is not None:
             transient, text = error
             raise (TransientError if transient else FatalError)(text)
