@@ -68,6 +68,7 @@ def test_every_pgfanout_command_parses_and_names_configured_things(name):
         assert args.name in CONFIG.distributors
     elif command[0] == "subscriber":
         assert args.name in CONFIG.subscribers
+        assert command[1] in ("run", "init")
     else:
         pytest.fail(f"unexpected command {command}")
 
@@ -81,11 +82,31 @@ def test_every_daemon_of_the_config_has_a_service():
     assert any(c[:2] == ("agent", "run") for c in commands)
 
 
-def test_kafka_is_kraft_from_the_official_image():
-    kafka = SERVICES["kafka"]
+@pytest.mark.parametrize("name", ["kafka", "kafka-region"])
+def test_kafka_is_kraft_from_the_official_image(name):
+    kafka = SERVICES[name]
     assert kafka["image"].startswith("apache/kafka:")
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert kafka["environment"]["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"1@{name}:9093"
     assert "healthcheck" in kafka
+
+
+def test_the_topology_has_tiers_across_clusters():
+    east, branch = CONFIG.routes["east"], CONFIG.routes["branch"]
+    assert CONFIG.stream(east.upstream)[0] != east.kafka, "HQ -> region crosses clusters"
+    assert branch.upstream == "east" and east.tables and branch.tables
+    assert CONFIG.origin_source("branch") == "shop"
+
+
+def test_a_replica_without_the_sample_schema_is_initialized_before_its_subscriber_runs():
+    for name, service in PGFANOUT_SERVICES.items():
+        if service["command"][:2] == ["subscriber", "run"]:
+            subscriber = CONFIG.subscribers[service["command"][2]]
+            host = psycopg.conninfo.conninfo_to_dict(subscriber.dsn)["host"]
+            mounts = " ".join(SERVICES[host].get("volumes", []))
+            if "sample-schema.sql" not in mounts:
+                assert any(SERVICES[d]["command"][:2] == ["subscriber", "init"] for d in service["depends_on"]
+                           if d in PGFANOUT_SERVICES), f"{name}: nothing creates {host}'s tables"
 
 
 def test_the_image_contains_every_package():
