@@ -52,6 +52,11 @@ bench: deps venv jars
 	$(BIN)/python -m bench.lag
 	$(BIN)/python -m bench.catchup
 	$(BIN)/python -m bench.keepup
+	$(BIN)/python -m bench.bulk
+	$(BIN)/python -m bench.materialize
+	$(BIN)/python -m bench.route_throughput
+	$(BIN)/python -m bench.lag --tiers 1 --filtered
+	$(BIN)/python -m bench.lag --tiers 2 --filtered
 
 clean: down
 	rm -rf $(VENV) .pgfanout .pytest_cache
