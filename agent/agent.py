@@ -27,7 +27,7 @@ from pgfanout.codec import default_codec
 from pgfanout.config import Config
 from pgfanout.errors import FatalError, KafkaUnavailable, PositionError
 from pgfanout.pg import connect
-from pgfanout.positions import AgentState, Progress, Resume, TopicTail, mark_of, plan_resume
+from pgfanout.positions import AgentState, Progress, Resume, TopicTail, mark_header, mark_of, plan_resume
 
 log = logging.getLogger(__name__)
 FETCH_ROWS = 10_000  # rows per round trip of the batch cursor
@@ -212,7 +212,7 @@ class Agent:
                 f"sources.{self.source}.max_message_bytes={self.settings.max_message_bytes}: a single row is that "
                 "large; raise that limit (and the consumers' fetch sizes)"
             )
-        self.producer.send(self.topic, value=value)
+        self.producer.send(self.topic, value=value, headers=mark_header(mark_of(kind, record)))
         self.last_sent = time.monotonic()
 
     def _flush(self) -> None:

@@ -85,8 +85,11 @@ class BenchPipeline:
                     "subscriber": ("subscriber", "run", self.subscriber),
                     **{d: ("distributor", "run", d) for d in self.config.distributors}}
         for role in roles:
-            log_name = self.subscriber if role == "subscriber" else f"{self.name}-{role}"
-            self.pids[role] = start_daemon(self.stack, log_name, daemon_argv(self.config_path, *commands[role]))
+            # "distributor" stands for every distributor of the chain
+            for daemon in list(self.config.distributors) if role == "distributor" else [role]:
+                log_name = self.subscriber if daemon == "subscriber" else f"{self.name}-{daemon}"
+                self.pids[daemon] = start_daemon(self.stack, log_name,
+                                                 daemon_argv(self.config_path, *commands[daemon]))
 
     def stop(self) -> None:
         for pid in self.pids.values():
@@ -122,7 +125,7 @@ def main() -> None:
     name = "bench_lag"
     pipeline = BenchPipeline(stack, name, args.tiers, args.filtered)
     config = pipeline.config
-    pipeline.start("agent", *config.distributors, "subscriber")
+    pipeline.start("agent", "distributor", "subscriber")
     time.sleep(3)  # let every daemon connect
     lags: list[float] = []
     stop = threading.Event()

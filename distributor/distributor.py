@@ -27,7 +27,7 @@ from pgfanout import registry
 from pgfanout.codec import default_codec
 from pgfanout.config import Config, KafkaCluster
 from pgfanout.errors import KafkaUnavailable
-from pgfanout.positions import Mark, mark_of
+from pgfanout.positions import Mark, mark_from_headers, mark_header, mark_of
 from pgfanout.registry import RegistryDecoder
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class Distributor:
         self.consumer: Any = None
         self.producers: dict[str, Any] = {}
         self.uncommitted: int | None = None  # the upstream offset to commit once the routes have acked
+        self.registered = 0  # how many schemas the route clusters' registries were given
         self.committed_at = 0.0
         self.workers = worker_count() if workers is None else workers
         self.pool: RoutingPool | None = None
@@ -72,8 +73,8 @@ class Distributor:
 
     def connect(self) -> None:
         registry.load(self.up_cluster, self.codec)
+        self._register_downstream()
         for route in self.routes:
-            registry.register(route.cluster, self.codec)  # what it forwards must stay readable downstream
             kafkautil.ensure_topic(route.cluster, route.topic, MAX_MESSAGE_BYTES)
             route.last = self._tail_mark(route)
         if any(route.subscription is not None for route in self.routes) and self.workers > 1:
@@ -116,20 +117,37 @@ class Distributor:
             self._flush_and_commit(tp)
             return False
         for record in records:
-            where = f"{self.up_topic}[0]@{record.offset}"
-            kind, message = self.decoder.decode(record.value, where)
-            mark = mark_of(kind, message)
+            mark = self._mark(record)
             for route in self.routes:
                 if mark > route.last:
-                    value = record.value
-                    if route.subscription is not None and kind == "Batch":
-                        value = self.codec.encode(kind, route.subscription.batch(message, where))
-                    self.producers[route.cluster_name].send(route.topic, value=value)
+                    self.producers[route.cluster_name].send(route.topic, value=record.value, headers=mark_header(mark))
                     route.last = mark
         self.uncommitted = records[-1].offset + 1
         if time.monotonic() - self.committed_at >= COMMIT_SECONDS:
             self._flush_and_commit(tp)
         return True
+
+    def _mark(self, record: Any) -> Mark:
+        """A message's mark: from its header when our agent or distributor wrote one, else from its body.
+
+        Forwarding by header costs no decoding, which is most of a pass-through distributor's work. A
+        message naming a schema this process does not know is decoded anyway: that loads the schema from
+        the upstream registry, and it is registered downstream before the message goes there.
+        """
+        mark = mark_from_headers(record.headers)
+        if mark is not None and self.codec.knows(record.value):
+            return mark
+        kind, message = self.decoder.decode(record.value, f"{self.up_topic}[0]@{record.offset}")
+        if mark is None:
+            mark = mark_of(kind, message)
+        if len(self.codec.all_schemas) != self.registered:
+            self._register_downstream()
+        return mark
+
+    def _register_downstream(self) -> None:
+        for cluster in {route.cluster_name: route.cluster for route in self.routes}.values():
+            registry.register(cluster, self.codec)  # what it forwards must stay readable downstream
+        self.registered = len(self.codec.all_schemas)
 
     def _work_in_parallel(self) -> bool:
         assert self.pool is not None
@@ -138,6 +156,8 @@ class Distributor:
         records = self.consumer.poll(timeout_ms=0 if self.inflight else 100, max_records=max(room, 1)).get(tp, [])
         for record in records:
             where = f"{self.up_topic}[0]@{record.offset}"
+            if not self.codec.knows(record.value):
+                self._mark(record)  # learns the schema here too, and registers it downstream
             self.inflight.append((record.offset, record.value, self.pool.submit(record.value, where)))
         # forward from the front only, so the routes get the stream's order; wait for the oldest when
         # nothing new came or the queue is full
@@ -146,7 +166,8 @@ class Distributor:
             mark, outputs = self.pool.result(pending)
             for route, output in zip(self.routes, outputs, strict=True):
                 if mark > route.last:
-                    self.producers[route.cluster_name].send(route.topic, value=value if output is None else output)
+                    self.producers[route.cluster_name].send(route.topic, value=value if output is None else output,
+                                                            headers=mark_header(mark))
                     route.last = mark
             self.uncommitted = offset + 1
         if not records and not self.inflight:

@@ -39,6 +39,23 @@ def mark_of(kind: str, message: dict[str, Any]) -> Mark:
     return Mark(message["tick_id"], last["position"], WHOLE if last["last_chunk"] else last["chunk"])
 
 
+MARK_HEADER = "pgfanout-mark"
+
+
+def mark_header(mark: Mark) -> list[tuple[str, bytes]]:
+    """The Kafka record header that repeats a message's mark, so forwarding needs no decoding."""
+    return [(MARK_HEADER, f"{mark.tick_id},{mark.position},{mark.chunk}".encode())]
+
+
+def mark_from_headers(headers: list[tuple[str, bytes]] | None) -> Mark | None:
+    """The mark a record's header states, or None (messages written before the header existed)."""
+    for key, value in headers or ():
+        if key == MARK_HEADER:
+            tick_id, position, chunk = (int(part) for part in value.decode().split(","))
+            return Mark(tick_id, position, chunk)
+    return None
+
+
 class Step(enum.Enum):
     APPLY = "apply"
     DUPLICATE = "duplicate"

@@ -70,3 +70,11 @@ def test_resume_after_crash_between_publish_and_record():
 def test_resume_refuses_a_topic_that_lost_data(state, tail, words):
     with pytest.raises(PositionError, match=words):
         plan_resume(state, tail, "pgfanout.source.x")
+
+
+def test_mark_travels_in_a_record_header():
+    from pgfanout.positions import Mark, mark_from_headers, mark_header
+
+    mark = Mark(12, 3456, 2**31 - 1)
+    assert mark_from_headers([("other", b"x"), *mark_header(mark)]) == mark
+    assert mark_from_headers(None) is None and mark_from_headers([]) is None
