@@ -133,19 +133,12 @@ class Agent:
             return tick_id, tick_time
 
     def _may_have_work(self, logged: tuple[int, bool]) -> bool:
-        """Whether the log may hold rows the last tick did not cover.
-
-        The log's sequence moved: something was logged since (or rolled back: an empty tick). It did not,
-        and no transaction was running at the last tick: everything logged before it was in its batch.
-        Otherwise ask the log itself; under load that query walks the rows deleted since the last vacuum,
-        which is why it is the last resort.
-        """
         assert self.conn is not None
-        if logged != self.logged_at_last_tick:
-            return True
-        if not self.running_at_last_tick:
-            return False
+        known = tick_needed(logged, self.logged_at_last_tick, self.running_at_last_tick)
+        if known is not None:
+            return known
         return bool(self.conn.execute("SELECT EXISTS (SELECT FROM pgfanout.log)").fetchone()[0])
+
 
     def _publish_batch(self, tick: tuple[int, datetime], after: Progress, heartbeat: bool,
                        must_publish: bool = False) -> None:
@@ -267,3 +260,20 @@ class Agent:
             self._record(resume.tick_id, resume.after.position + 1)
         else:
             self._publish_batch((row[0], row[1]), resume.after, heartbeat=False, must_publish=True)
+
+
+def tick_needed(logged: tuple[int, bool], logged_at_last_tick: tuple[int, bool] | None,
+                running_at_last_tick: bool) -> bool | None:
+    """Whether the log may hold rows the last tick did not cover; None: only the log itself can tell.
+
+    The log's sequence moved: something was logged since (or rolled back: an empty tick). It did not,
+    and no transaction was running at the last tick: everything logged before it was in its batch. A
+    transaction running at the last tick may have logged before it and committed after: ask the log
+    (under load that query walks the rows deleted since the last vacuum, which is why it is the last
+    resort).
+    """
+    if logged != logged_at_last_tick:
+        return True
+    if not running_at_last_tick:
+        return False
+    return None

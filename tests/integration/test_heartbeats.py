@@ -30,3 +30,31 @@ def test_an_idle_source_publishes_heartbeats_that_reach_the_subscriber(pipeline)
     assert len(beats) >= 6
     assert [b["tick_id"] for b in beats] == sorted({b["tick_id"] for b in beats})
     assert {b["position"] for b in beats[-3:]} == {before[0]}
+
+
+def test_a_transaction_open_across_a_tick_is_published_without_waiting_for_a_heartbeat(pipeline):
+    """It logged before a tick, committed after it, and nothing was logged since: the log's sequence did not
+    move, so only the "running at the last tick" rule makes the agent look again."""
+    import psycopg
+
+    source = pipeline.data["sources"][pipeline.source]
+    source["heartbeat_interval_ms"] = 60_000  # a heartbeat would hide the bug
+    from pgfanout.config import load_config
+    from pgfanout.demo import write_config
+    write_config(pipeline.config_path, pipeline.data)
+    pipeline.config = load_config(pipeline.config_path)
+    pipeline.prepare()
+    pipeline.seed()
+    pipeline.start()
+    pipeline.wait_caught_up(timeout=60)
+    with psycopg.connect(pipeline.primary_dsn, autocommit=True) as late, pipeline.primary() as other:
+        late.execute("BEGIN")
+        late.execute("UPDATE public.accounts SET balance = balance + 1 WHERE id = 1")  # logged, not committed
+        other.execute("UPDATE public.accounts SET balance = balance - 1 WHERE id = 2")  # makes the agent tick
+        time.sleep(1)  # ticks come and go while `late` is open
+        late.execute("COMMIT")
+    started = time.monotonic()
+    pipeline.wait_caught_up(timeout=30)
+    assert time.monotonic() - started < 5, "the committed transaction waited for something else to tick"
+    with pipeline.replica(pipeline.subscribers[0]) as conn:
+        assert conn.execute("SELECT sum(balance) FROM public.accounts").fetchone()[0] == 20 * 1000
