@@ -236,15 +236,10 @@ class Agent:
         return AgentState(*row)
 
     def _read_tail(self) -> TopicTail | None:
-        consumer = kafkautil.consumer(self.cluster)
-        try:
-            last = kafkautil.last_value(consumer, self.topic)
-        finally:
-            consumer.close()
+        last = kafkautil.last_message(self.cluster, self.topic, self.codec.decode)
         if last is None:
             return None
-        offset, value = last
-        kind, record = self.codec.decode(value, f"{self.topic}[0]@{offset}")
+        kind, record = last
         mark = mark_of(kind, record)
         return TopicTail(mark.tick_id, mark.position, mark.chunk, kind == "Heartbeat" or record["batch_end"])
 

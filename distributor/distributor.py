@@ -20,7 +20,7 @@ from typing import Any
 
 from kafka.structs import OffsetAndMetadata
 
-from distributor.parallel import RoutingPool, worker_count
+from distributor.parallel import RoutingPool, route_message, worker_count
 from distributor.routing import RouteFilter
 from pgfanout import kafka as kafkautil
 from pgfanout import registry
@@ -49,7 +49,7 @@ class RouteOut:
 
 
 class Distributor:
-    def __init__(self, config: Config, name: str, workers: int | None = None):
+    def __init__(self, config: Config, name: str):
         self.name = f"distributor {name}"
         self.group_id = f"pgfanout-distributor-{name}"
         route_names = config.distributors[name].routes
@@ -67,7 +67,8 @@ class Distributor:
         self.uncommitted: int | None = None  # the upstream offset to commit once the routes have acked
         self.registered = 0  # how many schemas the route clusters' registries were given
         self.committed_at = 0.0
-        self.workers = worker_count() if workers is None else workers
+        self.subscriptions = [route.subscription for route in self.routes]
+        self.workers = config.distributors[name].workers or worker_count()
         self.pool: RoutingPool | None = None
         self.inflight: deque[tuple[int, bytes, Any]] = deque()  # (offset, value, pending result), in stream order
 
@@ -79,7 +80,7 @@ class Distributor:
             route.last = self._tail_mark(route)
         if any(route.subscription is not None for route in self.routes) and self.workers > 1:
             # forked now: the schemas are loaded and no Kafka client (with its threads) exists yet
-            self.pool = RoutingPool(self.codec, self.decoder, [r.subscription for r in self.routes], self.workers)
+            self.pool = RoutingPool(self.codec, self.decoder, self.subscriptions, self.workers)
         for route in self.routes:
             if route.cluster_name not in self.producers:
                 self.producers[route.cluster_name] = kafkautil.producer(route.cluster, MAX_MESSAGE_BYTES)
@@ -116,16 +117,27 @@ class Distributor:
         if not records:
             self._flush_and_commit(tp)
             return False
+        filtering = any(route.subscription is not None for route in self.routes)
         for record in records:
-            mark = self._mark(record)
-            for route in self.routes:
-                if mark > route.last:
-                    self.producers[route.cluster_name].send(route.topic, value=record.value, headers=mark_header(mark))
-                    route.last = mark
+            if filtering:
+                mark, outputs = route_message(self.codec, self.decoder, self.subscriptions, record.value,
+                                              f"{self.up_topic}[0]@{record.offset}")
+                self._register_if_learned()
+            else:
+                mark, outputs = self._mark(record), [None] * len(self.routes)
+            self._forward(mark, record.value, outputs)
         self.uncommitted = records[-1].offset + 1
         if time.monotonic() - self.committed_at >= COMMIT_SECONDS:
             self._flush_and_commit(tp)
         return True
+
+    def _forward(self, mark: Mark, value: bytes, outputs: list[bytes | None]) -> None:
+        """Send a message to every route that does not hold it yet: its own share, or (None) the message as is."""
+        for route, output in zip(self.routes, outputs, strict=True):
+            if mark > route.last:
+                self.producers[route.cluster_name].send(route.topic, value=value if output is None else output,
+                                                        headers=mark_header(mark))
+                route.last = mark
 
     def _mark(self, record: Any) -> Mark:
         """A message's mark: from its header when our agent or distributor wrote one, else from its body.
@@ -140,9 +152,12 @@ class Distributor:
         kind, message = self.decoder.decode(record.value, f"{self.up_topic}[0]@{record.offset}")
         if mark is None:
             mark = mark_of(kind, message)
+        self._register_if_learned()
+        return mark
+
+    def _register_if_learned(self) -> None:
         if len(self.codec.all_schemas) != self.registered:
             self._register_downstream()
-        return mark
 
     def _register_downstream(self) -> None:
         for cluster in {route.cluster_name: route.cluster for route in self.routes}.values():
@@ -164,11 +179,7 @@ class Distributor:
         while self.inflight and (self.inflight[0][2].ready() or not records or len(self.inflight) >= MAX_INFLIGHT):
             offset, value, pending = self.inflight.popleft()
             mark, outputs = self.pool.result(pending)
-            for route, output in zip(self.routes, outputs, strict=True):
-                if mark > route.last:
-                    self.producers[route.cluster_name].send(route.topic, value=value if output is None else output,
-                                                            headers=mark_header(mark))
-                    route.last = mark
+            self._forward(mark, value, outputs)
             self.uncommitted = offset + 1
         if not records and not self.inflight:
             self._flush_and_commit(tp)
@@ -194,13 +205,5 @@ class Distributor:
         self.uncommitted, self.committed_at = None, time.monotonic()
 
     def _tail_mark(self, route: RouteOut) -> Mark:
-        consumer = kafkautil.consumer(route.cluster)
-        try:
-            last = kafkautil.last_value(consumer, route.topic)
-        finally:
-            consumer.close()
-        if last is None:
-            return NOTHING
-        offset, value = last
-        kind, message = self.codec.decode(value, f"{route.topic}[0]@{offset}")
-        return mark_of(kind, message)
+        last = kafkautil.last_message(route.cluster, route.topic, self.codec.decode)
+        return NOTHING if last is None else mark_of(*last)

@@ -17,7 +17,7 @@ from pgfanout import registry, shipfile
 from pgfanout.codec import default_codec
 from pgfanout.config import Config
 from pgfanout.errors import FatalError, StreamGap
-from pgfanout.positions import WHOLE, mark_of
+from pgfanout.positions import WHOLE, last_position, mark_of
 from pgfanout.registry import RegistryDecoder
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,11 @@ def export(config: Config, stream: str, from_position: int, path: Path) -> str:
     consumer = kafkautil.consumer(cluster)
     tp = kafkautil.partition(topic)
 
-    def last_position(value: bytes, offset: int) -> int | None:
-        kind, message = decoder.decode(value, f"{topic}[0]@{offset}")
-        if kind == "Heartbeat":
-            return message["position"]
-        return message["transactions"][-1]["position"] if message["transactions"] else None
+    def position_of(value: bytes, offset: int) -> int | None:
+        return last_position(*decoder.decode(value, f"{topic}[0]@{offset}"))
 
     try:
-        start = kafkautil.offset_after_position(consumer, tp, from_position - 1, last_position)
+        start = kafkautil.offset_after_position(consumer, tp, from_position - 1, position_of)
         end = kafkautil.end_offset(consumer, topic)
         if start >= end:
             raise ExportError(f"{topic} holds nothing from position {from_position} on; nothing exported")

@@ -23,15 +23,20 @@ WORKER_TIMEOUT = 300  # seconds; routing one message takes well under one
 _WORKER_STATE: tuple[Any, Any, Sequence[RouteFilter | None]] | None = None
 
 
+def route_message(codec: Any, decoder: Any, subscriptions: Sequence[RouteFilter | None], value: bytes,
+                  where: str) -> tuple[Mark, list[bytes | None]]:
+    """(mark, the message for each filtered route, or None where a route takes it as it is)."""
+    kind, message = decoder.decode(value, where)
+    outputs = [codec.encode(kind, s.batch(message, where)) if s is not None and kind == "Batch" else None
+               for s in subscriptions]
+    return mark_of(kind, message), outputs
+
+
 def _route(value: bytes, where: str) -> tuple[Mark | None, list[bytes | None], tuple[bool, str] | None]:
-    """In a worker: (mark, the message for each filtered route or None to forward as is, error)."""
+    """In a worker: route_message, with an error returned rather than raised."""
     assert _WORKER_STATE is not None
-    codec, decoder, subscriptions = _WORKER_STATE
     try:
-        kind, message = decoder.decode(value, where)
-        outputs = [codec.encode(kind, s.batch(message, where)) if s is not None and kind == "Batch" else None
-                   for s in subscriptions]
-        return mark_of(kind, message), outputs, None
+        return (*route_message(*_WORKER_STATE, value, where), None)
     except PgfanoutError as exc:  # sent back as text: not every error class survives pickling
         return None, [], (isinstance(exc, TransientError), str(exc))
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import psycopg.conninfo
 import yaml
@@ -22,7 +23,16 @@ from pgfanout.rowfilter import RowFilter, parse_filter
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+T = TypeVar("T", bound=Collection[str])
 QUALIFIED_TABLE = re.compile(r"^[^.\s]+\.[^.\s]+$")  # schema.table, or schema.* for every table of a schema
+
+
+def single_tables(names: T) -> T:
+    """``names`` (a list, or a mapping's keys) if each is one schema-qualified table, not ``schema.*``."""
+    bad = [t for t in names if not QUALIFIED_TABLE.match(t) or t.endswith(".*")]
+    if bad:
+        raise ValueError(f"tables must be written schema.table: {', '.join(bad)}")
+    return names
 
 
 class Strict(BaseModel):
@@ -90,10 +100,7 @@ class Source(Database):
     @field_validator("exclude", "keys")
     @classmethod
     def _qualified_names(cls, names: list[str] | dict[str, list[str]]) -> list[str] | dict[str, list[str]]:
-        bad = [t for t in names if not QUALIFIED_TABLE.match(t) or t.endswith(".*")]
-        if bad:
-            raise ValueError(f"tables must be written schema.table: {', '.join(bad)}")
-        return names
+        return single_tables(names)
 
 
 class TableSubscription(Strict):
@@ -144,14 +151,13 @@ class Route(Strict):
     @field_validator("tables")
     @classmethod
     def _qualified(cls, tables: dict[str, TableSubscription] | None) -> dict[str, TableSubscription] | None:
-        bad = [t for t in tables or () if not QUALIFIED_TABLE.match(t) or t.endswith(".*")]
-        if bad:
-            raise ValueError(f"tables must be written schema.table: {', '.join(bad)}")
-        return tables
+        return single_tables(tables) if tables is not None else None
 
 
 class Distributor(Strict):
     routes: list[Name] = Field(min_length=1)
+    workers: int | None = Field(default=None, ge=1, le=64, description="processes that filter and encode for "
+                                "routes with subscriptions; default: one per core, at most 4")
 
 
 class Subscriber(Database):

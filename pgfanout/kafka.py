@@ -154,6 +154,20 @@ def last_value(client: KafkaConsumer, topic: str) -> tuple[int, bytes] | None:
     raise KafkaUnavailable(",".join(map(str, client.config["bootstrap_servers"])), f"could not read the last record of {topic}")
 
 
+def last_message(cluster: KafkaCluster, topic: str,
+                 decode: Callable[[bytes, str], tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]] | None:
+    """The last message of a single-partition topic, decoded: (kind, record), or None if the topic is empty."""
+    client = consumer(cluster)
+    try:
+        last = last_value(client, topic)
+    finally:
+        client.close()
+    if last is None:
+        return None
+    offset, value = last
+    return decode(value, f"{topic}[0]@{offset}")
+
+
 def offset_after_position(client: KafkaConsumer, tp: TopicPartition, position: int,
                           position_of: Callable[[bytes, int], int | None]) -> int:
     """The offset of the first record that holds anything beyond ``position`` (the end offset if none).

@@ -39,6 +39,13 @@ def mark_of(kind: str, message: dict[str, Any]) -> Mark:
     return Mark(message["tick_id"], last["position"], WHOLE if last["last_chunk"] else last["chunk"])
 
 
+def last_position(kind: str, message: dict[str, Any]) -> int | None:
+    """The last position a message holds (a heartbeat: the last one published before it); None if none."""
+    if kind == "Heartbeat":
+        return message["position"]
+    return message["transactions"][-1]["position"] if message["transactions"] else None
+
+
 MARK_HEADER = "pgfanout-mark"
 
 

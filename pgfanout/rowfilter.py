@@ -144,6 +144,8 @@ class _Compiler:
         return Compiled(kind, lambda row: value, value=(value,))
 
     def node(self, node: exp.Expression) -> Compiled:
+        if type(node) in COMPARISONS:
+            return self.comparison(node, COMPARISONS[type(node)])
         method = getattr(self, f"_{type(node).__name__.lower()}", None)
         if method is None:
             raise self.fail(node, "not supported")
@@ -244,24 +246,6 @@ class _Compiler:
             b = right(row)
             return None if b is None else test(compare_values(a, b))
         return Compiled(BOOL, compare)
-
-    def _eq(self, node: exp.EQ) -> Compiled:
-        return self.comparison(node, "=")
-
-    def _neq(self, node: exp.NEQ) -> Compiled:
-        return self.comparison(node, "<>")
-
-    def _lt(self, node: exp.LT) -> Compiled:
-        return self.comparison(node, "<")
-
-    def _lte(self, node: exp.LTE) -> Compiled:
-        return self.comparison(node, "<=")
-
-    def _gt(self, node: exp.GT) -> Compiled:
-        return self.comparison(node, ">")
-
-    def _gte(self, node: exp.GTE) -> Compiled:
-        return self.comparison(node, ">=")
 
     def distinct(self, node: exp.Expression, distinct: bool) -> Compiled:
         left, right = self.pair(node.this, node.expression)

@@ -13,6 +13,7 @@ comes back schema-qualified from ``format_type`` and ``pg_get_*def``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import psycopg
@@ -66,8 +67,6 @@ class TableDefinition:
 
 def _mentions(text: str, names: set[str]) -> bool:
     """Whether SQL text (a constraint, index or expression definition) names any of these columns."""
-    import re
-
     words = set(re.findall(r'"((?:[^"]|"")+)"|([A-Za-z_][A-Za-z0-9_$]*)', text))
     found = {quoted.replace('""', '"') if quoted else plain for quoted, plain in words}
     return bool(found & names)

@@ -36,11 +36,11 @@ from subscriber.ddl import (
 )
 from subscriber.progress import CopyProgress
 from subscriber.state import (
-    DENY_TRIGGER,
     UNKNOWN_OFFSET,
     applier_lock_key,
     ensure_state,
     protect_table,
+    protected_tables,
     resync_lock_key,
 )
 
@@ -99,7 +99,7 @@ def open_upstream_replica(config: Config, upstream: str, origin: str) -> Iterato
         filters = {(s, t): CopyFilter.from_row(p, snap).after_upstream(position) for s, t, p, snap in conn.execute(
             "SELECT schema_name, table_name, start_position, snapshot FROM pgfanout_replica.materialized "
             "WHERE subscriber = %s", (upstream,))}
-        tables = sorted(set(filters) | set(_protected_tables(conn, origin)))
+        tables = sorted(set(filters) | {t for t, source in protected_tables(conn).items() if source == origin})
         for table in tables:
             filters.setdefault(table, CopyFilter(position, None))
         log.info("copy source: subscriber %s at %s, position %d", upstream, describe(settings.dsn), position)
@@ -156,14 +156,6 @@ def _referenced_by_foreign_key(conn: psycopg.Connection, definition: TableDefini
                         (definition.identifier.as_string(conn),)).fetchone()[0]  # type: ignore[index]
 
 
-def _protected_tables(conn: psycopg.Connection, origin: str) -> list[tuple[str, str]]:
-    """Tables a replica holds for a source: those its deny triggers name that source for."""
-    return [(s, t) for s, t, args in conn.execute(
-        """SELECT n.nspname, c.relname, g.tgargs FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
-           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE g.tgname = %s""", (DENY_TRIGGER,))
-        if bytes(args).split(b"\0")[0].decode() == origin]
-
-
 class Materializer:
     def __init__(self, config: Config, subscriber: str, copy_from: str | None = None, progress: CopyProgress | None = None):
         self.config = config
@@ -186,12 +178,13 @@ class Materializer:
         definition = read_definition(source.conn, *table)
         return definition if self.share is None else project(definition, self.share[f"{table[0]}.{table[1]}"][0])
 
-    def _row_filter(self, definition: TableDefinition) -> sql.Composable:
+    def _row_filter(self, definition: TableDefinition) -> sql.Composable | None:
+        """The route's filters as one SQL condition, or None when it takes every row."""
         filters = [] if self.share is None else self.share[definition.qualified][1]
         if not filters:
-            return sql.SQL("")
+            return None
         # regenerated from the validated parse tree, never the configured text itself
-        return sql.SQL(" WHERE {}").format(sql.SQL(" AND ").join(sql.SQL("({})").format(sql.SQL(f.sql())) for f in filters))
+        return sql.SQL(" AND ").join(sql.SQL("({})").format(sql.SQL(f.sql())) for f in filters)
 
     def _source(self):  # type: ignore[no-untyped-def]
         if self.copy_from:
@@ -332,8 +325,11 @@ class Materializer:
             replica.execute(sql.SQL("TRUNCATE {}").format(target))
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in definition.copied_columns)
         row_filter = self._row_filter(definition)
-        read = (sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT") if definition.is_partitioned or row_filter.as_string(None)
-                else sql.SQL("COPY {1} ({0}) TO STDOUT")).format(columns, target, row_filter)
+        if row_filter is None and not definition.is_partitioned:
+            read = sql.SQL("COPY {} ({}) TO STDOUT").format(target, columns)
+        else:
+            read = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(
+                columns, target, row_filter or sql.SQL("true"))
         write = sql.SQL("COPY {} ({}) FROM STDIN").format(target, columns)
         with self.progress.table(definition) as report:
             try:

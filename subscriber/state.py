@@ -123,6 +123,13 @@ def ensure_state(conn: psycopg.Connection) -> None:
             conn.execute(statement)
 
 
+def protected_tables(conn: psycopg.Connection) -> dict[tuple[str, str], str]:
+    """Every table a deny trigger protects, with the source it replicates (the trigger's argument)."""
+    return {(s, t): bytes(args).split(b"\0")[0].decode() for s, t, args in conn.execute(
+        """SELECT n.nspname, c.relname, g.tgargs FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE g.tgname = %s""", (DENY_TRIGGER,))}
+
+
 def protect_table(conn: psycopg.Connection, schema_name: str, table_name: str, source: str) -> None:
     """Make a replicated table read-only for everyone but the applier."""
     target = sql.Identifier(schema_name, table_name)

@@ -25,18 +25,18 @@ from pgfanout.codec import default_codec
 from pgfanout.config import Config
 from pgfanout.errors import ApplierBusy, PoisonMessage, StreamGap
 from pgfanout.pg import connect
-from pgfanout.positions import WHOLE, Progress, Step, next_step
+from pgfanout.positions import WHOLE, Progress, Step, last_position, next_step
 from pgfanout.registry import RegistryDecoder
 from subscriber.apply import TableInfo, apply_changes, forget_staging, tables_of
 from subscriber.copyfilter import CopyFilter, CopyFilters
 from subscriber.materialize import Materializer
 from subscriber.state import (
-    DENY_TRIGGER,
     SAVE_POSITION,
     UNKNOWN_OFFSET,
     applier_lock_key,
     ensure_state,
     protect_table,
+    protected_tables,
     resync_lock_key,
 )
 
@@ -104,9 +104,7 @@ class Subscriber:
         row = self.conn.execute(
             "SELECT position, tick_id, kafka_offset, topic FROM pgfanout_replica.position WHERE subscriber = %s",
             (self.subscriber,)).fetchone()
-        self.protected = {(s, t) for s, t in self.conn.execute(
-            """SELECT n.nspname, c.relname FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
-               JOIN pg_namespace n ON n.oid = c.relnamespace WHERE g.tgname = %s""", (DENY_TRIGGER,))}
+        self.protected = set(protected_tables(self.conn))
         self.skips = {r[0] for r in self.conn.execute(
             "SELECT position FROM pgfanout_replica.skip WHERE subscriber = %s", (self.subscriber,))}
         self._read_copy_filters()
@@ -119,10 +117,7 @@ class Subscriber:
         return row
 
     def _last_position(self, value: bytes, offset: int) -> int | None:
-        kind, message = self.decoder.decode(value, f"{self.topic}[0]@{offset}")
-        if kind == "Heartbeat":
-            return message["position"]
-        return message["transactions"][-1]["position"] if message["transactions"] else None
+        return last_position(*self.decoder.decode(value, f"{self.topic}[0]@{offset}"))
 
     def close(self) -> None:
         if self.consumer is not None:

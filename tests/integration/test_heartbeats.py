@@ -5,17 +5,18 @@ import time
 from tests.integration.pipeline import read_topic
 
 
-def test_an_idle_source_publishes_heartbeats_that_reach_the_subscriber(pipeline):
-    source = pipeline.data["sources"][pipeline.source]
-    source["heartbeat_interval_ms"] = 200
-    from pgfanout.config import load_config
-    from pgfanout.demo import write_config
-    write_config(pipeline.config_path, pipeline.data)
-    pipeline.config = load_config(pipeline.config_path)
+def running_with_heartbeats_every(pipeline, milliseconds: int) -> None:
+    """The whole pipeline running and caught up, its source publishing heartbeats at this interval."""
+    pipeline.data["sources"][pipeline.source]["heartbeat_interval_ms"] = milliseconds
+    pipeline.reconfigure(pipeline.data)
     pipeline.prepare()
     pipeline.seed()
     pipeline.start()
     pipeline.wait_caught_up(timeout=60)
+
+
+def test_an_idle_source_publishes_heartbeats_that_reach_the_subscriber(pipeline):
+    running_with_heartbeats_every(pipeline, 200)
     sub = pipeline.subscribers[0]
     with pipeline.replica(sub) as conn:
         before = conn.execute("SELECT position, source_time FROM pgfanout_replica.position").fetchone()
@@ -37,16 +38,7 @@ def test_a_transaction_open_across_a_tick_is_published_without_waiting_for_a_hea
     move, so only the "running at the last tick" rule makes the agent look again."""
     import psycopg
 
-    source = pipeline.data["sources"][pipeline.source]
-    source["heartbeat_interval_ms"] = 60_000  # a heartbeat would hide the bug
-    from pgfanout.config import load_config
-    from pgfanout.demo import write_config
-    write_config(pipeline.config_path, pipeline.data)
-    pipeline.config = load_config(pipeline.config_path)
-    pipeline.prepare()
-    pipeline.seed()
-    pipeline.start()
-    pipeline.wait_caught_up(timeout=60)
+    running_with_heartbeats_every(pipeline, 60_000)  # a heartbeat would hide the bug
     with psycopg.connect(pipeline.primary_dsn, autocommit=True) as late, pipeline.primary() as other:
         late.execute("BEGIN")
         late.execute("UPDATE public.accounts SET balance = balance + 1 WHERE id = 1")  # logged, not committed

@@ -142,13 +142,8 @@ def _delete_first_half(pipeline) -> None:
 
 def test_retention_gap_stops_then_resync_recovers_and_on_gap_resync_recovers_alone(pipeline):
     manual, automatic = pipeline.subscribers
-    data = dict(pipeline.data)
-    data["subscribers"][automatic]["on_gap"] = "resync"
-    from pgfanout.config import load_config
-    from pgfanout.demo import write_config
-
-    write_config(pipeline.config_path, data)
-    pipeline.config = load_config(pipeline.config_path)
+    pipeline.data["subscribers"][automatic]["on_gap"] = "resync"
+    pipeline.reconfigure(pipeline.data)
     pipeline.prepare()
     pipeline.start("agent", "distributor")
     pipeline.seed()

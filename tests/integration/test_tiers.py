@@ -39,7 +39,9 @@ def tree(pipeline, second_kafka) -> dict:
             f"{name}.east": {"upstream": name, "kafka": "region", "tables": REGION},
             f"{name}.branch": {"upstream": f"{name}.east", "kafka": "region", "tables": BRANCH},
         },
-        "distributors": {f"{name}.hq": {"routes": [f"{name}.east"]}, f"{name}.regional": {"routes": [f"{name}.branch"]}},
+        # HQ routes in worker processes (one per core), the region in its own process: both paths are tested
+        "distributors": {f"{name}.hq": {"routes": [f"{name}.east"]},
+                         f"{name}.regional": {"routes": [f"{name}.branch"], "workers": 1}},
         "subscribers": {
             f"{name}.sub1": dict(data["subscribers"][f"{name}.sub1"], route=f"{name}.east"),
             f"{name}.sub2": dict(data["subscribers"][f"{name}.sub2"], route=f"{name}.branch"),
