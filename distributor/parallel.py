@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +44,23 @@ def _route(value: bytes, where: str) -> tuple[Mark | None, list[bytes | None], t
         return None, [], (isinstance(exc, TransientError), str(exc))
 
 
+def _worker_start(parent: int) -> None:
+    """In a worker: stop on SIGTERM, and leave when the distributor is gone, even killed with SIGKILL.
+
+    A forked worker inherits the daemon's SIGTERM handler, which only asks the loop to stop: the pool's
+    terminate() (SIGTERM) would then wait for it forever. Ctrl-C reaches the whole process group; the
+    distributor handles it and terminates the pool.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def worker_count() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
@@ -49,7 +69,8 @@ class RoutingPool:
     def __init__(self, codec: Any, decoder: Any, subscriptions: Sequence[RouteFilter | None], workers: int):
         global _WORKER_STATE
         _WORKER_STATE = (codec, decoder, subscriptions)
-        self.pool = multiprocessing.get_context("fork").Pool(workers)
+        self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_start,
+                                                             initargs=(os.getpid(),))
 
     def submit(self, value: bytes, where: str) -> Any:
         return self.pool.apply_async(_route, (value, where))

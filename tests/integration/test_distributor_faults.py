@@ -5,7 +5,9 @@ under a workload. Every route topic must end up holding each source position exa
 once, in order, and the replicas must equal the filtered primary.
 """
 
+import os
 import random
+import signal
 import time
 
 import pytest
@@ -56,3 +58,40 @@ def test_distributor_kills_and_a_downstream_outage_lose_and_double_nothing(pipel
         assert transaction_positions(read_topic(pipeline.config, route)) == source_positions, \
             f"{route} lost, doubled or reordered a transaction"
     assert_leaves_equal_filtered_primary(pipeline)
+
+    # a distributor stopped (SIGTERM) or killed (SIGKILL) leaves none of its routing workers behind,
+    # and a stop does not wait for the 30 s escalation to SIGKILL
+    hq = f"{name}.hq"
+    pipeline.wait_for_log(hq, "ready:")
+    started = time.monotonic()
+    pipeline.kill(hq, signal.SIGTERM)
+    assert time.monotonic() - started < 10, "the distributor did not stop promptly on SIGTERM"
+    assert_no_leftovers(pipeline, hq)
+    readies = pipeline.log(hq).count("ready:")
+    pipeline.start(hq)
+    deadline = time.monotonic() + 30
+    while pipeline.log(hq).count("ready:") == readies and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pipeline.kill(hq)
+    assert_no_leftovers(pipeline, hq)
+
+
+def assert_no_leftovers(pipeline, distributor: str) -> None:
+    deadline = time.monotonic() + 10
+    while leftovers(pipeline, distributor) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not leftovers(pipeline, distributor), "routing workers outlived their distributor"
+
+
+def leftovers(pipeline, distributor: str) -> list[int]:
+    """Processes still running `pgfanout distributor run` for this distributor of this pipeline's config."""
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if b"distributor" in argv and distributor.encode() in argv and str(pipeline.config_path).encode() in argv:
+            found.append(int(pid))
+    return found
