@@ -3,7 +3,8 @@
 Order of effects, which is what makes publication exactly-once:
 1. a tick (a txid snapshot) is committed in the primary;
 2. the batch between the last published tick and that tick is published to Kafka and flushed;
-3. the primary records the tick as published and deletes the batch's log rows.
+3. the primary records the tick as published.
+Published log rows are removed by switching log tables and TRUNCATE (``agent.logswitch``).
 A crash after 2 and before 3 leaves the topic ahead of the primary. On start the agent
 reads the topic's tail and reconciles (``pgfanout.positions.plan_resume``).
 """
@@ -18,8 +19,9 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
-from agent import capture
+from agent import capture, logswitch
 from agent.batch import Part, pack, split_transactions, with_last
 from pgfanout import kafka as kafkautil
 from pgfanout import registry
@@ -32,7 +34,7 @@ from pgfanout.positions import AgentState, Progress, Resume, TopicTail, mark_hea
 log = logging.getLogger(__name__)
 FETCH_ROWS = 10_000  # rows per round trip of the batch cursor
 CHUNK_CHANGES = 20_000  # changes per chunk at most, whatever their size
-
+LOG_CHECK_SECONDS = 1.0  # how often the agent looks at the log tables' sizes
 
 
 def _size_estimate(column: str) -> str:
@@ -75,6 +77,7 @@ class Agent:
         self.logged_at_last_tick: tuple[int, bool] | None = None  # the log sequence when the last tick was taken
         self.running_at_last_tick = True  # whether other transactions were running then
         self.last_sent = 0.0
+        self.last_log_check = 0.0
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -111,6 +114,7 @@ class Agent:
         if tick is None:
             return False
         self._publish_batch(tick, Progress(self.state.next_position - 1), heartbeat=heartbeat_due)
+        self._maintain_log()
         return False  # ticks are paced by tick_interval_ms, busy or idle: that sizes the batches
 
     def _next_tick(self, heartbeat_due: bool) -> tuple[int, datetime] | None:
@@ -137,8 +141,23 @@ class Agent:
         known = tick_needed(logged, self.logged_at_last_tick, self.running_at_last_tick)
         if known is not None:
             return known
-        return bool(self.conn.execute("SELECT EXISTS (SELECT FROM pgfanout.log)").fetchone()[0])
+        return self.conn.execute(sql.SQL("SELECT EXISTS ({})").format(capture.unpublished())).fetchone()[0]
 
+    def _maintain_log(self) -> None:
+        """Switch log tables, or empty the old one, when it is time (see agent.logswitch)."""
+        if time.monotonic() - self.last_log_check < LOG_CHECK_SECONDS:
+            return
+        self.last_log_check = time.monotonic()
+        assert self.conn is not None
+        with self.conn.transaction():
+            current, size, seconds, old_empty = logswitch.state(self.conn)
+        step = logswitch.next_step(old_empty, size, seconds, self.settings.log_switch_bytes,
+                                   self.settings.log_switch_seconds)
+        if step is logswitch.Step.EMPTY_OLD and logswitch.empty_if_published(self.conn, logswitch.other(current)):
+            step = logswitch.next_step(True, size, seconds, self.settings.log_switch_bytes,
+                                       self.settings.log_switch_seconds)
+        if step is logswitch.Step.SWITCH:
+            logswitch.switch(self.conn)
 
     def _publish_batch(self, tick: tuple[int, datetime], after: Progress, heartbeat: bool,
                        must_publish: bool = False) -> None:
@@ -215,15 +234,11 @@ class Agent:
             raise KafkaUnavailable(kafkautil.where(self.cluster), f"publishing to {self.topic} did not complete: {exc}") from exc
 
     def _record(self, tick_id: int, next_position: int) -> None:
-        """Mark the tick published and drop its log rows, in one primary transaction."""
+        """Mark the tick published, in one primary transaction."""
         assert self.conn is not None
         with self.conn.transaction():
             self.conn.execute(
                 "UPDATE pgfanout.agent_state SET published_tick = %s, next_position = %s", (tick_id, next_position))
-            self.conn.execute(
-                """DELETE FROM pgfanout.log l USING pgfanout.tick t
-                   WHERE t.tick_id = %s AND l.txid < pg_snapshot_xmax(t.snapshot)
-                     AND pg_visible_in_snapshot(l.txid, t.snapshot)""", (tick_id,))
             self.conn.execute("DELETE FROM pgfanout.tick WHERE tick_id < %s", (tick_id,))
         self.state = AgentState(tick_id, next_position)
 
@@ -264,8 +279,7 @@ def tick_needed(logged: tuple[int, bool], logged_at_last_tick: tuple[int, bool] 
     The log's sequence moved: something was logged since (or rolled back: an empty tick). It did not,
     and no transaction was running at the last tick: everything logged before it was in its batch. A
     transaction running at the last tick may have logged before it and committed after: ask the log
-    (under load that query walks the rows deleted since the last vacuum, which is why it is the last
-    resort).
+    (an index scan, but a query each tick, which is why it is the last resort).
     """
     if logged != logged_at_last_tick:
         return True

@@ -26,6 +26,7 @@ from pgfanout.rowfilter import compile_filter
 log = logging.getLogger(__name__)
 SCHEMA = "pgfanout"
 TRIGGER = "pgfanout_capture"
+LOG_TABLES = (1, 2)
 
 BASE_DDL = [
     "CREATE SCHEMA IF NOT EXISTS pgfanout",
@@ -51,11 +52,12 @@ BASE_DDL = [
         old_key text[])""",
     "ALTER TABLE pgfanout.log ADD COLUMN IF NOT EXISTS old_values text[]",
     "CREATE INDEX IF NOT EXISTS log_txid ON pgfanout.log (txid)",
-    # the agent deletes consumed rows every tick: vacuum the log often and without throttling, so their
-    # space is reused instead of piling up
-    """ALTER TABLE pgfanout.log SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000,
-        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000,
-        autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0.5)""",
+    # Triggers write into one of two tables under pgfanout.log, and the agent empties the other with TRUNCATE
+    # once everything in it is published (agent/logswitch.py): consumed rows are never deleted one by one,
+    # so there is nothing to vacuum and nothing a long transaction could make pile up.
+    *(statement for n in LOG_TABLES for statement in (
+        f"CREATE TABLE IF NOT EXISTS pgfanout.log_{n} () INHERITS (pgfanout.log)",
+        f"CREATE INDEX IF NOT EXISTS log_{n}_txid ON pgfanout.log_{n} (txid)")),
     "CREATE SEQUENCE IF NOT EXISTS pgfanout.tick_seq",
     """CREATE TABLE IF NOT EXISTS pgfanout.tick (
         tick_id bigint PRIMARY KEY,
@@ -65,6 +67,9 @@ BASE_DDL = [
         singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
         published_tick bigint NOT NULL,
         next_position bigint NOT NULL)""",
+    "ALTER TABLE pgfanout.agent_state ADD COLUMN IF NOT EXISTS current_log smallint NOT NULL DEFAULT 1 "
+    "CHECK (current_log IN (1, 2))",
+    "ALTER TABLE pgfanout.agent_state ADD COLUMN IF NOT EXISTS log_switched_at timestamptz NOT NULL DEFAULT now()",
     # The first tick marks where capture starts: everything committed before it is not published.
     """INSERT INTO pgfanout.tick (tick_id, snapshot, tick_time)
         SELECT nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()
@@ -72,6 +77,9 @@ BASE_DDL = [
     """INSERT INTO pgfanout.agent_state (published_tick, next_position)
         SELECT (SELECT max(tick_id) FROM pgfanout.tick), 1
         WHERE NOT EXISTS (SELECT 1 FROM pgfanout.agent_state)""",
+    # rows an older version logged into pgfanout.log itself move to a log table, where TRUNCATE reaches them
+    """WITH moved AS (DELETE FROM ONLY pgfanout.log RETURNING *)
+        INSERT INTO pgfanout.log_1 SELECT * FROM moved""",
 ]
 
 
@@ -231,14 +239,14 @@ def _array(record: str, columns: tuple[str, ...]) -> sql.Composable:
 BODY = """
 BEGIN
     IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
-        INSERT INTO pgfanout.log (table_id, op, new_row) VALUES ({tid}, 'I', {new_row});
+        INSERT INTO {log} (table_id, op, new_row) VALUES ({tid}, 'I', {new_row});
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
-        INSERT INTO pgfanout.log (table_id, op, new_row, old_key, old_values) VALUES ({tid}, 'U', {new_row},
+        INSERT INTO {log} (table_id, op, new_row, old_key, old_values) VALUES ({tid}, 'U', {new_row},
             CASE WHEN {old_key} OPERATOR(pg_catalog.<>) {new_key} THEN {old_key} END, {old_values});
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-        INSERT INTO pgfanout.log (table_id, op, old_key, old_values) VALUES ({tid}, 'D', {old_key}, {old_values});
+        INSERT INTO {log} (table_id, op, old_key, old_values) VALUES ({tid}, 'D', {old_key}, {old_values});
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
-        INSERT INTO pgfanout.log (table_id, op) VALUES ({tid}, 'T');
+        INSERT INTO {log} (table_id, op) VALUES ({tid}, 'T');
     END IF;
     RETURN NULL;
 END
@@ -253,10 +261,39 @@ def _settings_clause(names: frozenset[str] | None) -> sql.Composable:
         for name, value in SESSION_SETTINGS.items() if names is None or name in names)
 
 
-def trigger_function(table: PublishedTable) -> sql.Composable:
-    function = sql.Identifier(SCHEMA, f"capture_{table.table_id}")
+def log_table(number: int) -> sql.Identifier:
+    return sql.Identifier(SCHEMA, f"log_{number}")
+
+
+LOG = sql.Identifier(SCHEMA, "log")  # the parent of the log tables: a query of it reads both
+
+
+def unpublished(log: sql.Composable = LOG) -> sql.Composable:
+    """The committed rows of ``log`` that the published tick does not cover (rows of open transactions are
+    invisible to the query, and rows of rolled back ones forever): a query selecting no columns."""
+    return sql.SQL("SELECT FROM {} l, pgfanout.tick t, pgfanout.agent_state s WHERE t.tick_id = s.published_tick "
+                   "AND l.txid >= pg_snapshot_xmin(t.snapshot) AND NOT pg_visible_in_snapshot(l.txid, t.snapshot)"
+                   ).format(log)
+
+
+def unpublished_count(conn: psycopg.Connection) -> int:
+    return conn.execute(sql.SQL("SELECT count(*) FROM ({}) u").format(unpublished())).fetchone()[0]
+
+
+def current_log(conn: psycopg.Connection) -> int:
+    """The log table the triggers write into (1 before anything is installed)."""
+    if not conn.execute("SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = "
+                        "to_regclass('pgfanout.agent_state') AND attname = 'current_log')").fetchone()[0]:
+        return 1
+    row = conn.execute("SELECT current_log FROM pgfanout.agent_state").fetchone()
+    return row[0] if row else 1
+
+
+def trigger_function(table: PublishedTable, log_number: int, function_name: str | None = None) -> sql.Composable:
+    function = sql.Identifier(SCHEMA, function_name or f"capture_{table.table_id}")
     body = sql.SQL(BODY).format(
-        tid=sql.Literal(table.table_id), new_row=_array("NEW", table.columns), old_key=_array("OLD", table.key_columns),
+        log=log_table(log_number), tid=sql.Literal(table.table_id), new_row=_array("NEW", table.columns),
+        old_key=_array("OLD", table.key_columns),
         new_key=_array("NEW", table.key_columns),
         old_values=_array("OLD", table.old_columns) if table.old_columns else sql.SQL("NULL"))
     return sql.SQL(FUNCTION).format(function=function, settings=_settings_clause(table.settings),
@@ -271,10 +308,12 @@ def follow_ddl_statements() -> list[sql.Composable]:
     ADD COLUMN with a volatile default) are refused: the rows they rewrite fire no trigger.
     """
     # format() templates: the function (%1$s name, %2$L body), and its body (%1$s table id, %2$s new row,
-    # %3$s/%4$s old and new key, %5$s old values); the same text trigger_function() writes, every setting pinned.
+    # %3$s/%4$s old and new key, %5$s old values, %6$s the log table); the same text trigger_function() writes,
+    # every setting pinned.
     function_template = sql.SQL(FUNCTION).format(
         function=sql.SQL("%1$s"), settings=_settings_clause(None), body=sql.SQL("%2$L")).as_string(None)
-    body_template = BODY.format(tid="%1$s", new_row="%2$s", old_key="%3$s", new_key="%4$s", old_values="%5$s")
+    body_template = BODY.format(tid="%1$s", new_row="%2$s", old_key="%3$s", new_key="%4$s", old_values="%5$s",
+                                log="%6$s")
     text_array = """
 CREATE OR REPLACE FUNCTION pgfanout.text_array_sql(record text, columns text[]) RETURNS text LANGUAGE sql
 IMMUTABLE SET search_path = pg_catalog, pg_temp AS $array$
@@ -287,6 +326,7 @@ CREATE OR REPLACE FUNCTION pgfanout.follow_alter_table() RETURNS event_trigger L
 SET search_path = pg_catalog, pg_temp {_settings_clause(None).as_string()} AS $follow$
 DECLARE
     command record; layout record; new_id integer; cols text[]; types text[]; missing jsonb; fn regproc; olds text[];
+    target_log text;
 BEGIN
     FOR command IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
                    WHERE classid = 'pg_class'::regclass LOOP
@@ -316,8 +356,9 @@ BEGIN
                 'cannot be told from a new column on the replicas', layout.schema_name, layout.table_name
                 USING HINT = 'add and drop columns in separate statements; a rename needs a resync of the subscribers';
         END IF;
-        LOCK TABLE pgfanout.tables IN EXCLUSIVE MODE;
+        LOCK TABLE pgfanout.tables IN EXCLUSIVE MODE;  -- the agent switching log tables takes it too
         SELECT max(table_id) + 1 INTO new_id FROM pgfanout.tables;
+        SELECT format('pgfanout.%I', 'log_' || current_log) INTO target_log FROM pgfanout.agent_state;
         olds := ARRAY(SELECT c FROM unnest(layout.old_columns) c WHERE c = ANY (cols));
         INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns, column_types, missing_values,
                                      old_columns)
@@ -326,7 +367,7 @@ BEGIN
         EXECUTE format({sql.Literal(function_template).as_string(None)}, fn::text,
             format({sql.Literal(body_template).as_string(None)}, new_id, pgfanout.text_array_sql('NEW', cols),
                    pgfanout.text_array_sql('OLD', layout.key_columns), pgfanout.text_array_sql('NEW', layout.key_columns),
-                   pgfanout.text_array_sql('OLD', olds)));
+                   pgfanout.text_array_sql('OLD', olds), target_log));
         RAISE NOTICE 'pgfanout: %.% now published with columns %', layout.schema_name, layout.table_name, cols;
     END LOOP;
 END $follow$"""
@@ -355,7 +396,7 @@ END $refuse$"""
                     "EXECUTE FUNCTION pgfanout.refuse_rewrite()")]
 
 
-def table_statements(table: PublishedTable) -> list[sql.Composable]:
+def table_statements(table: PublishedTable, log_number: int) -> list[sql.Composable]:
     target = sql.Identifier(table.schema_name, table.table_name)
     function = sql.Identifier(SCHEMA, f"capture_{table.table_id}")
     return [
@@ -366,7 +407,7 @@ def table_statements(table: PublishedTable) -> list[sql.Composable]:
                  sql.Literal(list(table.columns)), sql.Literal(list(table.key_columns)),
                  sql.Literal(list(table.column_types)), sql.Literal(json.dumps(dict(table.missing_values))),
                  sql.Literal(list(table.old_columns))),
-        trigger_function(table),
+        trigger_function(table, log_number),
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), target),
         sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()")
         .format(sql.Identifier(TRIGGER), target, function),
@@ -423,8 +464,9 @@ def install_statements(conn: psycopg.Connection, source: Source,
     problems = subscription_problems(tables, subscriptions)
     if problems:
         raise CaptureError("the routes' subscriptions do not fit the published tables: " + "; ".join(problems))
+    log_number = current_log(conn)
     for table in tables:
-        statements += table_statements(table)
+        statements += table_statements(table, log_number)
     if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
         statements += follow_ddl_statements()
     else:

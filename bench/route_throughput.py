@@ -95,7 +95,7 @@ def main() -> None:
     with connect(config.sources[db], "bench") as conn:
         capture.install(conn, config.sources[db], config.subscriptions_of(db))
         conn.execute(SMALL_TRANSACTIONS % {"count": args.transactions})
-        rows = conn.execute("SELECT count(*) FROM pgfanout.log").fetchone()[0]
+        rows = capture.unpublished_count(conn)
     drain(stack, {k: v for k, v in data.items() if k in ("kafka", "sources")}, db, args.transactions)
     seconds, peak = route(stack, data, db)
     results["many_small_transactions"] = {"transactions": args.transactions, "changed_rows": rows,
@@ -104,7 +104,7 @@ def main() -> None:
                                           "distributor_peak_rss_mb": round(peak)}
     with connect(config.sources[db], "bench") as conn:
         conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1")  # one transaction, 1,000,000 rows
-        rows = conn.execute("SELECT count(*) FROM pgfanout.log").fetchone()[0]
+        rows = capture.unpublished_count(conn)
     drain(stack, {k: v for k, v in data.items() if k in ("kafka", "sources")}, db, args.transactions + 1)
     seconds, peak = route(stack, data, db)
     results["one_large_transaction"] = {"transactions": 1, "changed_rows": rows, "seconds_after_ready": round(seconds, 2),

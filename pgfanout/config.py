@@ -86,6 +86,11 @@ class Source(Database):
                                            "and larger ones are chunked at it")
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024,
                                    description="hard limit of one message (the topic's max.message.bytes)")
+    log_switch_bytes: int = Field(default=64 * 1024 * 1024, ge=8192,
+                                  description="the agent switches the primary's log to its other table when the "
+                                              "current one has grown this large, and empties the old one with "
+                                              "TRUNCATE once everything in it is published")
+    log_switch_seconds: int = Field(default=600, ge=1, description="...or when it has been written this long")
 
     @field_validator("tables")
     @classmethod

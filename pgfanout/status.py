@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
+from agent.capture import unpublished_count
 from pgfanout.config import Config
 from pgfanout.errors import PgfanoutError
 from pgfanout.pg import connect, describe
@@ -12,9 +13,8 @@ from pgfanout.pg import connect, describe
 def source_position(conn: psycopg.Connection) -> tuple[int, int, int]:
     """(last published position, published tick, log rows not yet published) of a primary."""
     with conn.transaction():
-        next_position, tick, backlog = conn.execute(
-            "SELECT next_position, published_tick, (SELECT count(*) FROM pgfanout.log) FROM pgfanout.agent_state"
-        ).fetchone()
+        next_position, tick = conn.execute("SELECT next_position, published_tick FROM pgfanout.agent_state").fetchone()
+        backlog = unpublished_count(conn)
     return next_position - 1, tick, backlog
 
 

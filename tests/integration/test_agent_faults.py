@@ -15,6 +15,8 @@ pytestmark = pytest.mark.fault
 
 
 def test_agent_kills_and_a_kafka_restart_lose_and_double_nothing(pipeline, stack):
+    pipeline.data["sources"][pipeline.source]["log_switch_bytes"] = 8192  # kills land in log switches too
+    pipeline.reconfigure(pipeline.data)
     pipeline.prepare()
     pipeline.start("agent")
     pipeline.seed()
@@ -55,6 +57,7 @@ def test_agent_kills_and_a_kafka_restart_lose_and_double_nothing(pipeline, stack
     assert len(set(published) - committed) == 1
     ticks = [t["tick_id"] for t in parts]
     assert ticks == sorted(ticks)
+    assert pipeline.log("agent").count("log switched") >= 2
 
 
 class Crash(BaseException):

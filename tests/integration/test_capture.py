@@ -79,6 +79,17 @@ def test_keyless_table_via_cli_gives_exit_code_and_no_traceback(pipeline, tmp_pa
     assert "without a primary key" in result.stderr and "public.events" in result.stderr
 
 
+def test_install_writes_into_the_current_log_table_and_moves_rows_an_older_version_left(pipeline):
+    pipeline.prepare()
+    with pipeline.primary() as conn:
+        conn.execute("UPDATE pgfanout.agent_state SET current_log = 2")  # as the agent leaves it after a switch
+        conn.execute("INSERT INTO pgfanout.log (table_id, op) VALUES (1, 'T')")  # where older versions logged
+        capture.install(conn, pipeline.config.sources[pipeline.source])
+        conn.execute("INSERT INTO public.accounts VALUES (1, 10)")
+        rows = conn.execute("SELECT tableoid::regclass::text, op FROM pgfanout.log ORDER BY seq").fetchall()
+    assert rows == [("pgfanout.log_1", "T"), ("pgfanout.log_2", "I")]
+
+
 def test_triggers_log_every_operation_with_old_keys(pipeline):
     pipeline.prepare()
     with pipeline.primary() as conn:

@@ -1,0 +1,107 @@
+"""Keeping the primary's log small: two log tables, switched and emptied with TRUNCATE, as PgQ and Slony-I do.
+
+Triggers write into the current table (``agent_state.current_log``). When it has grown past
+``log_switch_bytes`` or been written for ``log_switch_seconds``, the agent rewrites every capture
+function to write into the other table, which is empty by then. The old table is emptied with one
+TRUNCATE once (a) no transaction that wrote into it is still open, which the agent learns by taking
+its ACCESS EXCLUSIVE lock with NOWAIT, never by waiting in the lock queue ahead of writers, and (b)
+every committed row in it is covered by the published tick. Rows may sit in either table at any time
+(a transaction open across a switch writes into both): the agent reads both, by txid, so a switch
+never moves, splits or loses a transaction; only TRUNCATE removes anything, under those two checks.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+import psycopg
+from psycopg import errors, sql
+
+from agent.capture import PublishedTable, log_table, trigger_function, unpublished
+from agent.typesettings import settings_for_columns
+
+log = logging.getLogger(__name__)
+
+
+class Step(enum.Enum):
+    SWITCH = "switch"
+    EMPTY_OLD = "empty the old table"
+
+
+def next_step(old_table_empty: bool, current_bytes: int, seconds_since_switch: float,
+              switch_bytes: int, switch_seconds: float) -> Step | None:
+    """What the log needs now. The old table must be empty before the next switch, so that a switch
+    never leaves consumed rows behind in a table that is written to again."""
+    if not old_table_empty:
+        return Step.EMPTY_OLD
+    if current_bytes >= switch_bytes or (current_bytes > 0 and seconds_since_switch >= switch_seconds):
+        return Step.SWITCH
+    return None
+
+
+def other(number: int) -> int:
+    return 2 if number == 1 else 1
+
+
+def state(conn: psycopg.Connection) -> tuple[int, int, float, bool]:
+    """(current table, its size in bytes, seconds since the last switch, whether the other table is empty)."""
+    current, seconds = conn.execute(
+        "SELECT current_log, extract(epoch FROM now() - log_switched_at)::float8 FROM pgfanout.agent_state").fetchone()
+    size = conn.execute("SELECT pg_relation_size(%s::regclass)", (log_table(current).as_string(conn),)).fetchone()[0]
+    old_empty = not conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(log_table(other(current)))).fetchone()[0]
+    return current, size, seconds, old_empty
+
+
+def published_layouts(conn: psycopg.Connection) -> list[tuple[str, PublishedTable]]:
+    """Each capture function with the newest layout of its table, as install or ALTER TABLE left them."""
+    rows = conn.execute(
+        """SELECT DISTINCT ON (t.schema_name, t.table_name) p.proname, t.table_id, t.schema_name, t.table_name,
+                  t.columns, t.key_columns, t.column_types, t.old_columns,
+                  (SELECT array_agg(a.atttypid ORDER BY a.attnum) FROM pg_attribute a
+                   WHERE a.attrelid = c.oid AND a.attname = ANY (t.columns) AND NOT a.attisdropped)
+           FROM pgfanout.tables t
+           JOIN pg_namespace n ON n.nspname = t.schema_name
+           JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
+           JOIN pg_trigger g ON g.tgrelid = c.oid AND g.tgname = 'pgfanout_capture'
+           JOIN pg_proc p ON p.oid = g.tgfoid
+           ORDER BY t.schema_name, t.table_name, t.table_id DESC""").fetchall()
+    return [(function, PublishedTable(table_id, schema_name, table_name, tuple(columns), tuple(key),
+                                      settings_for_columns(conn, type_oids or []), tuple(types), (), tuple(old)))
+            for function, table_id, schema_name, table_name, columns, key, types, old, type_oids in rows]
+
+
+def switch(conn: psycopg.Connection) -> int | None:
+    """Point every capture function at the other log table; the new current table, or None if an
+    install or an ALTER TABLE on a published table holds the locks right now (try again later)."""
+    try:
+        with conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = '1s'")
+            if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtext('pgfanout.install'))").fetchone()[0]:
+                return None
+            conn.execute("LOCK TABLE pgfanout.tables IN EXCLUSIVE MODE NOWAIT")  # follow_alter_table takes it too
+            target = other(conn.execute("SELECT current_log FROM pgfanout.agent_state FOR UPDATE").fetchone()[0])
+            for function, table in published_layouts(conn):
+                conn.execute(trigger_function(table, target, function))
+            conn.execute("UPDATE pgfanout.agent_state SET current_log = %s, log_switched_at = now()", (target,))
+    except errors.LockNotAvailable:
+        return None
+    log.info("log switched to %s", log_table(target).as_string(conn))
+    return target
+
+
+def empty_if_published(conn: psycopg.Connection, number: int) -> bool:
+    """TRUNCATE log table ``number`` if nobody writes into it any more and all of it is published."""
+    table = log_table(number)
+    try:
+        with conn.transaction():
+            # NOWAIT: a writer still holding the table means a transaction that logged into it is open;
+            # waiting in the lock queue would stall every writer queued behind this request
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE NOWAIT").format(table))
+            if conn.execute(sql.SQL("SELECT EXISTS ({})").format(unpublished(table))).fetchone()[0]:
+                return False
+            conn.execute(sql.SQL("TRUNCATE {}").format(table))
+    except errors.LockNotAvailable:
+        return False
+    log.debug("log table %s emptied", table.as_string(conn))
+    return True

@@ -1,0 +1,74 @@
+"""The log is emptied by switching tables and TRUNCATE, never under a transaction that still writes into it."""
+
+import threading
+import time
+
+import psycopg
+
+from pgfanout.demo import wait_caught_up
+from pgfanout.sample import run_workload
+from tests.integration.pipeline import read_topic, transactions
+
+
+def log_rows(pipeline) -> dict[int, int]:
+    with pipeline.primary() as conn:
+        return {n: conn.execute(f"SELECT count(*) FROM pgfanout.log_{n}").fetchone()[0] for n in (1, 2)}
+
+
+def current_log(pipeline) -> int:
+    with pipeline.primary() as conn:
+        return conn.execute("SELECT current_log FROM pgfanout.agent_state").fetchone()[0]
+
+
+def test_log_tables_switch_and_empty_without_losing_an_open_transaction(pipeline):
+    pipeline.data["sources"][pipeline.source]["log_switch_bytes"] = 8192  # switch at every chance
+    pipeline.reconfigure(pipeline.data)
+    pipeline.prepare()
+    pipeline.seed()
+    pipeline.start("agent")
+    pipeline.wait_for_log("agent", "ready:")
+
+    with psycopg.connect(pipeline.primary_dsn, autocommit=True) as late:
+        late.execute("BEGIN")
+        late_xid = late.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]
+        # rows the workload never touches: `late` must block nobody, only the emptying of its log table
+        late.execute("INSERT INTO public.accounts VALUES (9001, 5)")
+        with pipeline.primary() as conn:  # the log table it wrote into (reading the log would lock both)
+            held = conn.execute("SELECT relation::regclass::text FROM pg_locks WHERE pid = %s AND mode = "
+                                "'RowExclusiveLock' AND relation::regclass::text LIKE 'pgfanout.log\\_%%'",
+                                (late.info.backend_pid,)).fetchone()[0]
+        first = run_workload(pipeline.primary_dsn, seconds=8, writers=2, seed_value=21, record_xids=True)
+        assert first.committed > 100, "writers must not wait for the agent's log switching"
+        current = current_log(pipeline)
+        assert held != f"pgfanout.log_{current}", "the agent switched away from the full table"
+        time.sleep(2)  # time for the agent to try emptying that table, which `late` still holds
+        assert log_rows(pipeline)[3 - current] > 0, "a table an open transaction wrote into must not be emptied"
+        assert current_log(pipeline) == current, "no switch back before the old table is empty"
+        late.execute("INSERT INTO public.accounts VALUES (9002, -5)")
+        late.execute("COMMIT")
+
+    switched_again = threading.Event()
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not switched_again.is_set():
+            if current_log(pipeline) != current:
+                switched_again.set()
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    second = run_workload(pipeline.primary_dsn, seconds=8, writers=2, seed_value=22, record_xids=True)
+    watcher.join()
+    assert switched_again.is_set(), "once `late` committed and was published, its table was emptied and reused"
+    wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=60)
+
+    parts = transactions(read_topic(pipeline.config, pipeline.source))
+    positions = [p["position"] for p in parts]
+    assert positions == list(range(1, len(positions) + 1))
+    published = [p["xid"] for p in parts]
+    assert len(published) == len(set(published)), "a transaction was published twice"
+    assert set(first.xids) | set(second.xids) | {late_xid} <= set(published), "a committed transaction was lost"
+    late_part = next(p for p in parts if p["xid"] == late_xid)
+    assert len(late_part["changes"]) == 2, "the transaction open across switches is published whole"
+    assert pipeline.log("agent").count("log switched") >= 3
