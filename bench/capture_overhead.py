@@ -79,7 +79,7 @@ def bulk_update_seconds(conn: psycopg.Connection) -> float:
     return timer.seconds
 
 
-LOG_SIZE = "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits WHERE inhparent = 'pgfanout.log'::regclass"
+LOG_SIZE = "SELECT sum(pg_total_relation_size(inhrelid))::bigint FROM pg_inherits WHERE inhparent = 'pgfanout.log'::regclass"
 
 
 def sample_log_size(conn_info: str, stop: threading.Event, samples: list[int]) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import psycopg
+from psycopg import sql
 
-from agent.capture import unpublished_count
+from agent.capture import unpublished
 from pgfanout.config import Config
 from pgfanout.errors import PgfanoutError
 from pgfanout.pg import connect, describe
@@ -13,8 +14,10 @@ from pgfanout.pg import connect, describe
 def source_position(conn: psycopg.Connection) -> tuple[int, int, int]:
     """(last published position, published tick, log rows not yet published) of a primary."""
     with conn.transaction():
-        next_position, tick = conn.execute("SELECT next_position, published_tick FROM pgfanout.agent_state").fetchone()
-        backlog = unpublished_count(conn)
+        # one statement, so the backlog and the position are read in one snapshot
+        next_position, tick, backlog = conn.execute(sql.SQL(
+            "SELECT next_position, published_tick, (SELECT count(*) FROM ({}) u) FROM pgfanout.agent_state"
+        ).format(unpublished())).fetchone()
     return next_position - 1, tick, backlog
 
 
