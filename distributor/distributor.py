@@ -20,8 +20,9 @@ from typing import Any
 
 from kafka.structs import OffsetAndMetadata
 
-from distributor.parallel import RoutingPool, route_message, worker_count
+from distributor.parallel import Learned, RoutingPool, Shaping, route_message, worker_count
 from distributor.routing import RouteFilter
+from distributor.rowsroute import RowsRoute
 from pgfanout import kafka as kafkautil
 from pgfanout import registry
 from pgfanout.codec import default_codec
@@ -44,8 +45,15 @@ class RouteOut:
     cluster_name: str
     cluster: KafkaCluster
     topic: str
-    subscription: RouteFilter | None = None  # None: the route takes everything, bytes as they are
+    subscription: Shaping = None  # None: the route takes everything, bytes as they are
     last: Mark = NOTHING
+
+
+def shaping(route: str, config: Config) -> Shaping:
+    """What a route makes of each batch: its subscription's share, typed rows, both, or (None) nothing."""
+    settings = config.routes[route]
+    share = RouteFilter(route, settings.tables) if settings.tables is not None else None
+    return RowsRoute(route, share) if settings.format == "rows" else share
 
 
 class Distributor:
@@ -57,8 +65,7 @@ class Distributor:
         up_cluster, self.up_topic = config.stream(upstream)
         self.up_cluster = config.kafka[up_cluster]
         self.routes = [RouteOut(r, config.routes[r].kafka, config.kafka[config.routes[r].kafka], config.route_topic(r),
-                                RouteFilter(r, config.routes[r].tables) if config.routes[r].tables is not None else None)
-                       for r in route_names]
+                                shaping(r, config)) for r in route_names]
         self.idle_seconds = 0.0  # poll() itself waits for data
         self.codec = default_codec()
         self.decoder = RegistryDecoder(self.codec, self.up_cluster)
@@ -66,6 +73,7 @@ class Distributor:
         self.producers: dict[str, Any] = {}
         self.uncommitted: int | None = None  # the upstream offset to commit once the routes have acked
         self.registered = 0  # how many schemas the route clusters' registries were given
+        self.registered_rows: set[str] = set()  # fingerprints of row schemas registered for the rows routes
         self.committed_at = 0.0
         self.subscriptions = [route.subscription for route in self.routes]
         self.workers = config.distributors[name].workers or worker_count()
@@ -120,9 +128,10 @@ class Distributor:
         filtering = any(route.subscription is not None for route in self.routes)
         for record in records:
             if filtering:
-                mark, outputs = route_message(self.codec, self.decoder, self.subscriptions, record.value,
-                                              f"{self.up_topic}[0]@{record.offset}")
+                mark, outputs, learned = route_message(self.codec, self.decoder, self.subscriptions, record.value,
+                                                       f"{self.up_topic}[0]@{record.offset}")
                 self._register_if_learned()
+                self._register_rows(learned)
             else:
                 mark, outputs = self._mark(record), [None] * len(self.routes)
             self._forward(mark, record.value, outputs)
@@ -164,6 +173,16 @@ class Distributor:
             registry.register(cluster, self.codec)  # what it forwards must stay readable downstream
         self.registered = len(self.codec.all_schemas)
 
+    def _register_rows(self, learned: Learned) -> None:
+        """Store new row schemas in the registries of the rows routes, before any message uses them."""
+        new = {key: text for key, text in learned if key not in self.registered_rows}
+        if not new:
+            return
+        clusters = {r.cluster_name: r.cluster for r in self.routes if isinstance(r.subscription, RowsRoute)}
+        for cluster in clusters.values():
+            registry.register_texts(cluster, new)
+        self.registered_rows |= set(new)
+
     def _work_in_parallel(self) -> bool:
         assert self.pool is not None
         tp = kafkautil.partition(self.up_topic)
@@ -178,7 +197,8 @@ class Distributor:
         # nothing new came or the queue is full
         while self.inflight and (self.inflight[0][2].ready() or not records or len(self.inflight) >= MAX_INFLIGHT):
             offset, value, pending = self.inflight.popleft()
-            mark, outputs = self.pool.result(pending)
+            mark, outputs, learned = self.pool.result(pending)
+            self._register_rows(learned)
             self._forward(mark, value, outputs)
             self.uncommitted = offset + 1
         if not records and not self.inflight:

@@ -19,29 +19,33 @@ from collections.abc import Sequence
 from typing import Any
 
 from distributor.routing import RouteFilter
+from distributor.rowsroute import RowsRoute
 from pgfanout.errors import FatalError, PgfanoutError, TransientError
 from pgfanout.positions import Mark, mark_of
 
 WORKER_TIMEOUT = 300  # seconds; routing one message takes well under one
-_WORKER_STATE: tuple[Any, Any, Sequence[RouteFilter | None]] | None = None
+Shaping = RouteFilter | RowsRoute | None  # what a route makes of each batch; None: it takes the message as is
+Learned = list[tuple[str, str]]  # schemas made while routing, to register before the message goes out
+_WORKER_STATE: tuple[Any, Any, Sequence[Shaping]] | None = None
 
 
-def route_message(codec: Any, decoder: Any, subscriptions: Sequence[RouteFilter | None], value: bytes,
-                  where: str) -> tuple[Mark, list[bytes | None]]:
-    """(mark, the message for each filtered route, or None where a route takes it as it is)."""
+def route_message(codec: Any, decoder: Any, subscriptions: Sequence[Shaping], value: bytes,
+                  where: str) -> tuple[Mark, list[bytes | None], Learned]:
+    """(mark, the message for each shaping route, or None where a route takes it as it is, new schemas)."""
     kind, message = decoder.decode(value, where)
-    outputs = [codec.encode(kind, s.batch(message, where)) if s is not None and kind == "Batch" else None
+    outputs = [codec.encode(s.kind, s.batch(message, where)) if s is not None and kind == "Batch" else None
                for s in subscriptions]
-    return mark_of(kind, message), outputs
+    learned = [schema for s in subscriptions if isinstance(s, RowsRoute) for schema in s.take_learned()]
+    return mark_of(kind, message), outputs, learned
 
 
-def _route(value: bytes, where: str) -> tuple[Mark | None, list[bytes | None], tuple[bool, str] | None]:
+def _route(value: bytes, where: str) -> tuple[Mark | None, list[bytes | None], Learned, tuple[bool, str] | None]:
     """In a worker: route_message, with an error returned rather than raised."""
     assert _WORKER_STATE is not None
     try:
         return (*route_message(*_WORKER_STATE, value, where), None)
     except PgfanoutError as exc:  # sent back as text: not every error class survives pickling
-        return None, [], (isinstance(exc, TransientError), str(exc))
+        return None, [], [], (isinstance(exc, TransientError), str(exc))
 
 
 def _worker_start(parent: int) -> None:
@@ -66,7 +70,7 @@ def worker_count() -> int:
 
 
 class RoutingPool:
-    def __init__(self, codec: Any, decoder: Any, subscriptions: Sequence[RouteFilter | None], workers: int):
+    def __init__(self, codec: Any, decoder: Any, subscriptions: Sequence[Shaping], workers: int):
         global _WORKER_STATE
         _WORKER_STATE = (codec, decoder, subscriptions)
         self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_start,
@@ -76,16 +80,16 @@ class RoutingPool:
         return self.pool.apply_async(_route, (value, where))
 
     @staticmethod
-    def result(pending: Any) -> tuple[Mark, list[bytes | None]]:
+    def result(pending: Any) -> tuple[Mark, list[bytes | None], Learned]:
         try:
-            mark, outputs, error = pending.get(timeout=WORKER_TIMEOUT)
+            mark, outputs, learned, error = pending.get(timeout=WORKER_TIMEOUT)
         except multiprocessing.TimeoutError:  # a worker died (the pool replaces it, but its task is lost)
             raise TransientError(f"a routing worker gave no answer within {WORKER_TIMEOUT} s; "
                                  "starting over from the last committed upstream offset") from None
         if error is not None:
             transient, text = error
             raise (TransientError if transient else FatalError)(text)
-        return mark, outputs
+        return mark, outputs, learned
 
     def close(self) -> None:
         self.pool.terminate()

@@ -174,6 +174,8 @@ def plan_table(route: str, table: dict[str, Any], subscription: TableSubscriptio
 class RouteFilter:
     """One route's subscription, applied to whole batches; table layouts are planned once each."""
 
+    kind = "Batch"  # what it makes of a Batch
+
     def __init__(self, route: str, tables: dict[str, TableSubscription]):
         self.route = route
         self.tables = tables

@@ -24,7 +24,7 @@ from pgfanout.errors import PoisonMessage
 
 MAGIC = b"PF\x01"
 HEADER_SIZE = len(MAGIC) + 8
-ENVELOPES = ("table", "change", "transaction", "batch", "heartbeat")  # in dependency order
+ENVELOPES = ("table", "change", "transaction", "batch", "heartbeat", "rowbatch")  # in dependency order
 
 
 def schema_dir() -> Path:
@@ -63,6 +63,7 @@ class Codec:
         named: dict[str, Any] = {}
         self._by_name: dict[str, WriterSchema] = {}
         self._by_fingerprint: dict[bytes, WriterSchema] = {}
+        self.row_schemas: dict[bytes, dict[str, Any]] = {}
         for stem in ENVELOPES:
             raw = json.loads((directory / f"{stem}.avsc").read_text())
             full = _expand(raw, named)
@@ -82,6 +83,9 @@ class Codec:
     def learn(self, schema_text: str) -> bool:
         """Make an older (or another writer's) version of an envelope readable; False if it names no known record."""
         full = json.loads(schema_text)
+        if str(full.get("namespace", "")).startswith("pgfanout.rows."):
+            self.row_schemas[fingerprint(full)] = full  # a table's Key or Row schema, for format: rows routes
+            return True
         current = self._by_name.get(full.get("name", ""))
         if current is None:
             return False

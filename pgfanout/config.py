@@ -152,6 +152,9 @@ class Route(Strict):
     tables: dict[str, TableSubscription] | None = Field(
         default=None, description="the subscription: the tables this route receives, each with an optional row "
                                   "filter and column list; default: everything its upstream carries")
+    format: Literal["pgfanout", "rows"] = Field(
+        default="pgfanout", description="pgfanout: for subscribers and further distributors; rows: for other "
+                                        "consumers, each change's key and row typed by its table's own Avro schemas")
 
     @field_validator("tables")
     @classmethod
@@ -269,6 +272,9 @@ def cross_reference_problems(data: dict) -> list[str]:
         upstream = route.get("upstream")
         if isinstance(upstream, str) and upstream not in sources and upstream not in routes:
             problems.append(f"routes.{name}.upstream: no source or route named {upstream!r}")
+        elif isinstance(upstream, str) and routes.get(upstream, {}).get("format") == "rows":
+            problems.append(f"routes.{name}.upstream: route {upstream!r} has format: rows, which is for consumers "
+                            "outside pgfanout; feed this route from that route's upstream instead")
     problems += _loop_problems(routes)
     problems += _subscription_problems(routes)
     fed_by: dict[str, str] = {}
@@ -291,6 +297,9 @@ def cross_reference_problems(data: dict) -> list[str]:
         route = subscriber.get("route")
         if isinstance(route, str) and route not in routes:
             problems.append(f"subscribers.{name}.route: no route named {route!r}")
+        elif isinstance(route, str) and routes[route].get("format") == "rows":
+            problems.append(f"subscribers.{name}.route: route {route!r} has format: rows, which subscribers cannot "
+                            "apply; give them a route with the default format")
         copy_from = subscriber.get("copy_from")
         if isinstance(copy_from, str) and (copy_from not in subscribers or copy_from == name):
             problems.append(f"subscribers.{name}.copy_from: no other subscriber named {copy_from!r}")
