@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -147,6 +149,20 @@ def _catalog_has(conn: psycopg.Connection, column: str) -> bool:
                         "AND attname = %s)", (column,)).fetchone()[0]
 
 
+@contextmanager
+def catalog_search_path(conn: psycopg.Connection) -> Iterator[None]:
+    """format_type() qualifies a type name only when it is not on the search path: describe types under the
+    same path as the ALTER TABLE event trigger (pg_catalog only), or it would see every user-defined type
+    as changed (``mood`` against ``public.mood``) and refuse the ALTER."""
+    saved = conn.execute("SELECT current_setting('search_path')").fetchone()[0]
+    conn.execute("SELECT set_config('search_path', 'pg_catalog, pg_temp', false)")
+    try:
+        yield
+    finally:
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:  # a failed one reverts it
+            conn.execute("SELECT set_config('search_path', %s, false)", (saved,))
+
+
 def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[str] | None = None,
                     keys: dict[str, list[str]] | None = None,
                     filtered: dict[str, set[str]] | None = None) -> list[PublishedTable]:
@@ -154,6 +170,12 @@ def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[s
 
     ``filtered`` names per table the columns row filters use: their old values are logged too.
     """
+    with catalog_search_path(conn):
+        return _describe_tables(conn, tables, exclude, keys, filtered)
+
+
+def _describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[str] | None,
+                     keys: dict[str, list[str]] | None, filtered: dict[str, set[str]] | None) -> list[PublishedTable]:
     keys, filtered = keys or {}, filtered or {}
     tables, missing = expand(conn, tables, exclude or [])
     latest: dict[tuple[str, str], tuple[int, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}  # newest layouts

@@ -158,7 +158,20 @@ def test_columns_of_server_bound_types_are_refused_at_install(pipeline):
             capture.install(conn, source_with(pipeline, tables=["public.orders", "public.objects"]))
         message = str(err.value)
         assert "public.objects.owner (regclass; regclass: an object id" in message
-        assert "public.objects.refs (table_ref[]; regclass" in message  # through an array of a domain
+        assert "public.objects.refs (public.table_ref[]; regclass" in message  # through an array of a domain
         assert "public.objects.at (tid; tid: a physical row address" in message
         assert "fine" not in message
         assert not schema_exists(conn)
+
+
+def test_adding_a_column_to_a_table_with_user_defined_types_is_followed(pipeline):
+    """The layout's type names must not depend on the installer's search_path (format_type qualifies
+    only types not on it), or the ALTER TABLE event trigger sees `mood` become `public.mood` and refuses."""
+    pipeline.prepare(install=False)
+    with pipeline.primary() as conn:
+        conn.execute("CREATE TYPE public.mood AS ENUM ('sad', 'happy')")
+        conn.execute("CREATE TABLE public.moods (id int PRIMARY KEY, m public.mood)")
+        capture.install(conn, source_with(pipeline, tables=["public.moods"]))
+        conn.execute("ALTER TABLE public.moods ADD COLUMN note text")
+        layouts = conn.execute("SELECT columns, column_types FROM pgfanout.tables ORDER BY table_id").fetchall()
+    assert layouts[-1] == (["id", "m", "note"], ["integer", "public.mood", "text"])

@@ -133,6 +133,26 @@ def test_a_rows_route_types_every_value_as_postgresql_holds_it(pipeline):
     assert fields["tstz"][2]["logicalType"] == "timestamp-micros" and fields["d"][2]["logicalType"] == "date"
     assert fields["iv"][1]["name"] == "Interval" and fields["e"] == ["null", "string"]
 
+    # a column added mid-stream: a new Row schema version, and old rows read with it get the default
+    with pipeline.primary() as conn:
+        conn.execute("ALTER TABLE public.everything ADD COLUMN added text")
+        conn.execute("INSERT INTO public.everything (id, added) VALUES (7, 'new')")
+    deadline = time.monotonic() + 60
+    while True:
+        later = [t for _, kind, m in read_topic(pipeline.config, route) if kind == "RowBatch" for t in m["transactions"]]
+        if later[-1]["position"] == 4:
+            break
+        assert time.monotonic() < deadline, pipeline.log("distributor")[-3000:]
+        time.sleep(0.5)
+    registry.load(pipeline.config.kafka["local"], codec)
+    newer = later[-1]["changes"][0]
+    assert newer["row_schema"] != changes[-2]["row_schema"]
+    assert decode(codec.row_schemas, newer["row_schema"], newer["row"])["added"] == "new"
+    new_schema = fastavro.parse_schema(without_time_logical_types(codec.row_schemas[newer["row_schema"]]))
+    old_schema = fastavro.parse_schema(without_time_logical_types(row_schema))
+    old_row = fastavro.schemaless_reader(io.BytesIO(changes[0]["row"]), old_schema, new_schema)
+    assert old_row["added"] is None and old_row["id"] == 1
+
 
 def test_subscribers_and_further_routes_cannot_take_a_rows_route(pipeline):
     from pgfanout.config import parse_config
