@@ -149,15 +149,7 @@ class Agent:
             return
         self.last_log_check = time.monotonic()
         assert self.conn is not None
-        with self.conn.transaction():
-            current, size, seconds, old_empty = logswitch.state(self.conn)
-        step = logswitch.next_step(old_empty, size, seconds, self.settings.log_switch_bytes,
-                                   self.settings.log_switch_seconds)
-        if step is logswitch.Step.EMPTY_OLD and logswitch.empty_if_published(self.conn, logswitch.other(current)):
-            step = logswitch.next_step(True, size, seconds, self.settings.log_switch_bytes,
-                                       self.settings.log_switch_seconds)
-        if step is logswitch.Step.SWITCH:
-            logswitch.switch(self.conn)
+        logswitch.maintain(self.conn, self.settings.log_switch_bytes, self.settings.log_switch_seconds)
 
     def _publish_batch(self, tick: tuple[int, datetime], after: Progress, heartbeat: bool,
                        must_publish: bool = False) -> None:

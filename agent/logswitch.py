@@ -105,3 +105,13 @@ def empty_if_published(conn: psycopg.Connection, number: int) -> bool:
         return False
     log.debug("log table %s emptied", table.as_string(conn))
     return True
+
+
+def maintain(conn: psycopg.Connection, switch_bytes: int, switch_seconds: float) -> None:
+    """One look at the log: empty the old table if it can be, then switch if it is time."""
+    with conn.transaction():
+        current, size, seconds, old_empty = state(conn)
+    if next_step(old_empty, size, seconds, switch_bytes, switch_seconds) is Step.EMPTY_OLD:
+        old_empty = empty_if_published(conn, other(current))
+    if next_step(old_empty, size, seconds, switch_bytes, switch_seconds) is Step.SWITCH:
+        switch(conn)
