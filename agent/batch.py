@@ -33,6 +33,12 @@ class LogRow(NamedTuple):
 XID, TABLE_ID, OP, NEW_ROW, OLD_KEY, SIZE, NULLS, OLD_VALUES, OLD_NULLS = range(9)
 
 
+def stream_rows(largest_row: int, max_rows: int, max_bytes: int) -> int:
+    """Rows per piece of the batch stream: as many as ``max_bytes`` holds of the batch's largest row, at most
+    ``max_rows``, at least one. libpq holds a whole piece: 10,000 rows of 1 MB each would be 10 GB."""
+    return max(1, min(max_rows, max_bytes // max(largest_row, 1)))
+
+
 def change_of(row: tuple) -> dict[str, Any]:
     """The wire form of a change: the trigger already stored what it needs (see schemas/change.avsc)."""
     nulls = row[NULLS]

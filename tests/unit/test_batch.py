@@ -1,4 +1,4 @@
-from agent.batch import LogRow, change_of, pack, split_transactions, with_last
+from agent.batch import LogRow, change_of, pack, split_transactions, stream_rows, with_last
 
 
 def row(xid, seq, op, new=None, old=None, table=1):
@@ -74,3 +74,10 @@ def test_pack_groups_consecutive_parts_up_to_a_size():
 def test_with_last():
     assert list(with_last([])) == []
     assert list(with_last("ab")) == [("a", False), ("b", True)]
+
+
+def test_the_stream_holds_about_max_bytes_of_the_largest_rows():
+    assert stream_rows(200, 10_000, 8_000_000) == 10_000  # small rows: the row cap
+    assert stream_rows(1_000_000, 10_000, 8_000_000) == 8
+    assert stream_rows(100_000_000, 10_000, 8_000_000) == 1  # one row at a time, however large
+    assert stream_rows(0, 10_000, 8_000_000) == 10_000  # an empty batch
