@@ -82,6 +82,29 @@ BASE_DDL = [
     # rows an older version logged into pgfanout.log itself move to a log table, where TRUNCATE reaches them
     """WITH moved AS (DELETE FROM ONLY pgfanout.log RETURNING *)
         INSERT INTO pgfanout.log_1 SELECT * FROM moved""",
+    # The agent switches log tables through this function, which runs as the installing role: replacing the
+    # capture functions needs their owner, and the running agent should not be it. Each function keeps its
+    # body and settings; only the log table it names changes (both spellings: "pgfanout"."log_1", and
+    # pgfanout.log_1 as the ALTER TABLE event trigger writes it). NULL: an install holds the lock, try later.
+    r"""CREATE OR REPLACE FUNCTION pgfanout.switch_log() RETURNS smallint LANGUAGE plpgsql SECURITY DEFINER
+        SET search_path = pg_catalog, pg_temp AS $switch$
+    DECLARE
+        target smallint;
+        fn oid;
+    BEGIN
+        IF NOT pg_try_advisory_xact_lock(hashtext('pgfanout.install')) THEN
+            RETURN NULL;
+        END IF;
+        LOCK TABLE pgfanout.tables IN EXCLUSIVE MODE NOWAIT;  -- the ALTER TABLE event trigger takes it too
+        SELECT CASE current_log WHEN 1 THEN 2 ELSE 1 END INTO target FROM pgfanout.agent_state FOR UPDATE;
+        FOR fn IN SELECT DISTINCT g.tgfoid FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid
+                  WHERE g.tgname = 'pgfanout_capture' AND p.pronamespace = 'pgfanout'::regnamespace LOOP
+            EXECUTE regexp_replace(pg_get_functiondef(fn), '"?pgfanout"?\."?log_[12]"?', 'pgfanout.log_' || target, 'g');
+        END LOOP;
+        UPDATE pgfanout.agent_state SET current_log = target, log_switched_at = now();
+        RETURN target;
+    END $switch$""",
+    "REVOKE ALL ON FUNCTION pgfanout.switch_log() FROM PUBLIC",
 ]
 
 
@@ -311,8 +334,8 @@ def current_log(conn: psycopg.Connection) -> int:
     return row[0] if row else 1
 
 
-def trigger_function(table: PublishedTable, log_number: int, function_name: str | None = None) -> sql.Composable:
-    function = sql.Identifier(SCHEMA, function_name or f"capture_{table.table_id}")
+def trigger_function(table: PublishedTable, log_number: int) -> sql.Composable:
+    function = sql.Identifier(SCHEMA, f"capture_{table.table_id}")
     body = sql.SQL(BODY).format(
         log=log_table(log_number), tid=sql.Literal(table.table_id), new_row=_array("NEW", table.columns),
         old_key=_array("OLD", table.key_columns),
@@ -508,6 +531,18 @@ def install(conn: psycopg.Connection, source: Source, subscriptions: Subscriptio
         for statement in install_statements(conn, source, subscriptions):
             conn.execute(statement)
     log.info("capture installed")
+
+
+def agent_grants(role: str) -> list[sql.Composable]:
+    """What a role running the agent, not the installer, needs (docs: README, Privileges)."""
+    who = sql.Identifier(role)
+    return [
+        sql.SQL("GRANT USAGE ON SCHEMA pgfanout TO {}").format(who),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA pgfanout TO {}").format(who),
+        sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA pgfanout TO {}").format(who),
+        sql.SQL("GRANT TRUNCATE ON {} TO {}").format(sql.SQL(", ").join(log_table(n) for n in LOG_TABLES), who),
+        sql.SQL("GRANT EXECUTE ON FUNCTION pgfanout.switch_log() TO {}").format(who),
+    ]
 
 
 def uninstall(conn: psycopg.Connection) -> None:

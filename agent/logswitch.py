@@ -1,8 +1,9 @@
 """Keeping the primary's log small: two log tables, switched and emptied with TRUNCATE, as PgQ and Slony-I do.
 
 Triggers write into the current table (``agent_state.current_log``). When it has grown past
-``log_switch_bytes`` or been written for ``log_switch_seconds``, the agent rewrites every capture
-function to write into the other table, which is empty by then. The old table is emptied with one
+``log_switch_bytes`` or been written for ``log_switch_seconds``, the agent has ``pgfanout.switch_log()``
+(which runs as the installing role, the capture functions' owner) point every capture function at the
+other table, which is empty by then. The old table is emptied with one
 TRUNCATE once (a) no transaction that wrote into it is still open, which the agent learns by taking
 its ACCESS EXCLUSIVE lock with NOWAIT, never by waiting in the lock queue ahead of writers, and (b)
 every committed row in it is covered by the published tick. Rows may sit in either table at any time
@@ -18,8 +19,7 @@ import logging
 import psycopg
 from psycopg import errors, sql
 
-from agent.capture import PublishedTable, log_table, trigger_function, unpublished
-from agent.typesettings import settings_for_columns
+from agent.capture import log_table, unpublished
 
 log = logging.getLogger(__name__)
 
@@ -53,40 +53,18 @@ def state(conn: psycopg.Connection) -> tuple[int, int, float, bool]:
     return current, size, seconds, old_empty
 
 
-def published_layouts(conn: psycopg.Connection) -> list[tuple[str, PublishedTable]]:
-    """Each capture function with the newest layout of its table, as install or ALTER TABLE left them."""
-    rows = conn.execute(
-        """SELECT DISTINCT ON (t.schema_name, t.table_name) p.proname, t.table_id, t.schema_name, t.table_name,
-                  t.columns, t.key_columns, t.column_types, t.old_columns,
-                  (SELECT array_agg(a.atttypid ORDER BY a.attnum) FROM pg_attribute a
-                   WHERE a.attrelid = c.oid AND a.attname = ANY (t.columns) AND NOT a.attisdropped)
-           FROM pgfanout.tables t
-           JOIN pg_namespace n ON n.nspname = t.schema_name
-           JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.table_name
-           JOIN pg_trigger g ON g.tgrelid = c.oid AND g.tgname = 'pgfanout_capture'
-           JOIN pg_proc p ON p.oid = g.tgfoid
-           ORDER BY t.schema_name, t.table_name, t.table_id DESC""").fetchall()
-    return [(function, PublishedTable(table_id, schema_name, table_name, tuple(columns), tuple(key),
-                                      settings_for_columns(conn, type_oids or []), tuple(types), (), tuple(old)))
-            for function, table_id, schema_name, table_name, columns, key, types, old, type_oids in rows]
-
-
 def switch(conn: psycopg.Connection) -> int | None:
-    """Point every capture function at the other log table; the new current table, or None if an
-    install or an ALTER TABLE on a published table holds the locks right now (try again later)."""
+    """Point every capture function at the other log table (``pgfanout.switch_log``, installed by
+    ``agent install``); the new current table, or None if an install or an ALTER TABLE on a published
+    table holds the locks right now (try again later)."""
     try:
         with conn.transaction():
             conn.execute("SET LOCAL lock_timeout = '1s'")
-            if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtext('pgfanout.install'))").fetchone()[0]:
-                return None
-            conn.execute("LOCK TABLE pgfanout.tables IN EXCLUSIVE MODE NOWAIT")  # follow_alter_table takes it too
-            target = other(conn.execute("SELECT current_log FROM pgfanout.agent_state FOR UPDATE").fetchone()[0])
-            for function, table in published_layouts(conn):
-                conn.execute(trigger_function(table, target, function))
-            conn.execute("UPDATE pgfanout.agent_state SET current_log = %s, log_switched_at = now()", (target,))
+            target = conn.execute("SELECT pgfanout.switch_log()").fetchone()[0]
     except errors.LockNotAvailable:
         return None
-    log.info("log switched to %s", log_table(target).as_string(conn))
+    if target is not None:
+        log.info("log switched to %s", log_table(target).as_string(conn))
     return target
 
 

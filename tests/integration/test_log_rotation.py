@@ -72,3 +72,69 @@ def test_log_tables_switch_and_empty_without_losing_an_open_transaction(pipeline
     late_part = next(p for p in parts if p["xid"] == late_xid)
     assert len(late_part["changes"]) == 2, "the transaction open across switches is published whole"
     assert pipeline.log("agent").count("log switched") >= 3
+
+
+def test_an_agent_role_with_only_the_documented_grants_switches_and_empties_the_log(pipeline):
+    """The running agent is not the installer: it switches through pgfanout.switch_log(), which runs as the
+    capture functions' owner, and needs no more than capture.agent_grants gives it."""
+    from agent import capture
+    from agent.agent import Agent
+
+    role = "pgfanout_test_agent"
+    pipeline.data["sources"][pipeline.source]["log_switch_bytes"] = 8192
+    pipeline.reconfigure(pipeline.data)
+    pipeline.prepare()
+    pipeline.seed()
+    with pipeline.primary() as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        for statement in capture.agent_grants(role):
+            conn.execute(statement)
+    source = pipeline.config.sources[pipeline.source]
+    restricted = pipeline.config.model_copy(update={"sources": {pipeline.source: source.model_copy(
+        update={"dsn": source.dsn + f" user={role}"})}})
+    agent = Agent(restricted, pipeline.source)
+    try:
+        agent.connect()
+        with agent.conn.transaction():
+            assert agent.conn.execute("SELECT current_user").fetchone()[0] == role
+        workload, result = pipeline.workload_in_background(seconds=6, writers=2, seed_value=31, record_xids=True)
+        flips, last = 0, current_log(pipeline)
+        deadline = time.monotonic() + 60
+        while (workload.is_alive() or flips < 2) and time.monotonic() < deadline:
+            agent.work()
+            now = current_log(pipeline)
+            flips, last = flips + (now != last), now
+            time.sleep(agent.idle_seconds)
+        workload.join()
+        for _ in range(40):  # drain what the workload left
+            agent.work()
+            time.sleep(agent.idle_seconds)
+    finally:
+        agent.close()
+        with pipeline.primary() as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
+    assert flips >= 2, "the restricted agent switched log tables, and emptied the old one before switching back"
+    published = [p["xid"] for p in transactions(read_topic(pipeline.config, pipeline.source))]
+    assert len(published) == len(set(published)) and set(result["stats"].xids) <= set(published)
+
+
+def test_switching_keeps_what_install_and_alter_table_wrote_into_the_capture_functions(pipeline):
+    pipeline.prepare()
+    with pipeline.primary() as conn:
+        conn.execute("ALTER TABLE public.accounts ADD COLUMN note text")  # the event trigger rewrites its function
+        settings_before = conn.execute("SELECT proconfig FROM pg_proc WHERE proname LIKE 'capture\\_%' "
+                                       "ORDER BY proname").fetchall()
+        conn.execute("INSERT INTO public.accounts VALUES (1, 1, 'one')")
+        assert conn.execute("SELECT pgfanout.switch_log()").fetchone()[0] == 2
+        conn.execute("INSERT INTO public.accounts VALUES (2, 2, 'two')")
+        conn.execute("INSERT INTO public.products VALUES ('S', 't', 1, NULL)")  # a function install wrote
+        conn.execute("TRUNCATE pgfanout.log_1")  # as the agent would, once log_1 is published
+        assert conn.execute("SELECT pgfanout.switch_log()").fetchone()[0] == 1
+        conn.execute("INSERT INTO public.accounts VALUES (3, 3, 'three')")
+        rows = conn.execute("SELECT tableoid::regclass::text, new_row FROM pgfanout.log ORDER BY seq").fetchall()
+        assert conn.execute("SELECT proconfig FROM pg_proc WHERE proname LIKE 'capture\\_%' "
+                            "ORDER BY proname").fetchall() == settings_before, "each function keeps its settings"
+    assert rows == [("pgfanout.log_2", ["2", "2.00", "two"]), ("pgfanout.log_2", ["S", "t", "1.00", None]),
+                    ("pgfanout.log_1", ["3", "3.00", "three"])]
