@@ -99,19 +99,26 @@ def rss_peak_mb(pid):
     raise AssertionError("no VmHWM")
 
 
-def test_a_million_row_transaction_is_published_whole_in_chunks_with_bounded_memory(pipeline):
-    pipeline.prepare()
-    with pipeline.primary() as conn:
-        conn.execute("INSERT INTO public.products SELECT 'BULK-' || g, 'bulk product', g % 1000, NULL "
-                     "FROM generate_series(1, 1000000) g")
-        xid = conn.execute("SELECT max(txid)::text::bigint FROM pgfanout.log").fetchone()[0]
+def published_by_a_fresh_agent(pipeline, *statements: str) -> tuple[int, list[dict], float]:
+    """Run ``statements`` as one transaction, then publish it with an agent started afterwards: (its xid, the
+    parts the topic holds, the agent's peak RSS in MB)."""
+    with pipeline.primary() as conn, conn.transaction():
+        for statement in statements:
+            conn.execute(statement)
+        xid = conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]
     pipeline.start("agent")
     from pgfanout.demo import wait_caught_up
     wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=180)
     peak = rss_peak_mb(pipeline.pid("agent"))
     processes.stop(pipeline.pid("agent"))
+    return xid, transactions(read_topic(pipeline.config, pipeline.source)), peak
 
-    parts = transactions(read_topic(pipeline.config, pipeline.source))
+
+def test_a_million_row_transaction_is_published_whole_in_chunks_with_bounded_memory(pipeline):
+    pipeline.prepare()
+    xid, parts, peak = published_by_a_fresh_agent(
+        pipeline, "INSERT INTO public.products SELECT 'BULK-' || g, 'bulk product', g % 1000, NULL "
+                  "FROM generate_series(1, 1000000) g")
     assert [p["xid"] for p in parts] == [xid] * len(parts), "one transaction"
     assert len(parts) > 10, "split into chunks"
     assert [p["chunk"] for p in parts] == list(range(len(parts)))
@@ -127,16 +134,9 @@ def test_a_transaction_of_large_rows_is_published_whole_with_bounded_memory(pipe
     pipeline.prepare()
     with pipeline.primary() as conn:
         conn.execute("ALTER TABLE public.products ALTER COLUMN title SET STORAGE EXTERNAL")  # no compression
-        conn.execute("INSERT INTO public.products SELECT 'BIG-' || g, repeat(md5(g::text), 32768), 1, NULL "
-                     "FROM generate_series(1, 1000) g")
-        xid = conn.execute("SELECT max(txid)::text::bigint FROM pgfanout.log").fetchone()[0]
-    pipeline.start("agent")
-    from pgfanout.demo import wait_caught_up
-    wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=180)
-    peak = rss_peak_mb(pipeline.pid("agent"))
-    processes.stop(pipeline.pid("agent"))
-
-    parts = transactions(read_topic(pipeline.config, pipeline.source))
+    xid, parts, peak = published_by_a_fresh_agent(
+        pipeline, "INSERT INTO public.products SELECT 'BIG-' || g, repeat(md5(g::text), 32768), 1, NULL "
+                  "FROM generate_series(1, 1000) g")
     assert [p["xid"] for p in parts] == [xid] * len(parts) and len(parts) >= 1000, "one transaction, in chunks"
     assert sum(len(p["changes"]) for p in parts) == 1000
     assert all(len(c["values"][1]) == 1024 * 1024 for p in parts for c in p["changes"])
