@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgfanout.errors import LocalStackError
 from pgfanout.local import processes
 from pgfanout.local.kafka import KafkaNode, ensure_jars
 from pgfanout.local.postgres import PgCluster
@@ -27,10 +29,29 @@ def default_home() -> Path:
     return Path(os.environ.get("PGFANOUT_HOME", ".pgfanout")).resolve()
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel picks outgoing connections' source ports from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port below the ephemeral range. A port the kernel handed out (bind to port 0) is in
+    that range, and while its server is stopped (the fault tests stop Kafka for a minute) any client's
+    outgoing connection may get it as its source port: the server then cannot start again."""
+    low = ephemeral_ports()[0]
+    for _ in range(500):
+        port = random.randint(20000, low - 1) if low > 20001 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise LocalStackError("no free port found below the ephemeral port range for the local stack")
 
 
 @dataclass
