@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from pgfanout import sqlvalues
 from pgfanout.codec import fingerprint
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -41,46 +42,23 @@ INTERVAL = {"type": "record", "name": "Interval", "namespace": "pgfanout.rows",
 Convert = Callable[[str], Any]
 
 
-def days_from_civil(year: int, month: int, day: int) -> int:
-    """Days since 1970-01-01 in the proleptic Gregorian calendar, for any year (1 BC is year 0)."""
-    year -= month <= 2
-    era = year // 400  # floor division: the era of a negative year is below it
-    year_of_era = year - era * 400
-    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
-    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
-    return era * 146097 + day_of_era - 719468
-
-
-def _split_era(text: str) -> tuple[str, bool]:
-    return (text[:-3], True) if text.endswith(" BC") else (text, False)
-
-
-def parse_date(text: str) -> int | str:
-    if text in ("infinity", "-infinity"):
-        return text
-    text, bc = _split_era(text)
-    year, month, day = (int(part) for part in text.split("-"))
-    return days_from_civil(1 - year if bc else year, month, day)
-
-
 def parse_time(text: str) -> int:
     hours, minutes, seconds = text.split(":")
     whole, _, fraction = seconds.partition(".")
     return ((int(hours) * 60 + int(minutes)) * 60 + int(whole)) * 1_000_000 + int(fraction.ljust(6, "0") or 0)
 
 
+def parse_date(text: str) -> int | str:
+    """Days since the epoch; the text itself for the infinities."""
+    moment = sqlvalues.parse_time(text)
+    return text if isinstance(moment, float) else moment // MICROS_PER_DAY
+
+
 def parse_timestamp(text: str) -> int | str:
-    """Microseconds since the epoch (a ``+00`` zone, as capture pins TimeZone to UTC, is dropped); the text
-    itself for infinities and for moments a long cannot count in microseconds."""
-    if text in ("infinity", "-infinity"):
-        return text
-    moment, bc = _split_era(text)
-    date, _, time = moment.partition(" ")
-    if time.endswith("+00"):
-        time = time[:-3]
-    year, month, day = (int(part) for part in date.split("-"))
-    micros = days_from_civil(1 - year if bc else year, month, day) * MICROS_PER_DAY + parse_time(time)
-    return micros if INT64_MIN <= micros <= INT64_MAX else text
+    """Microseconds since the epoch (capture pins TimeZone to UTC); the text itself for the infinities and
+    for moments a long cannot count in microseconds."""
+    micros = sqlvalues.parse_time(text)
+    return micros if not isinstance(micros, float) and INT64_MIN <= micros <= INT64_MAX else text
 
 
 _INTERVAL_PART = re.compile(r"([+-]?\d+) (year|mon|day)s?|([+-]?)(\d+):(\d+):(\d+(?:\.\d+)?)")
@@ -149,7 +127,7 @@ class ColumnType:
 def _scalar(type_text: str) -> ColumnType | None:
     base = type_text.split("(")[0].strip()
     simple: dict[str, tuple[Any, Convert]] = {
-        "boolean": ("boolean", lambda t: t in ("true", "t")),  # boolean::text says true or false
+        "boolean": ("boolean", sqlvalues.parse_bool),
         "smallint": ("int", int), "integer": ("int", int),
         "bigint": ("long", int), "real": ("float", float), "double precision": ("double", float),
         "bytea": ("bytes", parse_bytea), "uuid": ({"type": "string", "logicalType": "uuid"}, str),

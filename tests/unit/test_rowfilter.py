@@ -54,6 +54,8 @@ def evaluate(expression: str, **values: str | None) -> object:
     ("born < '2024-01-01 02:00+02'", {"born": "2023-12-31 23:59:59+00"}, True),
     ("born > '2024-01-01'", {"born": "infinity"}, True),
     ("born > '0044-03-15 BC'", {"born": "0100-01-01 00:00:00+00 BC"}, False),
+    # 401 BC (year -400) is a leap year; the C-style era computation made its 1 March equal to 29 February
+    ("born > '0401-02-29 00:00:00+00 BC'", {"born": "0401-03-01 00:00:00+00 BC"}, True),
     ("tag = 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'", {"tag": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"}, True),
     ("\"region\" = 'x' AND REGION = 'x'", {"region": "x"}, True),
     ("NULL", {}, None),

@@ -9,13 +9,13 @@ import pytest
 
 from pgfanout.rows import (
     column_type,
-    days_from_civil,
     parse_array,
     parse_date,
     parse_interval,
     parse_timestamp,
     table_schemas,
 )
+from pgfanout.sqlvalues import days_from_civil
 
 EPOCH = datetime.date(1970, 1, 1)
 
