@@ -73,7 +73,6 @@ class Distributor:
         self.producers: dict[str, Any] = {}
         self.uncommitted: int | None = None  # the upstream offset to commit once the routes have acked
         self.registered = 0  # how many schemas the route clusters' registries were given
-        self.registered_rows: set[str] = set()  # fingerprints of row schemas registered for the rows routes
         self.committed_at = 0.0
         self.subscriptions = [route.subscription for route in self.routes]
         self.workers = config.distributors[name].workers or worker_count()
@@ -130,8 +129,7 @@ class Distributor:
             if filtering:
                 mark, outputs, learned = route_message(self.codec, self.decoder, self.subscriptions, record.value,
                                                        f"{self.up_topic}[0]@{record.offset}")
-                self._register_if_learned()
-                self._register_rows(learned)
+                self._learn(learned)
             else:
                 mark, outputs = self._mark(record), [None] * len(self.routes)
             self._forward(mark, record.value, outputs)
@@ -161,27 +159,21 @@ class Distributor:
         kind, message = self.decoder.decode(record.value, f"{self.up_topic}[0]@{record.offset}")
         if mark is None:
             mark = mark_of(kind, message)
-        self._register_if_learned()
+        self._learn()
         return mark
 
-    def _register_if_learned(self) -> None:
-        if len(self.codec.all_schemas) != self.registered:
+    def _learn(self, learned: Learned = ()) -> None:
+        """Register downstream whatever schema this process learned (from the upstream registry, or made for
+        a rows route while routing) before a message that uses it goes there."""
+        for _, text in learned:
+            self.codec.learn(text)
+        if self.codec.schema_count != self.registered:
             self._register_downstream()
 
     def _register_downstream(self) -> None:
         for cluster in {route.cluster_name: route.cluster for route in self.routes}.values():
             registry.register(cluster, self.codec)  # what it forwards must stay readable downstream
-        self.registered = len(self.codec.all_schemas)
-
-    def _register_rows(self, learned: Learned) -> None:
-        """Store new row schemas in the registries of the rows routes, before any message uses them."""
-        new = {key: text for key, text in learned if key not in self.registered_rows}
-        if not new:
-            return
-        clusters = {r.cluster_name: r.cluster for r in self.routes if isinstance(r.subscription, RowsRoute)}
-        for cluster in clusters.values():
-            registry.register_texts(cluster, new)
-        self.registered_rows |= set(new)
+        self.registered = self.codec.schema_count
 
     def _work_in_parallel(self) -> bool:
         assert self.pool is not None
@@ -198,7 +190,7 @@ class Distributor:
         while self.inflight and (self.inflight[0][2].ready() or not records or len(self.inflight) >= MAX_INFLIGHT):
             offset, value, pending = self.inflight.popleft()
             mark, outputs, learned = self.pool.result(pending)
-            self._register_rows(learned)
+            self._learn(learned)
             self._forward(mark, value, outputs)
             self.uncommitted = offset + 1
         if not records and not self.inflight:

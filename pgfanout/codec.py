@@ -77,11 +77,19 @@ class Codec:
 
     @property
     def all_schemas(self) -> list[WriterSchema]:
-        """Every schema this codec can read: the current ones and the older versions it learned."""
-        return list(self._by_fingerprint.values())
+        """Every schema this codec knows: the current ones, the older versions it learned, and the typed
+        row schemas of format: rows routes (which are stored and shipped, not read, by pgfanout)."""
+        rows = [WriterSchema(s["name"], key, None, text=json.dumps(s, sort_keys=True)) for key, s in self.row_schemas.items()]
+        return [*self._by_fingerprint.values(), *rows]
+
+    @property
+    def schema_count(self) -> int:
+        """How many schemas all_schemas holds, without building it: it only grows."""
+        return len(self._by_fingerprint) + len(self.row_schemas)
 
     def learn(self, schema_text: str) -> bool:
-        """Make an older (or another writer's) version of an envelope readable; False if it names no known record."""
+        """Make an older (or another writer's) version of an envelope readable, or keep a table's typed row
+        schema; False if it names no record this version knows."""
         full = json.loads(schema_text)
         if str(full.get("namespace", "")).startswith("pgfanout.rows."):
             self.row_schemas[fingerprint(full)] = full  # a table's Key or Row schema, for format: rows routes

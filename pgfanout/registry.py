@@ -23,17 +23,12 @@ MAX_SCHEMA_BYTES = 1024 * 1024
 
 
 def register(cluster: KafkaCluster, codec: Codec) -> None:
-    """Store every schema the codec knows (the current ones and their history); idempotent."""
-    register_texts(cluster, {writer.fingerprint.hex(): writer.text for writer in codec.all_schemas})
-
-
-def register_texts(cluster: KafkaCluster, schemas: dict[str, str]) -> None:
-    """Store schemas given as {fingerprint hex: schema JSON} (typed row schemas); idempotent."""
+    """Store every schema the codec knows (the current ones, their history, typed row schemas); idempotent."""
     kafkautil.ensure_topic(cluster, REGISTRY_TOPIC, MAX_SCHEMA_BYTES, compact=True)
     producer = kafkautil.producer(cluster, MAX_SCHEMA_BYTES)
     try:
-        for key, text in schemas.items():
-            producer.send(REGISTRY_TOPIC, key=key.encode(), value=text.encode())
+        for writer in codec.all_schemas:
+            producer.send(REGISTRY_TOPIC, key=writer.fingerprint.hex().encode(), value=writer.text.encode())
         producer.flush(timeout=30)
     finally:
         producer.close()
