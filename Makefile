@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help deps venv jars up down demo test unit lint bench clean
+.PHONY: help deps capture-lib venv jars up down demo test unit lint bench clean
 
 help:
 	@echo "make demo   install what is missing, start the local stack, replicate a workload, prove equality"
@@ -16,6 +16,10 @@ help:
 
 deps:
 	@scripts/install-deps.sh
+
+# the C capture trigger, installed into the local PostgreSQL (agent/capture_c; optional in production)
+capture-lib: deps
+	@scripts/build-capture-lib.sh
 
 $(BIN)/pgfanout: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +38,10 @@ up: deps venv
 down: venv
 	$(BIN)/pgfanout local down
 
-demo: deps venv
+demo: deps capture-lib venv
 	$(BIN)/pgfanout demo
 
-test: deps venv jars
+test: deps capture-lib venv jars
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv
@@ -46,7 +50,7 @@ unit: venv
 lint: venv
 	$(BIN)/ruff check .
 
-bench: deps venv jars
+bench: deps capture-lib venv jars
 	$(BIN)/python -m bench.publish_throughput
 	$(BIN)/python -m bench.capture_overhead
 	$(BIN)/python -m bench.lag

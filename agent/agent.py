@@ -25,7 +25,7 @@ from agent import capture, logswitch
 from agent.batch import Part, pack, split_transactions, stream_rows, with_last
 from pgfanout import kafka as kafkautil
 from pgfanout import registry
-from pgfanout.codec import default_codec
+from pgfanout.codec import decode_changes, default_codec, encode_batch
 from pgfanout.config import Config
 from pgfanout.errors import FatalError, KafkaUnavailable, PositionError
 from pgfanout.pg import connect
@@ -48,7 +48,8 @@ def _size_estimate(column: str) -> str:
             f"ELSE octet_length({column}::text) END, 0)")
 
 
-ROW_SIZE = f"16 + {_size_estimate('l.new_row')} + {_size_estimate('l.old_key')} + {_size_estimate('l.old_values')}"
+ROW_SIZE = (f"16 + {_size_estimate('l.new_row')} + {_size_estimate('l.old_key')} + {_size_estimate('l.old_values')} "
+            "+ coalesce(octet_length(l.changes), 0)")
 BATCH_ROWS = """
 FROM pgfanout.log l,
      (SELECT snapshot FROM pgfanout.tick WHERE tick_id = %(prev)s) prev,
@@ -60,9 +61,10 @@ WHERE l.txid >= pg_snapshot_xmin(prev.snapshot)
 """
 BATCH_QUERY = f"""
 SELECT l.txid::text::bigint, l.table_id, l.op, array_replace(l.new_row, NULL, ''), l.old_key, {ROW_SIZE},
-       array_positions(l.new_row, NULL), array_replace(l.old_values, NULL, ''), array_positions(l.old_values, NULL)
+       array_positions(l.new_row, NULL), array_replace(l.old_values, NULL, ''), array_positions(l.old_values, NULL),
+       l.change_count, l.table_ids, l.changes
 {BATCH_ROWS}
-ORDER BY max(l.seq) OVER (PARTITION BY l.txid), l.seq
+ORDER BY max(l.seq) OVER (PARTITION BY l.txid), l.ordinal NULLS FIRST, l.seq
 """
 LARGEST_ROW_QUERY = f"SELECT coalesce(max({ROW_SIZE}), 0) {BATCH_ROWS}"
 
@@ -187,7 +189,8 @@ class Agent:
             # closing() ends the stream even when sending fails: a suspended stream holds the connection's
             # lock, and the transaction's rollback would wait for it forever
             with closing(rows):
-                parts = split_transactions(rows, first_position, CHUNK_CHANGES, self.settings.message_bytes)
+                parts = split_transactions(rows, first_position, CHUNK_CHANGES, self.settings.message_bytes,
+                                           unpack=lambda data: decode_changes(self.codec, data))
                 for package, batch_end in with_last(pack(unpublished(parts), self.settings.message_bytes)):
                     self._send("Batch", {"source": self.source, "tick_id": tick_id, "tick_time": tick_time,
                                          "batch_end": batch_end, "tables": self._tables_of(package),
@@ -221,7 +224,7 @@ class Agent:
                        "column_types": r[5], "missing_values": r[6], "old_columns": r[7]} for r in rows}
 
     def _send(self, kind: str, record: dict[str, Any], position: int) -> None:
-        value = self.codec.encode(kind, record)
+        value = encode_batch(self.codec, record) if kind == "Batch" else self.codec.encode(kind, record)
         if len(value) > self.settings.max_message_bytes:
             raise FatalError(
                 f"a message holding position {position} (tick {record['tick_id']}) encodes to {len(value)} bytes, over "

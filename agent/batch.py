@@ -8,9 +8,11 @@ message's worth of changes, whatever the size of a transaction or a batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
+
+from pgfanout.codec import EncodedChanges
 
 OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE"}
 T = TypeVar("T")
@@ -28,9 +30,13 @@ class LogRow(NamedTuple):
     null_positions: list[int] | None  # 1-based positions of NULL values (new_row has '' there)
     old_values: list[str] | None = None  # old values of the table's old_columns, for UPDATE and DELETE
     old_null_positions: list[int] | None = None
+    change_count: int | None = None  # rows of the C trigger: how many encoded changes...
+    table_ids: list[int] | None = None  # ...of which tables...
+    changes: bytes | None = None  # ...back to back, Avro-encoded (schemas/change.avsc)
 
 
-XID, TABLE_ID, OP, NEW_ROW, OLD_KEY, SIZE, NULLS, OLD_VALUES, OLD_NULLS = range(9)
+XID, TABLE_ID, OP, NEW_ROW, OLD_KEY, SIZE, NULLS, OLD_VALUES, OLD_NULLS, CHANGE_COUNT, TABLE_IDS, CHANGES = range(12)
+Unpack = Callable[[bytes], Iterable[tuple[dict[str, Any], int]]]  # encoded changes -> (change, encoded size)
 
 
 def stream_rows(largest_row: int, max_rows: int, max_bytes: int) -> int:
@@ -61,18 +67,24 @@ class Part:
     chunk: int
     last_chunk: bool = False
     changes: list[dict[str, Any]] = field(default_factory=list)
+    blocks: list[tuple[int, bytes]] = field(default_factory=list)  # encoded changes; a part has these or changes
+    count: int = 0
     size: int = 0
     tables: set[int] = field(default_factory=set)
 
     def record(self) -> dict[str, Any]:
+        changes = EncodedChanges(tuple(self.blocks)) if self.blocks else self.changes
         return {"position": self.position, "xid": self.xid, "chunk": self.chunk, "last_chunk": self.last_chunk,
-                "changes": self.changes}
+                "changes": changes}
 
 
-def split_transactions(rows: Iterable[tuple], first_position: int, max_changes: int, max_bytes: int) -> Iterator[Part]:
+def split_transactions(rows: Iterable[tuple], first_position: int, max_changes: int, max_bytes: int,
+                       unpack: Unpack | None = None) -> Iterator[Part]:
     """Parts of each transaction (rows shaped like LogRow), numbered from ``first_position``, in row order.
 
-    A chunk is closed when one more change would pass ``max_changes`` or ``max_bytes``.
+    A chunk is closed when one more change would pass ``max_changes`` or ``max_bytes``. A row of the C
+    trigger (many encoded changes) is kept whole unless it alone passes ``max_bytes``, or it would share a
+    part with changes of the other kind; then ``unpack`` decodes it into its changes.
     """
     part: Part | None = None
     position = first_position - 1
@@ -83,13 +95,32 @@ def split_transactions(rows: Iterable[tuple], first_position: int, max_changes: 
                 yield part
             position += 1
             part = Part(position, row[XID], 0)
-        size = row[SIZE]
-        if part.changes and (len(part.changes) >= max_changes or part.size + size > max_bytes):
-            yield part
-            part = Part(position, row[XID], part.chunk + 1)
-        part.changes.append(change_of(row))
-        part.size += size
-        part.tables.add(row[TABLE_ID])
+        encoded = row[CHANGES] if len(row) > CHANGES else None
+        if encoded is not None and (row[SIZE] > max_bytes or part.changes):
+            assert unpack is not None, "encoded changes need an unpack function"
+            items: Iterable[tuple[dict[str, Any] | None, int, tuple]] = (
+                (change, size, row) for change, size in unpack(encoded))
+        elif encoded is not None:
+            items = ((None, row[SIZE], row),)
+        else:
+            items = ((change_of(row), row[SIZE], row),)
+        for change, size, source in items:
+            count = 1 if change is not None else source[CHANGE_COUNT]
+            if part.count and (part.count + count > max_changes or part.size + size > max_bytes):
+                yield part
+                part = Part(position, row[XID], part.chunk + 1)
+            if change is None:
+                part.blocks.append((count, source[CHANGES]))
+                part.tables.update(source[TABLE_IDS])
+            else:
+                if part.blocks:  # changes of the other kind first: this part becomes decoded changes
+                    assert unpack is not None, "encoded changes need an unpack function"
+                    part.changes = [c for _, data in part.blocks for c, _ in unpack(data)]
+                    part.blocks = []
+                part.changes.append(change)
+                part.tables.add(change["table"])
+            part.count += count
+            part.size += size
     if part is not None:
         part.last_chunk = True
         yield part

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from agent import ctrigger
 from agent.typesettings import settings_for_columns, unsupported_reason
 from pgfanout.config import Source, TableSubscription
 from pgfanout.errors import CaptureError, FilterError
@@ -54,6 +55,13 @@ BASE_DDL = [
         old_key text[])""",
     "ALTER TABLE pgfanout.log ADD COLUMN IF NOT EXISTS old_values text[]",
     "CREATE INDEX IF NOT EXISTS log_txid ON pgfanout.log (txid)",
+    # Rows of the C trigger (agent/ctrigger.py): a transaction's changes, Avro-encoded, from its change number
+    # `ordinal` on; op 'P', table_id 0.
+    "ALTER TABLE pgfanout.log ADD COLUMN IF NOT EXISTS ordinal integer",
+    "ALTER TABLE pgfanout.log ADD COLUMN IF NOT EXISTS change_count integer",
+    "ALTER TABLE pgfanout.log ADD COLUMN IF NOT EXISTS table_ids integer[]",
+    "ALTER TABLE pgfanout.log ADD COLUMN IF NOT EXISTS changes bytea",
+    "ALTER TABLE pgfanout.tables ADD COLUMN IF NOT EXISTS settings text[] NOT NULL DEFAULT '{}'",
     # Triggers write into one of two tables under pgfanout.log, and the agent empties the other with TRUNCATE
     # once everything in it is published (agent/logswitch.py): consumed rows are never deleted one by one,
     # so there is nothing to vacuum and nothing a long transaction could make pile up.
@@ -97,8 +105,10 @@ BASE_DDL = [
         END IF;
         LOCK TABLE pgfanout.tables IN EXCLUSIVE MODE NOWAIT;  -- the ALTER TABLE event trigger takes it too
         SELECT CASE current_log WHEN 1 THEN 2 ELSE 1 END INTO target FROM pgfanout.agent_state FOR UPDATE;
-        FOR fn IN SELECT DISTINCT g.tgfoid FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid
-                  WHERE g.tgname = 'pgfanout_capture' AND p.pronamespace = 'pgfanout'::regnamespace LOOP
+        FOR fn IN SELECT p.oid FROM pg_proc p WHERE p.pronamespace = 'pgfanout'::regnamespace
+                    AND p.prolang = (SELECT oid FROM pg_language WHERE lanname = 'plpgsql')
+                    AND (p.proname = 'append_changes'
+                         OR p.oid IN (SELECT tgfoid FROM pg_trigger WHERE tgname = 'pgfanout_capture')) LOOP
             EXECUTE regexp_replace(pg_get_functiondef(fn), '"?pgfanout"?\."?log_[12]"?', 'pgfanout.log_' || target, 'g');
         END LOOP;
         UPDATE pgfanout.agent_state SET current_log = target, log_switched_at = now();
@@ -406,13 +416,17 @@ BEGIN
         SELECT format('pgfanout.%I', 'log_' || current_log) INTO target_log FROM pgfanout.agent_state;
         olds := ARRAY(SELECT c FROM unnest(layout.old_columns) c WHERE c = ANY (cols));
         INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns, column_types, missing_values,
-                                     old_columns)
-            VALUES (new_id, layout.schema_name, layout.table_name, cols, layout.key_columns, types, missing, olds);
+                                     old_columns, settings)
+            VALUES (new_id, layout.schema_name, layout.table_name, cols, layout.key_columns, types, missing, olds,
+                    {sql.Literal(ctrigger.settings_pairs(None)).as_string(None)}::text[]);
         SELECT tgfoid INTO fn FROM pg_trigger WHERE tgrelid = command.objid AND tgname = {sql.Literal(TRIGGER).as_string(None)};
+        -- the C trigger reads the new layout row itself (its cache follows the table's relcache)
+        IF (SELECT l.lanname <> 'c' FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.oid = fn) THEN
         EXECUTE format({sql.Literal(function_template).as_string(None)}, fn::text,
             format({sql.Literal(body_template).as_string(None)}, new_id, pgfanout.text_array_sql('NEW', cols),
                    pgfanout.text_array_sql('OLD', layout.key_columns), pgfanout.text_array_sql('NEW', layout.key_columns),
                    pgfanout.text_array_sql('OLD', olds), target_log));
+        END IF;
         RAISE NOTICE 'pgfanout: %.% now published with columns %', layout.schema_name, layout.table_name, cols;
     END LOOP;
 END $follow$"""
@@ -441,18 +455,19 @@ END $refuse$"""
                     "EXECUTE FUNCTION pgfanout.refuse_rewrite()")]
 
 
-def table_statements(table: PublishedTable, log_number: int) -> list[sql.Composable]:
+def table_statements(table: PublishedTable, log_number: int, c_trigger: bool = False) -> list[sql.Composable]:
     target = sql.Identifier(table.schema_name, table.table_name)
-    function = sql.Identifier(SCHEMA, f"capture_{table.table_id}")
+    function = sql.Identifier(SCHEMA, ctrigger.FUNCTION if c_trigger else f"capture_{table.table_id}")
     return [
         sql.SQL(
             "INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns, column_types, "
-            "missing_values, old_columns) VALUES ({}, {}, {}, {}, {}, {}, {}, {}) ON CONFLICT (table_id) DO NOTHING"
+            "missing_values, old_columns, settings) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}::text[]) "
+            "ON CONFLICT (table_id) DO NOTHING"
         ).format(sql.Literal(table.table_id), sql.Literal(table.schema_name), sql.Literal(table.table_name),
                  sql.Literal(list(table.columns)), sql.Literal(list(table.key_columns)),
                  sql.Literal(list(table.column_types)), sql.Literal(json.dumps(dict(table.missing_values))),
-                 sql.Literal(list(table.old_columns))),
-        trigger_function(table, log_number),
+                 sql.Literal(list(table.old_columns)), sql.Literal(ctrigger.settings_pairs(table.settings))),
+        *([] if c_trigger else [trigger_function(table, log_number)]),
         sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), target),
         sql.SQL("CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION {}()")
         .format(sql.Identifier(TRIGGER), target, function),
@@ -510,8 +525,10 @@ def install_statements(conn: psycopg.Connection, source: Source,
     if problems:
         raise CaptureError("the routes' subscriptions do not fit the published tables: " + "; ".join(problems))
     log_number = current_log(conn)
+    c_trigger = ctrigger.use_c_trigger(conn, source.capture_trigger)
+    statements += ctrigger.function_statements(log_table(log_number), c_trigger)
     for table in tables:
-        statements += table_statements(table, log_number)
+        statements += table_statements(table, log_number, c_trigger)
     if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
         statements += follow_ddl_statements()
     else:

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -103,6 +104,10 @@ class Codec:
                                                      json.dumps(full, sort_keys=True))
         return True
 
+    def parsed(self, name: str) -> Any:
+        """The current parsed schema of a record (also the nested ones: Change, Transaction, Table)."""
+        return self._by_name[name].parsed
+
     def knows(self, data: bytes) -> bool:
         return bytes(data[len(MAGIC):HEADER_SIZE]) in self._by_fingerprint
 
@@ -133,6 +138,59 @@ class Codec:
         if buffer.tell() != len(data):
             raise PoisonMessage(f"message at {where} has {len(data) - buffer.tell()} trailing bytes after its {writer.name}")
         return writer.name, record
+
+
+def avro_long(value: int) -> bytes:
+    """Avro's encoding of an int or long: zigzag, then base-128 varint."""
+    zigzag = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while zigzag > 0x7F:
+        out.append((zigzag & 0x7F) | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class EncodedChanges:
+    """A transaction's changes already in Avro binary, Change records back to back, as the C capture trigger
+    writes them: (count, bytes) blocks, which become the blocks of the Transaction's changes array."""
+
+    blocks: tuple[tuple[int, bytes], ...]
+
+
+def encode_batch(codec: Codec, record: dict[str, Any]) -> bytes:
+    """A Batch message; transactions whose changes are EncodedChanges get them spliced in, not re-encoded."""
+    transactions = record["transactions"]
+    if not any(isinstance(t["changes"], EncodedChanges) for t in transactions):
+        return codec.encode("Batch", record)
+    head = codec.encode("Batch", {**record, "transactions": []})
+    assert head[-1] == 0  # an empty array, and transactions is Batch's last field (as changes is Transaction's)
+    out = [head[:-1], avro_long(len(transactions))]
+    for transaction in transactions:
+        changes = transaction["changes"]
+        if not isinstance(changes, EncodedChanges):
+            buffer = io.BytesIO()
+            fastavro.schemaless_writer(buffer, codec.parsed("Transaction"), transaction)
+            out.append(buffer.getvalue())
+            continue
+        out += [avro_long(transaction["position"]), avro_long(transaction["xid"]), avro_long(transaction["chunk"]),
+                b"\x01" if transaction["last_chunk"] else b"\x00"]
+        for count, data in changes.blocks:
+            out += [avro_long(count), data]
+        out.append(b"\x00")
+    out.append(b"\x00")
+    return b"".join(out)
+
+
+def decode_changes(codec: Codec, data: bytes) -> Iterator[tuple[dict[str, Any], int]]:
+    """Each Change record of back-to-back encoded changes, with its encoded size."""
+    buffer = io.BytesIO(data)
+    schema = codec.parsed("Change")
+    while buffer.tell() < len(data):
+        start = buffer.tell()
+        change = fastavro.schemaless_reader(buffer, schema, None)
+        yield change, buffer.tell() - start
 
 
 @cache

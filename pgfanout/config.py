@@ -91,6 +91,10 @@ class Source(Database):
                                               "current one has grown this large, and empties the old one with "
                                               "TRUNCATE once everything in it is published")
     log_switch_seconds: int = Field(default=600, ge=1, description="...or when it has been written this long")
+    capture_trigger: Literal["auto", "c", "plpgsql"] = Field(
+        default="auto", description="c: the C trigger library (agent/capture_c), which writes a transaction's "
+        "changes as one log row at commit; plpgsql: one log row per changed row, needs nothing on the server; "
+        "auto: c when the library is installed on the server and the installing role is a superuser")
 
     @field_validator("tables")
     @classmethod

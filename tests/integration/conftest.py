@@ -41,6 +41,6 @@ def second_kafka(stack):
 @pytest.fixture
 def pipeline(stack, request):
     name = request.node.name.replace("test_", "").replace("[", "_").replace("]", "").replace("-", "_")[:40].lower()
-    built = Pipeline(stack, name)
+    built = Pipeline(stack, name, capture_trigger=getattr(request, "param", "auto"))
     yield built
     built.stop_all()

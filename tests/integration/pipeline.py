@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from agent import capture
+from pgfanout.codec import decode_changes, default_codec
 from pgfanout.config import Config, load_config
 from pgfanout.demo import daemon_argv, proof, reset_streams, start_daemon, wait_caught_up, write_config
 from pgfanout.local import processes
@@ -20,15 +21,37 @@ from pgfanout.pg import connect
 from pgfanout.sample import SAMPLE_TABLES, WorkloadStats, create_schema, run_workload, seed
 
 
+OPS = {"INSERT": "I", "UPDATE": "U", "DELETE": "D", "TRUNCATE": "T"}
+
+
+def logged(conn: psycopg.Connection, columns: str = "") -> list[tuple]:
+    """The log's changes in publication order as (op, new row, old key, *columns), whichever trigger wrote them:
+    rows of the C trigger are decoded (NULL values as None, absent arrays as None, as the PL/pgSQL rows hold them).
+    ``columns``: more columns of the log row, e.g. "tableoid::regclass::text"."""
+    extra = f", {columns}" if columns else ""
+    changes = []
+    for op, new_row, old_key, encoded, *more in conn.execute(
+            f"SELECT op, new_row, old_key, changes{extra} FROM pgfanout.log "
+            "ORDER BY max(seq) OVER (PARTITION BY txid), ordinal NULLS FIRST, seq"):
+        if encoded is None:
+            changes.append((op, new_row, old_key, *more))
+            continue
+        for change, _ in decode_changes(default_codec(), encoded):
+            values = [None if i in change["nulls"] else v for i, v in enumerate(change["values"])]
+            changes.append((OPS[change["op"]], values or None, change["old_key"] or None, *more))
+    return changes
+
+
 class Pipeline:
-    def __init__(self, stack: Stack, name: str):
+    def __init__(self, stack: Stack, name: str, capture_trigger: str = "auto"):
         self.stack, self.name = stack, name
         primary, replica, kafka = stack.postgres("primary"), stack.postgres("replica"), stack.kafka("main")
         self.source, self.route, self.distributor = name, f"{name}.all", f"{name}.dist"
         self.subscribers = [f"{name}.sub1", f"{name}.sub2"]
         self.data = {
             "kafka": {"local": {"bootstrap_servers": [kafka.bootstrap]}},
-            "sources": {self.source: {"dsn": primary.dsn(f"{name}_primary"), "kafka": "local", "tables": SAMPLE_TABLES}},
+            "sources": {self.source: {"dsn": primary.dsn(f"{name}_primary"), "kafka": "local", "tables": SAMPLE_TABLES,
+                                      "capture_trigger": capture_trigger}},
             "routes": {self.route: {"upstream": self.source, "kafka": "local"}},
             "distributors": {self.distributor: {"routes": [self.route]}},
             "subscribers": {s: {"route": self.route, "dsn": replica.dsn(s.replace(".", "_"))} for s in self.subscribers},

@@ -8,6 +8,9 @@ import pytest
 from agent import capture
 from pgfanout.errors import CaptureError
 from pgfanout.sample import SAMPLE_TABLES
+from tests.integration.pipeline import logged
+
+BOTH_TRIGGERS = pytest.mark.parametrize("pipeline", ["c", "plpgsql"], indirect=True)
 
 
 def source_with(pipeline, **settings):
@@ -86,10 +89,11 @@ def test_install_writes_into_the_current_log_table_and_moves_rows_an_older_versi
         conn.execute("INSERT INTO pgfanout.log (table_id, op) VALUES (1, 'T')")  # where older versions logged
         capture.install(conn, pipeline.config.sources[pipeline.source])
         conn.execute("INSERT INTO public.accounts VALUES (1, 10)")
-        rows = conn.execute("SELECT tableoid::regclass::text, op FROM pgfanout.log ORDER BY seq").fetchall()
+        rows = [(change[3], change[0]) for change in logged(conn, "tableoid::regclass::text")]
     assert rows == [("pgfanout.log_1", "T"), ("pgfanout.log_2", "I")]
 
 
+@BOTH_TRIGGERS
 def test_triggers_log_every_operation_with_old_keys(pipeline):
     pipeline.prepare()
     with pipeline.primary() as conn:
@@ -98,7 +102,7 @@ def test_triggers_log_every_operation_with_old_keys(pipeline):
         conn.execute("UPDATE public.accounts SET id = 3 WHERE id = 2")
         conn.execute("DELETE FROM public.accounts WHERE id = 1")
         conn.execute("TRUNCATE public.accounts")
-        rows = conn.execute("SELECT op, new_row, old_key FROM pgfanout.log ORDER BY seq").fetchall()
+        rows = logged(conn)
     assert rows == [
         ("I", ["1", "10.00"], None),
         ("I", ["2", "20.00"], None),
@@ -109,6 +113,7 @@ def test_triggers_log_every_operation_with_old_keys(pipeline):
     ]
 
 
+@BOTH_TRIGGERS
 def test_captured_text_ignores_the_writers_session_settings(pipeline):
     pipeline.prepare()
     with pipeline.primary() as conn:
@@ -116,8 +121,8 @@ def test_captured_text_ignores_the_writers_session_settings(pipeline):
         conn.execute("SET TimeZone = 'Asia/Kolkata'")
         conn.execute("SET extra_float_digits = -3")
         conn.execute("INSERT INTO public.customers VALUES (1, 'x', NULL, '2026-03-04 05:06:07.123456+00')")
-        logged = conn.execute("SELECT new_row FROM pgfanout.log").fetchone()[0]
-    assert logged[3] == "2026-03-04 05:06:07.123456+00"
+        new_row = logged(conn)[0][1]
+    assert new_row[3] == "2026-03-04 05:06:07.123456+00"
 
 
 def test_schema_wildcard_with_exclusions(pipeline):
@@ -131,6 +136,7 @@ def test_schema_wildcard_with_exclusions(pipeline):
     assert published == sorted(set(SAMPLE_TABLES) - {"public.accounts"} | {"public.extra"})
 
 
+@BOTH_TRIGGERS
 def test_a_configured_unique_not_null_key_stands_in_for_a_primary_key(pipeline):
     pipeline.prepare(install=False)
     with pipeline.primary() as conn:
@@ -144,7 +150,7 @@ def test_a_configured_unique_not_null_key_stands_in_for_a_primary_key(pipeline):
         capture.install(conn, source_with(pipeline, tables=["public.events"], keys={"public.events": ["code", "zone"]}))
         conn.execute("INSERT INTO public.events VALUES (now(), 'a', 1, 'x')")
         conn.execute("UPDATE public.events SET code = 'b' WHERE code = 'a'")
-        rows = conn.execute("SELECT op, old_key FROM pgfanout.log ORDER BY seq").fetchall()
+        rows = [(op, old_key) for op, _, old_key in logged(conn)]
     assert rows == [("I", None), ("U", ["a", "1"])]
 
 

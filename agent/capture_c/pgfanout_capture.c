@@ -1,0 +1,673 @@
+/*
+ * pgfanout_capture: the capture trigger in C, buffering a transaction's changes.
+ *
+ * The PL/pgSQL triggers insert one log row per changed row. Here each change is encoded at once as an
+ * Avro Change record (schemas/change.avsc) into a buffer that lives as long as the transaction, and the
+ * buffer goes into the log as one row at commit: one insert per transaction instead of one per row, and
+ * the agent splices the encoded changes into its messages instead of encoding them itself.
+ *
+ * Ordering. A log row carries the ordinal of its first change in the transaction; the agent orders a
+ * transaction's rows by it. Transactions are ordered by their largest log sequence number as before
+ * (docs/ordering.md): the last row of a transaction is written at commit, after all its writes.
+ *
+ * Subtransactions. The buffer is a list of segments, each holding changes of one subtransaction (tagged
+ * with its id). Subtransaction ids grow, and a subtransaction's descendants start after it, so the
+ * segments of a subtransaction and its descendants are always the list's tail from the first segment
+ * tagged with an id >= its own: rolling it back drops that tail. A buffer grown past FLUSH_BYTES is
+ * written early, but only that tail for the current subtransaction: a log row belongs to the
+ * subtransaction that inserts it and disappears with it, so it must not hold an enclosing level's changes.
+ * (Only ids are compared, so loading this library inside a subtransaction loses nothing.)
+ *
+ * Values are each column's text as `column::text` gives it (the cast to text when the type has one, else
+ * its output function), with the table's pinned session settings, as the PL/pgSQL triggers write them.
+ * The layout of a table (id, columns, key, old columns, settings) is read once per backend through
+ * pgfanout.layout_of() and forgotten when the table's relcache entry is invalidated (ALTER TABLE,
+ * CREATE TRIGGER).
+ *
+ * Privileges. The layout query and the log insert run as the owner of the trigger function (the role
+ * that installed capture), as the PL/pgSQL triggers run SECURITY DEFINER: writers need no rights on the
+ * pgfanout schema, and the functions these call are not executable by PUBLIC.
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+#include "parser/parse_coerce.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+PG_MODULE_MAGIC;
+
+PG_FUNCTION_INFO_V1(pgfanout_capture);
+
+void		_PG_init(void);
+
+#define FLUSH_BYTES (256 * 1024)
+
+/* Change.op symbols, in schema order */
+enum
+{
+	OP_INSERT, OP_UPDATE, OP_DELETE, OP_TRUNCATE
+};
+
+typedef enum
+{
+	TEXT_AS_IS,					/* text, varchar: already text */
+	TEXT_BY_CAST,				/* a cast function to text (boolean, bpchar, inet, name...) */
+	TEXT_BY_OUTPUT				/* the type's output function */
+} TextMethod;
+
+typedef struct Column
+{
+	AttrNumber	attnum;
+	TextMethod	method;
+	FmgrInfo	function;
+} Column;
+
+typedef struct Layout
+{
+	Oid			relid;			/* hash key */
+	bool		valid;
+	int32		table_id;
+	int			ncolumns;
+	Column	   *columns;
+	int			nkeys;
+	int		   *keys;			/* indexes into columns */
+	int			nolds;
+	int		   *olds;			/* indexes into columns */
+	int			nsettings;
+	char	  **setting_names;
+	char	  **setting_values;
+} Layout;
+
+typedef struct Segment
+{
+	SubTransactionId subid;		/* the subtransaction whose changes these are */
+	int			offset;			/* in the buffer */
+	int			length;
+	int32		first_ordinal;
+	int32		count;
+	List	   *tables;			/* table ids, each once */
+} Segment;
+
+static HTAB *layouts = NULL;
+static MemoryContext layout_context = NULL;
+
+/* per transaction, in TopTransactionContext */
+static StringInfo buffer = NULL;
+static List *segments = NIL;
+static int32 next_ordinal = 0;
+
+static SPIPlanPtr append_plan = NULL;
+static SPIPlanPtr layout_plan = NULL;
+static Oid	capture_owner = InvalidOid;	/* the trigger function's owner, as last seen */
+
+typedef struct Identity
+{
+	Oid			user;
+	int			context;
+} Identity;
+
+static Identity
+become_owner(void)
+{
+	Identity	saved;
+
+	if (!OidIsValid(capture_owner))
+		elog(ERROR, "pgfanout: capture owner unknown");
+	GetUserIdAndSecContext(&saved.user, &saved.context);
+	SetUserIdAndSecContext(capture_owner,
+						   saved.context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	return saved;
+}
+
+/* An error in between needs no restore: aborting the (sub)transaction restores the identity. */
+static void
+restore_identity(Identity saved)
+{
+	SetUserIdAndSecContext(saved.user, saved.context);
+}
+
+/* -- Avro ----------------------------------------------------------------------------------------- */
+
+static void
+put_long(StringInfo s, int64 value)
+{
+	uint64		z = ((uint64) value << 1) ^ (uint64) (value >> 63);
+	char		bytes[10];
+	int			n = 0;
+
+	while (z & ~UINT64CONST(0x7F))
+	{
+		bytes[n++] = (char) ((z & 0x7F) | 0x80);
+		z >>= 7;
+	}
+	bytes[n++] = (char) z;
+	appendBinaryStringInfo(s, bytes, n);
+}
+
+static void
+put_string(StringInfo s, const char *data, int length)
+{
+	put_long(s, length);
+	appendBinaryStringInfo(s, data, length);
+}
+
+static void
+put_int_array(StringInfo s, const int *items, int count)
+{
+	if (count > 0)
+	{
+		put_long(s, count);
+		for (int i = 0; i < count; i++)
+			put_long(s, items[i]);
+	}
+	put_long(s, 0);
+}
+
+static void
+put_value(StringInfo s, Column *column, Datum value)
+{
+	text	   *t;
+
+	switch (column->method)
+	{
+		case TEXT_AS_IS:
+			t = DatumGetTextPP(value);
+			put_string(s, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+			break;
+		case TEXT_BY_CAST:
+			t = DatumGetTextPP(FunctionCall1(&column->function, value));
+			put_string(s, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+			break;
+		case TEXT_BY_OUTPUT:
+			{
+				char	   *out = OutputFunctionCall(&column->function, value);
+
+				put_string(s, out, strlen(out));
+				break;
+			}
+	}
+}
+
+/* An array<string> of the given columns of tuple (NULL written as ""), then their array<int> of nulls. */
+static void
+put_values(StringInfo s, Layout *layout, const int *which, int count, HeapTuple tuple, TupleDesc desc)
+{
+	int		   *nulls = palloc(sizeof(int) * (count > 0 ? count : 1));
+	int			nnulls = 0;
+
+	if (count > 0)
+	{
+		put_long(s, count);
+		for (int i = 0; i < count; i++)
+		{
+			Column	   *column = &layout->columns[which ? which[i] : i];
+			bool		isnull;
+			Datum		value = heap_getattr(tuple, column->attnum, desc, &isnull);
+
+			if (isnull)
+			{
+				nulls[nnulls++] = i;
+				put_long(s, 0);
+			}
+			else
+				put_value(s, column, value);
+		}
+	}
+	put_long(s, 0);
+	put_int_array(s, nulls, nnulls);
+}
+
+/* The key's text, to tell whether an UPDATE changed it (the PL/pgSQL triggers compare texts too). */
+static StringInfo
+key_text(Layout *layout, HeapTuple tuple, TupleDesc desc)
+{
+	StringInfo	s = makeStringInfo();
+
+	for (int i = 0; i < layout->nkeys; i++)
+	{
+		bool		isnull;
+		Column	   *column = &layout->columns[layout->keys[i]];
+		Datum		value = heap_getattr(tuple, column->attnum, desc, &isnull);
+
+		if (isnull)
+			put_long(s, -1);
+		else
+			put_value(s, column, value);
+	}
+	return s;
+}
+
+/* -- layouts -------------------------------------------------------------------------------------- */
+
+static void
+forget_layout(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	Layout	   *layout;
+
+	if (layouts == NULL)
+		return;
+	hash_seq_init(&status, layouts);
+	while ((layout = hash_seq_search(&status)) != NULL)
+		if (relid == InvalidOid || layout->relid == relid)
+			layout->valid = false;
+}
+
+static int
+column_index(Layout *layout, const char *name, Relation relation)
+{
+	AttrNumber	attnum = get_attnum(RelationGetRelid(relation), name);
+
+	for (int i = 0; i < layout->ncolumns; i++)
+		if (layout->columns[i].attnum == attnum)
+			return i;
+	ereport(ERROR,
+			(errmsg("pgfanout: the layout of \"%s\" names column \"%s\", which is not among its columns",
+					RelationGetRelationName(relation), name),
+			 errhint("run pgfanout agent install again")));
+	return -1;
+}
+
+static char **
+text_array_items(Datum array, int *count)
+{
+	Datum	   *items;
+	bool	   *nulls;
+	char	  **texts;
+
+	deconstruct_array(DatumGetArrayTypeP(array), TEXTOID, -1, false, TYPALIGN_INT, &items, &nulls, count);
+	texts = MemoryContextAlloc(layout_context, sizeof(char *) * (*count > 0 ? *count : 1));
+	for (int i = 0; i < *count; i++)
+		texts[i] = MemoryContextStrdup(layout_context, TextDatumGetCString(items[i]));
+	return texts;
+}
+
+static void
+read_layout(Layout *layout, Relation relation)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(RelationGetRelid(relation))};
+	TupleDesc	desc = RelationGetDescr(relation);
+	HeapTuple	row;
+	TupleDesc	rowdesc;
+	bool		isnull;
+	int			ncolumns, nkeys, nolds, nsettings;
+	char	  **columns, **keys, **olds, **settings;
+
+	Identity	caller;
+
+	if (layout_context == NULL)
+		layout_context = AllocSetContextCreate(CacheMemoryContext, "pgfanout layouts", ALLOCSET_SMALL_SIZES);
+	caller = become_owner();
+	SPI_connect();
+	if (layout_plan == NULL)
+	{
+		layout_plan = SPI_prepare("SELECT table_id, columns, key_columns, old_columns, settings "
+								  "FROM pgfanout.layout_of($1)", 1, argtypes);
+		if (layout_plan == NULL)
+			elog(ERROR, "pgfanout: could not prepare the layout query: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(layout_plan);
+	}
+	/* the latest snapshot: a REPEATABLE READ transaction must see the layout an ALTER TABLE just committed */
+	if (SPI_execute_snapshot(layout_plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false, 1)
+		!= SPI_OK_SELECT)
+		elog(ERROR, "pgfanout: the layout query failed");
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errmsg("pgfanout: table \"%s\" has a capture trigger but no layout in pgfanout.tables",
+						RelationGetRelationName(relation)),
+				 errhint("run pgfanout agent install again")));
+	row = SPI_tuptable->vals[0];
+	rowdesc = SPI_tuptable->tupdesc;
+	layout->table_id = DatumGetInt32(SPI_getbinval(row, rowdesc, 1, &isnull));
+	columns = text_array_items(SPI_getbinval(row, rowdesc, 2, &isnull), &ncolumns);
+	keys = text_array_items(SPI_getbinval(row, rowdesc, 3, &isnull), &nkeys);
+	olds = text_array_items(SPI_getbinval(row, rowdesc, 4, &isnull), &nolds);
+	settings = text_array_items(SPI_getbinval(row, rowdesc, 5, &isnull), &nsettings);
+	SPI_finish();
+	restore_identity(caller);
+
+	layout->ncolumns = ncolumns;
+	layout->columns = MemoryContextAllocZero(layout_context, sizeof(Column) * (ncolumns > 0 ? ncolumns : 1));
+	for (int i = 0; i < ncolumns; i++)
+	{
+		Column	   *column = &layout->columns[i];
+		AttrNumber	attnum = get_attnum(RelationGetRelid(relation), columns[i]);
+		Oid			type, function;
+		bool		varlena;
+
+		if (attnum == InvalidAttrNumber || attnum <= 0 || TupleDescAttr(desc, attnum - 1)->attisdropped)
+			ereport(ERROR,
+					(errmsg("pgfanout: the layout of \"%s\" names column \"%s\", which the table does not have",
+							RelationGetRelationName(relation), columns[i]),
+					 errhint("run pgfanout agent install again")));
+		column->attnum = attnum;
+		type = TupleDescAttr(desc, attnum - 1)->atttypid;
+		switch (find_coercion_pathway(TEXTOID, type, COERCION_EXPLICIT, &function))
+		{
+			case COERCION_PATH_RELABELTYPE:
+				column->method = TEXT_AS_IS;
+				break;
+			case COERCION_PATH_FUNC:
+				column->method = TEXT_BY_CAST;
+				fmgr_info_cxt(function, &column->function, layout_context);
+				break;
+			default:
+				column->method = TEXT_BY_OUTPUT;
+				getTypeOutputInfo(type, &function, &varlena);
+				fmgr_info_cxt(function, &column->function, layout_context);
+				break;
+		}
+	}
+	layout->nkeys = nkeys;
+	layout->keys = MemoryContextAlloc(layout_context, sizeof(int) * (nkeys > 0 ? nkeys : 1));
+	for (int i = 0; i < nkeys; i++)
+		layout->keys[i] = column_index(layout, keys[i], relation);
+	layout->nolds = nolds;
+	layout->olds = MemoryContextAlloc(layout_context, sizeof(int) * (nolds > 0 ? nolds : 1));
+	for (int i = 0; i < nolds; i++)
+		layout->olds[i] = column_index(layout, olds[i], relation);
+	if (nsettings % 2 != 0)
+		elog(ERROR, "pgfanout: the settings of table %d are not name/value pairs", layout->table_id);
+	layout->nsettings = nsettings / 2;
+	layout->setting_names = MemoryContextAlloc(layout_context, sizeof(char *) * (nsettings / 2 + 1));
+	layout->setting_values = MemoryContextAlloc(layout_context, sizeof(char *) * (nsettings / 2 + 1));
+	for (int i = 0; i < nsettings / 2; i++)
+	{
+		layout->setting_names[i] = settings[2 * i];
+		layout->setting_values[i] = settings[2 * i + 1];
+	}
+	layout->valid = true;
+}
+
+static Layout *
+layout_of(Relation relation)
+{
+	Oid			relid = RelationGetRelid(relation);
+	bool		found;
+	Layout	   *layout;
+
+	if (layouts == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(Oid);
+		ctl.entrysize = sizeof(Layout);
+		layouts = hash_create("pgfanout layouts", 64, &ctl, HASH_ELEM | HASH_BLOBS);
+		CacheRegisterRelcacheCallback(forget_layout, (Datum) 0);
+	}
+	layout = hash_search(layouts, &relid, HASH_ENTER, &found);
+	if (!found)
+		layout->valid = false;
+	if (!layout->valid)
+		read_layout(layout, relation);	/* the arrays of an old layout stay in layout_context: a few bytes */
+	return layout;
+}
+
+/* -- the buffer ----------------------------------------------------------------------------------- */
+
+static Segment *
+segment_for_change(int32 table_id)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	Segment    *segment;
+
+	if (buffer == NULL)
+		buffer = makeStringInfo();
+	segment = segments != NIL ? llast(segments) : NULL;
+	if (segment == NULL || segment->subid != GetCurrentSubTransactionId())
+	{
+		segment = palloc0(sizeof(Segment));
+		segment->subid = GetCurrentSubTransactionId();
+		segment->offset = buffer->len;
+		segment->first_ordinal = next_ordinal;
+		segments = lappend(segments, segment);
+	}
+	segment->tables = list_append_unique_int(segment->tables, table_id);
+	MemoryContextSwitchTo(old);
+	return segment;
+}
+
+/* The index of the first segment of subtransaction subid or of its descendants (the list's length if none). */
+static int
+first_segment_of(SubTransactionId subid)
+{
+	int			first = list_length(segments);
+
+	while (first > 0 && ((Segment *) list_nth(segments, first - 1))->subid >= subid)
+		first--;
+	return first;
+}
+
+static void
+drop_segments(int first)
+{
+	if (list_length(segments) <= first)
+		return;
+	buffer->len = ((Segment *) list_nth(segments, first))->offset;
+	buffer->data[buffer->len] = '\0';
+	segments = list_truncate(segments, first);
+}
+
+/* Write the segments from index `first` on into the log, and drop them from the buffer. */
+static void
+flush_segments(int first)
+{
+	Oid			argtypes[4] = {INT4OID, INT4OID, INT4ARRAYOID, BYTEAOID};
+	Identity	caller;
+
+	if (list_length(segments) <= first)
+		return;
+	caller = become_owner();
+	SPI_connect();
+	if (append_plan == NULL)
+	{
+		append_plan = SPI_prepare("SELECT pgfanout.append_changes($1, $2, $3, $4)", 4, argtypes);
+		if (append_plan == NULL)
+			elog(ERROR, "pgfanout: could not prepare the log insert: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(append_plan);
+	}
+	for (int i = first; i < list_length(segments); i++)
+	{
+		Segment    *segment = list_nth(segments, i);
+		int			ntables = list_length(segment->tables);
+		Datum	   *tables = palloc(sizeof(Datum) * ntables);
+		bytea	   *changes = palloc(VARHDRSZ + segment->length);
+		Datum		args[4];
+		ListCell   *cell;
+		int			n = 0;
+
+		if (segment->count == 0)
+			continue;
+		foreach(cell, segment->tables)
+			tables[n++] = Int32GetDatum(lfirst_int(cell));
+		SET_VARSIZE(changes, VARHDRSZ + segment->length);
+		memcpy(VARDATA(changes), buffer->data + segment->offset, segment->length);
+		args[0] = Int32GetDatum(segment->first_ordinal);
+		args[1] = Int32GetDatum(segment->count);
+		args[2] = PointerGetDatum(construct_array(tables, ntables, INT4OID, 4, true, TYPALIGN_INT));
+		args[3] = PointerGetDatum(changes);
+		if (SPI_execute_plan(append_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "pgfanout: writing the log failed");
+	}
+	SPI_finish();
+	restore_identity(caller);
+	drop_segments(first);
+}
+
+static void
+flush_all(void)
+{
+	if (segments == NIL)
+		return;
+	PushActiveSnapshot(GetTransactionSnapshot());
+	flush_segments(0);
+	PopActiveSnapshot();
+}
+
+static void
+forget_transaction(void)
+{
+	/* the memory goes with TopTransactionContext */
+	buffer = NULL;
+	segments = NIL;
+	next_ordinal = 0;
+}
+
+static void
+on_transaction(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			flush_all();
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PREPARE:
+			forget_transaction();
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+on_subtransaction(SubXactEvent event, SubTransactionId subid, SubTransactionId parent, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		drop_segments(first_segment_of(subid));
+}
+
+void
+_PG_init(void)
+{
+	RegisterXactCallback(on_transaction, NULL);
+	RegisterSubXactCallback(on_subtransaction, NULL);
+}
+
+/* -- the trigger ---------------------------------------------------------------------------------- */
+
+static void
+append_change(Layout *layout, TriggerData *trigger)
+{
+	TupleDesc	desc = RelationGetDescr(trigger->tg_relation);
+	TriggerEvent event = trigger->tg_event;
+	Segment    *segment = segment_for_change(layout->table_id);
+	int			before = buffer->len;
+	int			op;
+	HeapTuple	new_row = NULL, old_row = NULL;
+	bool		key_changed = false;
+	int			nest = -1;
+
+	if (TRIGGER_FIRED_BY_TRUNCATE(event))
+		op = OP_TRUNCATE;
+	else if (TRIGGER_FIRED_BY_INSERT(event))
+		op = OP_INSERT, new_row = trigger->tg_trigtuple;
+	else if (TRIGGER_FIRED_BY_UPDATE(event))
+		op = OP_UPDATE, old_row = trigger->tg_trigtuple, new_row = trigger->tg_newtuple;
+	else
+		op = OP_DELETE, old_row = trigger->tg_trigtuple;
+
+	if (layout->nsettings > 0 && op != OP_TRUNCATE)
+	{
+		nest = NewGUCNestLevel();
+		for (int i = 0; i < layout->nsettings; i++)
+			(void) set_config_option(layout->setting_names[i], layout->setting_values[i],
+									 superuser() ? PGC_SUSET : PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+									 true, 0, false);
+	}
+	put_long(buffer, layout->table_id);
+	put_long(buffer, op);
+	if (new_row != NULL)
+		put_values(buffer, layout, NULL, layout->ncolumns, new_row, desc);
+	else
+	{
+		put_long(buffer, 0);	/* values */
+		put_long(buffer, 0);	/* nulls */
+	}
+	if (op == OP_UPDATE)
+	{
+		StringInfo	old_key = key_text(layout, old_row, desc);
+		StringInfo	new_key = key_text(layout, new_row, desc);
+
+		/* encoded: lengths first, and bytes that may be zero */
+		key_changed = old_key->len != new_key->len || memcmp(old_key->data, new_key->data, old_key->len) != 0;
+	}
+	if (op == OP_DELETE || key_changed)
+	{
+		/* key columns are NOT NULL: no nulls array in the schema for them */
+		put_long(buffer, layout->nkeys);
+		for (int i = 0; i < layout->nkeys; i++)
+		{
+			bool		isnull;
+			Column	   *column = &layout->columns[layout->keys[i]];
+			Datum		value = heap_getattr(old_row, column->attnum, desc, &isnull);
+
+			if (isnull)
+				elog(ERROR, "pgfanout: key column %d of table %d is NULL", column->attnum, layout->table_id);
+			put_value(buffer, column, value);
+		}
+	}
+	put_long(buffer, 0);
+	if (old_row != NULL && layout->nolds > 0)
+		put_values(buffer, layout, layout->olds, layout->nolds, old_row, desc);
+	else
+	{
+		put_long(buffer, 0);	/* old_values */
+		put_long(buffer, 0);	/* old_nulls */
+	}
+	if (nest >= 0)
+		AtEOXact_GUC(true, nest);
+
+	segment->length += buffer->len - before;
+	segment->count++;
+	next_ordinal++;
+	if (buffer->len > FLUSH_BYTES)
+	{
+		int			first = first_segment_of(GetCurrentSubTransactionId());
+
+		if (buffer->len - ((Segment *) list_nth(segments, first))->offset > FLUSH_BYTES)
+			flush_segments(first);
+	}
+}
+
+Datum
+pgfanout_capture(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigger = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "pgfanout_capture: not called as a trigger");
+	if (!TRIGGER_FIRED_AFTER(trigger->tg_event))
+		elog(ERROR, "pgfanout_capture: must be an AFTER trigger");
+	{
+		HeapTuple	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(trigger->tg_trigger->tgfoid));
+
+		if (!HeapTupleIsValid(proc))
+			elog(ERROR, "pgfanout_capture: cache lookup failed for function %u", trigger->tg_trigger->tgfoid);
+		capture_owner = ((Form_pg_proc) GETSTRUCT(proc))->proowner;
+		ReleaseSysCache(proc);
+	}
+	append_change(layout_of(trigger->tg_relation), trigger);
+	return PointerGetDatum(NULL);
+}

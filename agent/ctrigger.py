@@ -1,0 +1,83 @@
+"""The C capture trigger (agent/capture_c): when to use it, and the SQL that installs it.
+
+The C trigger encodes each change as an Avro Change record and writes a transaction's changes to the log
+as one row at commit (columns ordinal, change_count, table_ids, changes), through
+``pgfanout.append_changes()``. The PL/pgSQL triggers write one row per change. Both kinds of row live
+in the same log tables; one transaction's rows are always of one kind, because install replaces every
+table's trigger in one transaction, which waits for the transactions writing those tables.
+
+A C function can only be created by a superuser, from a library installed in the server's library
+directory (``make -C agent/capture_c install``), which managed PostgreSQL services do not allow: the
+PL/pgSQL triggers stay the portable default.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from pgfanout.errors import CaptureError
+from pgfanout.pg import SESSION_SETTINGS
+
+LIBRARY = "pgfanout_capture"
+FUNCTION = "capture_packed"
+
+# The layout the C trigger reads once per backend and table (the newest layout row of the relation).
+LAYOUT_FUNCTION = """
+CREATE OR REPLACE FUNCTION pgfanout.layout_of(relation oid)
+RETURNS TABLE (table_id integer, columns text[], key_columns text[], old_columns text[], settings text[])
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $layout$
+    SELECT t.table_id, t.columns, t.key_columns, t.old_columns, t.settings FROM pgfanout.tables t
+      JOIN pg_class c ON c.relname = t.table_name
+      JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = t.schema_name
+     WHERE c.oid = relation ORDER BY t.table_id DESC LIMIT 1
+$layout$"""
+
+# Called by the C trigger as the trigger function's owner; switch_log() rewrites the log table it names.
+APPEND_FUNCTION = """
+CREATE OR REPLACE FUNCTION pgfanout.append_changes(first_ordinal integer, change_count integer,
+                                                   table_ids integer[], changes bytea)
+RETURNS void LANGUAGE plpgsql AS $append$
+BEGIN
+    INSERT INTO {log} (table_id, op, ordinal, change_count, table_ids, changes)
+        VALUES (0, 'P', first_ordinal, change_count, table_ids, changes);
+END $append$"""
+
+
+def settings_pairs(names: frozenset[str] | None) -> list[str]:
+    """The settings the trigger pins, as the flat [name, value, ...] list pgfanout.tables.settings holds."""
+    return [item for name, value in SESSION_SETTINGS.items() if names is None or name in names
+            for item in (name, value)]
+
+
+def library_installed(conn: psycopg.Connection) -> bool:
+    """Whether the server's library directory holds the C trigger (superusers only can tell, and use it)."""
+    if not conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+        return False
+    directory = conn.execute("SELECT setting FROM pg_config WHERE name = 'PKGLIBDIR'").fetchone()[0]
+    return conn.execute("SELECT (pg_stat_file(%s, true)).size IS NOT NULL", (f"{directory}/{LIBRARY}.so",)).fetchone()[0]
+
+
+def use_c_trigger(conn: psycopg.Connection, choice: str) -> bool:
+    if choice == "plpgsql":
+        return False
+    available = library_installed(conn)
+    if choice == "c" and not available:
+        raise CaptureError(
+            f"capture_trigger is c, but the library {LIBRARY} is not installed on the server, "
+            "or the installing role is not a superuser: run `make -C agent/capture_c install` on the database "
+            "server (needs postgresql-server-dev), install as a superuser, or set capture_trigger: plpgsql")
+    return available
+
+
+def function_statements(log_table: sql.Composable, c_trigger: bool) -> list[sql.Composable]:
+    statements: list[sql.Composable] = [
+        sql.SQL(LAYOUT_FUNCTION),
+        sql.SQL("REVOKE ALL ON FUNCTION pgfanout.layout_of(oid) FROM PUBLIC"),
+        sql.SQL(APPEND_FUNCTION).format(log=log_table),
+        sql.SQL("REVOKE ALL ON FUNCTION pgfanout.append_changes(integer, integer, integer[], bytea) FROM PUBLIC"),
+    ]
+    if c_trigger:
+        statements.append(sql.SQL("CREATE OR REPLACE FUNCTION pgfanout.{}() RETURNS trigger LANGUAGE c AS {}, {}").format(
+            sql.Identifier(FUNCTION), sql.Literal(f"$libdir/{LIBRARY}"), sql.Literal("pgfanout_capture")))
+    return statements
