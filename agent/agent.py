@@ -66,7 +66,10 @@ SELECT l.txid::text::bigint, l.table_id, l.op, array_replace(l.new_row, NULL, ''
 {BATCH_ROWS}
 ORDER BY max(l.seq) OVER (PARTITION BY l.txid), l.ordinal NULLS FIRST, l.seq
 """
-LARGEST_ROW_QUERY = f"SELECT coalesce(max({ROW_SIZE}), 0) {BATCH_ROWS}"
+# ...and what pgfanout.tables holds (layout rows are never changed, only added, or replaced by a reinstall)
+LARGEST_ROW_QUERY = (f"SELECT coalesce(max({ROW_SIZE}), 0), "
+                     "(SELECT count(*) || '/' || coalesce(sum(xmin::text::bigint), 0) FROM pgfanout.tables) "
+                     f"{BATCH_ROWS}")
 
 
 class Agent:
@@ -82,6 +85,7 @@ class Agent:
         self.producer: Any = None
         self.state = AgentState(0, 1)
         self.tables: dict[int, dict[str, Any]] = {}
+        self.tables_version: str | None = None
         self.logged_at_last_tick: tuple[int, bool] | None = None  # the log sequence when the last tick was taken
         self.running_at_last_tick = True  # whether other transactions were running then
         self.last_sent = 0.0
@@ -129,21 +133,22 @@ class Agent:
     def _next_tick(self, heartbeat_due: bool) -> tuple[int, datetime] | None:
         """The tick after the published one: left over from a crash, or taken now if there is work."""
         assert self.conn is not None
-        with self.conn.transaction():
-            row = self.conn.execute(
-                "SELECT tick_id, tick_time FROM pgfanout.tick WHERE tick_id > %s ORDER BY tick_id LIMIT 1",
-                (self.state.published_tick,)).fetchone()
-            if row:
-                return row[0], row[1]
-            logged = self.conn.execute("SELECT last_value, is_called FROM pgfanout.log_seq").fetchone()
-            if not heartbeat_due and not self._may_have_work(logged):
-                return None
-            tick_id, tick_time, others_running = self.conn.execute(
-                "INSERT INTO pgfanout.tick (tick_id, snapshot, tick_time) "
-                "VALUES (nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()) "
-                "RETURNING tick_id, tick_time, pg_snapshot_xmin(snapshot) <> pg_snapshot_xmax(snapshot)").fetchone()
-            self.logged_at_last_tick, self.running_at_last_tick = logged, others_running
+        # Each statement on its own (autocommit): round trips are most of the agent's cost at a tick every
+        # 50 ms. The log's sequence is read before the tick is taken, so a tick never claims to cover more.
+        tick_id, tick_time, *logged = self.conn.execute(
+            "SELECT t.tick_id, t.tick_time, s.last_value, s.is_called FROM pgfanout.log_seq s LEFT JOIN LATERAL "
+            "(SELECT tick_id, tick_time FROM pgfanout.tick WHERE tick_id > %s ORDER BY tick_id LIMIT 1) t ON true",
+            (self.state.published_tick,)).fetchone()
+        if tick_id is not None:
             return tick_id, tick_time
+        if not heartbeat_due and not self._may_have_work(tuple(logged)):
+            return None
+        tick_id, tick_time, others_running = self.conn.execute(
+            "INSERT INTO pgfanout.tick (tick_id, snapshot, tick_time) "
+            "VALUES (nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()) "
+            "RETURNING tick_id, tick_time, pg_snapshot_xmin(snapshot) <> pg_snapshot_xmax(snapshot)").fetchone()
+        self.logged_at_last_tick, self.running_at_last_tick = tuple(logged), others_running
+        return tick_id, tick_time
 
     def _may_have_work(self, logged: tuple[int, bool]) -> bool:
         assert self.conn is not None
@@ -176,18 +181,20 @@ class Agent:
                 if Progress(part.position, part.chunk) > after:
                     yield part
 
-        # binary: arrays arrive without array_out on the server and are parsed in C by psycopg
-        with self.conn.transaction(), self.conn.cursor(binary=True) as cur:
-            self.tables = self._read_tables()  # capture may have been installed on more tables since
+        # binary: arrays arrive without array_out on the server and are parsed in C by psycopg. No transaction:
+        # the rows between two committed ticks never change.
+        with self.conn.cursor(binary=True) as cur:
             batch = {"prev": self.state.published_tick, "cur": tick_id}
             # stream(): PostgreSQL keeps producing rows while this process encodes them (a server-side cursor,
             # fetched piece by piece, was 30% slower). libpq holds `size` rows at a time, so the size comes
             # from the batch's largest row: memory holds one piece and the unacknowledged messages, whatever
             # the size of the batch or of its rows
-            largest = cur.execute(LARGEST_ROW_QUERY, batch).fetchone()[0]
+            largest, tables_version = cur.execute(LARGEST_ROW_QUERY, batch).fetchone()
+            if tables_version != self.tables_version:  # capture installed on more tables, or ALTER TABLE
+                self.tables, self.tables_version = self._read_tables(), tables_version
             rows = cur.stream(BATCH_QUERY, batch, size=stream_rows(largest, FETCH_ROWS, FETCH_BYTES))
             # closing() ends the stream even when sending fails: a suspended stream holds the connection's
-            # lock, and the transaction's rollback would wait for it forever
+            # lock, and the next statement would wait for it forever
             with closing(rows):
                 parts = split_transactions(rows, first_position, CHUNK_CHANGES, self.settings.message_bytes,
                                            unpack=lambda data: decode_changes(self.codec, data))
@@ -247,10 +254,10 @@ class Agent:
     def _record(self, tick_id: int, next_position: int) -> None:
         """Mark the tick published, in one primary transaction."""
         assert self.conn is not None
-        with self.conn.transaction():
-            self.conn.execute(
-                "UPDATE pgfanout.agent_state SET published_tick = %s, next_position = %s", (tick_id, next_position))
-            self.conn.execute("DELETE FROM pgfanout.tick WHERE tick_id < %s", (tick_id,))
+        self.conn.execute(  # one statement, one transaction
+            "WITH old AS (DELETE FROM pgfanout.tick WHERE tick_id < %(tick)s) "
+            "UPDATE pgfanout.agent_state SET published_tick = %(tick)s, next_position = %(next)s",
+            {"tick": tick_id, "next": next_position})
         self.state = AgentState(tick_id, next_position)
 
     # -- reconciliation ------------------------------------------------------------

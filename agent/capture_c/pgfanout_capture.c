@@ -433,7 +433,9 @@ segment_for_change(int32 table_id)
 	if (buffer == NULL)
 		buffer = makeStringInfo();
 	segment = segments != NIL ? llast(segments) : NULL;
-	if (segment == NULL || segment->subid != GetCurrentSubTransactionId())
+	/* a segment's changes are numbered consecutively: after a rollback or an early write, start another */
+	if (segment == NULL || segment->subid != GetCurrentSubTransactionId() ||
+		segment->first_ordinal + segment->count != next_ordinal)
 	{
 		segment = palloc0(sizeof(Segment));
 		segment->subid = GetCurrentSubTransactionId();
