@@ -20,7 +20,6 @@ from pgfanout.local.stack import Stack
 from pgfanout.pg import connect
 from pgfanout.sample import SAMPLE_TABLES, WorkloadStats, create_schema, run_workload, seed
 
-
 OPS = {"INSERT": "I", "UPDATE": "U", "DELETE": "D", "TRUNCATE": "T"}
 
 

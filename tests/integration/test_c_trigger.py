@@ -191,9 +191,9 @@ def test_capture_trigger_c_is_refused_where_it_cannot_be_used(pipeline):
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     try:
         source = pipeline.config.sources[pipeline.source]
-        with psycopg.connect(pipeline.primary_dsn, user=role, autocommit=True) as installer:
-            with pytest.raises(CaptureError, match="capture_trigger is c, but the library pgfanout_capture"):
-                capture.install_statements(installer, source.model_copy(update={"capture_trigger": "c"}))
+        with (psycopg.connect(pipeline.primary_dsn, user=role, autocommit=True) as installer,
+              pytest.raises(CaptureError, match="capture_trigger is c, but the library pgfanout_capture")):
+            capture.install_statements(installer, source.model_copy(update={"capture_trigger": "c"}))
     finally:
         with pipeline.primary() as conn:
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
