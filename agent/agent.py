@@ -89,6 +89,7 @@ class Agent:
         self.logged_at_last_tick: tuple[int, bool] | None = None  # the log sequence when the last tick was taken
         self.running_at_last_tick = True  # whether other transactions were running then
         self.last_sent = 0.0
+        self.last_tick_at = time.monotonic()
         self.last_log_check = 0.0
         self.unacked = 0  # bytes sent since the last flush
 
@@ -125,10 +126,15 @@ class Agent:
         heartbeat_due = time.monotonic() - self.last_sent >= self.settings.heartbeat_interval_ms / 1000
         tick = self._next_tick(heartbeat_due)
         if tick is None:
+            self.idle_seconds = self.settings.tick_interval_ms / 1000
             return False
-        self._publish_batch(tick, Progress(self.state.next_position - 1), heartbeat=heartbeat_due)
+        now = time.monotonic()
+        published = self._publish_batch(tick, Progress(self.state.next_position - 1), heartbeat=heartbeat_due)
+        self.idle_seconds = tick_pause(published, now - self.last_tick_at, self.settings.tick_interval_ms,
+                                       self.settings.busy_tick_interval_ms, self.settings.busy_transactions_per_second)
+        self.last_tick_at = now
         self._maintain_log()
-        return False  # ticks are paced by tick_interval_ms, busy or idle: that sizes the batches
+        return False  # ticks are paced (tick_pause), busy or idle: that sizes the batches
 
     def _next_tick(self, heartbeat_due: bool) -> tuple[int, datetime] | None:
         """The tick after the published one: left over from a crash, or taken now if there is work."""
@@ -166,8 +172,9 @@ class Agent:
         logswitch.maintain(self.conn, self.settings.log_switch_bytes, self.settings.log_switch_seconds)
 
     def _publish_batch(self, tick: tuple[int, datetime], after: Progress, heartbeat: bool,
-                       must_publish: bool = False) -> None:
-        """Stream the batch of ``tick`` to Kafka (parts after ``after`` only), flush, then record it."""
+                       must_publish: bool = False) -> int:
+        """Stream the batch of ``tick`` to Kafka (parts after ``after`` only), flush, then record it; returns how
+        many transactions the batch held."""
         assert self.conn is not None
         tick_id, tick_time = tick
         first_position = self.state.next_position
@@ -217,6 +224,7 @@ class Agent:
         if sent:
             log.debug("tick %d: published positions %d..%d in %d messages", tick_id, first_position,
                       next_position - 1, sent)
+        return next_position - first_position
 
     def _tables_of(self, package: list[Part]) -> list[dict[str, Any]]:
         used = set().union(*(part.tables for part in package))
@@ -288,6 +296,18 @@ class Agent:
             self._record(resume.tick_id, resume.after.position + 1)
         else:
             self._publish_batch((row[0], row[1]), resume.after, heartbeat=False, must_publish=True)
+
+
+def tick_pause(transactions: int, seconds: float, tick_ms: int, busy_tick_ms: int, busy_tps: int) -> float:
+    """Seconds to wait before the next tick, after a batch of ``transactions`` committed in ``seconds``.
+
+    Every tick costs the agent and the primary a few round trips and Kafka a request, whatever the batch
+    holds: while the source commits more than ``busy_tps`` transactions a second, ticking every
+    ``busy_tick_ms`` makes fewer, larger batches (lag stays well under a second); below that rate the
+    short interval keeps lag low.
+    """
+    rate = transactions / seconds if seconds > 0 else 0.0
+    return (busy_tick_ms if rate > busy_tps else tick_ms) / 1000
 
 
 def tick_needed(logged: tuple[int, bool], logged_at_last_tick: tuple[int, bool] | None,

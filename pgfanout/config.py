@@ -16,7 +16,7 @@ from typing import Annotated, Literal, TypeVar
 
 import psycopg.conninfo
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pgfanout.errors import ConfigError, FilterError
 from pgfanout.rowfilter import RowFilter, parse_filter
@@ -80,6 +80,11 @@ class Source(Database):
     keys: dict[str, list[str]] = Field(
         default_factory=dict, description="per table without a primary key: the columns of a unique, NOT NULL key")
     tick_interval_ms: int = Field(default=50, ge=5, le=60_000)
+    busy_tick_interval_ms: int = Field(
+        default=200, ge=5, le=60_000, description="the tick interval while the source commits more than "
+        "busy_transactions_per_second: fewer, larger batches, because every tick costs round trips to PostgreSQL "
+        "and Kafka; at least tick_interval_ms")
+    busy_transactions_per_second: int = Field(default=1000, ge=1)
     heartbeat_interval_ms: int = Field(default=1000, ge=50, le=3_600_000)
     message_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024,
                                description="target size of one Kafka message; transactions are packed up to it, "
@@ -95,6 +100,13 @@ class Source(Database):
         default="auto", description="c: the C trigger library (agent/capture_c), which writes a transaction's "
         "changes as one log row at commit; plpgsql: one log row per changed row, needs nothing on the server; "
         "auto: c when the library is installed on the server and the installing role is a superuser")
+
+    @model_validator(mode="after")
+    def _busy_ticks_not_faster(self) -> Source:
+        if self.busy_tick_interval_ms < self.tick_interval_ms:
+            raise ValueError(f"busy_tick_interval_ms ({self.busy_tick_interval_ms}) must be at least "
+                             f"tick_interval_ms ({self.tick_interval_ms})")
+        return self
 
     @field_validator("tables")
     @classmethod

@@ -149,3 +149,9 @@ def test_share_of_a_route_combines_every_tier():
     assert columns == {"id", "total"}
     assert [f.sql() for f in filters] == ["region = 'east'", "total > 5"]
     assert set(config.subscriptions_of("shop")) == {"east", "branch"}
+
+
+def test_busy_ticks_cannot_be_faster_than_normal_ones():
+    found = problems(variant(sources__shop__tick_interval_ms=100, sources__shop__busy_tick_interval_ms=50))
+    assert len(found) == 1 and "busy_tick_interval_ms (50) must be at least tick_interval_ms (100)" in found[0]
+    assert problems(variant(sources__shop__tick_interval_ms=100, sources__shop__capture_trigger="java"))
