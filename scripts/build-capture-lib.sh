@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the C capture trigger (agent/capture_c) for the newest local PostgreSQL (the one the local stack
 # runs) and installs it into that server's library directory; installs the build packages when missing.
-# `pgfanout agent install` then uses it (capture_trigger: auto). Without it capture falls back to PL/pgSQL.
+# `pgfanout agent install` then uses it (capture_trigger: auto). Without it capture falls back to PL/pgSQL,
+# so a machine where it cannot be built or installed gets a note, not a failure (the tests of the C
+# trigger then fail, naming the library).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +18,8 @@ command -v gcc >/dev/null || missing+=(gcc)
 command -v make >/dev/null || missing+=(make)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "to build the C capture trigger: sudo apt-get install -y ${missing[*]}" >&2
-    exit 1
+    echo "note: the C capture trigger is not built (capture falls back to PL/pgSQL); to build it: sudo apt-get install -y ${missing[*]}" >&2
+    exit 0
   fi
   echo "installing build packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -31,7 +33,7 @@ if ! cmp -s agent/capture_c/pgfanout_capture.so "$target"; then
   if [ -w "$(dirname "$target")" ]; then
     make -s -C agent/capture_c PG_CONFIG="$pg_config" with_llvm=no install
   else
-    echo "to install the C capture trigger: sudo make -C agent/capture_c PG_CONFIG=$pg_config with_llvm=no install" >&2
-    exit 1
+    echo "note: the C capture trigger is not installed (capture falls back to PL/pgSQL); to install it: sudo make -C agent/capture_c PG_CONFIG=$pg_config with_llvm=no install" >&2
+    exit 0
   fi
 fi

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from agent import capture
 from pgfanout.codec import decode_changes, default_codec
@@ -21,6 +22,8 @@ from pgfanout.pg import connect
 from pgfanout.sample import SAMPLE_TABLES, WorkloadStats, create_schema, run_workload, seed
 
 OPS = {"INSERT": "I", "UPDATE": "U", "DELETE": "D", "TRUNCATE": "T"}
+# a test run once with each capture trigger (the default, auto, is the C one where it is installed)
+BOTH_TRIGGERS = pytest.mark.parametrize("pipeline", ["c", "plpgsql"], indirect=True)
 
 
 def logged(conn: psycopg.Connection, columns: str = "") -> list[tuple]:

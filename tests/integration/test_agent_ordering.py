@@ -10,7 +10,7 @@ import psycopg
 from pgfanout.local import processes
 from pgfanout.pg import connect
 from pgfanout.sample import ACCOUNTS, OPENING_BALANCE
-from tests.integration.pipeline import read_topic, transactions
+from tests.integration.pipeline import BOTH_TRIGGERS, read_topic, transactions
 
 
 def transfer_loop(dsn, seconds, writer, counts):
@@ -29,6 +29,7 @@ def transfer_loop(dsn, seconds, writer, counts):
             counts[writer] += 1
 
 
+@BOTH_TRIGGERS
 def test_conflicting_transfers_replay_to_the_primary_and_every_prefix_keeps_the_total(pipeline):
     pipeline.prepare()
     pipeline.seed()
@@ -114,6 +115,7 @@ def published_by_a_fresh_agent(pipeline, *statements: str) -> tuple[int, list[di
     return xid, transactions(read_topic(pipeline.config, pipeline.source)), peak
 
 
+@BOTH_TRIGGERS
 def test_a_million_row_transaction_is_published_whole_in_chunks_with_bounded_memory(pipeline):
     pipeline.prepare()
     xid, parts, peak = published_by_a_fresh_agent(

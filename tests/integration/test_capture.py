@@ -8,9 +8,7 @@ import pytest
 from agent import capture
 from pgfanout.errors import CaptureError
 from pgfanout.sample import SAMPLE_TABLES
-from tests.integration.pipeline import logged
-
-BOTH_TRIGGERS = pytest.mark.parametrize("pipeline", ["c", "plpgsql"], indirect=True)
+from tests.integration.pipeline import BOTH_TRIGGERS, logged
 
 
 def source_with(pipeline, **settings):

@@ -7,8 +7,10 @@ import pytest
 
 from pgfanout.codec import default_codec
 from pgfanout.registry import REGISTRY_TOPIC
+from tests.integration.pipeline import BOTH_TRIGGERS
 
 
+@BOTH_TRIGGERS
 def test_columns_added_mid_stream_reach_the_replicas_with_their_values(pipeline):
     pipeline.prepare()
     pipeline.start()

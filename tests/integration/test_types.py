@@ -1,6 +1,7 @@
 """Every type family, with edge values, from a writer with odd session settings, through the whole pipeline."""
 
 from pgfanout.compare import table_digest
+from tests.integration.pipeline import BOTH_TRIGGERS
 
 TYPES_DDL = [
     "CREATE TYPE public.mood AS ENUM ('sad', 'ok', 'happy')",
@@ -35,6 +36,7 @@ ROWS = [
 ]
 
 
+@BOTH_TRIGGERS
 def test_every_type_round_trips_through_the_pipeline(pipeline):
     pipeline.prepare(install=False)
     source = pipeline.config.sources[pipeline.source]
