@@ -325,14 +325,20 @@ LOG = sql.Identifier(SCHEMA, "log")  # the parent of the log tables: a query of 
 
 def unpublished(log: sql.Composable = LOG) -> sql.Composable:
     """The committed rows of ``log`` that the published tick does not cover (rows of open transactions are
-    invisible to the query, and rows of rolled back ones forever): a query selecting no columns."""
-    return sql.SQL("SELECT FROM {} l, pgfanout.tick t, pgfanout.agent_state s WHERE t.tick_id = s.published_tick "
-                   "AND l.txid >= pg_snapshot_xmin(t.snapshot) AND NOT pg_visible_in_snapshot(l.txid, t.snapshot)"
+    invisible to the query, and rows of rolled back ones forever): a query selecting how many changes each
+    holds (a row of the C trigger holds many)."""
+    return sql.SQL("SELECT coalesce(l.change_count, 1) AS changes FROM {} l, pgfanout.tick t, pgfanout.agent_state s "
+                   "WHERE t.tick_id = s.published_tick AND l.txid >= pg_snapshot_xmin(t.snapshot) "
+                   "AND NOT pg_visible_in_snapshot(l.txid, t.snapshot)"
                    ).format(log)
 
 
+UNPUBLISHED_CHANGES = sql.SQL("(SELECT coalesce(sum(u.changes), 0)::bigint FROM ({}) u)").format(unpublished())
+
+
 def unpublished_count(conn: psycopg.Connection) -> int:
-    return conn.execute(sql.SQL("SELECT count(*) FROM ({}) u").format(unpublished())).fetchone()[0]
+    """How many committed changes are not yet published."""
+    return conn.execute(sql.SQL("SELECT {}").format(UNPUBLISHED_CHANGES)).fetchone()[0]
 
 
 def current_log(conn: psycopg.Connection) -> int:

@@ -99,7 +99,7 @@ def wait_caught_up(config: Config, timeout: float = 120.0) -> dict[str, float]:
             if backlog == 0:  # read in one statement with the position: all committed work is published
                 break
             if time.monotonic() > deadline:
-                raise PgfanoutError(f"the agent did not publish the backlog of {backlog} log rows in {timeout:.0f}s")
+                raise PgfanoutError(f"the agent did not publish the backlog of {backlog} changes in {timeout:.0f}s")
             time.sleep(0.05)
     drained: dict[str, float] = {}
     for name, sub in config.subscribers.items():

@@ -5,19 +5,18 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from agent.capture import unpublished
+from agent.capture import UNPUBLISHED_CHANGES
 from pgfanout.config import Config
 from pgfanout.errors import PgfanoutError
 from pgfanout.pg import connect, describe
 
 
 def source_position(conn: psycopg.Connection) -> tuple[int, int, int]:
-    """(last published position, published tick, log rows not yet published) of a primary."""
+    """(last published position, published tick, changes not yet published) of a primary."""
     with conn.transaction():
         # one statement, so the backlog and the position are read in one snapshot
         next_position, tick, backlog = conn.execute(sql.SQL(
-            "SELECT next_position, published_tick, (SELECT count(*) FROM ({}) u) FROM pgfanout.agent_state"
-        ).format(unpublished())).fetchone()
+            "SELECT next_position, published_tick, {} FROM pgfanout.agent_state").format(UNPUBLISHED_CHANGES)).fetchone()
     return next_position - 1, tick, backlog
 
 
@@ -41,7 +40,7 @@ def status_lines(config: Config) -> list[str]:
                 position, tick, backlog = source_position(conn)
             published[name] = position
             lines.append(f"source {name} ({describe(source.dsn)}): published up to position {position} "
-                         f"(tick {tick}), {backlog} log rows pending")
+                         f"(tick {tick}), {backlog} changes pending")
         except PgfanoutError as exc:
             lines.append(f"source {name}: {exc}")
     for name, sub in config.subscribers.items():
