@@ -86,7 +86,9 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     from agent.agent import Agent
 
     config = _config(args)
-    return _run_daemon(Agent(config, _pick("source", list(config.sources), args.source)))
+    source = _pick("source", list(config.sources), args.source)
+    os.nice(config.sources[source].agent_nice)  # sharing a host with the primary, the application comes first
+    return _run_daemon(Agent(config, source))
 
 
 def cmd_distributor_run(args: argparse.Namespace) -> int:

@@ -85,6 +85,9 @@ class Source(Database):
         "busy_transactions_per_second: fewer, larger batches, because every tick costs round trips to PostgreSQL "
         "and Kafka; at least tick_interval_ms")
     busy_transactions_per_second: int = Field(default=1000, ge=1)
+    agent_nice: int = Field(default=10, ge=0, le=19, description="the agent lowers its CPU priority by this much "
+                            "(nice), so that on a host it shares with the primary the application's backends come "
+                            "first; it still uses every idle cycle")
     heartbeat_interval_ms: int = Field(default=1000, ge=50, le=3_600_000)
     message_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024,
                                description="target size of one Kafka message; transactions are packed up to it, "

@@ -1,5 +1,6 @@
 """Idle sources publish heartbeats, so downstream lag in seconds stays known."""
 
+import os
 import time
 
 from tests.integration.pipeline import read_topic
@@ -16,7 +17,10 @@ def running_with_heartbeats_every(pipeline, milliseconds: int) -> None:
 
 
 def test_an_idle_source_publishes_heartbeats_that_reach_the_subscriber(pipeline):
+    pipeline.data["sources"][pipeline.source]["agent_nice"] = 7
     running_with_heartbeats_every(pipeline, 200)
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, pipeline.pid("agent")) == min(19, ours + 7), "the agent lowered its priority"
     sub = pipeline.subscribers[0]
     with pipeline.replica(sub) as conn:
         before = conn.execute("SELECT position, source_time FROM pgfanout_replica.position").fetchone()
