@@ -17,14 +17,8 @@ missing=()
 command -v gcc >/dev/null || missing+=(gcc)
 command -v make >/dev/null || missing+=(make)
 if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "note: the C capture trigger is not built (capture falls back to PL/pgSQL); to build it: sudo apt-get install -y ${missing[*]}" >&2
-    exit 0
-  fi
-  echo "installing build packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  . scripts/apt-install.sh
+  apt_install "${missing[@]}" || { echo "note: the C capture trigger is not built; capture falls back to PL/pgSQL" >&2; exit 0; }
 fi
 
 make -s -C agent/capture_c PG_CONFIG="$pg_config" with_llvm=no

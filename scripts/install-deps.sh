@@ -21,12 +21,5 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "missing system packages: ${missing[*]}" >&2
-  echo "install them with: sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
-  exit 1
-fi
-echo "installing system packages: ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${missing[@]}"
+. "$(dirname "$0")/apt-install.sh"
+apt_install "${missing[@]}"

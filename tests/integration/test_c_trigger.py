@@ -1,6 +1,9 @@
 """The C capture trigger: the same changes as the PL/pgSQL triggers, one log row per transaction, and
 subtransactions rolled back exactly (agent/capture_c/pgfanout_capture.c)."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import psycopg
 import pytest
 from psycopg import sql
@@ -22,6 +25,22 @@ def log_rows(conn) -> list[tuple]:
 
 def ids_logged(conn) -> list[tuple[str, str]]:
     return [(op, (new_row or old_key)[0]) for op, new_row, old_key in logged(conn)]
+
+
+@contextmanager
+def scratch_role(pipeline, prefix: str) -> Iterator[str]:
+    """A login role without privileges, for this test only."""
+    name = f"{prefix}_{pipeline.name}"[:60]
+    role = sql.Identifier(name)
+    with pipeline.primary() as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+    try:
+        yield name
+    finally:
+        with pipeline.primary() as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+            conn.execute(sql.SQL("DROP ROLE {}").format(role))
 
 
 def install(pipeline, trigger: str, tables: list[str] | None = None) -> None:
@@ -165,35 +184,21 @@ def test_alter_table_inside_a_transaction_and_under_repeatable_read(pipeline):
 @C_ONLY
 def test_writers_need_no_rights_on_the_pgfanout_schema(pipeline):
     pipeline.prepare()
-    role = f"writer_{pipeline.name}"[:60]
-    with pipeline.primary() as conn:
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON public.accounts TO {}").format(sql.Identifier(role)))
-    try:
+    with scratch_role(pipeline, "writer") as role:
+        with pipeline.primary() as conn:
+            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON public.accounts TO {}").format(sql.Identifier(role)))
         with psycopg.connect(pipeline.primary_dsn, user=role, autocommit=True) as writer:
             writer.execute("INSERT INTO public.accounts VALUES (1, 1)")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 writer.execute("SELECT pgfanout.append_changes(0, 1, '{1}', '\\x00')")
         with pipeline.primary() as conn:
             assert ids_logged(conn) == [("I", "1")]
-    finally:
-        with pipeline.primary() as conn:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_capture_trigger_c_is_refused_where_it_cannot_be_used(pipeline):
     pipeline.prepare(install=False)
-    role = f"installer_{pipeline.name}"[:60]
-    with pipeline.primary() as conn:
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    try:
-        source = pipeline.config.sources[pipeline.source]
-        with (psycopg.connect(pipeline.primary_dsn, user=role, autocommit=True) as installer,
-              pytest.raises(CaptureError, match="capture_trigger is c, but the library pgfanout_capture")):
-            capture.install_statements(installer, source.model_copy(update={"capture_trigger": "c"}))
-    finally:
-        with pipeline.primary() as conn:
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    source = pipeline.config.sources[pipeline.source]
+    with (scratch_role(pipeline, "installer") as role,
+          psycopg.connect(pipeline.primary_dsn, user=role, autocommit=True) as installer,
+          pytest.raises(CaptureError, match="capture_trigger is c, but the library pgfanout_capture")):
+        capture.install_statements(installer, source.model_copy(update={"capture_trigger": "c"}))
