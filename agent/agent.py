@@ -59,14 +59,17 @@ WHERE l.txid >= pg_snapshot_xmin(prev.snapshot)
   AND pg_visible_in_snapshot(l.txid, cur.snapshot)
   AND NOT pg_visible_in_snapshot(l.txid, prev.snapshot)
 """
+# Transactions by their largest log sequence number, then their changes in order (docs/ordering.md).
+LOG_ORDER = "max(l.seq) OVER (PARTITION BY l.txid), l.ordinal NULLS FIRST, l.seq"
 BATCH_QUERY = f"""
 SELECT l.txid::text::bigint, l.table_id, l.op, array_replace(l.new_row, NULL, ''), l.old_key, {ROW_SIZE},
        array_positions(l.new_row, NULL), array_replace(l.old_values, NULL, ''), array_positions(l.old_values, NULL),
        l.change_count, l.table_ids, l.changes
 {BATCH_ROWS}
-ORDER BY max(l.seq) OVER (PARTITION BY l.txid), l.ordinal NULLS FIRST, l.seq
+ORDER BY {LOG_ORDER}
 """
-# ...and what pgfanout.tables holds (layout rows are never changed, only added, or replaced by a reinstall)
+# The batch's largest row (to size the stream's pieces), and a version of pgfanout.tables (layout rows are
+# never changed, only added, or replaced by a reinstall) to tell when the layouts must be read again.
 LARGEST_ROW_QUERY = (f"SELECT coalesce(max({ROW_SIZE}), 0), "
                      "(SELECT count(*) || '/' || coalesce(sum(xmin::text::bigint), 0) FROM pgfanout.tables) "
                      f"{BATCH_ROWS}")

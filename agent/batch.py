@@ -97,25 +97,22 @@ def split_transactions(rows: Iterable[tuple], first_position: int, max_changes: 
             part = Part(position, row[XID], 0)
         encoded = row[CHANGES] if len(row) > CHANGES else None
         if encoded is not None and (row[SIZE] > max_bytes or part.changes):
-            assert unpack is not None, "encoded changes need an unpack function"
-            items: Iterable[tuple[dict[str, Any] | None, int, tuple]] = (
-                (change, size, row) for change, size in unpack(encoded))
+            items: Iterable[tuple[dict[str, Any] | None, int]] = _unpacked(unpack, encoded)
         elif encoded is not None:
-            items = ((None, row[SIZE], row),)
+            items = ((None, row[SIZE]),)  # kept whole: the trigger's encoding goes out as it is
         else:
-            items = ((change_of(row), row[SIZE], row),)
-        for change, size, source in items:
-            count = 1 if change is not None else source[CHANGE_COUNT]
+            items = ((change_of(row), row[SIZE]),)
+        for change, size in items:
+            count = 1 if change is not None else row[CHANGE_COUNT]
             if part.count and (part.count + count > max_changes or part.size + size > max_bytes):
                 yield part
                 part = Part(position, row[XID], part.chunk + 1)
             if change is None:
-                part.blocks.append((count, source[CHANGES]))
-                part.tables.update(source[TABLE_IDS])
+                part.blocks.append((count, encoded))
+                part.tables.update(row[TABLE_IDS])
             else:
                 if part.blocks:  # changes of the other kind first: this part becomes decoded changes
-                    assert unpack is not None, "encoded changes need an unpack function"
-                    part.changes = [c for _, data in part.blocks for c, _ in unpack(data)]
+                    part.changes = [c for _, data in part.blocks for c, _ in _unpacked(unpack, data)]
                     part.blocks = []
                 part.changes.append(change)
                 part.tables.add(change["table"])
@@ -124,6 +121,12 @@ def split_transactions(rows: Iterable[tuple], first_position: int, max_changes: 
     if part is not None:
         part.last_chunk = True
         yield part
+
+
+def _unpacked(unpack: Unpack | None, encoded: bytes) -> Iterable[tuple[dict[str, Any], int]]:
+    if unpack is None:
+        raise ValueError("rows of encoded changes need an unpack function")
+    return unpack(encoded)
 
 
 def pack(parts: Iterable[Part], max_bytes: int) -> Iterator[list[Part]]:

@@ -20,10 +20,10 @@ import psycopg
 from psycopg import sql
 
 from agent import ctrigger
-from agent.typesettings import settings_for_columns, unsupported_reason
+from agent.typesettings import pinned, settings_for_columns, unsupported_reason
 from pgfanout.config import Source, TableSubscription
 from pgfanout.errors import CaptureError, FilterError
-from pgfanout.pg import SESSION_SETTINGS, primary_key
+from pgfanout.pg import primary_key
 from pgfanout.rowfilter import compile_filter
 
 log = logging.getLogger(__name__)
@@ -312,8 +312,7 @@ FUNCTION = ("CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE pl
 
 def _settings_clause(names: frozenset[str] | None) -> sql.Composable:
     return sql.SQL(" ").join(
-        sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
-        for name, value in SESSION_SETTINGS.items() if names is None or name in names)
+        sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)) for name, value in pinned(names).items())
 
 
 def log_table(number: int) -> sql.Identifier:

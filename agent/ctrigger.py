@@ -8,7 +8,7 @@ table's trigger in one transaction, which waits for the transactions writing tho
 
 A C function can only be created by a superuser, from a library installed in the server's library
 directory (``make -C agent/capture_c install``), which managed PostgreSQL services do not allow: the
-PL/pgSQL triggers stay the portable default.
+PL/pgSQL triggers stay the portable fallback.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from agent.typesettings import pinned
 from pgfanout.errors import CaptureError
-from pgfanout.pg import SESSION_SETTINGS
 
 LIBRARY = "pgfanout_capture"
 FUNCTION = "capture_packed"
@@ -46,8 +46,7 @@ END $append$"""
 
 def settings_pairs(names: frozenset[str] | None) -> list[str]:
     """The settings the trigger pins, as the flat [name, value, ...] list pgfanout.tables.settings holds."""
-    return [item for name, value in SESSION_SETTINGS.items() if names is None or name in names
-            for item in (name, value)]
+    return [item for pair in pinned(names).items() for item in pair]
 
 
 def library_installed(conn: psycopg.Connection) -> bool:

@@ -28,6 +28,11 @@ INDEPENDENT_CATEGORIES = {"B", "S", "E", "I", "V", "N"}
 INDEPENDENT_NAMES = {"uuid", "json", "jsonb", "xml", "tsvector", "tsquery", "pg_lsn", "txid_snapshot", "pg_snapshot"}
 
 
+def pinned(names: frozenset[str] | None) -> dict[str, str]:
+    """The session settings a trigger pins, with their values (None: all of them)."""
+    return {name: value for name, value in SESSION_SETTINGS.items() if names is None or name in names}
+
+
 def settings_for_columns(conn: psycopg.Connection, type_oids: list[int]) -> frozenset[str]:
     needed: set[str] = set()
     for oid in type_oids:

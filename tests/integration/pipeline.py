@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from agent import capture
+from agent.agent import LOG_ORDER
 from pgfanout.codec import decode_changes, default_codec
 from pgfanout.config import Config, load_config
 from pgfanout.demo import daemon_argv, proof, reset_streams, start_daemon, wait_caught_up, write_config
@@ -33,8 +34,7 @@ def logged(conn: psycopg.Connection, columns: str = "") -> list[tuple]:
     extra = f", {columns}" if columns else ""
     changes = []
     for op, new_row, old_key, encoded, *more in conn.execute(
-            f"SELECT op, new_row, old_key, changes{extra} FROM pgfanout.log "
-            "ORDER BY max(seq) OVER (PARTITION BY txid), ordinal NULLS FIRST, seq"):
+            f"SELECT op, new_row, old_key, changes{extra} FROM pgfanout.log l ORDER BY {LOG_ORDER}"):
         if encoded is None:
             changes.append((op, new_row, old_key, *more))
             continue
