@@ -1,8 +1,8 @@
 """The C capture trigger (agent/capture_c): when to use it, and the SQL that installs it.
 
 The C trigger encodes each change as an Avro Change record and writes a transaction's changes to the log
-as one row at commit (columns ordinal, change_count, table_ids, changes), through
-``pgfanout.append_changes()``. The PL/pgSQL triggers write one row per change. Both kinds of row live
+as one row at commit (columns ordinal, change_count, table_ids, changes), with an INSERT it keeps
+prepared into the table ``agent_state.current_log`` names. The PL/pgSQL triggers write one row per change. Both kinds of row live
 in the same log tables; one transaction's rows are always of one kind, because install replaces every
 table's trigger in one transaction, which waits for the transactions writing those tables.
 
@@ -33,7 +33,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $layout$
      WHERE c.oid = relation ORDER BY t.table_id DESC LIMIT 1
 $layout$"""
 
-# Called by the C trigger as the trigger function's owner; switch_log() rewrites the log table it names.
+# Writes a C trigger row from SQL (tests). switch_log() rewrites the log table it names, and that rewrite
+# is also what tells every backend's C trigger to read agent_state.current_log again (any pg_proc change
+# does), so it must stay installed even where no PL/pgSQL trigger is left to rewrite.
 APPEND_FUNCTION = """
 CREATE OR REPLACE FUNCTION pgfanout.append_changes(first_ordinal integer, change_count integer,
                                                    table_ids integer[], changes bytea)

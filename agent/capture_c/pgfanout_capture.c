@@ -114,7 +114,9 @@ static StringInfo buffer = NULL;
 static List *segments = NIL;
 static int32 next_ordinal = 0;
 
-static SPIPlanPtr append_plan = NULL;
+static SPIPlanPtr append_plan = NULL;	/* the INSERT into the current log table */
+static bool append_target_known = false;	/* cleared by any change to pg_proc, see forget_log_target() */
+static SPIPlanPtr current_log_plan = NULL;
 static SPIPlanPtr layout_plan = NULL;
 static Oid	capture_owner = InvalidOid;	/* the trigger function's owner, as last seen */
 
@@ -469,24 +471,68 @@ drop_segments(int first)
 	segments = list_truncate(segments, first);
 }
 
+/*
+ * The log insert names the current log table itself: calling pgfanout.append_changes() (PL/pgSQL) at each
+ * commit cost about a third of the commit-time write. pgfanout.switch_log() points capture at the other
+ * table by updating agent_state.current_log and rewriting the capture functions, append_changes() among
+ * them, in one transaction; the rewrite invalidates pg_proc entries in every backend, and that makes the
+ * next write here read current_log again. Until a backend has seen it, it goes on writing into the old
+ * table, as PL/pgSQL functions do: the agent reads both tables and empties one only when no open
+ * transaction holds it (agent/logswitch.py).
+ */
+static void
+forget_log_target(Datum arg, int cacheid, uint32 hashvalue)
+{
+	append_target_known = false;
+}
+
+/* Within SPI, as the owner. */
+static void
+prepare_append_plan(void)
+{
+	Oid			argtypes[4] = {INT4OID, INT4OID, INT4ARRAYOID, BYTEAOID};
+	bool		isnull;
+	int32		current_log;
+	SPIPlanPtr	plan;
+
+	if (current_log_plan == NULL)
+	{
+		current_log_plan = SPI_prepare("SELECT current_log::integer FROM pgfanout.agent_state", 0, NULL);
+		if (current_log_plan == NULL)
+			elog(ERROR, "pgfanout: could not prepare the current log query: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(current_log_plan);
+	}
+	/* known from here on: an invalidation that arrives while this reads makes the next write read again */
+	append_target_known = true;
+	/* the latest snapshot: a REPEATABLE READ transaction older than a switch still follows it */
+	if (SPI_execute_snapshot(current_log_plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false, 1)
+		!= SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "pgfanout: pgfanout.agent_state has no row; reinstall capture (pgfanout agent install)");
+	current_log = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull || current_log < 1 || current_log > 2)
+		elog(ERROR, "pgfanout: pgfanout.agent_state.current_log is not 1 or 2");
+	plan = SPI_prepare(psprintf("INSERT INTO pgfanout.log_%d (table_id, op, ordinal, change_count, table_ids, changes) "
+								"VALUES (0, 'P', $1, $2, $3, $4)", current_log), 4, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "pgfanout: could not prepare the log insert: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	if (append_plan != NULL)
+		SPI_freeplan(append_plan);
+	append_plan = plan;
+}
+
 /* Write the segments from index `first` on into the log, and drop them from the buffer. */
 static void
 flush_segments(int first)
 {
-	Oid			argtypes[4] = {INT4OID, INT4OID, INT4ARRAYOID, BYTEAOID};
 	Identity	caller;
 
 	if (list_length(segments) <= first)
 		return;
 	caller = become_owner();
 	SPI_connect();
-	if (append_plan == NULL)
-	{
-		append_plan = SPI_prepare("SELECT pgfanout.append_changes($1, $2, $3, $4)", 4, argtypes);
-		if (append_plan == NULL)
-			elog(ERROR, "pgfanout: could not prepare the log insert: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(append_plan);
-	}
+	if (!append_target_known || append_plan == NULL)
+		prepare_append_plan();
 	for (int i = first; i < list_length(segments); i++)
 	{
 		Segment    *segment = list_nth(segments, i);
@@ -507,7 +553,7 @@ flush_segments(int first)
 		args[1] = Int32GetDatum(segment->count);
 		args[2] = PointerGetDatum(construct_array(tables, ntables, INT4OID, 4, true, TYPALIGN_INT));
 		args[3] = PointerGetDatum(changes);
-		if (SPI_execute_plan(append_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		if (SPI_execute_plan(append_plan, args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "pgfanout: writing the log failed");
 	}
 	SPI_finish();
@@ -564,6 +610,7 @@ void
 _PG_init(void)
 {
 	RegisterXactCallback(on_transaction, NULL);
+	CacheRegisterSyscacheCallback(PROCOID, forget_log_target, (Datum) 0);
 	RegisterSubXactCallback(on_subtransaction, NULL);
 }
 

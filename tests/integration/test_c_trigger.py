@@ -182,6 +182,24 @@ def test_alter_table_inside_a_transaction_and_under_repeatable_read(pipeline):
 
 
 @C_ONLY
+def test_a_writer_follows_log_switches_made_by_another_session(pipeline):
+    """The trigger keeps its log insert prepared per backend; a switch elsewhere must redirect it."""
+    pipeline.prepare()
+    with pipeline.primary() as conn, psycopg.connect(pipeline.primary_dsn, autocommit=True) as writer:
+        writer.execute("INSERT INTO public.accounts VALUES (1, 1)")
+        assert conn.execute("SELECT pgfanout.switch_log()").fetchone()[0] == 2
+        writer.execute("INSERT INTO public.accounts VALUES (2, 2)")
+        writer.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        writer.execute("SELECT count(*) FROM public.customers")  # its snapshot is older than the next switch
+        conn.execute("TRUNCATE pgfanout.log_1")  # as the agent would, once log_1 is published
+        assert conn.execute("SELECT pgfanout.switch_log()").fetchone()[0] == 1
+        writer.execute("INSERT INTO public.accounts VALUES (3, 3)")
+        writer.execute("COMMIT")
+        tables = [table for *_, table in log_rows(conn)]
+    assert tables == ["pgfanout.log_2", "pgfanout.log_1"], "each write went into the table current at its commit"
+
+
+@C_ONLY
 def test_writers_need_no_rights_on_the_pgfanout_schema(pipeline):
     pipeline.prepare()
     with scratch_role(pipeline, "writer") as role:
