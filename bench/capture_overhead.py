@@ -152,6 +152,11 @@ def main() -> None:
     figures["tps_median"] = {mode: round(statistics.median(values)) for mode, values in runs.items()}
     figures["capture_tps_ratio"] = round(statistics.median(runs["c_trigger_and_agent"]) / base, 3)
     figures["capture_tps_ratio_plpgsql"] = round(statistics.median(runs["plpgsql_triggers_and_agent"]) / base, 3)
+    # The machine's speed drifts over minutes: each captured run against the uncaptured run just before it
+    # shows how much of the spread is drift rather than capture.
+    figures["capture_tps_ratios_paired"] = {
+        mode: [round(tps / without, 3) for tps, without in zip(runs[mode], runs["without_capture"])]
+        for mode in ("c_trigger_and_agent", "plpgsql_triggers_and_agent")}
     figures["log_size_bytes_during_captured_runs"] = {"min": min(samples), "max": max(samples),
                                                       "samples": len(samples)}
 
