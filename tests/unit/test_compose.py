@@ -29,6 +29,22 @@ def config_mount(service):
 CONFIG = load_config(config_mount(next(iter(PGFANOUT_SERVICES.values()))))
 
 
+def dockerfile_of(service) -> str:
+    build = service["build"]
+    return (REPO / build["context"] / build["dockerfile"]).read_text()
+
+
+def base_image(service) -> str:
+    """The image a service runs, or for one built from a Dockerfile the image its last stage starts from."""
+    if "build" not in service:
+        return service["image"]
+    dockerfile = dockerfile_of(service)
+    image = re.findall(r"^FROM\s+(\S+)", dockerfile, re.M)[-1]
+    if variable := re.fullmatch(r"\$\{(\w+)\}", image):
+        image = re.search(rf"^ARG {variable.group(1)}=(\S+)", dockerfile, re.M).group(1)
+    return image
+
+
 def test_every_dependency_is_a_service():
     for name, service in SERVICES.items():
         for dependency in service.get("depends_on", {}):
@@ -39,7 +55,7 @@ def test_every_host_in_the_config_is_a_service_on_the_right_port():
     for name, db in [*CONFIG.sources.items(), *CONFIG.subscribers.items()]:
         parts = psycopg.conninfo.conninfo_to_dict(db.dsn)
         assert parts["host"] in SERVICES, f"{name}: host {parts['host']} is not a compose service"
-        assert SERVICES[parts["host"]]["image"].startswith("postgres:")
+        assert base_image(SERVICES[parts["host"]]).startswith("postgres:")
         assert parts["port"] == "5432"
         assert parts["dbname"] == SERVICES[parts["host"]]["environment"]["POSTGRES_DB"]
     for cluster in CONFIG.kafka.values():
@@ -123,3 +139,22 @@ def test_container_schema_matches_the_sample_schema():
     statements = [s for s in (REPO / "docker" / "sample-schema.sql").read_text().split(";")]
     body = [normal(re.sub(r"--[^\n]*", "", s)) for s in statements]
     assert [b for b in body if b] == [normal(s) for s in SCHEMA_SQL]
+
+
+def test_the_primary_image_has_the_c_capture_trigger_and_capture_insists_on_it():
+    for name, source in CONFIG.sources.items():
+        host = psycopg.conninfo.conninfo_to_dict(source.dsn)["host"]
+        primary = SERVICES[host]
+        assert source.capture_trigger == "c", f"{name}: the compose primary has the library; do not fall back silently"
+        assert base_image(primary) == SERVICES["replica1"]["image"], "the primary runs the replicas' PostgreSQL"
+        dockerfile = dockerfile_of(primary)
+        assert re.search(r"^COPY agent/capture_c ", dockerfile, re.M)
+        assert re.search(r"make -C \S+ .*install", dockerfile)
+        final_stage = dockerfile.rsplit("\nFROM ", 1)[1]
+        assert "pgfanout_capture.so /usr/lib/postgresql/${PG_MAJOR}/lib/" in final_stage
+
+
+def test_local_build_products_stay_out_of_the_images():
+    ignored = (REPO / ".dockerignore").read_text().split()
+    for pattern in ("**/*.so", "**/*.o", ".venv", ".git"):
+        assert pattern in ignored, f".dockerignore lacks {pattern}"
