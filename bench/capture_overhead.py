@@ -155,7 +155,7 @@ def main() -> None:
     # The machine's speed drifts over minutes: each captured run against the uncaptured run just before it
     # shows how much of the spread is drift rather than capture.
     figures["capture_tps_ratios_paired"] = {
-        mode: [round(tps / without, 3) for tps, without in zip(runs[mode], runs["without_capture"])]
+        mode: [round(tps / without, 3) for tps, without in zip(runs[mode], runs["without_capture"], strict=True)]
         for mode in ("c_trigger_and_agent", "plpgsql_triggers_and_agent")}
     figures["log_size_bytes_during_captured_runs"] = {"min": min(samples), "max": max(samples),
                                                       "samples": len(samples)}
