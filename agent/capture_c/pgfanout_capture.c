@@ -115,10 +115,11 @@ static List *segments = NIL;
 static int32 next_ordinal = 0;
 
 static SPIPlanPtr append_plan = NULL;	/* the INSERT into the current log table */
-static bool append_target_known = false;	/* cleared by any change to pg_proc, see forget_log_target() */
+static bool append_target_known = false;	/* cleared by any change to pg_proc, see on_proc_change() */
 static SPIPlanPtr current_log_plan = NULL;
 static SPIPlanPtr layout_plan = NULL;
 static Oid	capture_owner = InvalidOid;	/* the trigger function's owner, as last seen */
+static Oid	capture_function = InvalidOid;	/* whose owner that is; forgotten by on_proc_change() */
 
 typedef struct Identity
 {
@@ -478,12 +479,14 @@ drop_segments(int first)
  * them, in one transaction; the rewrite invalidates pg_proc entries in every backend, and that makes the
  * next write here read current_log again. Until a backend has seen it, it goes on writing into the old
  * table, as PL/pgSQL functions do: the agent reads both tables and empties one only when no open
- * transaction holds it (agent/logswitch.py).
+ * transaction holds it (agent/logswitch.py). The trigger function's owner is looked up again too
+ * (ALTER FUNCTION ... OWNER TO).
  */
 static void
-forget_log_target(Datum arg, int cacheid, uint32 hashvalue)
+on_proc_change(Datum arg, int cacheid, uint32 hashvalue)
 {
 	append_target_known = false;
+	capture_function = InvalidOid;
 }
 
 /* Within SPI, as the owner. */
@@ -610,11 +613,41 @@ void
 _PG_init(void)
 {
 	RegisterXactCallback(on_transaction, NULL);
-	CacheRegisterSyscacheCallback(PROCOID, forget_log_target, (Datum) 0);
+	CacheRegisterSyscacheCallback(PROCOID, on_proc_change, (Datum) 0);
 	RegisterSubXactCallback(on_subtransaction, NULL);
 }
 
 /* -- the trigger ---------------------------------------------------------------------------------- */
+
+static bool
+iso_date_style(const char *date_style)
+{
+	return pg_strncasecmp(date_style, "ISO", 3) == 0 && (date_style[3] == '\0' || date_style[3] == ',');
+}
+
+/*
+ * Whether the session already formats values as the pinned settings would: then pinning them (a GUC nest
+ * level, a set and a restore per change) is skipped. The same value, or for DateStyle the ISO style in
+ * both: the field order only shapes the other styles' output.
+ */
+static bool
+settings_in_effect(Layout *layout)
+{
+	for (int i = 0; i < layout->nsettings; i++)
+	{
+		const char *pinned = layout->setting_values[i];
+		const char *current = GetConfigOption(layout->setting_names[i], true, false);
+
+		if (current == NULL)
+			return false;
+		if (strcmp(current, pinned) == 0)
+			continue;
+		if (pg_strcasecmp(layout->setting_names[i], "DateStyle") == 0 && iso_date_style(pinned) && iso_date_style(current))
+			continue;
+		return false;
+	}
+	return true;
+}
 
 static void
 append_change(Layout *layout, TriggerData *trigger)
@@ -637,7 +670,7 @@ append_change(Layout *layout, TriggerData *trigger)
 	else
 		op = OP_DELETE, old_row = trigger->tg_trigtuple;
 
-	if (layout->nsettings > 0 && op != OP_TRUNCATE)
+	if (layout->nsettings > 0 && op != OP_TRUNCATE && !settings_in_effect(layout))
 	{
 		nest = NewGUCNestLevel();
 		for (int i = 0; i < layout->nsettings; i++)
@@ -709,12 +742,14 @@ pgfanout_capture(PG_FUNCTION_ARGS)
 		elog(ERROR, "pgfanout_capture: not called as a trigger");
 	if (!TRIGGER_FIRED_AFTER(trigger->tg_event))
 		elog(ERROR, "pgfanout_capture: must be an AFTER trigger");
+	if (trigger->tg_trigger->tgfoid != capture_function)
 	{
 		HeapTuple	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(trigger->tg_trigger->tgfoid));
 
 		if (!HeapTupleIsValid(proc))
 			elog(ERROR, "pgfanout_capture: cache lookup failed for function %u", trigger->tg_trigger->tgfoid);
 		capture_owner = ((Form_pg_proc) GETSTRUCT(proc))->proowner;
+		capture_function = trigger->tg_trigger->tgfoid;
 		ReleaseSysCache(proc);
 	}
 	append_change(layout_of(trigger->tg_relation), trigger);

@@ -79,6 +79,24 @@ def test_both_triggers_log_the_same_changes_of_every_type(pipeline):
         assert c == plpgsql
 
 
+def test_pinned_settings_are_skipped_only_when_the_session_formats_alike(pipeline):
+    """The C trigger skips pinning when the session's settings print the same text (for DateStyle: any
+    ISO style); a table whose only pinned setting is DateStyle shows whether that judgement is right."""
+    pipeline.prepare(install=False)
+    with pipeline.primary() as conn:
+        conn.execute("CREATE TABLE public.events (id int PRIMARY KEY, at timestamp, day date)")
+    install(pipeline, "c", ["public.events"])
+    with pipeline.primary() as conn:
+        assert conn.execute("SELECT settings FROM pgfanout.tables WHERE table_name = 'events'").fetchone()[0][0] == \
+            "DateStyle"
+        for n, style in enumerate(("SQL, DMY", "German, DMY", "ISO, DMY", "ISO, MDY"), start=1):
+            conn.execute("SELECT set_config('DateStyle', %s, false)", (style,))
+            conn.execute("INSERT INTO public.events VALUES (%s, '2024-01-02 03:04:05', '2024-01-02')", (n,))
+        conn.execute("RESET DateStyle")
+        rows = [new_row for op, new_row, _ in logged(conn)]
+    assert rows == [[str(n), "2024-01-02 03:04:05", "2024-01-02"] for n in range(1, 5)]
+
+
 @C_ONLY
 def test_a_transaction_is_one_log_row_written_at_commit(pipeline):
     pipeline.prepare()
