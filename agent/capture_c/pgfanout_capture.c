@@ -19,7 +19,8 @@
  * (Only ids are compared, so loading this library inside a subtransaction loses nothing.)
  *
  * Values are each column's text as `column::text` gives it (the cast to text when the type has one, else
- * its output function), with the table's pinned session settings, as the PL/pgSQL triggers write them.
+ * its output function), with the table's pinned session settings, as the PL/pgSQL triggers write them
+ * (pinned only when the session's own would print differently, see settings_in_effect()).
  * The layout of a table (id, columns, key, old columns, settings) is read once per backend through
  * pgfanout.layout_of() and forgotten when the table's relcache entry is invalidated (ALTER TABLE,
  * CREATE TRIGGER).
