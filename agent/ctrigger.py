@@ -2,9 +2,10 @@
 
 The C trigger encodes each change as an Avro Change record and writes a transaction's changes to the log
 as one row at commit (columns ordinal, change_count, table_ids, changes), with an INSERT it keeps
-prepared into the table ``agent_state.current_log`` names. The PL/pgSQL triggers write one row per change. Both kinds of row live
-in the same log tables; one transaction's rows are always of one kind, because install replaces every
-table's trigger in one transaction, which waits for the transactions writing those tables.
+prepared into the table ``agent_state.current_log`` names. The PL/pgSQL triggers write one row per
+change. Both kinds of row live in the same log tables; one transaction's rows are always of one kind,
+because install replaces every table's trigger in one transaction, which waits for the transactions
+writing those tables.
 
 A C function can only be created by a superuser, from a library installed in the server's library
 directory (``make -C agent/capture_c install``), which managed PostgreSQL services do not allow: the

@@ -116,7 +116,8 @@ static List *segments = NIL;
 static int32 next_ordinal = 0;
 
 static SPIPlanPtr append_plan = NULL;	/* the INSERT into the current log table */
-static bool append_target_known = false;	/* cleared by any change to pg_proc, see on_proc_change() */
+static uint64 proc_changes = 0;	/* pg_proc invalidations seen, see on_proc_change() */
+static uint64 append_plan_as_of = 0;	/* proc_changes when append_plan's table was read */
 static SPIPlanPtr current_log_plan = NULL;
 static SPIPlanPtr layout_plan = NULL;
 static Oid	capture_owner = InvalidOid;	/* the trigger function's owner, as last seen */
@@ -486,7 +487,7 @@ drop_segments(int first)
 static void
 on_proc_change(Datum arg, int cacheid, uint32 hashvalue)
 {
-	append_target_known = false;
+	proc_changes++;
 	capture_function = InvalidOid;
 }
 
@@ -498,6 +499,7 @@ prepare_append_plan(void)
 	bool		isnull;
 	int32		current_log;
 	SPIPlanPtr	plan;
+	uint64		as_of = proc_changes;	/* taken first: a change while this reads makes the next write read again */
 
 	if (current_log_plan == NULL)
 	{
@@ -506,8 +508,6 @@ prepare_append_plan(void)
 			elog(ERROR, "pgfanout: could not prepare the current log query: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(current_log_plan);
 	}
-	/* known from here on: an invalidation that arrives while this reads makes the next write read again */
-	append_target_known = true;
 	/* the latest snapshot: a REPEATABLE READ transaction older than a switch still follows it */
 	if (SPI_execute_snapshot(current_log_plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false, 1)
 		!= SPI_OK_SELECT || SPI_processed != 1)
@@ -523,6 +523,7 @@ prepare_append_plan(void)
 	if (append_plan != NULL)
 		SPI_freeplan(append_plan);
 	append_plan = plan;
+	append_plan_as_of = as_of;	/* only now: an error above leaves the plan due for another read */
 }
 
 /* Write the segments from index `first` on into the log, and drop them from the buffer. */
@@ -535,7 +536,7 @@ flush_segments(int first)
 		return;
 	caller = become_owner();
 	SPI_connect();
-	if (!append_target_known || append_plan == NULL)
+	if (append_plan == NULL || append_plan_as_of != proc_changes)
 		prepare_append_plan();
 	for (int i = first; i < list_length(segments); i++)
 	{
