@@ -10,7 +10,9 @@ def test_concurrent_writers_replicate_to_both_subscribers_through_subscriber_kil
     pipeline.prepare()
     pipeline.start()
     pipeline.seed()
-    workload, result = pipeline.workload_in_background(seconds=60, writers=4, max_transactions=750, seed_value=7)
+    # Bounded by time first: the kills below are paced by the clock, so a workload that only counted
+    # transactions could end before them on a fast machine (as cheaper capture made it do).
+    workload, result = pipeline.workload_in_background(seconds=8, writers=4, max_transactions=3000, seed_value=7)
 
     # Kill one subscriber with SIGKILL at random moments mid-workload, and restart it each time.
     rng = random.Random(2)
