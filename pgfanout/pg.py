@@ -57,5 +57,9 @@ def connect(db: Database, application_name: str) -> psycopg.Connection:
         raise PostgresUnavailable(describe(db.dsn), reason) from exc
     for name, value in SESSION_SETTINGS.items():
         conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    # pgfanout takes a lock, then reads what its holder committed, in a later statement: that needs a
+    # snapshot per statement, whatever the server's or the database's default. REPEATABLE READ is only
+    # ever asked for explicitly (copies).
+    conn.execute("SET default_transaction_isolation = 'read committed'")
     return conn
 

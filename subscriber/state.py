@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from pgfanout.errors import PositionError
+from subscriber.copyfilter import CopyFilter, CopyFilters
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,22 @@ def applier_lock_key(subscriber: str) -> tuple[int, int]:
 
 def resync_lock_key(subscriber: str) -> tuple[int, int]:
     return _RESYNC_LOCK, _stable_hash(subscriber)
+
+
+def read_copy_filters(conn: psycopg.Connection, subscriber: str, wait_for_resync: bool) -> CopyFilters:
+    """What the subscriber's copied tables hold; at the start of a replica transaction, after waiting out a
+    running ``resync --table`` (the shared side of its lock, held until the transaction ends).
+
+    The lock is taken in a statement of its own, in a READ COMMITTED transaction: a statement reads in a
+    snapshot taken before it started waiting, so filters read by the statement that waited would be
+    those from before the resync committed. The applier would then apply transactions the new copy
+    already holds, and drop later ones by the new filters in its next transaction: rows set back.
+    """
+    if wait_for_resync:
+        conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", resync_lock_key(subscriber))
+    rows = conn.execute("SELECT schema_name, table_name, start_position, snapshot FROM pgfanout_replica.materialized "
+                        "WHERE subscriber = %s", (subscriber,))
+    return CopyFilters({(s, t): CopyFilter.from_row(p, snap) for s, t, p, snap in rows})
 
 
 def _stable_hash(name: str) -> int:

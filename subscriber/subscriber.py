@@ -28,7 +28,7 @@ from pgfanout.pg import connect
 from pgfanout.positions import WHOLE, Progress, Step, last_position, next_step
 from pgfanout.registry import RegistryDecoder
 from subscriber.apply import TableInfo, apply_changes, forget_staging, tables_of
-from subscriber.copyfilter import CopyFilter, CopyFilters
+from subscriber.copyfilter import CopyFilters
 from subscriber.materialize import Materializer
 from subscriber.state import (
     SAVE_POSITION,
@@ -37,7 +37,7 @@ from subscriber.state import (
     ensure_state,
     protect_table,
     protected_tables,
-    resync_lock_key,
+    read_copy_filters,
 )
 
 log = logging.getLogger(__name__)
@@ -277,19 +277,8 @@ class Subscriber:
                     f" (existing rows get {existing_value!r})" if existing_value is not None else "")
 
     def _read_copy_filters(self, wait_for_resync: bool = False) -> None:
-        """Read what copied tables hold; at the start of a replica transaction, first wait out a `resync --table`.
-
-        One round trip: the CTE takes the shared side of the resync lock before the filters are read.
-        """
         assert self.conn is not None
-        lock, key = resync_lock_key(self.subscriber)
-        rows = self.conn.execute(
-            """WITH resync_done AS MATERIALIZED (
-                   SELECT CASE WHEN %(wait)s THEN pg_advisory_xact_lock_shared(%(lock)s, %(key)s) END)
-               SELECT m.schema_name, m.table_name, m.start_position, m.snapshot
-               FROM resync_done LEFT JOIN pgfanout_replica.materialized m ON m.subscriber = %(subscriber)s""",
-            {"wait": wait_for_resync, "lock": lock, "key": key, "subscriber": self.subscriber}).fetchall()
-        self.copy_filters = CopyFilters({(s, t): CopyFilter.from_row(p, snap) for s, t, p, snap in rows if s is not None})
+        self.copy_filters = read_copy_filters(self.conn, self.subscriber, wait_for_resync)
 
     def _advance(self, part: dict[str, Any]) -> None:
         if part["last_chunk"]:

@@ -2,14 +2,19 @@
 
 import signal
 import subprocess
+import threading
 import time
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from pgfanout.demo import daemon_argv
 from pgfanout.local import processes
 from pgfanout.sample import SCHEMA_SQL
+from subscriber.copyfilter import CopyFilter
+from subscriber.state import resync_lock_key
+from subscriber.subscriber import Subscriber
 
 PRODUCTS_DDL = SCHEMA_SQL[1]
 
@@ -118,6 +123,44 @@ def test_resync_of_one_table_runs_while_the_subscriber_applies(pipeline):
     pipeline.wait_caught_up(timeout=120)
     equal, lines = pipeline.proof()
     assert equal, "\n".join(lines)
+
+
+def wait_until(conn, query: str, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not conn.execute(query).fetchone()[0]:
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_an_applier_that_waited_for_a_resync_reads_the_filter_it_committed(pipeline):
+    """The applier waits for a running `resync --table` at the start of each replica transaction. The copy
+    filters it then reads must be the resync's: with older ones it would apply transactions the new copy
+    holds, and drop later ones by the new filter in its next transaction, setting rows back (a statement
+    reads in a snapshot taken before it waited, and a REPEATABLE READ transaction in its first one's)."""
+    pipeline.prepare()
+    name = pipeline.subscribers[0]
+    with pipeline.replica(name) as conn:  # the applier must not depend on the replica's default isolation
+        conn.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'").format(
+            sql.Identifier(conn.execute("SELECT current_database()").fetchone()[0])))
+    applier = Subscriber(pipeline.config, name)
+    applier._connect_replica()
+    try:
+        with pipeline.replica(name) as resync:
+            resync.execute("BEGIN")
+            resync.execute("SELECT pg_advisory_xact_lock(%s, %s)", resync_lock_key(name))
+            waiting = threading.Thread(target=applier._read_copy_filters, kwargs={"wait_for_resync": True})
+            waiting.start()
+            wait_until(resync, "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                       "the applier to wait for the resync")
+            resync.execute("INSERT INTO pgfanout_replica.materialized (subscriber, schema_name, table_name, "
+                           "start_position, snapshot, copied_from) VALUES (%s, 'public', 'products', 42, "
+                           "'100:105:101', 'test')", (name,))
+            resync.execute("COMMIT")
+            waiting.join(timeout=30)
+            assert not waiting.is_alive()
+        assert applier.copy_filters.filters == {("public", "products"): CopyFilter.from_row(42, "100:105:101")}
+    finally:
+        applier.close()
 
 
 def _delete_first_half(pipeline) -> None:
