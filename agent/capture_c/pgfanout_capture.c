@@ -32,14 +32,22 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/transam.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/sequence.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "lib/stringinfo.h"
+#include "nodes/makefuncs.h"
 #include "nodes/pg_list.h"
 #include "parser/parse_coerce.h"
 #include "utils/array.h"
@@ -52,6 +60,7 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/xid8.h"
 
 PG_MODULE_MAGIC;
 
@@ -115,9 +124,9 @@ static StringInfo buffer = NULL;
 static List *segments = NIL;
 static int32 next_ordinal = 0;
 
-static SPIPlanPtr append_plan = NULL;	/* the INSERT into the current log table */
+static int32 current_log = 0;	/* agent_state.current_log as last read, 0 before */
 static uint64 proc_changes = 0;	/* pg_proc invalidations seen, see on_proc_change() */
-static uint64 append_plan_as_of = 0;	/* proc_changes when append_plan's table was read */
+static uint64 current_log_as_of = 0;	/* proc_changes when current_log was read */
 static SPIPlanPtr current_log_plan = NULL;
 static SPIPlanPtr layout_plan = NULL;
 static Oid	capture_owner = InvalidOid;	/* the trigger function's owner, as last seen */
@@ -475,14 +484,20 @@ drop_segments(int first)
 }
 
 /*
- * The log insert names the current log table itself: calling pgfanout.append_changes() (PL/pgSQL) at each
- * commit cost about a third of the commit-time write. pgfanout.switch_log() points capture at the other
- * table by updating agent_state.current_log and rewriting the capture functions, append_changes() among
- * them, in one transaction; the rewrite invalidates pg_proc entries in every backend, and that makes the
- * next write here read current_log again. Until a backend has seen it, it goes on writing into the old
- * table, as PL/pgSQL functions do: the agent reads both tables and empties one only when no open
- * transaction holds it (agent/logswitch.py). The trigger function's owner is looked up again too
- * (ALTER FUNCTION ... OWNER TO).
+ * The log row is written straight into the current log table: a heap insert and its index entries, with
+ * seq and txid filled as their defaults would. Through SPI, a prepared INSERT spent more time in executor
+ * start and end and plan revalidation than in the insert itself (docs/benchmarks.md). Nothing the executor
+ * would have done is lost: log tables have no triggers, rules, row security or constraints but NOT NULL,
+ * flush_segments() refuses a log table that has any of the others, and insert_log_row() any column it
+ * does not know, of another type, or NOT NULL and not filled by it. Privileges are not checked: this code
+ * writes only pgfanout's own tables, on behalf of the trigger function's owner.
+ *
+ * Which table is current: pgfanout.switch_log() points capture at the other table by updating
+ * agent_state.current_log and rewriting the capture functions, append_changes() among them, in one
+ * transaction; the rewrite invalidates pg_proc entries in every backend, and that makes the next write
+ * here read current_log again. Until a backend has seen it, it goes on writing into the old table, as
+ * PL/pgSQL functions do: the agent reads both tables and empties one only when no open transaction holds
+ * it (agent/logswitch.py). The trigger function's owner is looked up again too (ALTER FUNCTION ... OWNER TO).
  */
 static void
 on_proc_change(Datum arg, int cacheid, uint32 hashvalue)
@@ -491,16 +506,19 @@ on_proc_change(Datum arg, int cacheid, uint32 hashvalue)
 	capture_function = InvalidOid;
 }
 
-/* Within SPI, as the owner. */
-static void
-prepare_append_plan(void)
+/* Reads agent_state.current_log, as the owner, when a pg_proc change may have moved it. */
+static int32
+read_current_log(void)
 {
-	Oid			argtypes[4] = {INT4OID, INT4OID, INT4ARRAYOID, BYTEAOID};
+	Identity	caller;
 	bool		isnull;
-	int32		current_log;
-	SPIPlanPtr	plan;
+	int32		log;
 	uint64		as_of = proc_changes;	/* taken first: a change while this reads makes the next write read again */
 
+	if (current_log != 0 && current_log_as_of == proc_changes)
+		return current_log;
+	caller = become_owner();
+	SPI_connect();
 	if (current_log_plan == NULL)
 	{
 		current_log_plan = SPI_prepare("SELECT current_log::integer FROM pgfanout.agent_state", 0, NULL);
@@ -512,39 +530,143 @@ prepare_append_plan(void)
 	if (SPI_execute_snapshot(current_log_plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false, 1)
 		!= SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "pgfanout: pgfanout.agent_state has no row; reinstall capture (pgfanout agent install)");
-	current_log = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (isnull || current_log < 1 || current_log > 2)
+	log = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull || log < 1 || log > 2)
 		elog(ERROR, "pgfanout: pgfanout.agent_state.current_log is not 1 or 2");
-	plan = SPI_prepare(psprintf("INSERT INTO pgfanout.log_%d (table_id, op, ordinal, change_count, table_ids, changes) "
-								"VALUES (0, 'P', $1, $2, $3, $4)", current_log), 4, argtypes);
-	if (plan == NULL)
-		elog(ERROR, "pgfanout: could not prepare the log insert: %s", SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	if (append_plan != NULL)
-		SPI_freeplan(append_plan);
-	append_plan = plan;
-	append_plan_as_of = as_of;	/* only now: an error above leaves the plan due for another read */
+	SPI_finish();
+	restore_identity(caller);
+	current_log = log;
+	current_log_as_of = as_of;	/* only now: an error above leaves it due for another read */
+	return log;
+}
+
+/* The columns of a log row, by name: a log table's column order depends on the version that created it. */
+enum
+{
+	LOG_SEQ, LOG_TXID, LOG_TABLE_ID, LOG_OP, LOG_ORDINAL, LOG_CHANGE_COUNT, LOG_TABLE_IDS, LOG_CHANGES,
+	LOG_NEW_ROW, LOG_OLD_KEY, LOG_OLD_VALUES, LOG_COLUMNS
+};
+static const char *const log_column_names[LOG_COLUMNS] = {
+	"seq", "txid", "table_id", "op", "ordinal", "change_count", "table_ids", "changes",
+	"new_row", "old_key", "old_values"
+};
+static const Oid log_column_types[LOG_COLUMNS] = {
+	INT8OID, XID8OID, INT4OID, CHAROID, INT4OID, INT4OID, INT4ARRAYOID, BYTEAOID,
+	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID
+};
+
+static void
+refuse_log_table(Relation log_table, const char *column, const char *problem)
+{
+	ereport(ERROR,
+			(errmsg("pgfanout: column \"%s\" of log table \"%s\" %s", column, RelationGetRelationName(log_table),
+					problem),
+			 errhint("install the pgfanout_capture library of the same pgfanout version (make capture-lib), "
+					 "then pgfanout agent install")));
+}
+
+static void
+insert_log_row(Relation log_table, ResultRelInfo *result, EState *estate, TupleTableSlot *slot, Oid seq,
+			   const Datum *fields)
+{
+	TupleDesc	desc = RelationGetDescr(log_table);
+	uint32		filled = 0;		/* a bit per column of log_column_names */
+
+	ExecClearTuple(slot);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute attribute = TupleDescAttr(desc, i);
+		const char *name = NameStr(attribute->attname);
+		int			column = 0;
+
+		slot->tts_isnull[i] = true;
+		if (attribute->attisdropped)
+			continue;
+		while (column < LOG_COLUMNS && strcmp(log_column_names[column], name) != 0)
+			column++;
+		if (column == LOG_COLUMNS)
+			refuse_log_table(log_table, name, "is unknown to this capture library");
+		if (attribute->atttypid != log_column_types[column])
+			refuse_log_table(log_table, name, "has another type than this capture library writes");
+		if (column >= LOG_NEW_ROW)
+		{
+			/* rows of the PL/pgSQL triggers */
+			if (attribute->attnotnull)
+				refuse_log_table(log_table, name, "is NOT NULL");
+			continue;
+		}
+		if (column == LOG_SEQ)
+			slot->tts_values[i] = Int64GetDatum(nextval_internal(seq, false));
+		else if (column == LOG_TXID)
+			slot->tts_values[i] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+		else
+			slot->tts_values[i] = fields[column];
+		slot->tts_isnull[i] = false;
+		filled |= 1 << column;
+	}
+	for (int column = 0; column < LOG_NEW_ROW; column++)
+		if (!(filled & (1 << column)))
+			refuse_log_table(log_table, log_column_names[column], "is missing");
+	ExecStoreVirtualTuple(slot);
+	table_tuple_insert(log_table, slot, GetCurrentCommandId(true), 0, NULL);
+	ExecInsertIndexTuples(result, slot, estate, false, false, NULL, NIL);
+	ResetPerTupleExprContext(estate);
+}
+
+static Oid
+pgfanout_relation(const char *name, char relkind, LOCKMODE lock)
+{
+	Oid			relid = RangeVarGetRelid(makeRangeVar("pgfanout", (char *) name, -1), lock, false);
+
+	if (get_rel_relkind(relid) != relkind)
+		ereport(ERROR,
+				(errmsg("pgfanout: pgfanout.%s is not a %s", name, relkind == RELKIND_SEQUENCE ? "sequence" : "table"),
+				 errhint("reinstall capture (pgfanout agent install)")));
+	return relid;
 }
 
 /* Write the segments from index `first` on into the log, and drop them from the buffer. */
 static void
 flush_segments(int first)
 {
+	char		log_name[16];
 	Identity	caller;
+	Relation	log_table;
+	Oid			seq;
+	EState	   *estate;
+	ResultRelInfo *result;
+	TupleTableSlot *slot;
 
 	if (list_length(segments) <= first)
 		return;
+	snprintf(log_name, sizeof(log_name), "log_%d", read_current_log());
+	/*
+	 * By name each time, with the lock an INSERT takes: a log table dropped and created again is followed.
+	 * As the owner: writers need no USAGE on the pgfanout schema.
+	 */
 	caller = become_owner();
-	SPI_connect();
-	if (append_plan == NULL || append_plan_as_of != proc_changes)
-		prepare_append_plan();
+	log_table = table_open(pgfanout_relation(log_name, RELKIND_RELATION, RowExclusiveLock), NoLock);
+	seq = pgfanout_relation("log_seq", RELKIND_SEQUENCE, NoLock);
+	restore_identity(caller);
+	if (log_table->trigdesc != NULL || log_table->rd_rel->relhasrules || log_table->rd_rel->relrowsecurity ||
+		(log_table->rd_att->constr != NULL && log_table->rd_att->constr->num_check > 0))
+		ereport(ERROR,
+				(errmsg("pgfanout: log table \"%s\" has triggers, rules, row security or CHECK constraints, "
+						"which capture would bypass",
+						RelationGetRelationName(log_table)),
+				 errhint("drop them: the log tables belong to pgfanout")));
+	estate = CreateExecutorState();
+	result = makeNode(ResultRelInfo);
+	InitResultRelInfo(result, log_table, 1, NULL, 0);
+	ExecOpenIndices(result, false);
+	slot = table_slot_create(log_table, NULL);
 	for (int i = first; i < list_length(segments); i++)
 	{
 		Segment    *segment = list_nth(segments, i);
 		int			ntables = list_length(segment->tables);
 		Datum	   *tables = palloc(sizeof(Datum) * ntables);
 		bytea	   *changes = palloc(VARHDRSZ + segment->length);
-		Datum		args[4];
+		Datum		fields[LOG_NEW_ROW];
 		ListCell   *cell;
 		int			n = 0;
 
@@ -554,15 +676,18 @@ flush_segments(int first)
 			tables[n++] = Int32GetDatum(lfirst_int(cell));
 		SET_VARSIZE(changes, VARHDRSZ + segment->length);
 		memcpy(VARDATA(changes), buffer->data + segment->offset, segment->length);
-		args[0] = Int32GetDatum(segment->first_ordinal);
-		args[1] = Int32GetDatum(segment->count);
-		args[2] = PointerGetDatum(construct_array(tables, ntables, INT4OID, 4, true, TYPALIGN_INT));
-		args[3] = PointerGetDatum(changes);
-		if (SPI_execute_plan(append_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "pgfanout: writing the log failed");
+		fields[LOG_TABLE_ID] = Int32GetDatum(0);
+		fields[LOG_OP] = CharGetDatum('P');
+		fields[LOG_ORDINAL] = Int32GetDatum(segment->first_ordinal);
+		fields[LOG_CHANGE_COUNT] = Int32GetDatum(segment->count);
+		fields[LOG_TABLE_IDS] = PointerGetDatum(construct_array(tables, ntables, INT4OID, 4, true, TYPALIGN_INT));
+		fields[LOG_CHANGES] = PointerGetDatum(changes);
+		insert_log_row(log_table, result, estate, slot, seq, fields);
 	}
-	SPI_finish();
-	restore_identity(caller);
+	ExecDropSingleTupleTableSlot(slot);
+	ExecCloseIndices(result);
+	FreeExecutorState(estate);
+	table_close(log_table, NoLock);
 	drop_segments(first);
 }
 

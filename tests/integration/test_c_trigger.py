@@ -218,6 +218,57 @@ def test_a_writer_follows_log_switches_made_by_another_session(pipeline):
 
 
 @C_ONLY
+def test_log_rows_are_indexed_and_filled_by_column_name(pipeline):
+    """The trigger writes log rows without the executor: every row must reach the txid index (amcheck),
+    columns are matched by name wherever a log table has them, and a column it cannot fill stops it."""
+    pipeline.prepare()
+    with pipeline.primary() as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+        # moves ordinal and changes to the end of every log table, as an older version's table might have them
+        for column, type_ in (("ordinal", "integer"), ("changes", "bytea")):
+            conn.execute(f"ALTER TABLE pgfanout.log DROP COLUMN {column}")
+            conn.execute(f"ALTER TABLE pgfanout.log ADD COLUMN {column} {type_}")
+        with conn.transaction():
+            conn.execute("INSERT INTO public.accounts VALUES (1, 1)")
+            for n in range(2, 7):  # past 256 kB: written early, and toasted
+                conn.execute("INSERT INTO public.customers (id, name) VALUES (%s, repeat('x', 100000))", (n,))
+        conn.execute("INSERT INTO public.accounts VALUES (7, 7)")
+        txids = [t for (t,) in conn.execute("SELECT DISTINCT txid FROM pgfanout.log_1")]
+        conn.execute("SELECT bt_index_check('pgfanout.log_1_txid', true)")  # every heap row is in the index
+        conn.execute("SET enable_seqscan = off")
+        by_index = sum(conn.execute("SELECT count(*) FROM pgfanout.log_1 WHERE txid = %s", (t,)).fetchone()[0]
+                       for t in txids)
+        conn.execute("RESET enable_seqscan")
+        assert len(txids) == 2 and by_index == len(log_rows(conn))
+        assert [int(i) for _, i in ids_logged(conn)] == [1, *range(2, 7), 7]
+        assert conn.execute("SELECT bool_and(seq IS NOT NULL AND table_id = 0 AND new_row IS NULL) "
+                            "FROM pgfanout.log").fetchone()[0]
+
+        conn.execute("TRUNCATE pgfanout.log_1, pgfanout.log_2")  # SET NOT NULL below checks the rows
+        for change, undo, problem in (
+                ("ADD COLUMN surprise integer", "DROP COLUMN surprise", '"surprise" of log table "log_1" is unknown'),
+                ("ALTER COLUMN ordinal TYPE bigint", "ALTER COLUMN ordinal TYPE integer", '"ordinal" .* another type'),
+                ("ALTER COLUMN new_row SET NOT NULL", "ALTER COLUMN new_row DROP NOT NULL", '"new_row" .* NOT NULL'),
+                ("DROP COLUMN changes", "ADD COLUMN changes bytea", '"changes" of log table "log_1" is missing')):
+            conn.execute(f"ALTER TABLE pgfanout.log {change}")
+            with pytest.raises(psycopg.errors.InternalError, match=problem):
+                conn.execute("INSERT INTO public.accounts VALUES (8, 8)")
+            conn.execute(f"ALTER TABLE pgfanout.log {undo}")
+        conn.execute("CREATE FUNCTION public.noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'")
+        for add, drop in (
+                ("CREATE TRIGGER audit BEFORE INSERT ON pgfanout.log_1 FOR EACH ROW EXECUTE FUNCTION public.noop()",
+                 "DROP TRIGGER audit ON pgfanout.log_1"),
+                ("ALTER TABLE pgfanout.log_1 ADD CONSTRAINT positive CHECK (seq > 0)",
+                 "ALTER TABLE pgfanout.log_1 DROP CONSTRAINT positive")):
+            conn.execute(add)
+            with pytest.raises(psycopg.errors.InternalError, match='"log_1" has triggers, .* which capture would bypass'):
+                conn.execute("INSERT INTO public.accounts VALUES (8, 8)")
+            conn.execute(drop)
+        conn.execute("INSERT INTO public.accounts VALUES (8, 8)")
+        assert ids_logged(conn)[-1] == ("I", "8")
+
+
+@C_ONLY
 def test_writers_need_no_rights_on_the_pgfanout_schema(pipeline):
     pipeline.prepare()
     with scratch_role(pipeline, "writer") as role:
