@@ -1,8 +1,8 @@
 """The C capture trigger (agent/capture_c): when to use it, and the SQL that installs it.
 
 The C trigger encodes each change as an Avro Change record and writes a transaction's changes to the log
-as one row at commit (columns ordinal, change_count, table_ids, changes), with an INSERT it keeps
-prepared into the table ``agent_state.current_log`` names. The PL/pgSQL triggers write one row per
+as one row at commit (columns ordinal, change_count, table_ids, changes), inserted without the executor
+into the table ``agent_state.current_log`` names. The PL/pgSQL triggers write one row per
 change. Both kinds of row live in the same log tables; one transaction's rows are always of one kind,
 because install replaces every table's trigger in one transaction, which waits for the transactions
 writing those tables.

@@ -25,9 +25,10 @@
  * pgfanout.layout_of() and forgotten when the table's relcache entry is invalidated (ALTER TABLE,
  * CREATE TRIGGER).
  *
- * Privileges. The layout query and the log insert run as the owner of the trigger function (the role
- * that installed capture), as the PL/pgSQL triggers run SECURITY DEFINER: writers need no rights on the
- * pgfanout schema, and the functions these call are not executable by PUBLIC.
+ * Privileges. The layout query and the lookups of the current log table run as the owner of the trigger
+ * function (the role that installed capture), as the PL/pgSQL triggers run SECURITY DEFINER: writers need
+ * no rights on the pgfanout schema, and the functions these call are not executable by PUBLIC. The log
+ * row itself is written without the executor, so without privilege checks (see insert_log_row()).
  */
 #include "postgres.h"
 
@@ -484,15 +485,7 @@ drop_segments(int first)
 }
 
 /*
- * The log row is written straight into the current log table: a heap insert and its index entries, with
- * seq and txid filled as their defaults would. Through SPI, a prepared INSERT spent more time in executor
- * start and end and plan revalidation than in the insert itself (docs/benchmarks.md). Nothing the executor
- * would have done is lost: log tables have no triggers, rules, row security or constraints but NOT NULL,
- * flush_segments() refuses a log table that has any of the others, and insert_log_row() any column it
- * does not know, of another type, or NOT NULL and not filled by it. Privileges are not checked: this code
- * writes only pgfanout's own tables, on behalf of the trigger function's owner.
- *
- * Which table is current: pgfanout.switch_log() points capture at the other table by updating
+ * Which log table is current: pgfanout.switch_log() points capture at the other table by updating
  * agent_state.current_log and rewriting the capture functions, append_changes() among them, in one
  * transaction; the rewrite invalidates pg_proc entries in every backend, and that makes the next write
  * here read current_log again. Until a backend has seen it, it goes on writing into the old table, as
@@ -565,6 +558,15 @@ refuse_log_table(Relation log_table, const char *column, const char *problem)
 					 "then pgfanout agent install")));
 }
 
+/*
+ * The log row is written straight into the current log table: a heap insert and its index entries, with
+ * seq and txid filled as their defaults would. Through SPI, a prepared INSERT spent more time in executor
+ * start and end and plan revalidation than in the insert itself (docs/benchmarks.md). Nothing the executor
+ * would have done is lost: log tables have no triggers, rules, row security or constraints but NOT NULL,
+ * flush_segments() refuses a log table that has any of the others, and this any column it does not know,
+ * of another type, or NOT NULL and not filled by it. Privileges are not checked: this writes only
+ * pgfanout's own tables, on behalf of the trigger function's owner.
+ */
 static void
 insert_log_row(Relation log_table, ResultRelInfo *result, EState *estate, TupleTableSlot *slot, Oid seq,
 			   const Datum *fields)
