@@ -125,18 +125,18 @@ class KafkaNode:
         argv = ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
                 f"-Dkafka.logs.dir={self.directory}", "-cp", f"{jars}/*", MAIN_CLASS,
                 str(self.directory / "server.properties")]
-        processes.spawn(argv, self.log_file, self.pid_file)
-        self.wait_ready()
+        self.wait_ready(processes.spawn(argv, self.log_file, self.pid_file))
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
+    def wait_ready(self, pid: int, timeout: float = 90.0) -> None:
         from kafka.errors import KafkaError
 
         from kafka import KafkaAdminClient
 
         deadline = time.monotonic() + timeout
         while True:
-            if not self.pid():
-                raise LocalStackError(f"Kafka {self.name} exited while starting; see {self.log_file}")
+            if not processes.alive(pid):
+                raise LocalStackError(f"Kafka {self.name} exited while starting; the end of {self.log_file}:\n"
+                                      f"{self._log_tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     pass
@@ -151,6 +151,12 @@ class KafkaNode:
                 if time.monotonic() > deadline:
                     raise LocalStackError(f"Kafka {self.name} does not answer on {self.bootstrap}: {exc}") from exc
                 time.sleep(0.5)
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(unreadable: {exc})"
 
     def stop(self, timeout: float = 60.0) -> None:
         pid = self.pid()

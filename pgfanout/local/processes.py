@@ -45,9 +45,16 @@ def cmdline(pid: int) -> str:
 def running(pid_file: Path, expect_in_cmdline: str) -> int | None:
     """The PID in ``pid_file`` if that process is alive and is what we started."""
     pid = read_pid(pid_file)
-    if pid is not None and alive(pid) and expect_in_cmdline in cmdline(pid):
-        return pid
-    return None
+    if pid is None or not alive(pid):
+        return None
+    line = cmdline(pid)
+    # Just after exec (Popen has returned), the new image's arguments are not mapped yet for a moment and
+    # /proc/PID/cmdline reads empty: taken at once for "not ours", a process just started looked exited.
+    deadline = time.monotonic() + 0.5
+    while not line and alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.002)
+        line = cmdline(pid)
+    return pid if expect_in_cmdline in line else None
 
 
 def spawn(argv: list[str], log_file: Path, pid_file: Path, env: dict[str, str] | None = None) -> int:

@@ -1,0 +1,40 @@
+"""Our processes are found by PID file and command line, also in the first moments after they start."""
+
+import sys
+
+from pgfanout.local import processes
+
+
+def test_a_process_whose_command_line_is_not_readable_yet_is_still_running(tmp_path, monkeypatch):
+    """Right after exec, /proc/PID/cmdline reads empty until the new image's arguments are mapped (3-4% of
+    immediate reads after spawning `sleep` here; longer under load). Taken for "not ours", it made a Kafka
+    broker that had just started look as if it had exited while starting."""
+    pid = processes.spawn([sys.executable, "-c", "import time; time.sleep(5)", "marker-for-this-test"],
+                          tmp_path / "out.log", tmp_path / "it.pid")
+    real_cmdline = processes.cmdline
+    reads = []
+
+    def just_after_exec(of: int) -> str:
+        reads.append(of)
+        return "" if len(reads) <= 3 else real_cmdline(of)
+
+    monkeypatch.setattr(processes, "cmdline", just_after_exec)
+    try:
+        assert processes.running(tmp_path / "it.pid", "marker-for-this-test") == pid
+        assert len(reads) == 4
+    finally:
+        processes.stop(pid, timeout=5)
+
+
+def test_processes_are_found_at_once_and_only_while_they_are_ours(tmp_path):
+    for n in range(20):
+        pid = processes.spawn([sys.executable, "-c", "import time; time.sleep(5)", "marker-for-this-test"],
+                              tmp_path / "out.log", tmp_path / f"{n}.pid")
+        try:
+            assert processes.running(tmp_path / f"{n}.pid", "marker-for-this-test") == pid
+            assert processes.running(tmp_path / f"{n}.pid", "kafka.Kafka") is None
+        finally:
+            processes.stop(pid, timeout=5)
+    pid = processes.spawn([sys.executable, "-c", "pass"], tmp_path / "out.log", tmp_path / "gone.pid")
+    assert processes.wait_exit(pid, timeout=10) == 0
+    assert processes.running(tmp_path / "gone.pid", sys.executable) is None
