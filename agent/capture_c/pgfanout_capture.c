@@ -28,7 +28,7 @@
  * Privileges. The layout query and the lookups of the current log table run as the owner of the trigger
  * function (the role that installed capture), as the PL/pgSQL triggers run SECURITY DEFINER: writers need
  * no rights on the pgfanout schema, and the functions these call are not executable by PUBLIC. The log
- * row itself is written without the executor, so without privilege checks (see insert_log_row()).
+ * row itself is written without the executor, so without privilege checks (see map_log_columns()).
  */
 #include "postgres.h"
 
@@ -563,25 +563,34 @@ refuse_log_table(Relation log_table, const char *column, const char *problem)
  * seq and txid filled as their defaults would. Through SPI, a prepared INSERT spent more time in executor
  * start and end and plan revalidation than in the insert itself (docs/benchmarks.md). Nothing the executor
  * would have done is lost: log tables have no triggers, rules, row security or constraints but NOT NULL,
- * flush_segments() refuses a log table that has any of the others, and this any column it does not know,
- * of another type, or NOT NULL and not filled by it. Privileges are not checked: this writes only
+ * and map_log_columns() refuses a log table that has any of the others, or any column it does not know,
+ * of another type, or NOT NULL and not filled here. Privileges are not checked: this writes only
  * pgfanout's own tables, on behalf of the trigger function's owner.
+ *
+ * map_log_columns() says which log column each attribute of the table is (LOG_COLUMNS for a dropped
+ * one), once per write rather than per row.
  */
-static void
-insert_log_row(Relation log_table, ResultRelInfo *result, EState *estate, TupleTableSlot *slot, Oid seq,
-			   const Datum *fields)
+static int *
+map_log_columns(Relation log_table)
 {
 	TupleDesc	desc = RelationGetDescr(log_table);
+	int		   *columns = palloc(sizeof(int) * desc->natts);
 	uint32		filled = 0;		/* a bit per column of log_column_names */
 
-	ExecClearTuple(slot);
+	if (log_table->trigdesc != NULL || log_table->rd_rel->relhasrules || log_table->rd_rel->relrowsecurity ||
+		(desc->constr != NULL && desc->constr->num_check > 0))
+		ereport(ERROR,
+				(errmsg("pgfanout: log table \"%s\" has triggers, rules, row security or CHECK constraints, "
+						"which capture would bypass",
+						RelationGetRelationName(log_table)),
+				 errhint("drop them: the log tables belong to pgfanout")));
 	for (int i = 0; i < desc->natts; i++)
 	{
 		Form_pg_attribute attribute = TupleDescAttr(desc, i);
 		const char *name = NameStr(attribute->attname);
 		int			column = 0;
 
-		slot->tts_isnull[i] = true;
+		columns[i] = LOG_COLUMNS;
 		if (attribute->attisdropped)
 			continue;
 		while (column < LOG_COLUMNS && strcmp(log_column_names[column], name) != 0)
@@ -590,25 +599,30 @@ insert_log_row(Relation log_table, ResultRelInfo *result, EState *estate, TupleT
 			refuse_log_table(log_table, name, "is unknown to this capture library");
 		if (attribute->atttypid != log_column_types[column])
 			refuse_log_table(log_table, name, "has another type than this capture library writes");
-		if (column >= LOG_NEW_ROW)
-		{
-			/* rows of the PL/pgSQL triggers */
-			if (attribute->attnotnull)
-				refuse_log_table(log_table, name, "is NOT NULL");
-			continue;
-		}
-		if (column == LOG_SEQ)
-			slot->tts_values[i] = Int64GetDatum(nextval_internal(seq, false));
-		else if (column == LOG_TXID)
-			slot->tts_values[i] = FullTransactionIdGetDatum(GetTopFullTransactionId());
-		else
-			slot->tts_values[i] = fields[column];
-		slot->tts_isnull[i] = false;
+		if (column >= LOG_NEW_ROW && attribute->attnotnull)	/* columns of the PL/pgSQL triggers' rows */
+			refuse_log_table(log_table, name, "is NOT NULL");
+		columns[i] = column;
 		filled |= 1 << column;
 	}
 	for (int column = 0; column < LOG_NEW_ROW; column++)
 		if (!(filled & (1 << column)))
 			refuse_log_table(log_table, log_column_names[column], "is missing");
+	return columns;
+}
+
+/* fields: a value for each column before LOG_NEW_ROW; the others are NULL in the C trigger's rows */
+static void
+insert_log_row(ResultRelInfo *result, EState *estate, TupleTableSlot *slot, const int *columns,
+			   const Datum *fields)
+{
+	Relation	log_table = result->ri_RelationDesc;
+
+	ExecClearTuple(slot);
+	for (int i = 0; i < RelationGetDescr(log_table)->natts; i++)
+	{
+		slot->tts_isnull[i] = columns[i] >= LOG_NEW_ROW;
+		slot->tts_values[i] = slot->tts_isnull[i] ? (Datum) 0 : fields[columns[i]];
+	}
 	ExecStoreVirtualTuple(slot);
 	table_tuple_insert(log_table, slot, GetCurrentCommandId(true), 0, NULL);
 	ExecInsertIndexTuples(result, slot, estate, false, false, NULL, NIL);
@@ -635,6 +649,8 @@ flush_segments(int first)
 	Identity	caller;
 	Relation	log_table;
 	Oid			seq;
+	int		   *columns;
+	Datum		fields[LOG_NEW_ROW];
 	EState	   *estate;
 	ResultRelInfo *result;
 	TupleTableSlot *slot;
@@ -650,13 +666,10 @@ flush_segments(int first)
 	log_table = table_open(pgfanout_relation(log_name, RELKIND_RELATION, RowExclusiveLock), NoLock);
 	seq = pgfanout_relation("log_seq", RELKIND_SEQUENCE, NoLock);
 	restore_identity(caller);
-	if (log_table->trigdesc != NULL || log_table->rd_rel->relhasrules || log_table->rd_rel->relrowsecurity ||
-		(log_table->rd_att->constr != NULL && log_table->rd_att->constr->num_check > 0))
-		ereport(ERROR,
-				(errmsg("pgfanout: log table \"%s\" has triggers, rules, row security or CHECK constraints, "
-						"which capture would bypass",
-						RelationGetRelationName(log_table)),
-				 errhint("drop them: the log tables belong to pgfanout")));
+	columns = map_log_columns(log_table);
+	fields[LOG_TXID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
+	fields[LOG_TABLE_ID] = Int32GetDatum(0);
+	fields[LOG_OP] = CharGetDatum('P');
 	estate = CreateExecutorState();
 	result = makeNode(ResultRelInfo);
 	InitResultRelInfo(result, log_table, 1, NULL, 0);
@@ -668,7 +681,6 @@ flush_segments(int first)
 		int			ntables = list_length(segment->tables);
 		Datum	   *tables = palloc(sizeof(Datum) * ntables);
 		bytea	   *changes = palloc(VARHDRSZ + segment->length);
-		Datum		fields[LOG_NEW_ROW];
 		ListCell   *cell;
 		int			n = 0;
 
@@ -678,13 +690,12 @@ flush_segments(int first)
 			tables[n++] = Int32GetDatum(lfirst_int(cell));
 		SET_VARSIZE(changes, VARHDRSZ + segment->length);
 		memcpy(VARDATA(changes), buffer->data + segment->offset, segment->length);
-		fields[LOG_TABLE_ID] = Int32GetDatum(0);
-		fields[LOG_OP] = CharGetDatum('P');
+		fields[LOG_SEQ] = Int64GetDatum(nextval_internal(seq, false));
 		fields[LOG_ORDINAL] = Int32GetDatum(segment->first_ordinal);
 		fields[LOG_CHANGE_COUNT] = Int32GetDatum(segment->count);
 		fields[LOG_TABLE_IDS] = PointerGetDatum(construct_array(tables, ntables, INT4OID, 4, true, TYPALIGN_INT));
 		fields[LOG_CHANGES] = PointerGetDatum(changes);
-		insert_log_row(log_table, result, estate, slot, seq, fields);
+		insert_log_row(result, estate, slot, columns, fields);
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	ExecCloseIndices(result);
