@@ -3,7 +3,9 @@
 1. pgbench (scale 10, -c 4 -j 2, --duration seconds) without capture, then with capture installed and the
    agent running, once with the C trigger and once with the PL/pgSQL triggers, runs alternating: the TPS
    ratios (the issue's bar: >= 0.90; peers: Slony-I 0.87-0.95, Bucardo 0.78-0.83). The log tables' size
-   is sampled during the captured runs, to show consumed rows do not pile up.
+   is sampled during the captured runs, to show consumed rows do not pile up. Each run's CPU time per
+   transaction is also accounted, for the machine and for the agent, its backend and the broker: single
+   runs' TPS varies by more than capture costs, their CPU time per transaction much less.
 2. The trigger designs alone (agent stopped): the C trigger, PL/pgSQL row triggers, and statement-level
    triggers with transition tables (a prototype built here only for the measurement), with pgbench and
    with a 1,000,000-row UPDATE.
@@ -24,7 +26,7 @@ import psycopg
 from psycopg import sql
 
 from agent import capture
-from bench.common import Timer, bench_stack, pgbench, tps_of, wait_for_ready, write_result
+from bench.common import CpuAccount, Timer, bench_stack, pgbench, tps_of, transactions_of, wait_for_ready, write_result
 from bench.publish_throughput import TABLES, prepare_pgbench_db
 from pgfanout.config import parse_config
 from pgfanout.demo import daemon_argv, reset_streams, start_daemon, write_config
@@ -36,6 +38,19 @@ DB = "bench_capture"
 
 def run_pgbench(port: int, duration: int) -> float:
     return tps_of(pgbench("-c", "4", "-j", "2", "-T", str(duration), "-n", dsn_port=port, db=DB))
+
+
+def run_pgbench_accounted(port: int, duration: int, processes: dict[str, list[int]]) -> tuple[float, dict[str, float]]:
+    """TPS, and CPU milliseconds per 1,000 transactions of the machine and of ``processes``."""
+    with CpuAccount(processes) as account:
+        output = pgbench("-c", "4", "-j", "2", "-T", str(duration), "-n", dsn_port=port, db=DB)
+    return tps_of(output), account.ms_per_1000(transactions_of(output))
+
+
+def agent_backends(conn_info: str) -> list[int]:
+    with psycopg.connect(conn_info, autocommit=True) as conn:
+        return [pid for (pid,) in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (f"pgfanout-agent-{DB}",))]
 
 
 def statement_trigger_statements(table: capture.PublishedTable) -> list[sql.Composable]:
@@ -127,14 +142,18 @@ def main() -> None:
     source = config.sources[DB]
     figures: dict[str, object] = {}
     runs: dict[str, list[float]] = {"without_capture": [], "c_trigger_and_agent": [], "plpgsql_triggers_and_agent": []}
+    cpu: dict[str, list[dict[str, float]]] = {mode: [] for mode in runs}
     samples: list[int] = []
+    broker = {"kafka_broker": [stack.kafka("main").pid() or 0]}
 
     run_pgbench(primary.port, 5)  # warm up caches
     for _ in range(args.repetitions):
         with connect(source, "bench") as conn:
             capture.uninstall(conn)
             quiesce(conn)
-        runs["without_capture"].append(run_pgbench(primary.port, args.duration))
+        tps, account = run_pgbench_accounted(primary.port, args.duration, broker)
+        runs["without_capture"].append(tps)
+        cpu["without_capture"].append(account)
         for mode, trigger in (("c_trigger_and_agent", "c"), ("plpgsql_triggers_and_agent", "plpgsql")):
             (stack.log_dir / f"{DB}-agent.log").unlink(missing_ok=True)
             agent = start_capture(stack, data, config, trigger)
@@ -143,7 +162,10 @@ def main() -> None:
             stop = threading.Event()
             sampler = threading.Thread(target=sample_log_size, args=(primary.dsn(DB), stop, samples))
             sampler.start()
-            runs[mode].append(run_pgbench(primary.port, args.duration))
+            processes_of_capture = {"agent_process": [agent], "agent_backend": agent_backends(primary.dsn(DB)), **broker}
+            tps, account = run_pgbench_accounted(primary.port, args.duration, processes_of_capture)
+            runs[mode].append(tps)
+            cpu[mode].append(account)
             stop.set()
             sampler.join()
             processes.stop(agent)
@@ -156,6 +178,13 @@ def main() -> None:
     # shows how much of the spread is drift rather than capture.
     figures["capture_tps_ratios_paired"] = {
         mode: [round(tps / without, 3) for tps, without in zip(runs[mode], runs["without_capture"], strict=True)]
+        for mode in ("c_trigger_and_agent", "plpgsql_triggers_and_agent")}
+    # CPU milliseconds per 1,000 transactions (medians): "machine" is every process and the kernel
+    cpu_medians = {mode: {name: round(statistics.median(account[name] for account in accounts), 1)
+                          for name in accounts[0]} for mode, accounts in cpu.items()}
+    figures["cpu_ms_per_1000_transactions"] = cpu_medians
+    figures["cpu_per_transaction_ratio"] = {  # uncaptured over captured: what the TPS ratio is when CPU-bound
+        mode: round(cpu_medians["without_capture"]["machine"] / cpu_medians[mode]["machine"], 3)
         for mode in ("c_trigger_and_agent", "plpgsql_triggers_and_agent")}
     figures["log_size_bytes_during_captured_runs"] = {"min": min(samples), "max": max(samples),
                                                       "samples": len(samples)}
@@ -170,7 +199,9 @@ def main() -> None:
             capture.uninstall(conn)
             capture.install(conn, with_trigger(source, trigger))
             quiesce(conn)
-        figures[f"tps_{name}_agent_stopped"] = round(run_pgbench(primary.port, args.duration))
+        tps, account = run_pgbench_accounted(primary.port, args.duration, broker)
+        figures[f"tps_{name}_agent_stopped"] = round(tps)
+        figures[f"cpu_ms_per_1000_transactions_{name}_agent_stopped"] = account
         with connect(source, "bench") as conn:
             conn.execute("TRUNCATE pgfanout.log")
             figures[f"bulk_update_1m_rows_seconds_{name}"] = round(bulk_update_seconds(conn), 2)
@@ -186,7 +217,9 @@ def main() -> None:
         "pgbench -c 4 -j 2 -T duration -n, scale 10, runs alternating without capture, with the C trigger and "
         "with the PL/pgSQL triggers (agent running, default settings), "
         "each after VACUUM and CHECKPOINT; medians. PostgreSQL, pgbench, the agent and the Kafka broker share this "
-        "2-core machine. Statement-trigger figures come from a measurement-only prototype, agent stopped."))
+        "2-core machine. CPU figures: milliseconds of CPU per 1,000 transactions while pgbench ran (machine: "
+        "/proc/stat, not idle nor iowait; processes: /proc/PID/stat). Statement-trigger figures come from a "
+        "measurement-only prototype, agent stopped."))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,50 @@ def machine() -> dict[str, str]:
             "kafka": (REPO / "kafka" / "pom.xml").read_text().split("<kafka.version>")[1].split("<")[0]}
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time every CPU of the machine has spent busy since boot (user to steal; not idle, not iowait)."""
+    user, nice, system, idle, iowait, irq, softirq, steal = (
+        int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time a process (all its threads) has used; 0 if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+
+class CpuAccount:
+    """CPU time used while a run lasts, by the whole machine and by named processes."""
+
+    def __init__(self, processes: dict[str, list[int]]) -> None:
+        self.processes = processes
+        self.seconds: dict[str, float] = {}
+
+    def __enter__(self) -> CpuAccount:
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._read()
+        self.seconds = {name: end[name] - self._start[name] for name in end}
+
+    def _read(self) -> dict[str, float]:
+        reading = {name: sum(process_cpu_seconds(pid) for pid in pids) for name, pids in self.processes.items()}
+        reading["machine"] = machine_busy_seconds()
+        return reading
+
+    def ms_per_1000(self, transactions: int) -> dict[str, float]:
+        return {name: round(seconds * 1000 * 1000 / transactions, 1) for name, seconds in self.seconds.items()}
+
+
 def pgbench(*args: str, dsn_port: int, db: str) -> str:
     result = subprocess.run([str(bin_dir() / "pgbench"), "-h", "127.0.0.1", "-p", str(dsn_port), "-U", "postgres",
                              *args, db], capture_output=True, text=True, check=True)
@@ -48,6 +92,13 @@ def tps_of(output: str) -> float:
         if line.startswith("tps = "):
             return float(line.split()[2])
     raise ValueError(f"no tps line in pgbench output:\n{output}")
+
+
+def transactions_of(output: str) -> int:
+    for line in output.splitlines():
+        if line.startswith("number of transactions actually processed:"):
+            return int(line.split(":")[1].split("/")[0])
+    raise ValueError(f"no transaction count in pgbench output:\n{output}")
 
 
 def write_result(name: str, figures: dict, notes: str = "") -> Path:
