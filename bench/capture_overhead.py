@@ -37,7 +37,7 @@ DB = "bench_capture"
 
 
 def run_pgbench(port: int, duration: int) -> float:
-    return tps_of(pgbench("-c", "4", "-j", "2", "-T", str(duration), "-n", dsn_port=port, db=DB))
+    return run_pgbench_accounted(port, duration, {})[0]
 
 
 def run_pgbench_accounted(port: int, duration: int, processes: dict[str, list[int]]) -> tuple[float, dict[str, float]]:
