@@ -6,6 +6,7 @@ import logging
 
 import psycopg
 import psycopg.conninfo
+from psycopg import sql
 
 from pgfanout.config import Database, secret
 from pgfanout.errors import PostgresUnavailable
@@ -55,11 +56,12 @@ def connect(db: Database, application_name: str) -> psycopg.Connection:
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise PostgresUnavailable(describe(db.dsn), reason) from exc
-    for name, value in SESSION_SETTINGS.items():
-        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
     # pgfanout takes a lock, then reads what its holder committed, in a later statement: that needs a
     # snapshot per statement, whatever the server's or the database's default. REPEATABLE READ is only
     # ever asked for explicitly (copies).
-    conn.execute("SET default_transaction_isolation = 'read committed'")
+    settings = {**SESSION_SETTINGS, "default_transaction_isolation": "read committed"}
+    conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
+        sql.SQL("set_config({}, {}, false)").format(sql.Literal(name), sql.Literal(value))
+        for name, value in settings.items())))
     return conn
 
