@@ -51,8 +51,10 @@
 #include "nodes/makefuncs.h"
 #include "nodes/pg_list.h"
 #include "parser/parse_coerce.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -87,6 +89,8 @@ typedef enum
 typedef struct Column
 {
 	AttrNumber	attnum;
+	bool		byval;			/* the type's, for comparing old and new key values as stored */
+	int16		length;
 	TextMethod	method;
 	FmgrInfo	function;
 } Column;
@@ -119,6 +123,22 @@ typedef struct Segment
 
 static HTAB *layouts = NULL;
 static MemoryContext layout_context = NULL;
+
+/*
+ * The log table last written and what was learned about it, kept across transactions: looking the
+ * tables up by name and checking the log table's columns each time was a fifth of the commit-time
+ * write. Forgotten when either relation's relcache entry is invalidated (ALTER, DROP, CREATE INDEX),
+ * or when capture moves to the other log table.
+ */
+typedef struct LogTarget
+{
+	int32		log;			/* 1 or 2; 0 when nothing is known */
+	Oid			relid;
+	Oid			sequence;		/* pgfanout.log_seq */
+	int		   *columns;		/* map_log_columns() of the table */
+} LogTarget;
+
+static LogTarget log_target = {0};
 
 /* per transaction, in TopTransactionContext */
 static StringInfo buffer = NULL;
@@ -250,34 +270,54 @@ put_values(StringInfo s, Layout *layout, const int *which, int count, HeapTuple 
 	put_int_array(s, nulls, nnulls);
 }
 
-/* The key's text, to tell whether an UPDATE changed it (the PL/pgSQL triggers compare texts too). */
-static StringInfo
-key_text(Layout *layout, HeapTuple tuple, TupleDesc desc)
+/*
+ * Whether an UPDATE changed the key. The PL/pgSQL triggers compare the key's text; values stored alike
+ * have the same text, so the text is only made for a column whose old and new values are stored differently.
+ */
+static bool
+key_changed(Layout *layout, HeapTuple old_row, HeapTuple new_row, TupleDesc desc)
 {
-	StringInfo	s = makeStringInfo();
-
 	for (int i = 0; i < layout->nkeys; i++)
 	{
-		bool		isnull;
 		Column	   *column = &layout->columns[layout->keys[i]];
-		Datum		value = heap_getattr(tuple, column->attnum, desc, &isnull);
+		bool		old_null, new_null;
+		Datum		old_value = heap_getattr(old_row, column->attnum, desc, &old_null);
+		Datum		new_value = heap_getattr(new_row, column->attnum, desc, &new_null);
+		StringInfoData old_text, new_text;
+		bool		differ;
 
-		if (isnull)
-			put_long(s, -1);
-		else
-			put_value(s, column, value);
+		if (old_null || new_null)
+		{
+			if (old_null != new_null)
+				return true;
+			continue;
+		}
+		if (datumIsEqual(old_value, new_value, column->byval, column->length))
+			continue;
+		initStringInfo(&old_text);
+		initStringInfo(&new_text);
+		put_value(&old_text, column, old_value);
+		put_value(&new_text, column, new_value);
+		/* encoded: lengths first, and bytes that may be zero */
+		differ = old_text.len != new_text.len || memcmp(old_text.data, new_text.data, old_text.len) != 0;
+		pfree(old_text.data);
+		pfree(new_text.data);
+		if (differ)
+			return true;
 	}
-	return s;
+	return false;
 }
 
 /* -- layouts -------------------------------------------------------------------------------------- */
 
 static void
-forget_layout(Datum arg, Oid relid)
+on_relation_change(Datum arg, Oid relid)
 {
 	HASH_SEQ_STATUS status;
 	Layout	   *layout;
 
+	if (relid == InvalidOid || relid == log_target.relid || relid == log_target.sequence)
+		log_target.log = 0;
 	if (layouts == NULL)
 		return;
 	hash_seq_init(&status, layouts);
@@ -301,6 +341,15 @@ column_index(Layout *layout, const char *name, Relation relation)
 	return -1;
 }
 
+/* Memory for what is kept across transactions: layouts and the log target. */
+static MemoryContext
+cache_context(void)
+{
+	if (layout_context == NULL)
+		layout_context = AllocSetContextCreate(CacheMemoryContext, "pgfanout layouts", ALLOCSET_SMALL_SIZES);
+	return layout_context;
+}
+
 static char **
 text_array_items(Datum array, int *count)
 {
@@ -309,7 +358,7 @@ text_array_items(Datum array, int *count)
 	char	  **texts;
 
 	deconstruct_array(DatumGetArrayTypeP(array), TEXTOID, -1, false, TYPALIGN_INT, &items, &nulls, count);
-	texts = MemoryContextAlloc(layout_context, sizeof(char *) * (*count > 0 ? *count : 1));
+	texts = MemoryContextAlloc(cache_context(), sizeof(char *) * (*count > 0 ? *count : 1));
 	for (int i = 0; i < *count; i++)
 		texts[i] = MemoryContextStrdup(layout_context, TextDatumGetCString(items[i]));
 	return texts;
@@ -329,8 +378,6 @@ read_layout(Layout *layout, Relation relation)
 
 	Identity	caller;
 
-	if (layout_context == NULL)
-		layout_context = AllocSetContextCreate(CacheMemoryContext, "pgfanout layouts", ALLOCSET_SMALL_SIZES);
 	caller = become_owner();
 	SPI_connect();
 	if (layout_plan == NULL)
@@ -375,6 +422,8 @@ read_layout(Layout *layout, Relation relation)
 							RelationGetRelationName(relation), columns[i]),
 					 errhint("run pgfanout agent install again")));
 		column->attnum = attnum;
+		column->byval = TupleDescAttr(desc, attnum - 1)->attbyval;
+		column->length = TupleDescAttr(desc, attnum - 1)->attlen;
 		type = TupleDescAttr(desc, attnum - 1)->atttypid;
 		switch (find_coercion_pathway(TEXTOID, type, COERCION_EXPLICIT, &function))
 		{
@@ -427,7 +476,6 @@ layout_of(Relation relation)
 		ctl.keysize = sizeof(Oid);
 		ctl.entrysize = sizeof(Layout);
 		layouts = hash_create("pgfanout layouts", 64, &ctl, HASH_ELEM | HASH_BLOBS);
-		CacheRegisterRelcacheCallback(forget_layout, (Datum) 0);
 	}
 	layout = hash_search(layouts, &relid, HASH_ENTER, &found);
 	if (!found)
@@ -568,13 +616,13 @@ refuse_log_table(Relation log_table, const char *column, const char *problem)
  * pgfanout's own tables, on behalf of the trigger function's owner.
  *
  * map_log_columns() says which log column each attribute of the table is (LOG_COLUMNS for a dropped
- * one), once per write rather than per row.
+ * one), once per log table rather than per write (see LogTarget).
  */
 static int *
 map_log_columns(Relation log_table)
 {
 	TupleDesc	desc = RelationGetDescr(log_table);
-	int		   *columns = palloc(sizeof(int) * desc->natts);
+	int		   *columns = MemoryContextAlloc(cache_context(), sizeof(int) * (desc->natts > 0 ? desc->natts : 1));
 	uint32		filled = 0;		/* a bit per column of log_column_names */
 
 	if (log_table->trigdesc != NULL || log_table->rd_rel->relhasrules || log_table->rd_rel->relrowsecurity ||
@@ -641,15 +689,42 @@ pgfanout_relation(const char *name, char relkind, LOCKMODE lock)
 	return relid;
 }
 
+/*
+ * The current log table, opened with the lock an INSERT takes, and log_target describing it. Locking
+ * takes in the invalidations of other sessions' DDL, so a log table dropped and created again, or
+ * altered, is looked up again by name.
+ */
+static Relation
+open_log_table(int32 log)
+{
+	char		log_name[16];
+	Relation	log_table;
+
+	if (log_target.log == log)
+	{
+		LockRelationOid(log_target.relid, RowExclusiveLock);
+		if (log_target.log == log)
+			return table_open(log_target.relid, NoLock);
+		UnlockRelationOid(log_target.relid, RowExclusiveLock);
+	}
+	if (log_target.columns != NULL)
+		pfree(log_target.columns);
+	log_target = (LogTarget) {0};
+	snprintf(log_name, sizeof(log_name), "log_%d", log);
+	log_table = table_open(pgfanout_relation(log_name, RELKIND_RELATION, RowExclusiveLock), NoLock);
+	log_target.sequence = pgfanout_relation("log_seq", RELKIND_SEQUENCE, NoLock);
+	log_target.columns = map_log_columns(log_table);
+	log_target.relid = RelationGetRelid(log_table);
+	log_target.log = log;		/* last: an error above leaves nothing half known */
+	return log_table;
+}
+
 /* Write the segments from index `first` on into the log, and drop them from the buffer. */
 static void
 flush_segments(int first)
 {
-	char		log_name[16];
 	Identity	caller;
 	Relation	log_table;
-	Oid			seq;
-	int		   *columns;
 	Datum		fields[LOG_NEW_ROW];
 	EState	   *estate;
 	ResultRelInfo *result;
@@ -657,16 +732,10 @@ flush_segments(int first)
 
 	if (list_length(segments) <= first)
 		return;
-	snprintf(log_name, sizeof(log_name), "log_%d", read_current_log());
-	/*
-	 * By name each time, with the lock an INSERT takes: a log table dropped and created again is followed.
-	 * As the owner: writers need no USAGE on the pgfanout schema.
-	 */
+	/* as the owner: writers need no USAGE on the pgfanout schema */
 	caller = become_owner();
-	log_table = table_open(pgfanout_relation(log_name, RELKIND_RELATION, RowExclusiveLock), NoLock);
-	seq = pgfanout_relation("log_seq", RELKIND_SEQUENCE, NoLock);
+	log_table = open_log_table(read_current_log());
 	restore_identity(caller);
-	columns = map_log_columns(log_table);
 	fields[LOG_TXID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
 	fields[LOG_TABLE_ID] = Int32GetDatum(0);
 	fields[LOG_OP] = CharGetDatum('P');
@@ -690,12 +759,12 @@ flush_segments(int first)
 			tables[n++] = Int32GetDatum(lfirst_int(cell));
 		SET_VARSIZE(changes, VARHDRSZ + segment->length);
 		memcpy(VARDATA(changes), buffer->data + segment->offset, segment->length);
-		fields[LOG_SEQ] = Int64GetDatum(nextval_internal(seq, false));
+		fields[LOG_SEQ] = Int64GetDatum(nextval_internal(log_target.sequence, false));
 		fields[LOG_ORDINAL] = Int32GetDatum(segment->first_ordinal);
 		fields[LOG_CHANGE_COUNT] = Int32GetDatum(segment->count);
 		fields[LOG_TABLE_IDS] = PointerGetDatum(construct_array(tables, ntables, INT4OID, 4, true, TYPALIGN_INT));
 		fields[LOG_CHANGES] = PointerGetDatum(changes);
-		insert_log_row(result, estate, slot, columns, fields);
+		insert_log_row(result, estate, slot, log_target.columns, fields);
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	ExecCloseIndices(result);
@@ -754,6 +823,7 @@ _PG_init(void)
 {
 	RegisterXactCallback(on_transaction, NULL);
 	CacheRegisterSyscacheCallback(PROCOID, on_proc_change, (Datum) 0);
+	CacheRegisterRelcacheCallback(on_relation_change, (Datum) 0);
 	RegisterSubXactCallback(on_subtransaction, NULL);
 }
 
@@ -798,7 +868,6 @@ append_change(Layout *layout, TriggerData *trigger)
 	int			before = buffer->len;
 	int			op;
 	HeapTuple	new_row = NULL, old_row = NULL;
-	bool		key_changed = false;
 	int			nest = -1;
 
 	if (TRIGGER_FIRED_BY_TRUNCATE(event))
@@ -827,15 +896,7 @@ append_change(Layout *layout, TriggerData *trigger)
 		put_long(buffer, 0);	/* values */
 		put_long(buffer, 0);	/* nulls */
 	}
-	if (op == OP_UPDATE)
-	{
-		StringInfo	old_key = key_text(layout, old_row, desc);
-		StringInfo	new_key = key_text(layout, new_row, desc);
-
-		/* encoded: lengths first, and bytes that may be zero */
-		key_changed = old_key->len != new_key->len || memcmp(old_key->data, new_key->data, old_key->len) != 0;
-	}
-	if (op == OP_DELETE || key_changed)
+	if (op == OP_DELETE || (op == OP_UPDATE && key_changed(layout, old_row, new_row, desc)))
 	{
 		/* key columns are NOT NULL: no nulls array in the schema for them */
 		put_long(buffer, layout->nkeys);

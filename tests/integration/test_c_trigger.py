@@ -218,6 +218,25 @@ def test_a_writer_follows_log_switches_made_by_another_session(pipeline):
 
 
 @C_ONLY
+def test_a_writer_follows_log_tables_dropped_and_created_again(pipeline):
+    """The trigger keeps the log table it last wrote across transactions; a reinstall elsewhere (new tables,
+    new OIDs, a new sequence) must be followed, not written into tables that no longer exist."""
+    pipeline.prepare()
+    with psycopg.connect(pipeline.primary_dsn, autocommit=True) as writer:
+        writer.execute("INSERT INTO public.accounts VALUES (1, 1)")
+        with pipeline.primary() as conn:
+            before = conn.execute("SELECT 'pgfanout.log_1'::regclass::oid").fetchone()[0]
+            capture.uninstall(conn)
+        install(pipeline, "c")
+        writer.execute("INSERT INTO public.accounts VALUES (2, 2)")
+        with pipeline.primary() as conn:
+            after = conn.execute("SELECT 'pgfanout.log_1'::regclass::oid").fetchone()[0]
+            assert after != before
+            assert ids_logged(conn) == [("I", "2")]
+            assert conn.execute("SELECT seq FROM pgfanout.log").fetchall() == [(1,)], "the new sequence"
+
+
+@C_ONLY
 def test_log_rows_are_indexed_and_filled_by_column_name(pipeline):
     """The trigger writes log rows without the executor: every row must reach the txid index (amcheck),
     columns are matched by name wherever a log table has them, and a column it cannot fill stops it."""
