@@ -26,7 +26,17 @@ import psycopg
 from psycopg import sql
 
 from agent import capture
-from bench.common import CpuAccount, Timer, bench_stack, pgbench, tps_of, transactions_of, wait_for_ready, write_result
+from bench.common import (
+    CpuAccount,
+    Timer,
+    bench_stack,
+    pgbench,
+    tps_of,
+    transactions_of,
+    wait_for_ready,
+    warm_broker,
+    write_result,
+)
 from bench.publish_throughput import TABLES, prepare_pgbench_db
 from pgfanout.config import parse_config
 from pgfanout.demo import daemon_argv, reset_streams, start_daemon, write_config
@@ -146,6 +156,7 @@ def main() -> None:
     samples: list[int] = []
     broker = {"kafka_broker": [stack.kafka("main").pid() or 0]}
 
+    figures["broker_warmup_requests"] = warm_broker(config.kafka[source.kafka])
     run_pgbench(primary.port, 5)  # warm up caches
     for _ in range(args.repetitions):
         with connect(source, "bench") as conn:
@@ -216,7 +227,9 @@ def main() -> None:
     write_result("capture_overhead", figures, notes=(
         "pgbench -c 4 -j 2 -T duration -n, scale 10, runs alternating without capture, with the C trigger and "
         "with the PL/pgSQL triggers (agent running, default settings), "
-        "each after VACUUM and CHECKPOINT; medians. PostgreSQL, pgbench, the agent and the Kafka broker share this "
+        "each after VACUUM and CHECKPOINT; medians. Before the runs the broker answers broker_warmup_requests "
+        "produce requests, so that its JIT has compiled them as in a broker in service. "
+        "PostgreSQL, pgbench, the agent and the Kafka broker share this "
         "2-core machine. CPU figures: milliseconds of CPU per 1,000 transactions while pgbench ran (machine: "
         "/proc/stat, not idle nor iowait; processes: /proc/PID/stat). Statement-trigger figures come from a "
         "measurement-only prototype, agent stopped."))

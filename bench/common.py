@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psycopg
 
+from pgfanout import kafka as kafkautil
+from pgfanout.config import KafkaCluster
 from pgfanout.local.postgres import bin_dir
 from pgfanout.local.stack import Stack
 
@@ -24,6 +26,31 @@ def bench_stack() -> Stack:
     stack = Stack.load(BENCH_HOME)
     stack.up()
     return stack
+
+
+WARMUP_TOPIC = "bench-broker-warmup"
+
+
+def warm_broker(cluster: KafkaCluster, requests: int = 30_000, seconds: float = 60.0) -> int:
+    """Produce-and-flush round trips, as the agent makes them, until the broker's JIT has compiled its
+    request path; returns how many were made.
+
+    A broker in service has run for days. One started for a benchmark runs its produce path interpreted
+    for its first thousands of requests, at several times the CPU per request (docs/benchmarks.md), and
+    that would be charged to whichever run publishes first.
+    """
+    kafkautil.ensure_topic(cluster, WARMUP_TOPIC, 1024 * 1024)
+    producer = kafkautil.producer(cluster, 1024 * 1024)
+    deadline = time.monotonic() + seconds
+    made = 0
+    try:
+        while made < requests and time.monotonic() < deadline:
+            producer.send(WARMUP_TOPIC, value=b"warm-up " * 16)
+            producer.flush(timeout=30)
+            made += 1
+    finally:
+        producer.close(timeout=5)
+    return made
 
 
 def machine() -> dict[str, str]:
