@@ -23,7 +23,7 @@
  * (pinned only when the session's own would print differently, see settings_in_effect()).
  * The layout of a table (id, columns, key, old columns, settings) is read once per backend through
  * pgfanout.layout_of() and forgotten when the table's relcache entry is invalidated (ALTER TABLE,
- * CREATE TRIGGER).
+ * CREATE TRIGGER); so is the log table last written (see LogTarget).
  *
  * Privileges. The layout query and the lookups of the current log table run as the owner of the trigger
  * function (the role that installed capture), as the PL/pgSQL triggers run SECURITY DEFINER: writers need
