@@ -15,6 +15,7 @@ import psycopg
 from pgfanout import kafka as kafkautil
 from pgfanout.config import KafkaCluster
 from pgfanout.local.postgres import bin_dir
+from pgfanout.local.processes import stat_fields
 from pgfanout.local.stack import Stack
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,12 +77,8 @@ def machine_busy_seconds() -> float:
 
 def process_cpu_seconds(pid: int) -> float:
     """CPU time a process (all its threads) has used; 0 if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+    fields = stat_fields(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
 
 
 class CpuAccount:

@@ -356,11 +356,12 @@ text_array_items(Datum array, int *count)
 	Datum	   *items;
 	bool	   *nulls;
 	char	  **texts;
+	MemoryContext context = cache_context();
 
 	deconstruct_array(DatumGetArrayTypeP(array), TEXTOID, -1, false, TYPALIGN_INT, &items, &nulls, count);
-	texts = MemoryContextAlloc(cache_context(), sizeof(char *) * (*count > 0 ? *count : 1));
+	texts = MemoryContextAlloc(context, sizeof(char *) * (*count > 0 ? *count : 1));
 	for (int i = 0; i < *count; i++)
-		texts[i] = MemoryContextStrdup(layout_context, TextDatumGetCString(items[i]));
+		texts[i] = MemoryContextStrdup(context, TextDatumGetCString(items[i]));
 	return texts;
 }
 
@@ -377,6 +378,7 @@ read_layout(Layout *layout, Relation relation)
 	char	  **columns, **keys, **olds, **settings;
 
 	Identity	caller;
+	MemoryContext context = cache_context();
 
 	caller = become_owner();
 	SPI_connect();
@@ -408,7 +410,7 @@ read_layout(Layout *layout, Relation relation)
 	restore_identity(caller);
 
 	layout->ncolumns = ncolumns;
-	layout->columns = MemoryContextAllocZero(layout_context, sizeof(Column) * (ncolumns > 0 ? ncolumns : 1));
+	layout->columns = MemoryContextAllocZero(context, sizeof(Column) * (ncolumns > 0 ? ncolumns : 1));
 	for (int i = 0; i < ncolumns; i++)
 	{
 		Column	   *column = &layout->columns[i];
@@ -432,28 +434,28 @@ read_layout(Layout *layout, Relation relation)
 				break;
 			case COERCION_PATH_FUNC:
 				column->method = TEXT_BY_CAST;
-				fmgr_info_cxt(function, &column->function, layout_context);
+				fmgr_info_cxt(function, &column->function, context);
 				break;
 			default:
 				column->method = TEXT_BY_OUTPUT;
 				getTypeOutputInfo(type, &function, &varlena);
-				fmgr_info_cxt(function, &column->function, layout_context);
+				fmgr_info_cxt(function, &column->function, context);
 				break;
 		}
 	}
 	layout->nkeys = nkeys;
-	layout->keys = MemoryContextAlloc(layout_context, sizeof(int) * (nkeys > 0 ? nkeys : 1));
+	layout->keys = MemoryContextAlloc(context, sizeof(int) * (nkeys > 0 ? nkeys : 1));
 	for (int i = 0; i < nkeys; i++)
 		layout->keys[i] = column_index(layout, keys[i], relation);
 	layout->nolds = nolds;
-	layout->olds = MemoryContextAlloc(layout_context, sizeof(int) * (nolds > 0 ? nolds : 1));
+	layout->olds = MemoryContextAlloc(context, sizeof(int) * (nolds > 0 ? nolds : 1));
 	for (int i = 0; i < nolds; i++)
 		layout->olds[i] = column_index(layout, olds[i], relation);
 	if (nsettings % 2 != 0)
 		elog(ERROR, "pgfanout: the settings of table %d are not name/value pairs", layout->table_id);
 	layout->nsettings = nsettings / 2;
-	layout->setting_names = MemoryContextAlloc(layout_context, sizeof(char *) * (nsettings / 2 + 1));
-	layout->setting_values = MemoryContextAlloc(layout_context, sizeof(char *) * (nsettings / 2 + 1));
+	layout->setting_names = MemoryContextAlloc(context, sizeof(char *) * (nsettings / 2 + 1));
+	layout->setting_values = MemoryContextAlloc(context, sizeof(char *) * (nsettings / 2 + 1));
 	for (int i = 0; i < nsettings / 2; i++)
 	{
 		layout->setting_names[i] = settings[2 * i];
@@ -481,7 +483,7 @@ layout_of(Relation relation)
 	if (!found)
 		layout->valid = false;
 	if (!layout->valid)
-		read_layout(layout, relation);	/* the arrays of an old layout stay in layout_context: a few bytes */
+		read_layout(layout, relation);	/* the arrays of an old layout stay in cache_context(): a few bytes */
 	return layout;
 }
 

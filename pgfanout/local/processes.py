@@ -21,11 +21,17 @@ def alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"  # a zombie child of ours counts as gone
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None if the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
+        return None
+    return stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
 
 
 def read_pid(pid_file: Path) -> int | None:
