@@ -51,16 +51,18 @@ def _size_estimate(column: str) -> str:
 ROW_SIZE = (f"16 + {_size_estimate('l.new_row')} + {_size_estimate('l.old_key')} + {_size_estimate('l.old_values')} "
             "+ coalesce(octet_length(l.changes), 0)")
 # The rows of transactions visible in the tick `cur` and not in `prev` (docs/ordering.md). Not visible in
-# `prev` means started at or after its xmax, or running then (its xip list): each of the two is one index
-# lookup. Reading from `prev`'s xmin instead revisited, every tick, every row logged since the oldest
-# transaction still running began: an idle-in-transaction session made each tick cost more than the last.
+# `prev` means started at or after its xmax, or running then (its xip list, of which only those ended by
+# `cur` are looked up): each of the two is one index lookup. Reading from `prev`'s xmin instead revisited,
+# every tick, every row logged since the oldest transaction still running began, and looking up every
+# transaction running at `prev` revisited the rows a large one still running has logged so far.
 BATCH_ROWS = """
-FROM (SELECT snapshot, pg_snapshot_xmax(snapshot) AS xmax, ARRAY(SELECT pg_snapshot_xip(snapshot)) AS xip
-        FROM pgfanout.tick WHERE tick_id = %(prev)s) prev,
-     (SELECT snapshot, pg_snapshot_xmax(snapshot) AS xmax FROM pgfanout.tick WHERE tick_id = %(cur)s) cur,
+FROM (SELECT snapshot, pg_snapshot_xmax(snapshot) AS xmax FROM pgfanout.tick WHERE tick_id = %(cur)s) cur,
+     LATERAL (SELECT snapshot, pg_snapshot_xmax(snapshot) AS xmax, ARRAY(
+                SELECT x FROM pg_snapshot_xip(snapshot) x WHERE pg_visible_in_snapshot(x, cur.snapshot)) AS ended
+              FROM pgfanout.tick WHERE tick_id = %(prev)s) prev,
      LATERAL (SELECT * FROM pgfanout.log WHERE txid >= prev.xmax AND txid < cur.xmax
               UNION ALL
-              SELECT * FROM pgfanout.log WHERE txid = ANY (prev.xip)) l
+              SELECT * FROM pgfanout.log WHERE txid = ANY (prev.ended)) l
 WHERE pg_visible_in_snapshot(l.txid, cur.snapshot)
   AND NOT pg_visible_in_snapshot(l.txid, prev.snapshot)
 """

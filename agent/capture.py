@@ -326,16 +326,18 @@ def unpublished(log: sql.Composable = LOG) -> sql.Composable:
     """The committed rows of ``log`` that the published tick does not cover (rows of open transactions are
     invisible to the query, and rows of rolled back ones forever): a query selecting how many changes each
     holds (a row of the C trigger holds many)."""
-    # Not visible in the published tick: started at or after its xmax, or running then (as agent.BATCH_ROWS);
-    # visible to this statement: started before its own snapshot's xmax. Two bounds, so that the planner
-    # takes the range for a few rows, as it is, not for a third of the table.
+    # Not visible in the published tick: started at or after its xmax, or running then and ended since (as
+    # agent.BATCH_ROWS); visible to this statement: started before its own snapshot's xmax. Two bounds, so
+    # that the planner takes the range for the few rows it holds, not for a third of the table.
     return sql.SQL(
         "SELECT coalesce(l.change_count, 1) AS changes "
-        "FROM (SELECT snapshot, pg_snapshot_xmax(snapshot) AS xmax, ARRAY(SELECT pg_snapshot_xip(snapshot)) AS xip "
+        "FROM (SELECT snapshot, pg_snapshot_xmax(snapshot) AS xmax, ARRAY("
+        "             SELECT x FROM pg_snapshot_xip(snapshot) x "
+        "             WHERE pg_visible_in_snapshot(x, pg_current_snapshot())) AS ended "
         "      FROM pgfanout.tick WHERE tick_id = (SELECT published_tick FROM pgfanout.agent_state)) p, "
         "LATERAL (SELECT txid, change_count FROM {log} "
         "         WHERE txid >= p.xmax AND txid < pg_snapshot_xmax(pg_current_snapshot()) "
-        "         UNION ALL SELECT txid, change_count FROM {log} WHERE txid = ANY (p.xip)) l "
+        "         UNION ALL SELECT txid, change_count FROM {log} WHERE txid = ANY (p.ended)) l "
         "WHERE NOT pg_visible_in_snapshot(l.txid, p.snapshot)").format(log=log)
 
 
