@@ -37,6 +37,7 @@ FETCH_BYTES = 8 * 1024 * 1024  # ...and about this much data
 UNACKED_BYTES = 32 * 1024 * 1024  # sent but not yet acknowledged: past this, wait for the acks (memory bound)
 CHUNK_CHANGES = 20_000  # changes per chunk at most, whatever their size
 LOG_CHECK_SECONDS = 1.0  # how often the agent looks at the log tables' sizes
+HELD_WARNING_SECONDS = 300  # how often it repeats that open transactions keep the log from switching
 
 
 def _size_estimate(column: str) -> str:
@@ -101,6 +102,7 @@ class Agent:
         self.last_sent = 0.0
         self.last_tick_at = time.monotonic()
         self.last_log_check = 0.0
+        self.held_warned_at: float | None = None  # when the agent last warned that the old log table is held
         self.unacked = 0  # bytes sent since the last flush
 
     # -- lifecycle -----------------------------------------------------------------
@@ -179,7 +181,14 @@ class Agent:
             return
         self.last_log_check = time.monotonic()
         assert self.conn is not None
-        logswitch.maintain(self.conn, self.settings.log_switch_bytes, self.settings.log_switch_seconds)
+        held = logswitch.maintain(self.conn, self.settings.log_switch_bytes, self.settings.log_switch_seconds)
+        if held is None:
+            if self.held_warned_at is not None:
+                log.info("the old log table is no longer held by an open transaction")
+            self.held_warned_at = None
+        elif self.held_warned_at is None or self.last_log_check - self.held_warned_at >= HELD_WARNING_SECONDS:
+            log.warning("%s", logswitch.held_message(held))
+            self.held_warned_at = self.last_log_check
 
     def _publish_batch(self, tick: tuple[int, datetime], after: Progress, heartbeat: bool,
                        must_publish: bool = False) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import errors, sql
@@ -29,19 +30,64 @@ class Step(enum.Enum):
     EMPTY_OLD = "empty the old table"
 
 
+@dataclass(frozen=True)
+class Holder:
+    """A session holding a lock on a log table: a transaction that wrote into it and is still open."""
+
+    pid: int
+    state: str | None  # None where this role may not see other roles' sessions (pg_read_all_stats)
+    transaction_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Held:
+    """The old log table cannot be emptied, and so the current one cannot be switched away from."""
+
+    table: str
+    current_table: str
+    current_bytes: int
+    holders: tuple[Holder, ...]
+
+
+def switch_due(current_bytes: int, seconds_since_switch: float, switch_bytes: int, switch_seconds: float) -> bool:
+    return current_bytes >= switch_bytes or (current_bytes > 0 and seconds_since_switch >= switch_seconds)
+
+
 def next_step(old_table_empty: bool, current_bytes: int, seconds_since_switch: float,
               switch_bytes: int, switch_seconds: float) -> Step | None:
     """What the log needs now. The old table must be empty before the next switch, so that a switch
     never leaves consumed rows behind in a table that is written to again."""
     if not old_table_empty:
         return Step.EMPTY_OLD
-    if current_bytes >= switch_bytes or (current_bytes > 0 and seconds_since_switch >= switch_seconds):
+    if switch_due(current_bytes, seconds_since_switch, switch_bytes, switch_seconds):
         return Step.SWITCH
     return None
 
 
+def describe_holder(holder: Holder) -> str:
+    if holder.state is None:
+        return f"pid {holder.pid}"
+    age = "" if holder.transaction_seconds is None else f", its transaction open for {holder.transaction_seconds:,.0f} s"
+    return f"pid {holder.pid} ({holder.state}{age})"
+
+
+def held_message(held: Held) -> str:
+    """What the operator is told while open transactions keep the log from switching."""
+    one = len(held.holders) == 1
+    return (f"log table {held.table} cannot be emptied: {', '.join(map(describe_holder, held.holders))} wrote into it "
+            f"and {'is' if one else 'are'} still open, so {held.current_table} cannot be switched away from and "
+            f"keeps growing ({held.current_bytes / 1024 / 1024:,.1f} MB). Ending {'that transaction' if one else 'them'} "
+            f"(commit, roll back, or pg_terminate_backend({held.holders[0].pid})) lets the agent empty it; "
+            "nothing committed is lost")
+
+
 def other(number: int) -> int:
     return 2 if number == 1 else 1
+
+
+def log_name(number: int) -> str:
+    """A log table's name as people write it (pgfanout.log_1), for messages."""
+    return f"pgfanout.log_{number}"
 
 
 def state(conn: psycopg.Connection) -> tuple[int, int, float, bool]:
@@ -85,11 +131,42 @@ def empty_if_published(conn: psycopg.Connection, number: int) -> bool:
     return True
 
 
-def maintain(conn: psycopg.Connection, switch_bytes: int, switch_seconds: float) -> None:
-    """One look at the log: empty the old table if it can be, then switch if it is time."""
+def holders(conn: psycopg.Connection, number: int) -> tuple[Holder, ...]:
+    """The other sessions holding a lock on log table ``number``, longest open first."""
+    rows = conn.execute(
+        "SELECT DISTINCT l.pid, a.state, extract(epoch FROM clock_timestamp() - a.xact_start)::float8 "
+        "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'relation' AND l.relation = %s::regclass AND l.granted AND l.pid <> pg_backend_pid() "
+        "ORDER BY 3 DESC NULLS LAST, 1", (log_table(number).as_string(conn),)).fetchall()
+    return tuple(Holder(*row) for row in rows)
+
+
+def status_line(conn: psycopg.Connection) -> str:
+    """The log tables as `pgfanout status` shows them."""
+    with conn.transaction():
+        current, size, _, old_empty = state(conn)
+        found = () if old_empty else holders(conn, other(current))
+    line = f"log: {log_name(current)} being written ({size / 1024 / 1024:,.1f} MB)"
+    if old_empty:
+        return line
+    waiting = f"{log_name(other(current))} waiting to be emptied"
+    if not found:
+        return f"{line}; {waiting} (its rows are not all published yet)"
+    return f"{line}; {waiting}, held by {', '.join(map(describe_holder, found))}, an open transaction that wrote into it"
+
+
+def maintain(conn: psycopg.Connection, switch_bytes: int, switch_seconds: float) -> Held | None:
+    """One look at the log: empty the old table if it can be, then switch if it is time. Returns what holds
+    the old table when a switch is due and open transactions keep it from being emptied."""
     with conn.transaction():
         current, size, seconds, old_empty = state(conn)
     if next_step(old_empty, size, seconds, switch_bytes, switch_seconds) is Step.EMPTY_OLD:
         old_empty = empty_if_published(conn, other(current))
-    if next_step(old_empty, size, seconds, switch_bytes, switch_seconds) is Step.SWITCH:
+    step = next_step(old_empty, size, seconds, switch_bytes, switch_seconds)
+    if step is Step.SWITCH:
         switch(conn)
+    elif step is Step.EMPTY_OLD and switch_due(size, seconds, switch_bytes, switch_seconds):
+        found = holders(conn, other(current))
+        if found:
+            return Held(log_name(other(current)), log_name(current), size, found)
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from agent import logswitch
 from agent.capture import UNPUBLISHED_CHANGES
 from pgfanout.config import Config
 from pgfanout.errors import PgfanoutError
@@ -38,9 +39,11 @@ def status_lines(config: Config) -> list[str]:
         try:
             with connect(source, "pgfanout-status") as conn:
                 position, tick, backlog = source_position(conn)
+                log_line = logswitch.status_line(conn)
             published[name] = position
             lines.append(f"source {name} ({describe(source.dsn)}): published up to position {position} "
                          f"(tick {tick}), {backlog} changes pending")
+            lines.append(f"  {log_line}")
         except PgfanoutError as exc:
             lines.append(f"source {name}: {exc}")
     for name, sub in config.subscribers.items():

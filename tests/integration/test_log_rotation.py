@@ -8,6 +8,7 @@ import pytest
 
 from pgfanout.demo import wait_caught_up
 from pgfanout.sample import run_workload
+from pgfanout.status import status_lines
 from tests.integration.pipeline import logged, read_topic, transactions
 
 
@@ -39,7 +40,7 @@ def test_log_tables_switch_and_empty_without_losing_an_open_transaction(pipeline
         late.execute("INSERT INTO public.accounts VALUES (9001, 5)")
         with pipeline.primary() as conn:  # the log table it wrote into (reading the log would lock both)
             held = conn.execute("SELECT relation::regclass::text FROM pg_locks WHERE pid = %s AND mode = "
-                                "'RowExclusiveLock' AND relation::regclass::text LIKE 'pgfanout.log\\_%%'",
+                                "'RowExclusiveLock' AND relation::regclass::text ~ '^pgfanout\\.log_[12]$'",
                                 (late.info.backend_pid,)).fetchone()[0]
         first = run_workload(pipeline.primary_dsn, seconds=8, writers=2, seed_value=21, record_xids=True)
         assert first.committed > 100, "writers must not wait for the agent's log switching"
@@ -48,6 +49,11 @@ def test_log_tables_switch_and_empty_without_losing_an_open_transaction(pipeline
         time.sleep(2)  # time for the agent to try emptying that table, which `late` still holds
         assert log_rows(pipeline)[3 - current] > 0, "a table an open transaction wrote into must not be emptied"
         assert current_log(pipeline) == current, "no switch back before the old table is empty"
+        # the operator is told what holds the log, by the agent and by `pgfanout status`
+        warning = pipeline.wait_for_log("agent", f"{held} cannot be emptied", timeout=10)
+        assert f"pid {late.info.backend_pid} (idle in transaction" in warning
+        status = "\n".join(status_lines(pipeline.config))
+        assert f"{held} waiting to be emptied, held by pid {late.info.backend_pid} (idle in transaction" in status
         late.execute("INSERT INTO public.accounts VALUES (9002, -5)")
         late.execute("COMMIT")
 
@@ -76,6 +82,7 @@ def test_log_tables_switch_and_empty_without_losing_an_open_transaction(pipeline
     late_part = next(p for p in parts if p["xid"] == late_xid)
     assert len(late_part["changes"]) == 2, "the transaction open across switches is published whole"
     assert pipeline.log("agent").count("log switched") >= 3
+    assert "no longer held by an open transaction" in pipeline.log("agent")
 
 
 def test_an_agent_role_with_only_the_documented_grants_switches_and_empties_the_log(pipeline):
