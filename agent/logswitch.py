@@ -43,8 +43,7 @@ class Holder:
 class Held:
     """The old log table cannot be emptied, and so the current one cannot be switched away from."""
 
-    table: str
-    current_table: str
+    current: int  # the log table being written; the held one is the other
     current_bytes: int
     holders: tuple[Holder, ...]
 
@@ -74,8 +73,9 @@ def describe_holder(holder: Holder) -> str:
 def held_message(held: Held) -> str:
     """What the operator is told while open transactions keep the log from switching."""
     one = len(held.holders) == 1
-    return (f"log table {held.table} cannot be emptied: {', '.join(map(describe_holder, held.holders))} wrote into it "
-            f"and {'is' if one else 'are'} still open, so {held.current_table} cannot be switched away from and "
+    return (f"log table {log_name(other(held.current))} cannot be emptied: "
+            f"{', '.join(map(describe_holder, held.holders))} wrote into it "
+            f"and {'is' if one else 'are'} still open, so {log_name(held.current)} cannot be switched away from and "
             f"keeps growing ({held.current_bytes / 1024 / 1024:,.1f} MB). Ending {'that transaction' if one else 'them'} "
             f"(commit, roll back, or pg_terminate_backend({held.holders[0].pid})) lets the agent empty it; "
             "nothing committed is lost")
@@ -110,7 +110,7 @@ def switch(conn: psycopg.Connection) -> int | None:
     except errors.LockNotAvailable:
         return None
     if target is not None:
-        log.info("log switched to %s", log_table(target).as_string(conn))
+        log.info("log switched to %s", log_name(target))
     return target
 
 
@@ -168,5 +168,5 @@ def maintain(conn: psycopg.Connection, switch_bytes: int, switch_seconds: float)
     elif step is Step.EMPTY_OLD and switch_due(size, seconds, switch_bytes, switch_seconds):
         found = holders(conn, other(current))
         if found:
-            return Held(log_name(other(current)), log_name(current), size, found)
+            return Held(current, size, found)
     return None
