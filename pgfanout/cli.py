@@ -84,10 +84,11 @@ def cmd_agent_uninstall(args: argparse.Namespace) -> int:
 
 def cmd_agent_run(args: argparse.Namespace) -> int:
     from agent.agent import Agent
+    from pgfanout.daemon import lower_priority
 
     config = _config(args)
     source = _pick("source", list(config.sources), args.source)
-    os.nice(config.sources[source].agent_nice)  # sharing a host with the primary, the application comes first
+    lower_priority(config.sources[source].agent_nice)  # sharing a host with the primary, the application comes first
     return _run_daemon(Agent(config, source))
 
 

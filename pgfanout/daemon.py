@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import random
 import signal
 import threading
+import time
+from pathlib import Path
 from typing import Protocol
 
 import kafka.errors
@@ -42,6 +45,39 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+AUTOGROUP_SWITCH = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
+def lower_priority(nice: int) -> None:
+    """Lower this process's CPU priority by ``nice``, in its session's scheduling group too.
+
+    With autogroups (on by default in Debian's kernels) the scheduler shares the CPUs between sessions
+    first and by nice values only inside one, so a daemon leading its own session (systemd, `make demo`)
+    niced alone still competes with all of PostgreSQL's backends together as an equal. The group is
+    lowered only when this process leads its session: in a terminal's session it would slow the shell
+    and its other jobs as well.
+    """
+    if nice <= 0:
+        return
+    niceness = os.nice(nice)
+    if os.getsid(0) != os.getpid():
+        return
+    try:
+        if AUTOGROUP_SWITCH.read_text().strip() != "1":
+            return
+    except OSError:
+        return  # not Linux, or a kernel without autogroups
+    for _attempt in range(5):
+        try:
+            Path("/proc/self/autogroup").write_text(str(niceness))
+            return
+        except BlockingIOError:  # unprivileged changes are rate-limited machine-wide (one per 100 ms)
+            time.sleep(0.1)
+        except OSError as exc:  # a read-only /proc in a container: the process nice still applies
+            log.debug("could not lower the session's scheduling group: %s", exc)
+            return
 
 
 GC_THRESHOLDS = (50_000, 20, 100)
