@@ -62,7 +62,16 @@ def machine() -> dict[str, str]:
     postgres = subprocess.run([str(bin_dir() / "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
     return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": f"{memory_kb / 1024 / 1024:.0f} GiB",
             "os": platform.platform(), "python": platform.python_version(), "postgres": postgres,
-            "kafka": (REPO / "kafka" / "pom.xml").read_text().split("<kafka.version>")[1].split("<")[0]}
+            "kafka": (REPO / "kafka" / "pom.xml").read_text().split("<kafka.version>")[1].split("<")[0],
+            "scheduler_autogroups": autogroups()}
+
+
+def autogroups() -> str:
+    """Whether the kernel shares the CPUs between sessions first: it changes how pgbench's client competes."""
+    try:
+        return {"1": "on", "0": "off"}.get(Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip(), "?")
+    except OSError:
+        return "not available"
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
