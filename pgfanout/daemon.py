@@ -78,6 +78,7 @@ def lower_priority(nice: int) -> None:
         except OSError as exc:  # a read-only /proc in a container: the process nice still applies
             log.debug("could not lower the session's scheduling group: %s", exc)
             return
+    log.debug("could not lower the session's scheduling group: other processes kept changing theirs")
 
 
 GC_THRESHOLDS = (50_000, 20, 100)
