@@ -14,6 +14,7 @@ import psycopg
 
 from pgfanout import kafka as kafkautil
 from pgfanout.config import KafkaCluster
+from pgfanout.daemon import autogroups_enabled
 from pgfanout.local.postgres import bin_dir
 from pgfanout.local.processes import stat_fields
 from pgfanout.local.stack import Stack
@@ -68,10 +69,7 @@ def machine() -> dict[str, str]:
 
 def autogroups() -> str:
     """Whether the kernel shares the CPUs between sessions first: it changes how pgbench's client competes."""
-    try:
-        return {"1": "on", "0": "off"}.get(Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip(), "?")
-    except OSError:
-        return "not available"
+    return {True: "on", False: "off", None: "not available"}[autogroups_enabled()]
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -47,7 +47,12 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-AUTOGROUP_SWITCH = Path("/proc/sys/kernel/sched_autogroup_enabled")
+def autogroups_enabled() -> bool | None:
+    """Whether the kernel shares the CPUs between sessions first (None: not Linux, or no autogroups)."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return None
 
 
 def lower_priority(nice: int) -> None:
@@ -62,13 +67,8 @@ def lower_priority(nice: int) -> None:
     if nice <= 0:
         return
     niceness = os.nice(nice)
-    if os.getsid(0) != os.getpid():
+    if os.getsid(0) != os.getpid() or not autogroups_enabled():
         return
-    try:
-        if AUTOGROUP_SWITCH.read_text().strip() != "1":
-            return
-    except OSError:
-        return  # not Linux, or a kernel without autogroups
     for _attempt in range(5):
         try:
             Path("/proc/self/autogroup").write_text(str(niceness))

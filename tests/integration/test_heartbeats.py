@@ -4,6 +4,7 @@ import os
 import time
 from pathlib import Path
 
+from pgfanout.daemon import autogroups_enabled
 from tests.integration.pipeline import read_topic
 
 
@@ -22,8 +23,7 @@ def test_an_idle_source_publishes_heartbeats_that_reach_the_subscriber(pipeline)
     running_with_heartbeats_every(pipeline, 200)
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     assert os.getpriority(os.PRIO_PROCESS, pipeline.pid("agent")) == min(19, ours + 7), "the agent lowered its priority"
-    switch = Path("/proc/sys/kernel/sched_autogroup_enabled")
-    if switch.exists() and switch.read_text().strip() == "1":
+    if autogroups_enabled():
         group = Path(f"/proc/{pipeline.pid('agent')}/autogroup").read_text()
         assert group.endswith(f" nice {min(19, ours + 7)}\n"), f"and its session's scheduling group's: {group}"
     sub = pipeline.subscribers[0]
