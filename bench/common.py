@@ -8,6 +8,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -70,6 +72,35 @@ def machine() -> dict[str, str]:
 def autogroups() -> str:
     """Whether the kernel shares the CPUs between sessions first: it changes how pgbench's client competes."""
     return {True: "on", False: "off", None: "not available"}[autogroups_enabled()]
+
+
+AUTOGROUP_SWITCH = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
+@contextmanager
+def scheduler_autogroups(setting: str, switch: Path = AUTOGROUP_SWITCH) -> Iterator[None]:
+    """Run with the kernel's autogroups "on" or "off" and put the machine's setting back after; "as-is"
+    leaves the machine alone.
+
+    Debian's kernels turn autogroups on (a desktop default: each terminal session gets an equal share of the
+    CPUs); PostgreSQL servers are commonly tuned with them off (docs/benchmarks.md), because then every
+    session's backends, and a co-located client, compete as processes. The kernel applies the switch to
+    processes as they start, which is why it is made before the benchmark starts anything.
+    """
+    if setting == "as-is":
+        yield
+        return
+    wanted = {"on": "1", "off": "0"}[setting]
+    try:
+        before = switch.read_text().strip()
+        switch.write_text(wanted)
+    except OSError as exc:
+        raise SystemExit(f"cannot turn scheduler autogroups {setting} ({switch}: {exc}); "
+                         "run as root on a Linux kernel with autogroups, or use --autogroups as-is") from None
+    try:
+        yield
+    finally:
+        switch.write_text(before)
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -1,4 +1,4 @@
-"""The benchmarks' CPU account and pgbench output parsing."""
+"""The benchmarks' CPU account, pgbench output parsing and scheduler switch."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bench.common import CpuAccount, process_cpu_seconds, transactions_of
+from bench.common import CpuAccount, process_cpu_seconds, scheduler_autogroups, transactions_of
 
 
 def spin(cpu_seconds: float) -> None:
@@ -36,3 +36,22 @@ def test_transactions_are_read_from_pgbench_output():
     assert transactions_of("number of transactions actually processed: 998/1000\n") == 998
     with pytest.raises(ValueError, match="no transaction count"):
         transactions_of("pgbench: error: connection to server failed\n")
+
+
+def test_scheduler_autogroups_are_switched_for_the_run_and_put_back(tmp_path):
+    switch = tmp_path / "sched_autogroup_enabled"
+    switch.write_text("1\n")
+    with scheduler_autogroups("off", switch):
+        assert switch.read_text() == "0"
+    assert switch.read_text() == "1"
+    with pytest.raises(RuntimeError), scheduler_autogroups("off", switch):
+        raise RuntimeError("a benchmark failed")
+    assert switch.read_text() == "1"
+    with scheduler_autogroups("as-is", switch):
+        assert switch.read_text() == "1"
+
+
+def test_scheduler_autogroups_that_cannot_be_switched_stop_the_benchmark_with_a_reason(tmp_path):
+    with (pytest.raises(SystemExit, match="cannot turn scheduler autogroups off .*--autogroups as-is"),
+          scheduler_autogroups("off", tmp_path / "no-such-switch")):
+        pass
