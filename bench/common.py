@@ -16,7 +16,7 @@ import psycopg
 
 from pgfanout import kafka as kafkautil
 from pgfanout.config import KafkaCluster
-from pgfanout.daemon import autogroups_enabled
+from pgfanout.daemon import AUTOGROUP_SWITCH, autogroups_enabled
 from pgfanout.local.postgres import bin_dir
 from pgfanout.local.processes import stat_fields
 from pgfanout.local.stack import Stack
@@ -72,9 +72,6 @@ def machine() -> dict[str, str]:
 def autogroups() -> str:
     """Whether the kernel shares the CPUs between sessions first: it changes how pgbench's client competes."""
     return {True: "on", False: "off", None: "not available"}[autogroups_enabled()]
-
-
-AUTOGROUP_SWITCH = Path("/proc/sys/kernel/sched_autogroup_enabled")
 
 
 @contextmanager

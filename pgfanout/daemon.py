@@ -47,10 +47,13 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+AUTOGROUP_SWITCH = Path("/proc/sys/kernel/sched_autogroup_enabled")
+
+
 def autogroups_enabled() -> bool | None:
     """Whether the kernel shares the CPUs between sessions first (None: not Linux, or no autogroups)."""
     try:
-        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+        return AUTOGROUP_SWITCH.read_text().strip() == "1"
     except OSError:
         return None
 
