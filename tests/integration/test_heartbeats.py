@@ -21,11 +21,11 @@ def running_with_heartbeats_every(pipeline, milliseconds: int) -> None:
 def test_an_idle_source_publishes_heartbeats_that_reach_the_subscriber(pipeline):
     pipeline.data["sources"][pipeline.source]["agent_nice"] = 7
     running_with_heartbeats_every(pipeline, 200)
-    ours = os.getpriority(os.PRIO_PROCESS, 0)
-    assert os.getpriority(os.PRIO_PROCESS, pipeline.pid("agent")) == min(19, ours + 7), "the agent lowered its priority"
+    agent, lowered = pipeline.pid("agent"), min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7)
+    assert os.getpriority(os.PRIO_PROCESS, agent) == lowered, "the agent lowered its priority"
     if autogroups_enabled():
-        group = Path(f"/proc/{pipeline.pid('agent')}/autogroup").read_text()
-        assert group.endswith(f" nice {min(19, ours + 7)}\n"), f"and its session's scheduling group's: {group}"
+        group = Path(f"/proc/{agent}/autogroup").read_text()
+        assert group.endswith(f" nice {lowered}\n"), f"and its session's scheduling group's: {group}"
     sub = pipeline.subscribers[0]
     with pipeline.replica(sub) as conn:
         before = conn.execute("SELECT position, source_time FROM pgfanout_replica.position").fetchone()
