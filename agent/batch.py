@@ -9,10 +9,9 @@ message's worth of changes, whatever the size of a transaction or a batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
-from pgfanout.codec import EncodedChanges
+from pgfanout.codec import SplicedTransaction
 
 OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE"}
 T = TypeVar("T")
@@ -58,24 +57,32 @@ def change_of(row: tuple) -> dict[str, Any]:
     return change
 
 
-@dataclass
 class Part:
-    """A whole transaction, or one chunk of it."""
+    """A whole transaction, or one chunk of it: encoded changes (blocks) or decoded ones, never both.
 
-    position: int
-    xid: int
-    chunk: int
-    last_chunk: bool = False
-    changes: list[dict[str, Any]] = field(default_factory=list)
-    blocks: list[tuple[int, bytes]] = field(default_factory=list)  # encoded changes; a part has these or changes
-    count: int = 0
-    size: int = 0
-    tables: set[int] = field(default_factory=set)
+    A plain class rather than a dataclass: the agent makes one per transaction, and a dataclass's
+    generated __init__ with default factories cost more than the rest of the transaction's handling.
+    """
 
-    def record(self) -> dict[str, Any]:
-        changes = EncodedChanges(tuple(self.blocks)) if self.blocks else self.changes
+    __slots__ = ("position", "xid", "chunk", "last_chunk", "changes", "blocks", "count", "size", "tables")
+
+    def __init__(self, position: int, xid: int, chunk: int) -> None:
+        self.position = position
+        self.xid = xid
+        self.chunk = chunk
+        self.last_chunk = False
+        self.changes: list[dict[str, Any]] = []
+        self.blocks: list[tuple[int, bytes]] = []  # encoded changes: (count, bytes)
+        self.count = 0
+        self.size = 0
+        self.tables: set[int] = set()
+
+    def record(self) -> dict[str, Any] | SplicedTransaction:
+        """The part as a Transaction record for pgfanout.codec.encode_batch."""
+        if self.blocks:
+            return SplicedTransaction(self.position, self.xid, self.chunk, self.last_chunk, self.blocks)
         return {"position": self.position, "xid": self.xid, "chunk": self.chunk, "last_chunk": self.last_chunk,
-                "changes": changes}
+                "changes": self.changes}
 
 
 def split_transactions(rows: Iterable[tuple], first_position: int, max_changes: int, max_bytes: int,
@@ -96,27 +103,29 @@ def split_transactions(rows: Iterable[tuple], first_position: int, max_changes: 
             position += 1
             part = Part(position, row[XID], 0)
         encoded = row[CHANGES] if len(row) > CHANGES else None
-        if encoded is not None and (row[SIZE] > max_bytes or part.changes):
-            items: Iterable[tuple[dict[str, Any] | None, int]] = _unpacked(unpack, encoded)
-        elif encoded is not None:
-            items = ((None, row[SIZE]),)  # kept whole: the trigger's encoding goes out as it is
-        else:
-            items = ((change_of(row), row[SIZE]),)
-        for change, size in items:
-            count = 1 if change is not None else row[CHANGE_COUNT]
+        if encoded is not None and not part.changes and row[SIZE] <= max_bytes:
+            # the common case, kept whole: the trigger's encoding goes out as it is (the loop below, unrolled)
+            count, size = row[CHANGE_COUNT], row[SIZE]
             if part.count and (part.count + count > max_changes or part.size + size > max_bytes):
                 yield part
                 part = Part(position, row[XID], part.chunk + 1)
-            if change is None:
-                part.blocks.append((count, encoded))
-                part.tables.update(row[TABLE_IDS])
-            else:
-                if part.blocks:  # changes of the other kind first: this part becomes decoded changes
-                    part.changes = [c for _, data in part.blocks for c, _ in _unpacked(unpack, data)]
-                    part.blocks = []
-                part.changes.append(change)
-                part.tables.add(change["table"])
+            part.blocks.append((count, encoded))
+            part.tables.update(row[TABLE_IDS])
             part.count += count
+            part.size += size
+            continue
+        # a row of the other kind, or encoded changes too large to stay whole or sharing a part with those
+        items = _unpacked(unpack, encoded) if encoded is not None else ((change_of(row), row[SIZE]),)
+        for change, size in items:
+            if part.count and (part.count + 1 > max_changes or part.size + size > max_bytes):
+                yield part
+                part = Part(position, row[XID], part.chunk + 1)
+            if part.blocks:  # changes of the other kind first: this part becomes decoded changes
+                part.changes = [c for _, data in part.blocks for c, _ in _unpacked(unpack, data)]
+                part.blocks = []
+            part.changes.append(change)
+            part.tables.add(change["table"])
+            part.count += 1
             part.size += size
     if part is not None:
         part.last_chunk = True

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastavro
 
@@ -140,46 +140,64 @@ class Codec:
         return writer.name, record
 
 
+_ONE_BYTE = tuple(bytes((n,)) for n in range(0x80))
+
+
 def avro_long(value: int) -> bytes:
-    """Avro's encoding of an int or long: zigzag, then base-128 varint."""
+    """Avro's encoding of an int or long: zigzag, then base-128 varint. Called several times per transaction
+    on the agent's hot path, so the common lengths are unrolled."""
     zigzag = (value << 1) ^ (value >> 63)
+    if zigzag < 0x80:
+        return _ONE_BYTE[zigzag]
+    if zigzag < 0x4000:
+        return bytes((zigzag & 0x7F | 0x80, zigzag >> 7))
+    if zigzag < 0x200000:
+        return bytes((zigzag & 0x7F | 0x80, zigzag >> 7 & 0x7F | 0x80, zigzag >> 14))
     out = bytearray()
     while zigzag > 0x7F:
-        out.append((zigzag & 0x7F) | 0x80)
+        out.append(zigzag & 0x7F | 0x80)
         zigzag >>= 7
     out.append(zigzag)
     return bytes(out)
 
 
-@dataclass(frozen=True)
-class EncodedChanges:
-    """A transaction's changes already in Avro binary, Change records back to back, as the C capture trigger
-    writes them: (count, bytes) blocks, which become the blocks of the Transaction's changes array."""
+class SplicedTransaction(NamedTuple):
+    """A Transaction record whose changes the C capture trigger already encoded, Change records back to
+    back: (count, bytes) blocks, which become the blocks of its changes array as they are."""
 
-    blocks: tuple[tuple[int, bytes], ...]
+    position: int
+    xid: int
+    chunk: int
+    last_chunk: bool
+    blocks: list[tuple[int, bytes]]
 
 
 def encode_batch(codec: Codec, record: dict[str, Any]) -> bytes:
-    """A Batch message; transactions whose changes are EncodedChanges get them spliced in, not re-encoded."""
+    """A Batch message whose transactions are Transaction records (dicts, encoded by fastavro) or
+    SplicedTransactions (their changes spliced in, not re-encoded)."""
     transactions = record["transactions"]
-    if not any(isinstance(t["changes"], EncodedChanges) for t in transactions):
+    if not any(type(t) is SplicedTransaction for t in transactions):
         return codec.encode("Batch", record)
     head = codec.encode("Batch", {**record, "transactions": []})
     assert head[-1] == 0  # an empty array, and transactions is Batch's last field (as changes is Transaction's)
     out = [head[:-1], avro_long(len(transactions))]
+    append = out.append
     for transaction in transactions:
-        changes = transaction["changes"]
-        if not isinstance(changes, EncodedChanges):
+        if type(transaction) is not SplicedTransaction:
             buffer = io.BytesIO()
             fastavro.schemaless_writer(buffer, codec.parsed("Transaction"), transaction)
-            out.append(buffer.getvalue())
+            append(buffer.getvalue())
             continue
-        out += [avro_long(transaction["position"]), avro_long(transaction["xid"]), avro_long(transaction["chunk"]),
-                b"\x01" if transaction["last_chunk"] else b"\x00"]
-        for count, data in changes.blocks:
-            out += [avro_long(count), data]
-        out.append(b"\x00")
-    out.append(b"\x00")
+        position, xid, chunk, last_chunk, blocks = transaction
+        append(avro_long(position))
+        append(avro_long(xid))
+        append(_ONE_BYTE[chunk << 1] if chunk < 0x40 else avro_long(chunk))
+        append(b"\x01" if last_chunk else b"\x00")
+        for count, data in blocks:
+            append(avro_long(count))
+            append(data)
+        append(b"\x00")
+    append(b"\x00")
     return b"".join(out)
 
 
