@@ -29,7 +29,7 @@ from pgfanout.codec import decode_changes, default_codec, encode_batch
 from pgfanout.config import Config
 from pgfanout.errors import FatalError, KafkaUnavailable, PositionError
 from pgfanout.pg import connect
-from pgfanout.positions import AgentState, Progress, Resume, TopicTail, mark_header, mark_of, plan_resume
+from pgfanout.positions import WHOLE, AgentState, Mark, Progress, Resume, TopicTail, mark_header, mark_of, plan_resume
 
 log = logging.getLogger(__name__)
 FETCH_ROWS = 10_000  # rows per round trip of the batch cursor at most...
@@ -76,6 +76,10 @@ SELECT l.txid::text::bigint, l.table_id, l.op, array_replace(l.new_row, NULL, ''
 {BATCH_ROWS}
 ORDER BY {LOG_ORDER}
 """
+# Prepared once per connection: planning it again at every tick was a sixth of its cost in the primary.
+BATCH_STATEMENT = "pgfanout_batch"
+PREPARE_BATCH = sql.SQL("PREPARE {} (bigint, bigint) AS {}").format(
+    sql.Identifier(BATCH_STATEMENT), sql.SQL(BATCH_QUERY % {"prev": "$1", "cur": "$2"}))
 # The batch's largest row (to size the stream's pieces), and a version of pgfanout.tables (layout rows are
 # never changed, only added, or replaced by a reinstall) to tell when the layouts must be read again.
 LARGEST_ROW_QUERY = (f"SELECT coalesce(max({ROW_SIZE}), 0), "
@@ -112,6 +116,7 @@ class Agent:
         if not capture.installed(self.conn):
             raise FatalError(f"capture is not installed on source {self.source}; "
                              f"run `pgfanout agent install --source {self.source}`")
+        self.conn.execute(PREPARE_BATCH)
         registry.register(self.cluster, self.codec)  # before anything is written with them
         kafkautil.ensure_topic(self.cluster, self.topic, self.settings.max_message_bytes)
         self.producer = kafkautil.producer(self.cluster, self.settings.max_message_bytes)
@@ -218,25 +223,28 @@ class Agent:
             largest, tables_version = cur.execute(LARGEST_ROW_QUERY, batch).fetchone()
             if tables_version != self.tables_version:  # capture installed on more tables, or ALTER TABLE
                 self.tables, self.tables_version = self._read_tables(), tables_version
-            rows = cur.stream(BATCH_QUERY, batch, size=stream_rows(largest, FETCH_ROWS, FETCH_BYTES))
+            rows = self._batch_rows(cur, batch["prev"], tick_id, stream_rows(largest, FETCH_ROWS, FETCH_BYTES))
             # closing() ends the stream even when sending fails: a suspended stream holds the connection's
             # lock, and the next statement would wait for it forever
             with closing(rows):
                 parts = split_transactions(rows, first_position, CHUNK_CHANGES, self.settings.message_bytes,
                                            unpack=lambda data: decode_changes(self.codec, data))
-                for package, batch_end in with_last(pack(unpublished(parts), self.settings.message_bytes)):
-                    self._send("Batch", {"source": self.source, "tick_id": tick_id, "tick_time": tick_time,
-                                         "batch_end": batch_end, "tables": self._tables_of(package),
-                                         "transactions": [p.record() for p in package]},
-                               package[-1].position)
+                if after >= Progress(first_position, 0):  # resuming a batch whose beginning the topic holds
+                    parts = unpublished(parts)
+                for package, batch_end in with_last(pack(parts, self.settings.message_bytes)):
+                    last = end = package[-1]
+                    value = encode_batch(self.codec, {
+                        "source": self.source, "tick_id": tick_id, "tick_time": tick_time, "batch_end": batch_end,
+                        "tables": self._tables_of(package), "transactions": [p.record() for p in package]})
+                    self._send(value, Mark(tick_id, end.position, WHOLE if end.last_chunk else end.chunk))
                     sent += 1
         if must_publish and sent == 0:
             raise PositionError(
                 f"topic {self.topic} holds {after} of tick {tick_id} without its batch's end, but the primary's batch "
                 f"for that tick has nothing after it; the topic and the primary disagree")
         if last is None and heartbeat:
-            self._send("Heartbeat", {"source": self.source, "position": first_position - 1,
-                                     "tick_id": tick_id, "tick_time": tick_time}, first_position - 1)
+            beat = {"source": self.source, "position": first_position - 1, "tick_id": tick_id, "tick_time": tick_time}
+            self._send(self.codec.encode("Heartbeat", beat), mark_of("Heartbeat", beat))
         self._flush()
         next_position = last.position + 1 if last is not None else first_position
         self._record(tick_id, next_position)
@@ -244,6 +252,25 @@ class Agent:
             log.debug("tick %d: published positions %d..%d in %d messages", tick_id, first_position,
                       next_position - 1, sent)
         return next_position - first_position
+
+    def _batch_rows(self, cur: psycopg.Cursor, prev: int, tick_id: int, size: int) -> Iterator[tuple]:
+        """The batch's rows, streamed by the statement prepared for them. psycopg deallocates every prepared
+        statement of its session after a ROLLBACK, DROP or ALTER on it (a log switch that finds a lock taken
+        rolls back); then the statement is prepared again, before any row was read."""
+        execute = sql.SQL("EXECUTE {}({}, {})").format(sql.Identifier(BATCH_STATEMENT), prev, tick_id)
+        for attempt in range(2):
+            rows = cur.stream(execute, size=size)
+            try:
+                first = next(rows)
+                break
+            except StopIteration:
+                return
+            except psycopg.errors.InvalidSqlStatementName:
+                if attempt:
+                    raise
+                cur.execute(PREPARE_BATCH)
+        yield first
+        yield from rows
 
     def _tables_of(self, package: list[Part]) -> list[dict[str, Any]]:
         used = set().union(*(part.tables for part in package))
@@ -257,15 +284,14 @@ class Agent:
         return {r[0]: {"table_id": r[0], "schema_name": r[1], "table_name": r[2], "columns": r[3], "key_columns": r[4],
                        "column_types": r[5], "missing_values": r[6], "old_columns": r[7]} for r in rows}
 
-    def _send(self, kind: str, record: dict[str, Any], position: int) -> None:
-        value = encode_batch(self.codec, record) if kind == "Batch" else self.codec.encode(kind, record)
+    def _send(self, value: bytes, mark: Mark) -> None:
         if len(value) > self.settings.max_message_bytes:
             raise FatalError(
-                f"a message holding position {position} (tick {record['tick_id']}) encodes to {len(value)} bytes, over "
-                f"sources.{self.source}.max_message_bytes={self.settings.max_message_bytes}: a single row is that "
-                "large; raise that limit (and the consumers' fetch sizes)"
+                f"a message holding position {mark.position} (tick {mark.tick_id}) encodes to {len(value)} bytes, "
+                f"over sources.{self.source}.max_message_bytes={self.settings.max_message_bytes}: a single row is "
+                "that large; raise that limit (and the consumers' fetch sizes)"
             )
-        self.producer.send(self.topic, value=value, headers=mark_header(mark_of(kind, record)))
+        self.producer.send(self.topic, value=value, headers=mark_header(mark))
         self.last_sent = time.monotonic()
         self.unacked += len(value)
         if self.unacked >= UNACKED_BYTES:  # a batch of large rows must not pile up in the producer
