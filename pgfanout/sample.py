@@ -131,8 +131,9 @@ def _body(conn: psycopg.Connection, rng: random.Random, writer: int, counter: li
 
 
 def run_workload(dsn: str, seconds: float, writers: int, max_transactions: int | None = None,
-                 seed_value: int = 1, record_xids: bool = False) -> WorkloadStats:
-    """Run ``writers`` concurrent connections for ``seconds`` (and at most ``max_transactions`` each)."""
+                 seed_value: int = 1, record_xids: bool = False, pause_seconds: float = 0.0) -> WorkloadStats:
+    """Run ``writers`` concurrent connections for ``seconds`` (and at most ``max_transactions`` each), each
+    pausing ``pause_seconds`` after every transaction."""
     stats = WorkloadStats()
     deadline = time.monotonic() + seconds
 
@@ -146,6 +147,8 @@ def run_workload(dsn: str, seconds: float, writers: int, max_transactions: int |
                     xid = _one_transaction(conn, rng, index, counter, record_xids)
                     done += 1
                     stats.add(committed=1, xid=xid)
+                    if pause_seconds:
+                        time.sleep(pause_seconds)
                 except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
                         psycopg.errors.UniqueViolation, psycopg.errors.ForeignKeyViolation):
                     stats.add(retried=1)

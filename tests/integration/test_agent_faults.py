@@ -7,6 +7,7 @@ import pytest
 
 from agent.agent import Agent
 from pgfanout.demo import wait_caught_up
+from pgfanout.errors import FatalError
 from pgfanout.local.kafka import ensure_jars
 from pgfanout.sample import run_workload
 from tests.integration.pipeline import read_topic, transaction_positions, transactions
@@ -20,8 +21,9 @@ def test_agent_kills_and_a_kafka_restart_lose_and_double_nothing(pipeline, stack
     pipeline.prepare()
     pipeline.start("agent")
     pipeline.seed()
+    # paced, so that the kills land while transactions commit and the log switches, not after
     workload, result = pipeline.workload_in_background(seconds=90, writers=3, max_transactions=1500, seed_value=11,
-                                                       record_xids=True)
+                                                       record_xids=True, pause_seconds=0.02)
 
     rng = random.Random(5)
     kills = 0
@@ -104,12 +106,12 @@ def test_crash_in_the_middle_of_a_batch_publishes_the_rest_once(pipeline, monkey
     agent.connect()
     original, sent = agent._send, []
 
-    def send_then_die(kind, record, position):
+    def send_then_die(value, mark):
         if len(sent) == 3:
             agent.producer.flush(timeout=30)
             raise Crash()
-        original(kind, record, position)
-        sent.append(position)
+        original(value, mark)
+        sent.append(mark.position)
 
     monkeypatch.setattr(agent, "_send", send_then_die)
     with pytest.raises(Crash):
@@ -146,3 +148,42 @@ def test_agent_reconnects_after_a_primary_restart_and_loses_nothing(pipeline, st
     log = pipeline.log("agent")
     assert "retrying in" in log, "the agent lost its connection and came back by itself"
     assert log.count("ready:") >= 2
+
+
+def test_a_row_too_large_for_any_message_stops_the_agent_naming_its_position_and_publishes_nothing(pipeline):
+    pipeline.prepare()
+    source = pipeline.config.sources[pipeline.source]
+    tight = pipeline.config.model_copy(update={"sources": {
+        pipeline.source: source.model_copy(update={"message_bytes": 1024, "max_message_bytes": 2048})}})
+    with pipeline.primary() as conn:
+        conn.execute("INSERT INTO public.products SELECT 'SMALL', 'fits', 1, NULL")
+        conn.execute("INSERT INTO public.products SELECT 'HUGE', repeat(md5(g::text), 200), 1, NULL "
+                     "FROM generate_series(1, 1) g")
+    agent = Agent(tight, pipeline.source)
+    agent.connect()
+    try:
+        with pytest.raises(FatalError, match=r"position 2 \(tick \d+\) encodes to \d+ bytes, over "
+                                             rf"sources\.{pipeline.source}\.max_message_bytes=2048"):
+            agent.work()
+        state = agent._read_state()
+    finally:
+        agent.close()
+    assert state.next_position == 1, "the tick is not recorded as published"
+    assert [t["position"] for t in transactions(read_topic(pipeline.config, pipeline.source))] == [1]
+
+
+def test_the_agent_prepares_its_batch_statement_again_after_the_session_lost_it(pipeline):
+    """psycopg sends DEALLOCATE ALL after a ROLLBACK on the connection (a log switch that finds a lock taken)."""
+    pipeline.prepare()
+    with pipeline.primary() as conn:
+        conn.execute("INSERT INTO public.products SELECT 'ONE', 'one', 1, NULL")
+    agent = Agent(pipeline.config, pipeline.source)
+    agent.connect()
+    try:
+        agent.conn.execute("DEALLOCATE ALL")
+        agent.work()
+        state = agent._read_state()
+    finally:
+        agent.close()
+    assert state.next_position == 2
+    assert transaction_positions(read_topic(pipeline.config, pipeline.source)) == [1]
