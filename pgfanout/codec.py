@@ -191,7 +191,7 @@ def encode_batch(codec: Codec, record: dict[str, Any]) -> bytes:
         position, xid, chunk, last_chunk, blocks = transaction
         append(avro_long(position))
         append(avro_long(xid))
-        append(_ONE_BYTE[chunk << 1] if chunk < 0x40 else avro_long(chunk))
+        append(avro_long(chunk))
         append(b"\x01" if last_chunk else b"\x00")
         for count, data in blocks:
             append(avro_long(count))
