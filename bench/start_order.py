@@ -8,7 +8,9 @@ The same pgbench runs as capture_overhead (scale 10, -c 4 -j 2), alternating the
 - ``late``: capture installed, the agent spawned as pgbench begins;
 - ``late3``: the agent spawned 3 s after pgbench begins;
 - ``restart``: the agent ready before the load, stopped and spawned again as pgbench begins;
-- ``topic_first``: as ``late``, with the agent's Kafka topic created before the load.
+- ``topic_first``: as ``late``, with the agent's Kafka topic created before the load;
+- ``stopped_before``: the agent ready and publishing heartbeats for 5 s, stopped before ``quiesce()``,
+  and spawned again as pgbench begins.
 
 TPS and machine CPU per 1,000 transactions are reported per run and as medians, and the share of the run
 the CPUs spent idle. docs/benchmarks.md ("Fifteenth session") says what the figures showed.
@@ -36,8 +38,8 @@ from pgfanout.local import processes
 from pgfanout.local.postgres import bin_dir
 from pgfanout.pg import connect
 
-MODES = ("none", "early", "late", "late3", "restart", "topic_first")
-SPAWNED_DURING_LOAD = {"late": 0.0, "late3": 3.0, "restart": 0.0, "topic_first": 0.0}
+MODES = ("none", "early", "late", "late3", "restart", "topic_first", "stopped_before")
+SPAWNED_DURING_LOAD = {"late": 0.0, "late3": 3.0, "restart": 0.0, "topic_first": 0.0, "stopped_before": 0.0}
 
 
 def idle_seconds() -> float:
@@ -71,8 +73,11 @@ def main() -> None:
         for mode in modes:
             (stack.log_dir / f"{DB}-agent.log").unlink(missing_ok=True)
             agent = 0
-            if mode in ("early", "restart"):
+            if mode in ("early", "restart", "stopped_before"):
                 agent = start_capture(stack, data, config, "c")
+                if mode == "stopped_before":
+                    time.sleep(5)
+                    processes.stop(agent)
             else:
                 with connect(source, "bench") as conn:
                     capture.uninstall(conn)
