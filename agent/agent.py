@@ -29,7 +29,7 @@ from pgfanout.codec import decode_changes, default_codec, encode_batch
 from pgfanout.config import Config
 from pgfanout.errors import FatalError, KafkaUnavailable, PositionError
 from pgfanout.pg import connect
-from pgfanout.positions import WHOLE, AgentState, Mark, Progress, Resume, TopicTail, mark_header, mark_of, plan_resume
+from pgfanout.positions import AgentState, Mark, Progress, Resume, TopicTail, mark_header, mark_of, part_mark, plan_resume
 
 log = logging.getLogger(__name__)
 FETCH_ROWS = 10_000  # rows per round trip of the batch cursor at most...
@@ -232,11 +232,11 @@ class Agent:
                 if after >= Progress(first_position, 0):  # resuming a batch whose beginning the topic holds
                     parts = unpublished(parts)
                 for package, batch_end in with_last(pack(parts, self.settings.message_bytes)):
-                    last = end = package[-1]
+                    last = package[-1]
                     value = encode_batch(self.codec, {
                         "source": self.source, "tick_id": tick_id, "tick_time": tick_time, "batch_end": batch_end,
                         "tables": self._tables_of(package), "transactions": [p.record() for p in package]})
-                    self._send(value, Mark(tick_id, end.position, WHOLE if end.last_chunk else end.chunk))
+                    self._send(value, part_mark(tick_id, last.position, last.chunk, last.last_chunk))
                     sent += 1
         if must_publish and sent == 0:
             raise PositionError(

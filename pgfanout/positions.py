@@ -32,11 +32,16 @@ class Mark(NamedTuple):
     chunk: int
 
 
+def part_mark(tick_id: int, position: int, chunk: int, last_chunk: bool) -> Mark:
+    """The mark of a message ending with chunk ``chunk`` of transaction ``position``."""
+    return Mark(tick_id, position, WHOLE if last_chunk else chunk)
+
+
 def mark_of(kind: str, message: dict[str, Any]) -> Mark:
     if kind == "Heartbeat" or not message["transactions"]:
         return Mark(message["tick_id"], message.get("position", 0), WHOLE)
     last = message["transactions"][-1]
-    return Mark(message["tick_id"], last["position"], WHOLE if last["last_chunk"] else last["chunk"])
+    return part_mark(message["tick_id"], last["position"], last["chunk"], last["last_chunk"])
 
 
 def last_position(kind: str, message: dict[str, Any]) -> int | None:
