@@ -1,6 +1,6 @@
 """Capture overhead and the trigger-design measurement.
 
-1. pgbench (scale 10, -c 4 -j 2, --duration seconds) without capture, then with capture installed and the
+1. pgbench (scale 10, -c 4, --duration seconds) without capture, then with capture installed and the
    agent running, once with the C trigger and once with the PL/pgSQL triggers, runs alternating: the TPS
    ratios (the issue's bar: >= 0.90; peers: Slony-I 0.87-0.95, Bucardo 0.78-0.83). The log tables' size
    is sampled during the captured runs, to show consumed rows do not pile up. Each run's CPU time per
@@ -13,7 +13,12 @@
 Every run uses the same schema: pgbench_history gets a bigserial primary key in all of them, because a
 table without a key cannot be replicated.
 
-    .venv/bin/python -m bench.capture_overhead [--duration 30] [--repetitions 3] [--autogroups as-is|on|off]
+pgbench's client runs one thread by default (-j 1), as in the issue's run (`-c 4`), the one its peers' figures
+come from; `--jobs 2` measures with a thread per two connections, as this benchmark did until the sixteenth
+session, and writes a result of its own (docs/benchmarks.md, "Which pgbench run").
+
+    .venv/bin/python -m bench.capture_overhead [--duration 30] [--repetitions 3] [--jobs 1]
+                                               [--autogroups as-is|on|off]
 """
 
 from __future__ import annotations
@@ -48,14 +53,27 @@ from pgfanout.pg import connect
 DB = "bench_capture"
 
 
-def run_pgbench(port: int, duration: int) -> float:
-    return run_pgbench_accounted(port, duration, {})[0]
+def pgbench_arguments(duration: int, jobs: int) -> list[str]:
+    """The measured run: 4 clients for ``duration`` seconds on ``jobs`` client threads; no vacuum of its own
+    (quiesce() vacuums before every run)."""
+    return ["-c", "4", "-j", str(jobs), "-T", str(duration), "-n"]
 
 
-def run_pgbench_accounted(port: int, duration: int, processes: dict[str, list[int]]) -> tuple[float, dict[str, float]]:
+def result_name(jobs: int, autogroups_setting: str) -> str:
+    """The issue's run on the machine as it comes is `capture_overhead`; any other run writes a file of its own."""
+    return "capture_overhead" + ("" if jobs == 1 else f"_jobs{jobs}") + (
+        "_autogroups_off" if autogroups_setting == "off" else "")
+
+
+def run_pgbench(port: int, duration: int, jobs: int) -> float:
+    return run_pgbench_accounted(port, duration, jobs, {})[0]
+
+
+def run_pgbench_accounted(port: int, duration: int, jobs: int,
+                          processes: dict[str, list[int]]) -> tuple[float, dict[str, float]]:
     """TPS, and CPU milliseconds per 1,000 transactions of the machine and of ``processes``."""
     with CpuAccount(processes) as account:
-        output = pgbench("-c", "4", "-j", "2", "-T", str(duration), "-n", dsn_port=port, db=DB)
+        output = pgbench(*pgbench_arguments(duration, jobs), dsn_port=port, db=DB)
     return tps_of(output), account.ms_per_1000(transactions_of(output))
 
 
@@ -146,6 +164,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=30)
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--jobs", type=int, choices=(1, 2, 4), default=1,
+                        help="pgbench's client threads (-j): 1, pgbench's default, is the issue's run")
     parser.add_argument("--autogroups", choices=("as-is", "on", "off"), default="as-is",
                         help="the kernel's scheduler autogroups during the benchmark, restored after "
                              "(off: as PostgreSQL servers are commonly tuned; needs root)")
@@ -166,13 +186,14 @@ def measure(args: argparse.Namespace) -> None:
     samples: list[int] = []
     broker = {"kafka_broker": [stack.kafka("main").pid() or 0]}
 
+    figures["pgbench_arguments"] = " ".join(pgbench_arguments(args.duration, args.jobs))
     figures["broker_warmup_requests"] = warm_broker(config.kafka[source.kafka])
-    run_pgbench(primary.port, 5)  # warm up caches
+    run_pgbench(primary.port, 5, args.jobs)  # warm up caches
     for _ in range(args.repetitions):
         with connect(source, "bench") as conn:
             capture.uninstall(conn)
             quiesce(conn)
-        tps, account = run_pgbench_accounted(primary.port, args.duration, broker)
+        tps, account = run_pgbench_accounted(primary.port, args.duration, args.jobs, broker)
         runs["without_capture"].append(tps)
         cpu["without_capture"].append(account)
         for mode, trigger in (("c_trigger_and_agent", "c"), ("plpgsql_triggers_and_agent", "plpgsql")):
@@ -184,7 +205,7 @@ def measure(args: argparse.Namespace) -> None:
             sampler = threading.Thread(target=sample_log_size, args=(primary.dsn(DB), stop, samples))
             sampler.start()
             processes_of_capture = {"agent_process": [agent], "agent_backend": agent_backends(primary.dsn(DB)), **broker}
-            tps, account = run_pgbench_accounted(primary.port, args.duration, processes_of_capture)
+            tps, account = run_pgbench_accounted(primary.port, args.duration, args.jobs, processes_of_capture)
             runs[mode].append(tps)
             cpu[mode].append(account)
             stop.set()
@@ -220,7 +241,7 @@ def measure(args: argparse.Namespace) -> None:
             capture.uninstall(conn)
             capture.install(conn, with_trigger(source, trigger))
             quiesce(conn)
-        tps, account = run_pgbench_accounted(primary.port, args.duration, broker)
+        tps, account = run_pgbench_accounted(primary.port, args.duration, args.jobs, broker)
         figures[f"tps_{name}_agent_stopped"] = round(tps)
         figures[f"cpu_ms_per_1000_transactions_{name}_agent_stopped"] = account
         with connect(source, "bench") as conn:
@@ -229,15 +250,13 @@ def measure(args: argparse.Namespace) -> None:
     with connect(source, "bench") as conn:
         use_statement_triggers(conn)
         quiesce(conn)
-    figures["tps_statement_triggers_agent_stopped"] = round(run_pgbench(primary.port, args.duration))
+    figures["tps_statement_triggers_agent_stopped"] = round(run_pgbench(primary.port, args.duration, args.jobs))
     with connect(source, "bench") as conn:
         conn.execute("TRUNCATE pgfanout.log")
         figures["bulk_update_1m_rows_seconds_statement_triggers"] = round(bulk_update_seconds(conn), 2)
         capture.uninstall(conn)
-    # a machine tuned as database servers often are gets a result of its own, beside the default machine's
-    name = "capture_overhead_autogroups_off" if autogroups() == "off" else "capture_overhead"
-    write_result(name, figures, notes=(
-        "pgbench -c 4 -j 2 -T duration -n, scale 10, runs alternating without capture, with the C trigger and "
+    write_result(result_name(args.jobs, autogroups()), figures, notes=(
+        f"pgbench {figures['pgbench_arguments']}, scale 10, runs alternating without capture, with the C trigger and "
         "with the PL/pgSQL triggers (agent running, default settings), "
         "each after VACUUM and CHECKPOINT; medians. Before the runs the broker answers broker_warmup_requests "
         "produce requests, so that its JIT has compiled them as in a broker in service. "
