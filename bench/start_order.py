@@ -1,6 +1,7 @@
 """Capture overhead by when the agent started: a diagnostic beside bench.capture_overhead.
 
-The same pgbench runs as capture_overhead (scale 10, -c 4 -j 2), alternating these modes:
+The pgbench run capture_overhead used until the sixteenth session (scale 10, -c 4 -j 2; now its
+``--jobs 2``), whose spread this diagnostic was written to explain, alternating these modes:
 
 - ``none``: no capture;
 - ``early``: capture installed and the agent ready before the load, as capture_overhead runs it and as
