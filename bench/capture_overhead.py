@@ -160,7 +160,7 @@ def start_capture(stack, data: dict, config, trigger: str = "auto") -> int:
     return pid
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=30)
     parser.add_argument("--repetitions", type=int, default=3)
@@ -169,7 +169,11 @@ def main() -> None:
     parser.add_argument("--autogroups", choices=("as-is", "on", "off"), default="as-is",
                         help="the kernel's scheduler autogroups during the benchmark, restored after "
                              "(off: as PostgreSQL servers are commonly tuned; needs root)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     with scheduler_autogroups(args.autogroups):
         measure(args)
 

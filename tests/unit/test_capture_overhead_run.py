@@ -1,10 +1,12 @@
 """Which pgbench run the capture-overhead benchmark measures, and where each kind of run is written."""
 
-from bench.capture_overhead import pgbench_arguments, result_name
+from bench.capture_overhead import parse_args, pgbench_arguments, result_name
 
 
 def test_the_default_run_is_the_issues_four_clients_on_pgbenchs_one_client_thread():
-    assert pgbench_arguments(30, 1) == ["-c", "4", "-j", "1", "-T", "30", "-n"]
+    args = parse_args([])
+    assert (args.duration, args.jobs, args.autogroups) == (30, 1, "as-is")
+    assert pgbench_arguments(args.duration, args.jobs) == ["-c", "4", "-j", "1", "-T", "30", "-n"]
 
 
 def test_another_thread_count_is_passed_to_pgbench_as_given():
