@@ -65,15 +65,15 @@ def result_name(jobs: int, autogroups_setting: str) -> str:
         "_autogroups_off" if autogroups_setting == "off" else "")
 
 
-def run_pgbench(port: int, duration: int, jobs: int) -> float:
-    return run_pgbench_accounted(port, duration, jobs, {})[0]
+def run_pgbench(port: int, arguments: list[str]) -> float:
+    return run_pgbench_accounted(port, arguments, {})[0]
 
 
-def run_pgbench_accounted(port: int, duration: int, jobs: int,
+def run_pgbench_accounted(port: int, arguments: list[str],
                           processes: dict[str, list[int]]) -> tuple[float, dict[str, float]]:
     """TPS, and CPU milliseconds per 1,000 transactions of the machine and of ``processes``."""
     with CpuAccount(processes) as account:
-        output = pgbench(*pgbench_arguments(duration, jobs), dsn_port=port, db=DB)
+        output = pgbench(*arguments, dsn_port=port, db=DB)
     return tps_of(output), account.ms_per_1000(transactions_of(output))
 
 
@@ -190,14 +190,15 @@ def measure(args: argparse.Namespace) -> None:
     samples: list[int] = []
     broker = {"kafka_broker": [stack.kafka("main").pid() or 0]}
 
-    figures["pgbench_arguments"] = " ".join(pgbench_arguments(args.duration, args.jobs))
+    measured_run = pgbench_arguments(args.duration, args.jobs)
+    figures["pgbench_arguments"] = " ".join(measured_run)
     figures["broker_warmup_requests"] = warm_broker(config.kafka[source.kafka])
-    run_pgbench(primary.port, 5, args.jobs)  # warm up caches
+    run_pgbench(primary.port, pgbench_arguments(5, args.jobs))  # warm up caches
     for _ in range(args.repetitions):
         with connect(source, "bench") as conn:
             capture.uninstall(conn)
             quiesce(conn)
-        tps, account = run_pgbench_accounted(primary.port, args.duration, args.jobs, broker)
+        tps, account = run_pgbench_accounted(primary.port, measured_run, broker)
         runs["without_capture"].append(tps)
         cpu["without_capture"].append(account)
         for mode, trigger in (("c_trigger_and_agent", "c"), ("plpgsql_triggers_and_agent", "plpgsql")):
@@ -209,7 +210,7 @@ def measure(args: argparse.Namespace) -> None:
             sampler = threading.Thread(target=sample_log_size, args=(primary.dsn(DB), stop, samples))
             sampler.start()
             processes_of_capture = {"agent_process": [agent], "agent_backend": agent_backends(primary.dsn(DB)), **broker}
-            tps, account = run_pgbench_accounted(primary.port, args.duration, args.jobs, processes_of_capture)
+            tps, account = run_pgbench_accounted(primary.port, measured_run, processes_of_capture)
             runs[mode].append(tps)
             cpu[mode].append(account)
             stop.set()
@@ -245,7 +246,7 @@ def measure(args: argparse.Namespace) -> None:
             capture.uninstall(conn)
             capture.install(conn, with_trigger(source, trigger))
             quiesce(conn)
-        tps, account = run_pgbench_accounted(primary.port, args.duration, args.jobs, broker)
+        tps, account = run_pgbench_accounted(primary.port, measured_run, broker)
         figures[f"tps_{name}_agent_stopped"] = round(tps)
         figures[f"cpu_ms_per_1000_transactions_{name}_agent_stopped"] = account
         with connect(source, "bench") as conn:
@@ -254,7 +255,7 @@ def measure(args: argparse.Namespace) -> None:
     with connect(source, "bench") as conn:
         use_statement_triggers(conn)
         quiesce(conn)
-    figures["tps_statement_triggers_agent_stopped"] = round(run_pgbench(primary.port, args.duration, args.jobs))
+    figures["tps_statement_triggers_agent_stopped"] = round(run_pgbench(primary.port, measured_run))
     with connect(source, "bench") as conn:
         conn.execute("TRUNCATE pgfanout.log")
         figures["bulk_update_1m_rows_seconds_statement_triggers"] = round(bulk_update_seconds(conn), 2)

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from agent import capture
-from bench.capture_overhead import DB, quiesce, start_capture, with_trigger
+from bench.capture_overhead import DB, pgbench_arguments, quiesce, start_capture, with_trigger
 from bench.common import CLOCK_TICKS, CpuAccount, bench_stack, tps_of, transactions_of, warm_broker, write_result
 from bench.publish_throughput import prepare_pgbench_db
 from pgfanout import kafka as kafkautil
@@ -40,6 +40,7 @@ from pgfanout.local.postgres import bin_dir
 from pgfanout.pg import connect
 
 MODES = ("none", "early", "late", "late3", "restart", "topic_first", "stopped_before")
+JOBS = 2  # capture_overhead --jobs 2: the run whose spread this diagnoses
 SPAWNED_DURING_LOAD = {"late": 0.0, "late3": 3.0, "restart": 0.0, "topic_first": 0.0, "stopped_before": 0.0}
 
 
@@ -66,9 +67,9 @@ def main() -> None:
     config = parse_config(data)
     source = config.sources[DB]
     figures: dict[str, object] = {"broker_warmup_requests": warm_broker(config.kafka[source.kafka])}
-    pgbench_argv = [str(bin_dir() / "pgbench"), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
-                    "-c", "4", "-j", "2", "-n"]
-    subprocess.run([*pgbench_argv, "-T", "5", DB], capture_output=True, check=True)  # warm up caches
+    pgbench_argv = [str(bin_dir() / "pgbench"), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"]
+    measured_run = pgbench_arguments(args.duration, JOBS)
+    subprocess.run([*pgbench_argv, *pgbench_arguments(5, JOBS), DB], capture_output=True, check=True)  # warm up
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     for _ in range(args.repetitions):
         for mode in modes:
@@ -92,7 +93,7 @@ def main() -> None:
                 quiesce(conn)
             idle_before, started = idle_seconds(), time.monotonic()
             with CpuAccount({}) as account:
-                load = subprocess.Popen([*pgbench_argv, "-T", str(args.duration), DB],
+                load = subprocess.Popen([*pgbench_argv, *measured_run, DB],
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 if mode in SPAWNED_DURING_LOAD:
                     time.sleep(SPAWNED_DURING_LOAD[mode])
@@ -111,7 +112,7 @@ def main() -> None:
     figures["tps_median"] = {mode: round(statistics.median(run["tps"] for run in values)) for mode, values in runs.items()}
     figures["tps_ratio_to_" + modes[0]] = {mode: round(tps / base, 3) for mode, tps in figures["tps_median"].items()}
     write_result("start_order", figures, notes=(
-        "pgbench -c 4 -j 2 -T duration -n, scale 10, modes alternating (see bench/start_order.py), each after "
+        f"pgbench {' '.join(measured_run)}, scale 10, modes alternating (see bench/start_order.py), each after "
         "VACUUM and CHECKPOINT; the C trigger. machine: CPU ms per 1,000 transactions (/proc/stat, not idle nor "
         "iowait); idle_share: the CPUs' idle time over the run. A diagnostic of capture_overhead's spread, not "
         "a figure against the issue's bar."))
