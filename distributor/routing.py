@@ -21,6 +21,7 @@ from typing import Any
 
 from pgfanout.config import TableSubscription
 from pgfanout.errors import FatalError, FilterError
+from pgfanout.names import qualified
 from pgfanout.rowfilter import Evaluate, compile_filter
 
 EMPTY: tuple = ()
@@ -77,8 +78,9 @@ class TablePlan:
         if self.needs_old_values:
             old_values = change.get("old_values") or EMPTY
             if len(old_values) != len(self.old_positions):
+                table = qualified(self.table["schema_name"], self.table["table_name"])
                 raise RouteError(
-                    f"{where()}: a {change['op']} of {self.table['schema_name']}.{self.table['table_name']} lacks the old "
+                    f"{where()}: a {change['op']} of {table} lacks the old "
                     f"values of {', '.join(self.table_old_columns)} that route {self.route}'s filter needs (it was "
                     "captured before capture was installed with this filter); run `pgfanout agent install`, then "
                     "resync this route's subscribers")
@@ -126,7 +128,7 @@ class TablePlan:
 
 def plan_table(route: str, table: dict[str, Any], subscription: TableSubscription) -> TablePlan:
     """Check a subscription against a table layout and prepare its projection and filter."""
-    name = f"{table['schema_name']}.{table['table_name']}"
+    name = qualified(table["schema_name"], table["table_name"])
     columns, keys = list(table["columns"]), list(table["key_columns"])
     types = list(table.get("column_types") or ())
     old_columns = list(table.get("old_columns") or ())
@@ -184,7 +186,7 @@ class RouteFilter:
     def plan(self, table: dict[str, Any]) -> TablePlan | None:
         table_id = table["table_id"]
         if table_id not in self.plans:
-            subscription = self.tables.get(f"{table['schema_name']}.{table['table_name']}")
+            subscription = self.tables.get(qualified(table["schema_name"], table["table_name"]))
             self.plans[table_id] = None if subscription is None else plan_table(self.route, table, subscription)
         return self.plans[table_id]
 

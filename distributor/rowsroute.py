@@ -15,12 +15,13 @@ from typing import Any
 import fastavro
 
 from distributor.routing import RouteError, RouteFilter
+from pgfanout.names import qualified
 from pgfanout.rows import TableSchemas, schema_text, table_schemas
 
 
 class _Layout:
     def __init__(self, table: dict[str, Any]):
-        self.name = f"{table['schema_name']}.{table['table_name']}"
+        self.name = qualified(table["schema_name"], table["table_name"])
         self.schemas: TableSchemas = table_schemas(table)
         self.key_writer = fastavro.parse_schema(self.schemas.key)
         self.row_writer = fastavro.parse_schema(self.schemas.row)

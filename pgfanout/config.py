@@ -8,8 +8,6 @@ live in the file: ``password_env`` / ``sasl_password_env`` name environment vari
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Collection
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -18,21 +16,34 @@ import psycopg.conninfo
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pgfanout.errors import ConfigError, FilterError
+from pgfanout.errors import ConfigError, FilterError, NameSyntaxError
+from pgfanout.names import canonical_table, parse_column
 from pgfanout.rowfilter import RowFilter, parse_filter
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
-T = TypeVar("T", bound=Collection[str])
-QUALIFIED_TABLE = re.compile(r"^[^.\s]+\.[^.\s]+$")  # schema.table, or schema.* for every table of a schema
+T = TypeVar("T")
 
 
-def single_tables(names: T) -> T:
-    """``names`` (a list, or a mapping's keys) if each is one schema-qualified table, not ``schema.*``."""
-    bad = [t for t in names if not QUALIFIED_TABLE.match(t) or t.endswith(".*")]
-    if bad:
-        raise ValueError(f"tables must be written schema.table: {', '.join(bad)}")
-    return names
+def table_names(names: list[str], wildcard: bool = False) -> list[str]:
+    """Each table name in its canonical spelling (pgfanout.names); a table named twice is refused."""
+    canonical = [canonical_table(name, wildcard) for name in names]
+    twice = sorted({name for name in canonical if canonical.count(name) > 1})
+    if twice:
+        raise ValueError(f"listed twice: {', '.join(twice)}")
+    return canonical
+
+
+def table_keyed(mapping: dict[str, T]) -> dict[str, T]:
+    """A mapping keyed by table names, keyed by their canonical spellings."""
+    return dict(zip(table_names(list(mapping)), mapping.values(), strict=True))
+
+
+def column_names(names: list[str]) -> list[str]:
+    columns = [parse_column(name) for name in names]
+    if len(set(columns)) != len(columns):
+        raise ValueError("a column is listed twice")
+    return columns
 
 
 class Strict(BaseModel):
@@ -113,18 +124,18 @@ class Source(Database):
 
     @field_validator("tables")
     @classmethod
-    def _qualified(cls, tables: list[str]) -> list[str]:
-        bad = [t for t in tables if not QUALIFIED_TABLE.match(t)]
-        if bad:
-            raise ValueError(f"tables must be written schema.table: {', '.join(bad)}")
-        if len(set(tables)) != len(tables):
-            raise ValueError("a table is listed twice")
-        return tables
+    def _tables(cls, tables: list[str]) -> list[str]:
+        return table_names(tables, wildcard=True)
 
-    @field_validator("exclude", "keys")
+    @field_validator("exclude")
     @classmethod
-    def _qualified_names(cls, names: list[str] | dict[str, list[str]]) -> list[str] | dict[str, list[str]]:
-        return single_tables(names)
+    def _excluded(cls, names: list[str]) -> list[str]:
+        return table_names(names)
+
+    @field_validator("keys")
+    @classmethod
+    def _keys(cls, keys: dict[str, list[str]]) -> dict[str, list[str]]:
+        return table_keyed({table: column_names(columns) for table, columns in keys.items()})
 
 
 class TableSubscription(Strict):
@@ -145,10 +156,8 @@ class TableSubscription(Strict):
 
     @field_validator("columns")
     @classmethod
-    def _distinct(cls, columns: list[str] | None) -> list[str] | None:
-        if columns is not None and len(set(columns)) != len(columns):
-            raise ValueError("a column is listed twice")
-        return columns
+    def _columns(cls, columns: list[str] | None) -> list[str] | None:
+        return column_names(columns) if columns is not None else None
 
     def row_filter(self) -> RowFilter | None:
         return parsed_filter(self.where) if self.where is not None else None
@@ -177,8 +186,8 @@ class Route(Strict):
 
     @field_validator("tables")
     @classmethod
-    def _qualified(cls, tables: dict[str, TableSubscription] | None) -> dict[str, TableSubscription] | None:
-        return single_tables(tables) if tables is not None else None
+    def _tables(cls, tables: dict[str, TableSubscription] | None) -> dict[str, TableSubscription] | None:
+        return table_keyed(tables) if tables is not None else None
 
 
 class Distributor(Strict):
@@ -352,24 +361,41 @@ def _subscription_problems(routes: dict[str, dict]) -> list[str]:
             continue  # a loop, reported on its own
         if not isinstance(tables, dict) or upstream is None:
             continue
-        offered = upstream["tables"]
+        offered = _canonically_keyed(upstream["tables"])
         for table, wanted in tables.items():
-            if table not in offered:
+            canonical = _canonical_or_none(table)
+            if canonical is None:
+                continue  # reported by the model itself
+            if canonical not in offered:
                 problems.append(f"routes.{name}.tables.{table}: the upstream route does not carry this table "
                                 f"(it carries {_names(offered)})")
                 continue
-            columns = (offered[table] or {}).get("columns") if isinstance(offered[table], dict) else None
+            carried = offered[canonical]
+            columns = carried.get("columns") if isinstance(carried, dict) else None
             if not isinstance(columns, list) or not isinstance(wanted, dict):
                 continue
             try:
                 needed = TableSubscription.model_validate(wanted).used_columns()
-            except (ValidationError, FilterError):
+                columns = column_names(columns)
+            except (ValidationError, FilterError, ValueError):
                 continue  # reported by the model itself
             lacking = sorted(needed - set(columns))
             if lacking:
                 problems.append(f"routes.{name}.tables.{table}: uses columns the upstream route does not carry: "
                                 f"{', '.join(lacking)}")
     return problems
+
+
+def _canonical_or_none(table: object) -> str | None:
+    try:
+        return canonical_table(table) if isinstance(table, str) else None
+    except NameSyntaxError:
+        return None
+
+
+def _canonically_keyed(tables: dict) -> dict[str, object]:
+    """A raw mapping of tables keyed by their canonical names, leaving out names that do not parse."""
+    return {canonical: value for table, value in tables.items() if (canonical := _canonical_or_none(table))}
 
 
 def _names(section: dict) -> str:

@@ -19,6 +19,7 @@ from pgfanout.config import Config, load_config
 from pgfanout.errors import PgfanoutError
 from pgfanout.local import processes
 from pgfanout.local.stack import Stack
+from pgfanout.names import parse_table
 from pgfanout.pg import connect
 from pgfanout.sample import SAMPLE_TABLES, create_schema, run_workload, seed
 from pgfanout.status import source_position, subscriber_position
@@ -123,7 +124,7 @@ def proof(config: Config, tables: list[str] = SAMPLE_TABLES) -> tuple[bool, list
         subs = {n: connect(config.subscribers[n], "pgfanout-proof") for n in names}
         try:
             for qualified in tables:
-                schema_name, table_name = qualified.split(".", 1)
+                schema_name, table_name = parse_table(qualified)
                 keys = primary_keys(primary, schema_name, table_name)
                 expected = table_digest(primary, schema_name, table_name, keys)
                 line = f"{qualified:<20} {expected.rows:>12} {expected.checksum[:12]:<12} "

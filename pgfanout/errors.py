@@ -36,6 +36,17 @@ class FilterError(PgfanoutError):
         super().__init__(f"row filter {expression!r}: {reason}")
 
 
+class NameSyntaxError(PgfanoutError, ValueError):
+    """A table or column name that PostgreSQL's identifier syntax does not read."""
+
+    exit_code = 2
+
+    def __init__(self, text: str, reason: str):
+        self.text = text
+        self.reason = reason
+        super().__init__(f"{text!r} is not a valid name: {reason}")
+
+
 class TransientError(PgfanoutError):
     exit_code = 75  # EX_TEMPFAIL: trying again later may work
 

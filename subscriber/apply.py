@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from pgfanout.errors import PoisonMessage
+from pgfanout.names import qualified
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class TableInfo:
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema_name}.{self.table_name}"
+        return qualified(self.schema_name, self.table_name)
 
 
 @lru_cache(maxsize=4096)
@@ -40,7 +41,7 @@ def table_info(schema_name: str, table_name: str, columns: tuple[str, ...], key_
         indexes = tuple(columns.index(k) for k in key_columns)
     except ValueError:
         raise PoisonMessage(
-            f"table {schema_name}.{table_name}: key columns {key_columns} are not all among its columns") from None
+            f"table {qualified(schema_name, table_name)}: key columns {key_columns} are not all among its columns") from None
     return TableInfo(schema_name, table_name, columns, key_columns, indexes)
 
 

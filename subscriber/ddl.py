@@ -20,6 +20,7 @@ import psycopg
 from psycopg import sql
 
 from pgfanout.errors import MaterializeError
+from pgfanout.names import qualified
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class TableDefinition:
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema_name}.{self.table_name}"
+        return qualified(self.schema_name, self.table_name)
 
     @property
     def copied_columns(self) -> tuple[str, ...]:
@@ -97,7 +98,7 @@ def read_definition(conn: psycopg.Connection, schema_name: str, table_name: str)
            WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')""",
         (schema_name, table_name)).fetchone()
     if row is None:
-        raise MaterializeError(f"table {schema_name}.{table_name} does not exist in the copy source")
+        raise MaterializeError(f"table {qualified(schema_name, table_name)} does not exist in the copy source")
     oid, relkind, estimated_rows, size_bytes = row
     columns = tuple(Column(*r) for r in conn.execute(
         """SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,

@@ -22,6 +22,7 @@ from psycopg import pq, sql
 
 from pgfanout.config import Config
 from pgfanout.errors import ApplierBusy, MaterializeError
+from pgfanout.names import parse_table, qualified
 from pgfanout.pg import connect, describe
 from pgfanout.snapshots import parse_snapshot
 from subscriber.copyfilter import CopyFilter
@@ -172,11 +173,11 @@ class Materializer:
         self.share = config.share_of(self.settings.route)
 
     def _wanted(self, table: tuple[str, str]) -> bool:
-        return self.share is None or f"{table[0]}.{table[1]}" in self.share
+        return self.share is None or qualified(*table) in self.share
 
     def _definition(self, source: CopySource, table: tuple[str, str]) -> TableDefinition:
         definition = read_definition(source.conn, *table)
-        return definition if self.share is None else project(definition, self.share[f"{table[0]}.{table[1]}"][0])
+        return definition if self.share is None else project(definition, self.share[qualified(*table)][0])
 
     def _row_filter(self, definition: TableDefinition) -> sql.Composable | None:
         """The route's filters as one SQL condition, or None when it takes every row."""
@@ -245,7 +246,7 @@ class Materializer:
             "SELECT schema_name, table_name FROM pgfanout_replica.materialized WHERE subscriber = %s", (self.subscriber,))}
         if done:
             log.info("subscriber %s: resuming an interrupted init; already copied: %s", self.subscriber,
-                     ", ".join(f"{s}.{t}" for s, t in sorted(done)))
+                     ", ".join(qualified(s, t) for s, t in sorted(done)))
         with self._source() as source:
             todo = [t for t in source.tables if t not in done and self._wanted(t)]
             definitions = [self._definition(source, t) for t in todo]
@@ -267,10 +268,9 @@ class Materializer:
         log.info("subscriber %s materialized; the stream continues after position %d", self.subscriber, start)
         return start
 
-    def resync_table(self, qualified: str) -> int:
+    def resync_table(self, name: str) -> int:
         """Copy one table again while the subscriber keeps running; returns the position it was copied at."""
-        schema_name, _, table_name = qualified.partition(".")
-        table = (schema_name, table_name)
+        table = parse_table(name)
         self.online = True
         with self._replica() as replica, replica.transaction():
             # Holds the applier between two replica transactions until this copy commits (it takes the
@@ -284,7 +284,7 @@ class Materializer:
             applied = row[0]
             with self._source() as source:
                 if table not in source.filter_for or not self._wanted(table):
-                    raise MaterializeError(f"table {qualified} is not published to subscriber {self.subscriber} "
+                    raise MaterializeError(f"table {qualified(*table)} is not published to subscriber {self.subscriber} "
                                            f"by {source.description}")
                 copy_filter = source.filter_for[table]
                 if self.copy_from and copy_filter.start_position < applied:

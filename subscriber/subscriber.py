@@ -24,6 +24,7 @@ from pgfanout import registry
 from pgfanout.codec import default_codec
 from pgfanout.config import Config
 from pgfanout.errors import ApplierBusy, PoisonMessage, StreamGap
+from pgfanout.names import qualified
 from pgfanout.pg import connect
 from pgfanout.positions import WHOLE, Progress, Step, last_position, next_step
 from pgfanout.registry import RegistryDecoder
@@ -226,7 +227,7 @@ class Subscriber:
             if all(column in present for column in layout["columns"]):
                 self.checked_layouts.add(key)
             elif len(layout["column_types"]) != len(layout["columns"]):
-                raise PoisonMessage(f"message at {where}: table {key[0]}.{key[1]} has columns "
+                raise PoisonMessage(f"message at {where}: table {qualified(*key)} has columns "
                                     f"{[c for c in layout['columns'] if c not in present]} the replica lacks, and the "
                                     "message does not say their types (an older agent wrote it); add them by hand")
             else:

@@ -155,3 +155,39 @@ def test_busy_ticks_cannot_be_faster_than_normal_ones():
     found = problems(variant(sources__shop__tick_interval_ms=100, sources__shop__busy_tick_interval_ms=50))
     assert len(found) == 1 and "busy_tick_interval_ms (50) must be at least tick_interval_ms (100)" in found[0]
     assert problems(variant(sources__shop__tick_interval_ms=100, sources__shop__capture_trigger="java"))
+
+
+def test_table_and_column_names_are_read_as_postgresql_reads_them():
+    data = variant(sources__shop__tables=['"Sales"."Order Lines"', "Public.Orders", "app.*"],
+                   sources__shop__keys={'"Sales"."Order Lines"': ['"Order No"', "Line"]},
+                   sources__shop__exclude=['APP."Audit"'],
+                   routes__all__tables={'"Sales"."Order Lines"': {"where": '"Qty Ordered" > 0',
+                                                                   "columns": ['"Order No"', "line", '"Qty Ordered"']}})
+    config = parse_config(data)
+    source = config.sources["shop"]
+    assert source.tables == ['"Sales"."Order Lines"', "public.orders", "app.*"]
+    assert source.keys == {'"Sales"."Order Lines"': ["Order No", "line"]}
+    assert source.exclude == ['app."Audit"']
+    subscription = config.routes["all"].tables['"Sales"."Order Lines"']
+    assert subscription.columns == ["Order No", "line", "Qty Ordered"]
+    assert subscription.used_columns() == {"Order No", "line", "Qty Ordered"}
+
+
+def test_bad_names_and_one_table_twice_are_refused():
+    found = problems(variant(sources__shop__tables=["Sales.Order Lines", "public.orders", '"public".orders'],
+                             routes__all__tables={"public.x": {"columns": ["Qty Ordered"]}}))
+    assert any(p.startswith("sources.shop.tables:") and "'Sales.Order Lines' is not a valid name" in p for p in found)
+    found = problems(variant(sources__shop__tables=["public.orders", '"public".orders']))
+    assert found == ["sources.shop.tables: Value error, listed twice: public.orders"]
+    found = problems(variant(routes__all__tables={"public.x": {"columns": ["Qty Ordered"]}}))
+    assert len(found) == 1 and "'Qty Ordered' is not a valid name" in found[0]
+
+
+def test_a_tier_below_sees_the_same_table_however_it_is_spelled():
+    data = variant(routes__all__tables={'"Sales"."Order Lines"': {"columns": ['"Order No"', "qty"]}})
+    data["routes"]["branch"] = {"upstream": "all", "kafka": "hq",
+                                "tables": {'"Sales"."Order Lines"': {"columns": ['"Order No"', "QTY"]}}}
+    assert parse_config(data).routes["branch"].tables is not None
+    data["routes"]["branch"]["tables"] = {'"Sales"."Order Lines"': {"columns": ['"Order No"', '"QTY"']}}
+    found = problems(data)
+    assert found == ['routes.branch.tables."Sales"."Order Lines": uses columns the upstream route does not carry: QTY']
