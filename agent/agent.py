@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from agent import capture, logswitch
+from agent import capture, faults, logswitch
 from agent.batch import Part, pack, split_transactions, stream_rows, with_last
 from pgfanout import kafka as kafkautil
 from pgfanout import registry
@@ -80,11 +80,12 @@ ORDER BY {LOG_ORDER}
 BATCH_STATEMENT = "pgfanout_batch"
 PREPARE_BATCH = sql.SQL("PREPARE {} (bigint, bigint) AS {}").format(
     sql.Identifier(BATCH_STATEMENT), sql.SQL(BATCH_QUERY % {"prev": "$1", "cur": "$2"}))
-# The batch's largest row (to size the stream's pieces), and a version of pgfanout.tables (layout rows are
-# never changed, only added, or replaced by a reinstall) to tell when the layouts must be read again.
+# The batch's largest row (to size the stream's pieces), a version of pgfanout.tables (layout rows are
+# never changed, only added, or replaced by a reinstall) to tell when the layouts must be read again, and
+# how many capture faults its transactions hold (agent.faults).
 LARGEST_ROW_QUERY = (f"SELECT coalesce(max({ROW_SIZE}), 0), "
-                     "(SELECT count(*) || '/' || coalesce(sum(xmin::text::bigint), 0) FROM pgfanout.tables) "
-                     f"{BATCH_ROWS}")
+                     "(SELECT count(*) || '/' || coalesce(sum(xmin::text::bigint), 0) FROM pgfanout.tables), "
+                     f"{faults.COUNT_IN_BATCH} {BATCH_ROWS}")
 
 
 class Agent:
@@ -220,7 +221,10 @@ class Agent:
             # fetched piece by piece, was 30% slower). libpq holds `size` rows at a time, so the size comes
             # from the batch's largest row: memory holds one piece and the unacknowledged messages, whatever
             # the size of the batch or of its rows
-            largest, tables_version = cur.execute(LARGEST_ROW_QUERY, batch).fetchone()
+            largest, tables_version, fault_count = cur.execute(LARGEST_ROW_QUERY, batch).fetchone()
+            if fault_count:
+                raise faults.CaptureFault(self.source, tick_id, first_position,
+                                          faults.in_batch(self.conn, batch["prev"], tick_id))
             if tables_version != self.tables_version:  # capture installed on more tables, or ALTER TABLE
                 self.tables, self.tables_version = self._read_tables(), tables_version
             rows = self._batch_rows(cur, batch["prev"], tick_id, stream_rows(largest, FETCH_ROWS, FETCH_BYTES))

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from agent import ctrigger
+from agent import ctrigger, partitions
 from agent.typesettings import pinned, settings_for_columns, unsupported_reason
+from pgfanout import names
 from pgfanout.config import Source, TableSubscription
 from pgfanout.errors import CaptureError, FilterError
 from pgfanout.pg import primary_key
@@ -68,6 +69,13 @@ BASE_DDL = [
     *(statement for n in LOG_TABLES for statement in (
         f"CREATE TABLE IF NOT EXISTS pgfanout.log_{n} () INHERITS (pgfanout.log)",
         f"CREATE INDEX IF NOT EXISTS log_{n}_txid ON pgfanout.log_{n} (txid)")),
+    # Changes capture could not record (agent/capture_c: a missing layout, an unusable log table...), written
+    # in the writer's transaction instead of failing the write; the agent stops before that transaction.
+    """CREATE TABLE IF NOT EXISTS pgfanout.capture_fault (
+        txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        relation text NOT NULL,
+        reason text NOT NULL,
+        noticed_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
     "CREATE SEQUENCE IF NOT EXISTS pgfanout.tick_seq",
     """CREATE TABLE IF NOT EXISTS pgfanout.tick (
         tick_id bigint PRIMARY KEY,
@@ -129,15 +137,11 @@ class PublishedTable:
     column_types: tuple[str, ...] = ()
     missing_values: tuple[tuple[str, str], ...] = ()  # (column, text) of columns added with a constant default
     old_columns: tuple[str, ...] = ()  # non-key columns whose old values UPDATE and DELETE log (row filters use them)
+    partitions: tuple[str, ...] | None = None  # a partitioned table's leaf partitions (None: not partitioned)
 
     @property
     def qualified(self) -> str:
-        return f"{self.schema_name}.{self.table_name}"
-
-
-def _split(qualified: str) -> tuple[str, str]:
-    schema_name, table_name = qualified.split(".", 1)
-    return schema_name, table_name
+        return names.qualified(self.schema_name, self.table_name)
 
 
 def expand(conn: psycopg.Connection, tables: list[str], exclude: list[str]) -> tuple[list[str], list[str]]:
@@ -145,17 +149,17 @@ def expand(conn: psycopg.Connection, tables: list[str], exclude: list[str]) -> t
     found: list[str] = []
     missing: list[str] = []
     for entry in tables:
-        schema_name, table_name = _split(entry)
-        if table_name != "*":
+        schema_name, table_name = names.parse_table(entry, wildcard=True)
+        if table_name is not names.ALL_TABLES:
             found.append(entry)
             continue
-        names = [r[0] for r in conn.execute(
+        in_schema = [r[0] for r in conn.execute(
             """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname""",
             (schema_name,))]
-        if not names:
+        if not in_schema:
             missing.append(entry)
-        found += [f"{schema_name}.{name}" for name in names]
+        found += [names.qualified(schema_name, name) for name in in_schema]
     excluded = set(exclude)
     return list(dict.fromkeys(t for t in found if t not in excluded)), missing
 
@@ -222,7 +226,7 @@ def _describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[
     next_id = max((v[0] for v in latest.values()), default=0) + 1
     found, keyless, bad_keys, bad_types = [], [], [], []
     for qualified in tables:
-        schema_name, table_name = _split(qualified)
+        schema_name, table_name = names.parse_table(qualified)
         row = conn.execute(
             """SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                WHERE n.nspname = %s AND c.relname = %s""", (schema_name, table_name)).fetchone()
@@ -239,7 +243,7 @@ def _describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[
         for name, type_oid, type_text, _ in described:
             reason = unsupported_reason(conn, type_oid)
             if reason:
-                bad_types.append(f"{qualified}.{name} ({type_text}; {reason})")
+                bad_types.append(f"{qualified}.{names.quote(name)} ({type_text}; {reason})")
         key = primary_key(conn, oid)
         if qualified in keys:
             reason = _unique_not_null(conn, oid, keys[qualified])
@@ -260,8 +264,8 @@ def _describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[
         settings = settings_for_columns(conn, [r[1] for r in described])
         missing_values = tuple((r[0], r[3]) for r in described if r[3] is not None)
         found.append(PublishedTable(table_id, schema_name, table_name, tuple(columns), tuple(key), settings, types,
-                                    missing_values, old_columns))
-    problems = []
+                                    missing_values, old_columns, partitions.leaves(conn, oid) if row[1] == "p" else None))
+    problems = partitions.problems(conn, [t.qualified for t in found])
     if missing:
         problems.append(f"tables not found on the primary: {', '.join(missing)}")
     if keyless:
@@ -310,9 +314,10 @@ FUNCTION = ("CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE pl
             "{settings} AS {body}")
 
 
-def _settings_clause(names: frozenset[str] | None) -> sql.Composable:
+def _settings_clause(settings: frozenset[str] | None) -> sql.Composable:
     return sql.SQL(" ").join(
-        sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)) for name, value in pinned(names).items())
+        sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+        for name, value in pinned(settings).items())
 
 
 def log_table(number: int) -> sql.Identifier:
@@ -383,13 +388,6 @@ def follow_ddl_statements() -> list[sql.Composable]:
         function=sql.SQL("%1$s"), settings=_settings_clause(None), body=sql.SQL("%2$L")).as_string(None)
     body_template = BODY.format(tid="%1$s", new_row="%2$s", old_key="%3$s", new_key="%4$s", old_values="%5$s",
                                 log="%6$s")
-    text_array = """
-CREATE OR REPLACE FUNCTION pgfanout.text_array_sql(record text, columns text[]) RETURNS text LANGUAGE sql
-IMMUTABLE SET search_path = pg_catalog, pg_temp AS $array$
-    SELECT CASE WHEN cardinality(columns) = 0 THEN 'NULL' ELSE 'ARRAY['
-        || (SELECT string_agg(format('%s.%I::pg_catalog.text', record, c), ', ') FROM unnest(columns) c)
-        || ']::pg_catalog.text[]' END
-$array$"""
     follow = f"""
 CREATE OR REPLACE FUNCTION pgfanout.follow_alter_table() RETURNS event_trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp {_settings_clause(None).as_string()} AS $follow$
@@ -460,7 +458,7 @@ BEGIN
                          'uninstall capture for the table, alter it, install again and resync the subscribers';
     END IF;
 END $refuse$"""
-    return [sql.SQL(text_array), sql.SQL(follow), sql.SQL(refuse),
+    return [sql.SQL(follow), sql.SQL(refuse),
             sql.SQL("DROP EVENT TRIGGER IF EXISTS pgfanout_follow_alter_table"),
             sql.SQL("CREATE EVENT TRIGGER pgfanout_follow_alter_table ON ddl_command_end WHEN TAG IN ('ALTER TABLE') "
                     "EXECUTE FUNCTION pgfanout.follow_alter_table()"),
@@ -530,8 +528,13 @@ def subscription_problems(tables: list[PublishedTable], subscriptions: Subscript
     return problems
 
 
-def install_statements(conn: psycopg.Connection, source: Source,
-                       subscriptions: Subscriptions | None = None) -> list[sql.Composable]:
+@dataclass(frozen=True)
+class InstallPlan:
+    statements: list[sql.Composable]
+    notes: list[str]  # what install does beyond the obvious, for the operator
+
+
+def plan_install(conn: psycopg.Connection, source: Source, subscriptions: Subscriptions | None = None) -> InstallPlan:
     statements: list[sql.Composable] = [sql.SQL(s) for s in BASE_DDL]
     subscriptions = subscriptions or {}
     tables = describe_tables(conn, source.tables, source.exclude, source.keys, filtered_columns(subscriptions))
@@ -540,28 +543,43 @@ def install_statements(conn: psycopg.Connection, source: Source,
         raise CaptureError("the routes' subscriptions do not fit the published tables: " + "; ".join(problems))
     log_number = current_log(conn)
     c_trigger = ctrigger.use_c_trigger(conn, source.capture_trigger)
+    superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
     statements += ctrigger.function_statements(log_table(log_number), c_trigger)
     for table in tables:
         statements += table_statements(table, log_number, c_trigger)
-    if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+    partitioned = [t for t in tables if t.partitions is not None]
+    statements += partitions.install_statements([t.qualified for t in partitioned], superuser)
+    notes = [line for t in partitioned for line in partitions.plan_lines(t.qualified, t.partitions or (), superuser)]
+    if superuser:
         statements += follow_ddl_statements()
     else:
-        log.warning("not a superuser: no event triggers, so ALTER TABLE on published tables is not followed; "
-                    "run `pgfanout agent install` again after each one")
-    return statements
+        notes.append("not a superuser: no event triggers, so ALTER TABLE on published tables is not followed; "
+                     "run `pgfanout agent install` again after each one")
+    return InstallPlan(statements, notes)
 
 
-def render(conn: psycopg.Connection, statements: list[sql.Composable]) -> str:
-    return "".join(s.as_string(conn).strip() + ";\n\n" for s in statements)
+def install_statements(conn: psycopg.Connection, source: Source,
+                       subscriptions: Subscriptions | None = None) -> list[sql.Composable]:
+    return plan_install(conn, source, subscriptions).statements
 
 
-def install(conn: psycopg.Connection, source: Source, subscriptions: Subscriptions | None = None) -> None:
-    """Install capture in one transaction; running it again changes nothing."""
+def render(conn: psycopg.Connection, plan: InstallPlan) -> str:
+    """The plan as an SQL script: its notes as comments, then its statements."""
+    notes = "".join(f"-- {line}\n" for line in plan.notes)
+    return notes + ("\n" if notes else "") + "".join(s.as_string(conn).strip() + ";\n\n" for s in plan.statements)
+
+
+def install(conn: psycopg.Connection, source: Source, subscriptions: Subscriptions | None = None) -> list[str]:
+    """Install capture in one transaction; running it again changes nothing. Returns the plan's notes."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgfanout.install'))")
-        for statement in install_statements(conn, source, subscriptions):
+        plan = plan_install(conn, source, subscriptions)
+        for statement in plan.statements:
             conn.execute(statement)
+    for note in plan.notes:
+        log.info("%s", note)
     log.info("capture installed")
+    return plan.notes
 
 
 def agent_grants(role: str) -> list[sql.Composable]:

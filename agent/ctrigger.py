@@ -23,15 +23,19 @@ from pgfanout.errors import CaptureError
 LIBRARY = "pgfanout_capture"
 FUNCTION = "capture_packed"
 
-# The layout the C trigger reads once per backend and table (the newest layout row of the relation).
+# The layout the C trigger reads once per backend and table: the newest layout row of the relation, or for
+# a partition, of its nearest published ancestor (agent/partitions.py).
 LAYOUT_FUNCTION = """
 CREATE OR REPLACE FUNCTION pgfanout.layout_of(relation oid)
 RETURNS TABLE (table_id integer, columns text[], key_columns text[], old_columns text[], settings text[])
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $layout$
-    SELECT t.table_id, t.columns, t.key_columns, t.old_columns, t.settings FROM pgfanout.tables t
-      JOIN pg_class c ON c.relname = t.table_name
-      JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = t.schema_name
-     WHERE c.oid = relation ORDER BY t.table_id DESC LIMIT 1
+    SELECT t.table_id, t.columns, t.key_columns, t.old_columns, t.settings
+      FROM (SELECT relation AS relid, 0::bigint AS depth
+            UNION ALL SELECT a.relid, a.depth FROM pg_partition_ancestors(relation) WITH ORDINALITY a(relid, depth)) a
+      JOIN pg_class c ON c.oid = a.relid
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+      JOIN pgfanout.tables t ON t.schema_name = n.nspname AND t.table_name = c.relname
+     ORDER BY a.depth, t.table_id DESC LIMIT 1
 $layout$"""
 
 # Writes a C trigger row from SQL (tests). switch_log() rewrites the log table it names, and that rewrite
@@ -80,6 +84,13 @@ def function_statements(log_table: sql.Composable, c_trigger: bool) -> list[sql.
         sql.SQL("REVOKE ALL ON FUNCTION pgfanout.append_changes(integer, integer, integer[], bytea) FROM PUBLIC"),
     ]
     if c_trigger:
-        statements.append(sql.SQL("CREATE OR REPLACE FUNCTION pgfanout.{}() RETURNS trigger LANGUAGE c AS {}, {}").format(
-            sql.Identifier(FUNCTION), sql.Literal(f"$libdir/{LIBRARY}"), sql.Literal("pgfanout_capture")))
+        library = sql.Literal(f"$libdir/{LIBRARY}")
+        statements += [
+            sql.SQL("CREATE OR REPLACE FUNCTION pgfanout.{}() RETURNS trigger LANGUAGE c AS {}, {}").format(
+                sql.Identifier(FUNCTION), library, sql.Literal("pgfanout_capture")),
+            # every row of a relation as inserted into or deleted from a published table (agent/sql/partitions.sql)
+            sql.SQL("CREATE OR REPLACE FUNCTION pgfanout.capture_rows(relation oid, published oid, op \"char\") "
+                    "RETURNS bigint LANGUAGE c STRICT AS {}, {}").format(library, sql.Literal("pgfanout_capture_rows")),
+            sql.SQL('REVOKE ALL ON FUNCTION pgfanout.capture_rows(oid, oid, "char") FROM PUBLIC'),
+        ]
     return statements

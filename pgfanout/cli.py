@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pgfanout import __version__
 from pgfanout.config import Config, load_config
-from pgfanout.errors import ConfigError, PgfanoutError
+from pgfanout.errors import ConfigError, NameSyntaxError, PgfanoutError
+from pgfanout.names import canonical_table
 
 log = logging.getLogger("pgfanout")
 DEFAULT_CONFIG = os.environ.get("PGFANOUT_CONFIG", "pgfanout.yaml")
@@ -63,11 +64,36 @@ def cmd_agent_install(args: argparse.Namespace) -> int:
     source = config.sources[name]
     with connect(source, "pgfanout-install") as conn:
         if args.dry_run:
-            print(capture.render(conn, capture.install_statements(conn, source, config.subscriptions_of(name))), end="")
+            print(capture.render(conn, capture.plan_install(conn, source, config.subscriptions_of(name))), end="")
             return 0
-        capture.install(conn, source, config.subscriptions_of(name))
+        notes = capture.install(conn, source, config.subscriptions_of(name))
     print(f"capture installed on source {name}: {', '.join(source.tables)}")
+    for note in notes:
+        print(f"  {note}")
     return 0
+
+
+def cmd_agent_faults(args: argparse.Namespace) -> int:
+    from agent import faults
+    from pgfanout.pg import connect
+
+    config = _config(args)
+    name = _pick("source", list(config.sources), args.source)
+    with connect(config.sources[name], "pgfanout-faults") as conn:
+        found = faults.accept(conn) if args.accept else faults.listing(conn)
+    if not found:
+        print(f"source {name}: no capture faults")
+        return 0
+    for fault in found:
+        print(f"transaction {fault.txid}: {fault.relation}: {fault.reason}")
+    tables = sorted({f.relation for f in found})
+    if args.accept:
+        print(f"accepted: the agent publishes those transactions without the changes capture could not record; "
+              f"copy {', '.join(tables)} again on every subscriber (pgfanout subscriber resync NAME --table TABLE)")
+        return 0
+    print(f"the agent stops before these transactions; after repairing capture, run "
+          f"`pgfanout agent faults --source {name} --accept`")
+    return 1
 
 
 def cmd_agent_uninstall(args: argparse.Namespace) -> int:
@@ -230,11 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True)
     for name, func, text in (("install", cmd_agent_install, "install capture (schema, log, triggers) on the primary"),
                              ("uninstall", cmd_agent_uninstall, "remove capture; user tables stay untouched"),
-                             ("run", cmd_agent_run, "run the agent daemon")):
+                             ("run", cmd_agent_run, "run the agent daemon"),
+                             ("faults", cmd_agent_faults, "list the changes capture could not record, which stop "
+                              "the agent (exit status 1 when there are any)")):
         p = _add(agent, name, func, text)
         p.add_argument("--source", help="the source to act on (default: the only one)")
         if name == "install":
             p.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
+        if name == "faults":
+            p.add_argument("--accept", action="store_true", help="forget them: the agent goes on, publishing those "
+                           "transactions without the changes that were not recorded")
 
     dist = top.add_parser("distributor", help="route streams to routes").add_subparsers(dest="action", required=True)
     _add(dist, "run", cmd_distributor_run, "run a distributor daemon").add_argument("name", nargs="?")
@@ -248,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--restart", action="store_true", help="throw away an interrupted init and start over")
     resync = _add(sub, "resync", cmd_subscriber_resync, "copy a subscriber's tables (or one table, online) again")
     resync.add_argument("name", nargs="?")
-    resync.add_argument("--table", metavar="SCHEMA.TABLE", help="only this table, while the subscriber keeps running")
+    resync.add_argument("--table", metavar="SCHEMA.TABLE", type=table_argument,
+                        help="only this table, while the subscriber keeps running")
     resync.add_argument("--copy-from", metavar="SUBSCRIBER", help="copy from this subscriber's replica, not the primary")
     skip = _add(sub, "skip", cmd_subscriber_skip, "skip one source transaction the subscriber cannot apply (logged loudly)")
     skip.add_argument("name", nargs="?")
@@ -279,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the workload runs")
     demo.add_argument("--writers", type=int, default=4, help="concurrent writer connections")
     return parser
+
+
+def table_argument(text: str) -> str:
+    """A table named on the command line, in its canonical spelling (pgfanout.names)."""
+    try:
+        return canonical_table(text)
+    except NameSyntaxError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

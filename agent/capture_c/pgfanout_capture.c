@@ -25,6 +25,22 @@
  * pgfanout.layout_of() and forgotten when the table's relcache entry is invalidated (ALTER TABLE,
  * CREATE TRIGGER); so is the log table last written (see LogTarget).
  *
+ * Faults. A write on the primary never fails because of capture's own state: a table without a layout (a
+ * layout row deleted, a table renamed while event triggers were off), a layout naming a column the table
+ * lacks, a key column that holds NULL, a log table or agent_state that this library cannot use (a library
+ * and a schema of different versions). The lookups that can meet such a state run in an internal
+ * subtransaction (they run once per backend and table, not per change), and a problem becomes a fault:
+ * a row in pgfanout.capture_fault, written in the writer's transaction, and a WARNING to the client. The
+ * changes capture could not record are left out, and the agent stops before publishing that transaction,
+ * naming it (agent/faults.py), so nothing is lost silently and nothing is published in part unless the
+ * operator accepts it.
+ *
+ * Partitions. The trigger of a partitioned table fires on its partitions, with their own column numbers;
+ * pgfanout.layout_of() gives a partition the layout of its nearest published ancestor, and the changes
+ * are recorded as that table's. pgfanout_capture_rows() records every row of a relation as inserted into
+ * or deleted from a published table: the event triggers call it when a partition is attached or detached,
+ * and a partition's TRUNCATE trigger when it alone is emptied.
+ *
  * Privileges. The layout query and the lookups of the current log table run as the owner of the trigger
  * function (the role that installed capture), as the PL/pgSQL triggers run SECURITY DEFINER: writers need
  * no rights on the pgfanout schema, and the functions these call are not executable by PUBLIC. The log
@@ -68,6 +84,7 @@
 PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(pgfanout_capture);
+PG_FUNCTION_INFO_V1(pgfanout_capture_rows);
 
 void		_PG_init(void);
 
@@ -99,6 +116,7 @@ typedef struct Layout
 {
 	Oid			relid;			/* hash key */
 	bool		valid;
+	char	   *fault;			/* why changes of this relation cannot be captured, or NULL */
 	int32		table_id;
 	int			ncolumns;
 	Column	   *columns;
@@ -152,6 +170,7 @@ static SPIPlanPtr current_log_plan = NULL;
 static SPIPlanPtr layout_plan = NULL;
 static Oid	capture_owner = InvalidOid;	/* the trigger function's owner, as last seen */
 static Oid	capture_function = InvalidOid;	/* whose owner that is; forgotten by on_proc_change() */
+static List *faulted = NIL;		/* relations with a fault recorded in this transaction (TopTransactionContext) */
 
 typedef struct Identity
 {
@@ -177,6 +196,103 @@ static void
 restore_identity(Identity saved)
 {
 	SetUserIdAndSecContext(saved.user, saved.context);
+}
+
+/* -- faults --------------------------------------------------------------------------------------- */
+
+/* Errors that say nothing about capture's state: a cancel, a shutdown, a lack of resources, a deadlock. */
+static bool
+passing_error(int code)
+{
+	int			category = ERRCODE_TO_CATEGORY(code);
+
+	return category == ERRCODE_TO_CATEGORY(ERRCODE_OPERATOR_INTERVENTION) ||
+		category == ERRCODE_TO_CATEGORY(ERRCODE_INSUFFICIENT_RESOURCES) ||
+		category == ERRCODE_TO_CATEGORY(ERRCODE_PROGRAM_LIMIT_EXCEEDED) ||
+		category == ERRCODE_TO_CATEGORY(ERRCODE_TRANSACTION_ROLLBACK) ||
+		category == ERRCODE_TO_CATEGORY(ERRCODE_SYSTEM_ERROR) ||
+		code == ERRCODE_LOCK_NOT_AVAILABLE;
+}
+
+typedef void (*Lookup) (void *arg);
+
+/*
+ * Runs lookup(arg) in an internal subtransaction. Returns NULL, or the message of the error it raised
+ * (then undone: its locks, memory of the subtransaction and identity change), unless that error is one
+ * that passes on (passing_error()). Only for lookups, which run once per backend and table, never per change.
+ */
+static char *
+run_guarded(Lookup lookup, void *arg)
+{
+	MemoryContext context = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	char	   *problem = NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(context);
+	PG_TRY();
+	{
+		lookup(arg);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(context);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *error;
+
+		MemoryContextSwitchTo(context);
+		error = CopyErrorData();
+		if (passing_error(error->sqlerrcode))
+			PG_RE_THROW();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(context);
+		CurrentResourceOwner = owner;
+		problem = error->message;
+	}
+	PG_END_TRY();
+	return problem;
+}
+
+static char *
+relation_name(Relation relation)
+{
+	return quote_qualified_identifier(get_namespace_name(RelationGetNamespace(relation)),
+									  RelationGetRelationName(relation));
+}
+
+/*
+ * Records that this transaction's changes of a relation (InvalidOid: of any, the log being unusable) are
+ * not captured, once per transaction and relation: a row of pgfanout.capture_fault in the writer's
+ * transaction, which stops the agent before it publishes the transaction, and a WARNING to the client.
+ */
+static void
+record_fault(Oid relid, const char *relation, const char *reason)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	Identity	caller;
+	MemoryContext old;
+
+	if (list_member_oid(faulted, relid))
+		return;
+	ereport(WARNING,
+			(errmsg("pgfanout: changes of %s in this transaction are not captured: %s", relation, reason),
+			 errdetail("The write goes on; the replication agent stops before publishing this transaction."),
+			 errhint("Run pgfanout agent install for the source, then pgfanout agent faults.")));
+	values[0] = CStringGetTextDatum(relation);
+	values[1] = CStringGetTextDatum(reason);
+	caller = become_owner();
+	SPI_connect();
+	if (SPI_execute_with_args("INSERT INTO pgfanout.capture_fault (relation, reason) VALUES ($1, $2)",
+							  2, types, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "pgfanout: could not record a capture fault");
+	SPI_finish();
+	restore_identity(caller);
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	faulted = lappend_oid(faulted, relid);
+	MemoryContextSwitchTo(old);
 }
 
 /* -- Avro ----------------------------------------------------------------------------------------- */
@@ -335,9 +451,8 @@ column_index(Layout *layout, const char *name, Relation relation)
 		if (layout->columns[i].attnum == attnum)
 			return i;
 	ereport(ERROR,
-			(errmsg("pgfanout: the layout of \"%s\" names column \"%s\", which is not among its columns",
-					RelationGetRelationName(relation), name),
-			 errhint("run pgfanout agent install again")));
+			(errmsg("its layout (table id %d) names column \"%s\", which is not among its columns",
+					layout->table_id, name)));
 	return -1;
 }
 
@@ -351,12 +466,11 @@ cache_context(void)
 }
 
 static char **
-text_array_items(Datum array, int *count)
+text_array_items(Datum array, int *count, MemoryContext context)
 {
 	Datum	   *items;
 	bool	   *nulls;
 	char	  **texts;
-	MemoryContext context = cache_context();
 
 	deconstruct_array(DatumGetArrayTypeP(array), TEXTOID, -1, false, TYPALIGN_INT, &items, &nulls, count);
 	texts = MemoryContextAlloc(context, sizeof(char *) * (*count > 0 ? *count : 1));
@@ -365,11 +479,25 @@ text_array_items(Datum array, int *count)
 	return texts;
 }
 
-static void
-read_layout(Layout *layout, Relation relation)
+typedef struct LayoutRead
 {
+	Layout	   *layout;
+	Relation	relation;		/* whose rows the layout describes, with their column numbers */
+	Oid			published;		/* the relation whose layout row is looked up: itself, or (through
+								 * layout_of()) its nearest published ancestor */
+	MemoryContext context;
+} LayoutRead;
+
+/* The layout of read->relation; raises an error where there is none, or it does not fit the relation. */
+static void
+read_layout(void *arg)
+{
+	LayoutRead *read = arg;
+	Layout	   *layout = read->layout;
+	Relation	relation = read->relation;
+	MemoryContext context = read->context;
 	Oid			argtypes[1] = {OIDOID};
-	Datum		args[1] = {ObjectIdGetDatum(RelationGetRelid(relation))};
+	Datum		args[1] = {ObjectIdGetDatum(read->published)};
 	TupleDesc	desc = RelationGetDescr(relation);
 	HeapTuple	row;
 	TupleDesc	rowdesc;
@@ -378,7 +506,6 @@ read_layout(Layout *layout, Relation relation)
 	char	  **columns, **keys, **olds, **settings;
 
 	Identity	caller;
-	MemoryContext context = cache_context();
 
 	caller = become_owner();
 	SPI_connect();
@@ -387,25 +514,23 @@ read_layout(Layout *layout, Relation relation)
 		layout_plan = SPI_prepare("SELECT table_id, columns, key_columns, old_columns, settings "
 								  "FROM pgfanout.layout_of($1)", 1, argtypes);
 		if (layout_plan == NULL)
-			elog(ERROR, "pgfanout: could not prepare the layout query: %s", SPI_result_code_string(SPI_result));
+			elog(ERROR, "could not prepare the layout query: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(layout_plan);
 	}
 	/* the latest snapshot: a REPEATABLE READ transaction must see the layout an ALTER TABLE just committed */
 	if (SPI_execute_snapshot(layout_plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false, 1)
 		!= SPI_OK_SELECT)
-		elog(ERROR, "pgfanout: the layout query failed");
+		elog(ERROR, "the layout query failed");
 	if (SPI_processed != 1)
 		ereport(ERROR,
-				(errmsg("pgfanout: table \"%s\" has a capture trigger but no layout in pgfanout.tables",
-						RelationGetRelationName(relation)),
-				 errhint("run pgfanout agent install again")));
+				(errmsg("it has a capture trigger but no layout in pgfanout.tables (renamed, or its layout deleted)")));
 	row = SPI_tuptable->vals[0];
 	rowdesc = SPI_tuptable->tupdesc;
 	layout->table_id = DatumGetInt32(SPI_getbinval(row, rowdesc, 1, &isnull));
-	columns = text_array_items(SPI_getbinval(row, rowdesc, 2, &isnull), &ncolumns);
-	keys = text_array_items(SPI_getbinval(row, rowdesc, 3, &isnull), &nkeys);
-	olds = text_array_items(SPI_getbinval(row, rowdesc, 4, &isnull), &nolds);
-	settings = text_array_items(SPI_getbinval(row, rowdesc, 5, &isnull), &nsettings);
+	columns = text_array_items(SPI_getbinval(row, rowdesc, 2, &isnull), &ncolumns, context);
+	keys = text_array_items(SPI_getbinval(row, rowdesc, 3, &isnull), &nkeys, context);
+	olds = text_array_items(SPI_getbinval(row, rowdesc, 4, &isnull), &nolds, context);
+	settings = text_array_items(SPI_getbinval(row, rowdesc, 5, &isnull), &nsettings, context);
 	SPI_finish();
 	restore_identity(caller);
 
@@ -420,9 +545,8 @@ read_layout(Layout *layout, Relation relation)
 
 		if (attnum == InvalidAttrNumber || attnum <= 0 || TupleDescAttr(desc, attnum - 1)->attisdropped)
 			ereport(ERROR,
-					(errmsg("pgfanout: the layout of \"%s\" names column \"%s\", which the table does not have",
-							RelationGetRelationName(relation), columns[i]),
-					 errhint("run pgfanout agent install again")));
+					(errmsg("its layout (table id %d) names column \"%s\", which the table does not have",
+							layout->table_id, columns[i])));
 		column->attnum = attnum;
 		column->byval = TupleDescAttr(desc, attnum - 1)->attbyval;
 		column->length = TupleDescAttr(desc, attnum - 1)->attlen;
@@ -452,7 +576,7 @@ read_layout(Layout *layout, Relation relation)
 	for (int i = 0; i < nolds; i++)
 		layout->olds[i] = column_index(layout, olds[i], relation);
 	if (nsettings % 2 != 0)
-		elog(ERROR, "pgfanout: the settings of table %d are not name/value pairs", layout->table_id);
+		elog(ERROR, "the settings of its layout (table id %d) are not name/value pairs", layout->table_id);
 	layout->nsettings = nsettings / 2;
 	layout->setting_names = MemoryContextAlloc(context, sizeof(char *) * (nsettings / 2 + 1));
 	layout->setting_values = MemoryContextAlloc(context, sizeof(char *) * (nsettings / 2 + 1));
@@ -483,7 +607,14 @@ layout_of(Relation relation)
 	if (!found)
 		layout->valid = false;
 	if (!layout->valid)
-		read_layout(layout, relation);	/* the arrays of an old layout stay in cache_context(): a few bytes */
+	{
+		/* the arrays of an old layout stay in cache_context(): a few bytes */
+		LayoutRead	read = {layout, relation, relid, cache_context()};
+		char	   *problem = run_guarded(read_layout, &read);
+
+		layout->fault = problem == NULL ? NULL : MemoryContextStrdup(cache_context(), problem);
+		layout->valid = true;	/* a fault too, until the relation changes (agent install recreates its trigger) */
+	}
 	return layout;
 }
 
@@ -566,16 +697,16 @@ read_current_log(void)
 	{
 		current_log_plan = SPI_prepare("SELECT current_log::integer FROM pgfanout.agent_state", 0, NULL);
 		if (current_log_plan == NULL)
-			elog(ERROR, "pgfanout: could not prepare the current log query: %s", SPI_result_code_string(SPI_result));
+			elog(ERROR, "could not prepare the current log query: %s", SPI_result_code_string(SPI_result));
 		SPI_keepplan(current_log_plan);
 	}
 	/* the latest snapshot: a REPEATABLE READ transaction older than a switch still follows it */
 	if (SPI_execute_snapshot(current_log_plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false, 1)
 		!= SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "pgfanout: pgfanout.agent_state has no row; reinstall capture (pgfanout agent install)");
+		elog(ERROR, "pgfanout.agent_state has no row");
 	log = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	if (isnull || log < 1 || log > 2)
-		elog(ERROR, "pgfanout: pgfanout.agent_state.current_log is not 1 or 2");
+		elog(ERROR, "pgfanout.agent_state.current_log is not 1 or 2");
 	SPI_finish();
 	restore_identity(caller);
 	current_log = log;
@@ -602,10 +733,9 @@ static void
 refuse_log_table(Relation log_table, const char *column, const char *problem)
 {
 	ereport(ERROR,
-			(errmsg("pgfanout: column \"%s\" of log table \"%s\" %s", column, RelationGetRelationName(log_table),
-					problem),
-			 errhint("install the pgfanout_capture library of the same pgfanout version (make capture-lib), "
-					 "then pgfanout agent install")));
+			(errmsg("column \"%s\" of log table \"%s\" %s: the capture library and the installed schema are of "
+					"different versions (install the library of this version, make capture-lib, then run "
+					"pgfanout agent install)", column, RelationGetRelationName(log_table), problem)));
 }
 
 /*
@@ -630,7 +760,7 @@ map_log_columns(Relation log_table)
 	if (log_table->trigdesc != NULL || log_table->rd_rel->relhasrules || log_table->rd_rel->relrowsecurity ||
 		(desc->constr != NULL && desc->constr->num_check > 0))
 		ereport(ERROR,
-				(errmsg("pgfanout: log table \"%s\" has triggers, rules, row security or CHECK constraints, "
+				(errmsg("log table \"%s\" has triggers, rules, row security or CHECK constraints, "
 						"which capture would bypass",
 						RelationGetRelationName(log_table)),
 				 errhint("drop them: the log tables belong to pgfanout")));
@@ -686,29 +816,23 @@ pgfanout_relation(const char *name, char relkind, LOCKMODE lock)
 
 	if (get_rel_relkind(relid) != relkind)
 		ereport(ERROR,
-				(errmsg("pgfanout: pgfanout.%s is not a %s", name, relkind == RELKIND_SEQUENCE ? "sequence" : "table"),
+				(errmsg("pgfanout.%s is not a %s", name, relkind == RELKIND_SEQUENCE ? "sequence" : "table"),
 				 errhint("reinstall capture (pgfanout agent install)")));
 	return relid;
 }
 
 /*
- * The current log table, opened with the lock an INSERT takes, and log_target describing it. Locking
- * takes in the invalidations of other sessions' DDL, so a log table dropped and created again, or
- * altered, is looked up again by name.
+ * The slow path of open_log_table(), run guarded: agent_state.current_log read again where due, and that
+ * log table looked up by name, locked as an INSERT locks it (the lock stays with the transaction) and
+ * described in log_target.
  */
-static Relation
-open_log_table(int32 log)
+static void
+look_up_log_table(void *arg)
 {
+	int32		log = read_current_log();
 	char		log_name[16];
 	Relation	log_table;
 
-	if (log_target.log == log)
-	{
-		LockRelationOid(log_target.relid, RowExclusiveLock);
-		if (log_target.log == log)
-			return table_open(log_target.relid, NoLock);
-		UnlockRelationOid(log_target.relid, RowExclusiveLock);
-	}
 	if (log_target.columns != NULL)
 		pfree(log_target.columns);
 	log_target = (LogTarget) {0};
@@ -717,15 +841,44 @@ open_log_table(int32 log)
 	log_target.sequence = pgfanout_relation("log_seq", RELKIND_SEQUENCE, NoLock);
 	log_target.columns = map_log_columns(log_table);
 	log_target.relid = RelationGetRelid(log_table);
+	table_close(log_table, NoLock);
 	log_target.log = log;		/* last: an error above leaves nothing half known */
-	return log_table;
+}
+
+/*
+ * The current log table, opened with the lock an INSERT takes, or NULL when capture cannot use it (a
+ * fault is recorded). Locking takes in the invalidations of other sessions' DDL, so a log table dropped
+ * and created again, or altered, or a switch to the other table, is looked up again.
+ */
+static Relation
+open_log_table(void)
+{
+	Identity	caller;
+	char	   *problem;
+
+	if (current_log != 0 && current_log_as_of == proc_changes && log_target.log == current_log)
+	{
+		LockRelationOid(log_target.relid, RowExclusiveLock);
+		if (current_log_as_of == proc_changes && log_target.log == current_log)
+			return table_open(log_target.relid, NoLock);
+		UnlockRelationOid(log_target.relid, RowExclusiveLock);
+	}
+	/* as the owner: writers need no USAGE on the pgfanout schema */
+	caller = become_owner();
+	problem = run_guarded(look_up_log_table, NULL);
+	restore_identity(caller);
+	if (problem != NULL)
+	{
+		record_fault(InvalidOid, "the pgfanout log", problem);
+		return NULL;
+	}
+	return table_open(log_target.relid, NoLock);
 }
 
 /* Write the segments from index `first` on into the log, and drop them from the buffer. */
 static void
 flush_segments(int first)
 {
-	Identity	caller;
 	Relation	log_table;
 	Datum		fields[LOG_NEW_ROW];
 	EState	   *estate;
@@ -734,10 +887,12 @@ flush_segments(int first)
 
 	if (list_length(segments) <= first)
 		return;
-	/* as the owner: writers need no USAGE on the pgfanout schema */
-	caller = become_owner();
-	log_table = open_log_table(read_current_log());
-	restore_identity(caller);
+	log_table = open_log_table();
+	if (log_table == NULL)
+	{
+		drop_segments(first);	/* not captured: the fault stops the agent before this transaction */
+		return;
+	}
 	fields[LOG_TXID] = FullTransactionIdGetDatum(GetTopFullTransactionId());
 	fields[LOG_TABLE_ID] = Int32GetDatum(0);
 	fields[LOG_OP] = CharGetDatum('P');
@@ -792,6 +947,7 @@ forget_transaction(void)
 	buffer = NULL;
 	segments = NIL;
 	next_ordinal = 0;
+	faulted = NIL;
 }
 
 static void
@@ -817,7 +973,10 @@ static void
 on_subtransaction(SubXactEvent event, SubTransactionId subid, SubTransactionId parent, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
 		drop_segments(first_segment_of(subid));
+		faulted = NIL;			/* a fault row it wrote is gone with it: the next one is written again */
+	}
 }
 
 void
@@ -861,26 +1020,42 @@ settings_in_effect(Layout *layout)
 	return true;
 }
 
-static void
-append_change(Layout *layout, TriggerData *trigger)
+/* The first key column of row that is NULL (its name), or NULL: a row capture cannot identify. */
+static const char *
+null_key(Layout *layout, HeapTuple row, TupleDesc desc)
 {
-	TupleDesc	desc = RelationGetDescr(trigger->tg_relation);
-	TriggerEvent event = trigger->tg_event;
-	Segment    *segment = segment_for_change(layout->table_id);
-	int			before = buffer->len;
-	int			op;
-	HeapTuple	new_row = NULL, old_row = NULL;
+	for (int i = 0; i < layout->nkeys; i++)
+	{
+		AttrNumber	attnum = layout->columns[layout->keys[i]].attnum;
+
+		if (heap_attisnull(row, attnum, desc))
+			return NameStr(TupleDescAttr(desc, attnum - 1)->attname);
+	}
+	return NULL;
+}
+
+/* Buffer one change of relation: old_row for UPDATE and DELETE, new_row for INSERT and UPDATE. */
+static void
+append_row(Layout *layout, Relation relation, int op, HeapTuple old_row, HeapTuple new_row)
+{
+	TupleDesc	desc = RelationGetDescr(relation);
+	Segment    *segment;
+	int			before;
 	int			nest = -1;
+	const char *null_column = NULL;
 
-	if (TRIGGER_FIRED_BY_TRUNCATE(event))
-		op = OP_TRUNCATE;
-	else if (TRIGGER_FIRED_BY_INSERT(event))
-		op = OP_INSERT, new_row = trigger->tg_trigtuple;
-	else if (TRIGGER_FIRED_BY_UPDATE(event))
-		op = OP_UPDATE, old_row = trigger->tg_trigtuple, new_row = trigger->tg_newtuple;
-	else
-		op = OP_DELETE, old_row = trigger->tg_trigtuple;
-
+	if (new_row != NULL)
+		null_column = null_key(layout, new_row, desc);
+	if (null_column == NULL && old_row != NULL)
+		null_column = null_key(layout, old_row, desc);
+	if (null_column != NULL)
+	{
+		record_fault(RelationGetRelid(relation), relation_name(relation),
+					 psprintf("key column \"%s\" is NULL in a row, which replicas could not find again", null_column));
+		return;
+	}
+	segment = segment_for_change(layout->table_id);
+	before = buffer->len;
 	if (layout->nsettings > 0 && op != OP_TRUNCATE && !settings_in_effect(layout))
 	{
 		nest = NewGUCNestLevel();
@@ -900,17 +1075,14 @@ append_change(Layout *layout, TriggerData *trigger)
 	}
 	if (op == OP_DELETE || (op == OP_UPDATE && key_changed(layout, old_row, new_row, desc)))
 	{
-		/* key columns are NOT NULL: no nulls array in the schema for them */
+		/* key columns are NOT NULL (null_key()): no nulls array in the schema for them */
 		put_long(buffer, layout->nkeys);
 		for (int i = 0; i < layout->nkeys; i++)
 		{
 			bool		isnull;
 			Column	   *column = &layout->columns[layout->keys[i]];
-			Datum		value = heap_getattr(old_row, column->attnum, desc, &isnull);
 
-			if (isnull)
-				elog(ERROR, "pgfanout: key column %d of table %d is NULL", column->attnum, layout->table_id);
-			put_value(buffer, column, value);
+			put_value(buffer, column, heap_getattr(old_row, column->attnum, desc, &isnull));
 		}
 	}
 	put_long(buffer, 0);
@@ -936,25 +1108,102 @@ append_change(Layout *layout, TriggerData *trigger)
 	}
 }
 
+/* Who owns function: the role capture's lookups and writes run as. */
+static void
+set_capture_owner(Oid function)
+{
+	HeapTuple	proc;
+
+	if (function == capture_function)
+		return;
+	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(function));
+	if (!HeapTupleIsValid(proc))
+		elog(ERROR, "pgfanout_capture: cache lookup failed for function %u", function);
+	capture_owner = ((Form_pg_proc) GETSTRUCT(proc))->proowner;
+	capture_function = function;
+	ReleaseSysCache(proc);
+}
+
 Datum
 pgfanout_capture(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigger = (TriggerData *) fcinfo->context;
+	Relation	relation;
+	TriggerEvent event;
+	Layout	   *layout;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "pgfanout_capture: not called as a trigger");
+	relation = trigger->tg_relation;
+	event = trigger->tg_event;
 	if (!TRIGGER_FIRED_AFTER(trigger->tg_event))
 		elog(ERROR, "pgfanout_capture: must be an AFTER trigger");
-	if (trigger->tg_trigger->tgfoid != capture_function)
-	{
-		HeapTuple	proc = SearchSysCache1(PROCOID, ObjectIdGetDatum(trigger->tg_trigger->tgfoid));
-
-		if (!HeapTupleIsValid(proc))
-			elog(ERROR, "pgfanout_capture: cache lookup failed for function %u", trigger->tg_trigger->tgfoid);
-		capture_owner = ((Form_pg_proc) GETSTRUCT(proc))->proowner;
-		capture_function = trigger->tg_trigger->tgfoid;
-		ReleaseSysCache(proc);
-	}
-	append_change(layout_of(trigger->tg_relation), trigger);
+	set_capture_owner(trigger->tg_trigger->tgfoid);
+	layout = layout_of(relation);
+	if (layout->fault != NULL)
+		record_fault(RelationGetRelid(relation), relation_name(relation), layout->fault);
+	else if (TRIGGER_FIRED_BY_TRUNCATE(event))
+		append_row(layout, relation, OP_TRUNCATE, NULL, NULL);
+	else if (TRIGGER_FIRED_BY_INSERT(event))
+		append_row(layout, relation, OP_INSERT, NULL, trigger->tg_trigtuple);
+	else if (TRIGGER_FIRED_BY_UPDATE(event))
+		append_row(layout, relation, OP_UPDATE, trigger->tg_trigtuple, trigger->tg_newtuple);
+	else
+		append_row(layout, relation, OP_DELETE, trigger->tg_trigtuple, NULL);
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * pgfanout.capture_rows(relation, published, op): every row of relation recorded as inserted into ('I')
+ * or deleted from ('D') the published table `published` (the relation itself, or its partitioned
+ * ancestor, or the one it was just detached from), in this transaction's buffer like any change.
+ * Returns how many rows, or -1 when a fault was recorded instead.
+ */
+Datum
+pgfanout_capture_rows(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	char		op = PG_GETARG_CHAR(2);
+	Relation	relation;
+	Layout		layout = {0};
+	LayoutRead	read;
+	char	   *problem;
+	TableScanDesc scan;
+	TupleTableSlot *slot;
+	MemoryContext per_row, old;
+	int64		rows = 0;
+
+	if (op != 'I' && op != 'D')
+		elog(ERROR, "pgfanout.capture_rows: op must be I or D");
+	set_capture_owner(fcinfo->flinfo->fn_oid);
+	relation = table_open(relid, AccessShareLock);
+	read = (LayoutRead) {&layout, relation, PG_GETARG_OID(1), CurrentMemoryContext};
+	problem = run_guarded(read_layout, &read);
+	if (problem != NULL)
+	{
+		record_fault(relid, relation_name(relation), problem);
+		table_close(relation, AccessShareLock);
+		PG_RETURN_INT64(-1);
+	}
+	per_row = AllocSetContextCreate(CurrentMemoryContext, "pgfanout capture_rows", ALLOCSET_DEFAULT_SIZES);
+	slot = table_slot_create(relation, NULL);
+	scan = table_beginscan(relation, GetActiveSnapshot(), 0, NULL);
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		bool		should_free;
+		HeapTuple	row;
+
+		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(per_row);
+		row = ExecFetchSlotHeapTuple(slot, false, &should_free);
+		append_row(&layout, relation, op == 'I' ? OP_INSERT : OP_DELETE, op == 'D' ? row : NULL, op == 'I' ? row : NULL);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(per_row);
+		rows++;
+	}
+	table_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	MemoryContextDelete(per_row);
+	table_close(relation, AccessShareLock);
+	PG_RETURN_INT64(rows);
 }

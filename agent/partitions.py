@@ -1,0 +1,84 @@
+"""Partitioned tables and inheritance: what capture publishes of them, and what it refuses.
+
+A published partitioned table is replicated as one table under its own name, whatever partitions
+hold its rows: replicas need not share the primary's partitioning (a reporting copy may keep the
+years the primary detaches, or be partitioned otherwise), and partitions come and go on the primary
+without touching the stream. Rows that arrive or leave with a partition (ATTACH, DETACH), and the
+rows of a partition emptied alone (TRUNCATE), are published as inserts and deletes of the table;
+agent/sql/partitions.sql follows them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from agent.typesettings import pinned
+from pgfanout import names
+
+SQL = (Path(__file__).parent / "sql" / "partitions.sql").read_text()
+EVENT_TRIGGERS = [
+    "DROP EVENT TRIGGER IF EXISTS pgfanout_follow_partitions",
+    "CREATE EVENT TRIGGER pgfanout_follow_partitions ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE') "
+    "EXECUTE FUNCTION pgfanout.follow_partitions()",
+    "DROP EVENT TRIGGER IF EXISTS pgfanout_guard_partition_drop",
+    "CREATE EVENT TRIGGER pgfanout_guard_partition_drop ON sql_drop EXECUTE FUNCTION pgfanout.guard_partition_drop()",
+]
+
+
+def _tables(conn: psycopg.Connection, oids_query: str, oid: int) -> tuple[str, ...]:
+    """The canonical names of the relations ``oids_query`` (taking %(oid)s) selects as ``relid``."""
+    return tuple(names.qualified(schema_name, table_name) for schema_name, table_name in conn.execute(
+        f"SELECT n.nspname, c.relname FROM ({oids_query}) r JOIN pg_class c ON c.oid = r.relid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1, 2", {"oid": oid}))
+
+
+def leaves(conn: psycopg.Connection, oid: int) -> tuple[str, ...]:
+    """The partitions of a partitioned table that hold rows (at every level)."""
+    return _tables(conn, "SELECT relid FROM pg_partition_tree(%(oid)s::oid) WHERE isleaf", oid)
+
+
+def problems(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+    """Tables capture could not follow: with inheritance children, or partitions published beside an ancestor."""
+    found = []
+    for table in tables:
+        oid = conn.execute("SELECT %s::regclass::oid", (table,)).fetchone()[0]
+        children = _tables(conn, "SELECT i.inhrelid AS relid FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                                 "WHERE i.inhparent = %(oid)s::oid AND NOT c.relispartition", oid)
+        if children:
+            found.append(f"{table} has inheritance children ({', '.join(children)}), whose rows its triggers never "
+                         "see; publish the children as tables of their own instead, or make it a partitioned table")
+        ancestors = _tables(conn, "SELECT relid FROM pg_partition_ancestors(%(oid)s::oid) WHERE relid <> %(oid)s::oid", oid)
+        published = [a for a in ancestors if a in tables]
+        if published:
+            found.append(f"{table} is a partition of {published[0]}, which is published too: its rows are published "
+                         f"as rows of {published[0]}; leave {table} out")
+    return found
+
+
+def install_statements(partitioned: list[str], superuser: bool) -> list[sql.Composable]:
+    """What follows the partitions of these published partitioned tables."""
+    statements: list[sql.Composable] = [sql.SQL(SQL.strip().rstrip(";"))]
+    # log_rows writes values as text, as the PL/pgSQL triggers do: with every setting that shapes a text pinned
+    statements += [sql.SQL('ALTER FUNCTION pgfanout.log_rows(regclass, regclass, "char") SET {} = {}').format(
+        sql.Identifier(name), sql.Literal(value)) for name, value in pinned(None).items()]
+    statements += [sql.SQL("SELECT pgfanout.publish_partitions({}::regclass)").format(sql.Literal(table))
+                   for table in partitioned]
+    if superuser:
+        statements += [sql.SQL(statement) for statement in EVENT_TRIGGERS]
+    return statements
+
+
+def plan_lines(name: str, partitions: tuple[str, ...], superuser: bool) -> list[str]:
+    """What install does with a partitioned table, for the operator."""
+    lines = [f"{name} is partitioned ({len(partitions)} partitions with rows: {', '.join(partitions) or 'none yet'}): "
+             f"the rows of every partition are published as rows of {name}, and replicas hold one table {name}"]
+    if superuser:
+        lines.append(f"  partitions created, attached or detached later are followed; a partition of {name} "
+                     "cannot be dropped before it is detached")
+    else:
+        lines.append("  not a superuser: no event triggers, so the rows of partitions attached or detached later "
+                     "are not published; install as a superuser, or run agent install again and resync after each")
+    return lines
