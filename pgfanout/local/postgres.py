@@ -46,6 +46,17 @@ def _give_to_service_user(path: Path) -> None:
         shutil.chown(path, entry.pw_uid, entry.pw_gid)
 
 
+def service_user_reaches(path: Path) -> bool:
+    """Whether the server's user can get to ``path`` (or where it would be created): a checkout in a private
+    home (mode 0700) is out of its reach, and initdb and postgres run as that user when pgfanout runs as root."""
+    if os.geteuid() != 0:
+        return True
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    return subprocess.run(_as_service_user(["test", "-x", str(existing)]), check=False).returncode == 0
+
+
 @dataclass
 class PgCluster:
     name: str
@@ -71,11 +82,17 @@ class PgCluster:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         _give_to_service_user(self.directory)
-        subprocess.run(
+        result = subprocess.run(
             _as_service_user([str(bin_dir() / "initdb"), "-D", str(self.data), "-U", "postgres",
                               "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
+        if result.returncode != 0:
+            said = "\n".join("    " + line for line in result.stderr.strip().splitlines()) or "    (nothing)"
+            raise LocalStackError(
+                f"initdb could not create PostgreSQL cluster {self.name} in {self.data} (exit status "
+                f"{result.returncode}); it said:\n{said}\nFix what it says (or remove {self.directory}, e.g. with "
+                "`pgfanout local down --purge`), then start the local stack again")
         settings = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),

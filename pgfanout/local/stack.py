@@ -2,10 +2,16 @@
 
 Ports are picked free once and remembered in ``stack.json``, so a second ``up`` reuses
 them and is fast. ``down`` stops only processes whose PID files we wrote.
+
+The PostgreSQL clusters live in the state directory too, unless the server's user cannot
+reach it (a checkout in a private home, run as root): then they live under
+``/var/lib/pgfanout``, in a directory named after the state directory, remembered in
+``stack.json`` and shown by ``local status``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,11 +24,12 @@ from pathlib import Path
 from pgfanout.errors import LocalStackError
 from pgfanout.local import processes
 from pgfanout.local.kafka import KafkaNode, ensure_jars
-from pgfanout.local.postgres import PgCluster
+from pgfanout.local.postgres import PgCluster, service_user_reaches
 
 log = logging.getLogger(__name__)
 PG_CLUSTERS = ("primary", "replica")
 KAFKA_CLUSTERS = ("main", "second")
+SHARED_STATE = Path("/var/lib/pgfanout")  # for clusters the server's user could not reach in the state directory
 
 
 def default_home() -> Path:
@@ -54,17 +61,32 @@ def free_port() -> int:
     raise LocalStackError("no free port found below the ephemeral port range for the local stack")
 
 
+def clusters_home(home: Path) -> Path:
+    """Where the PostgreSQL clusters of the stack whose state directory is ``home`` go."""
+    inside = home / "pg"
+    if service_user_reaches(inside):
+        return inside
+    digest = hashlib.sha1(str(home).encode()).hexdigest()[:12]
+    return SHARED_STATE / f"{home.parent.name or 'root'}-{digest}" / "pg"
+
+
 @dataclass
 class Stack:
     home: Path
     ports: dict[str, int] = field(default_factory=dict)
+    pg_home: Path | None = None  # decided on first use, then remembered
 
     @classmethod
     def load(cls, home: Path | None = None) -> Stack:
         home = home or default_home()
         state = home / "stack.json"
-        ports = json.loads(state.read_text())["ports"] if state.exists() else {}
-        return cls(home, ports)
+        saved = json.loads(state.read_text()) if state.exists() else {}
+        return cls(home, saved.get("ports", {}), Path(saved["pg_home"]) if saved.get("pg_home") else None)
+
+    def _save(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        saved = {"ports": self.ports} | ({"pg_home": str(self.pg_home)} if self.pg_home else {})
+        (self.home / "stack.json").write_text(json.dumps(saved, indent=2) + "\n")
 
     def _port(self, key: str) -> int:
         if key not in self.ports:
@@ -73,12 +95,19 @@ class Stack:
             while port in taken:
                 port = free_port()
             self.ports[key] = port
-            self.home.mkdir(parents=True, exist_ok=True)
-            (self.home / "stack.json").write_text(json.dumps({"ports": self.ports}, indent=2) + "\n")
+            self._save()
         return self.ports[key]
 
+    @property
+    def clusters(self) -> Path:
+        """Where the PostgreSQL clusters live (see the module's docstring)."""
+        if self.pg_home is None:
+            self.pg_home = clusters_home(self.home)
+            self._save()
+        return self.pg_home
+
     def postgres(self, name: str) -> PgCluster:
-        return PgCluster(name, self.home / "pg" / name, self._port(f"pg.{name}"))
+        return PgCluster(name, self.clusters / name, self._port(f"pg.{name}"))
 
     def kafka(self, name: str) -> KafkaNode:
         return KafkaNode(name, self.home / "kafka" / name, self._port(f"kafka.{name}"),
@@ -128,10 +157,14 @@ class Stack:
             if f"pg.{name}" in self.ports:
                 self.postgres(name).stop()
         if purge:
+            if self.pg_home is not None and not self.pg_home.is_relative_to(self.home):
+                shutil.rmtree(self.pg_home.parent, ignore_errors=True)
             shutil.rmtree(self.home, ignore_errors=True)
 
     def status_lines(self) -> list[str]:
         lines = [f"state directory: {self.home}"]
+        if self.pg_home is not None and not self.pg_home.is_relative_to(self.home):
+            lines.append(f"PostgreSQL data: {self.pg_home} (the server's user cannot reach the state directory)")
         for name in PG_CLUSTERS:
             if f"pg.{name}" in self.ports:
                 pg = self.postgres(name)

@@ -1,21 +1,35 @@
-"""`pgfanout local up|down|status` through the CLI, on a stack of its own."""
+"""`pgfanout local up|down|status` and `pgfanout demo` through the CLI, on stacks of their own, from a private
+directory (mode 0700, as a home directory is) that the PostgreSQL server's user cannot enter."""
 
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from pgfanout.local.processes import alive
+from pgfanout.local.stack import Stack
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cli(home, *args):
+@pytest.fixture
+def private_dir():
+    """A directory only its owner may enter, like a home directory (root's, or a user's)."""
+    path = Path(tempfile.mkdtemp(prefix="pgfanout-private-"))
+    os.chmod(path, 0o700)
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+def cli(home, *args, command="local"):
     env = dict(os.environ, PGFANOUT_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "pgfanout", "local", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "pgfanout", *([command] if command else []), *args],
+                          capture_output=True, text=True, env=env, timeout=300)
 
 
 def our_processes(home):
@@ -31,13 +45,16 @@ def our_processes(home):
     return found
 
 
-def test_up_twice_is_fast_and_harmless_and_down_leaves_nothing_running():
-    home = REPO / ".pgfanout-test-stack"
-    cli(home, "down", "--purge")
+def test_up_twice_is_fast_and_harmless_and_down_leaves_nothing_running(private_dir):
+    home = private_dir / ".pgfanout-test-stack"
     try:
         first = cli(home, "up")
         assert first.returncode == 0, first.stderr
         assert "postgres primary" in first.stdout and "kafka    main" in first.stdout
+        clusters = Stack.load(home).pg_home
+        if os.geteuid() == 0:  # initdb and postgres run as the postgres user, who cannot enter private_dir
+            assert f"PostgreSQL data: {clusters}" in first.stdout
+            assert str(clusters).startswith("/var/lib/pgfanout/")
         pids_before = sorted(our_processes(home))
         assert pids_before
 
@@ -62,4 +79,31 @@ def test_up_twice_is_fast_and_harmless_and_down_leaves_nothing_running():
         assert "stopped" in status.stdout and "running" not in status.stdout
     finally:
         cli(home, "down", "--purge")
-    assert not home.exists()
+    assert not home.exists() and not clusters.exists()
+
+
+def test_the_demo_runs_from_a_private_directory(private_dir):
+    home = private_dir / "checkout" / ".pgfanout"
+    try:
+        demo = cli(home, "demo", "--seconds", "3", "--writers", "2", command=None)
+        assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+        assert "EQUAL: every subscriber matches the primary" in demo.stdout
+        assert "Traceback" not in demo.stderr
+    finally:
+        cli(home, "down", "--purge")
+
+
+def test_an_initdb_failure_shows_initdbs_message_and_exits_4(private_dir):
+    home = private_dir / ".pgfanout"
+    data = Stack.load(home).postgres("primary").data
+    data.mkdir(parents=True)
+    (data / "left-behind").write_text("not a cluster")  # initdb refuses a directory that is not empty
+    os.chmod(data, 0o777)
+    try:
+        result = cli(home, "up")
+        assert result.returncode == 4, result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"initdb could not create PostgreSQL cluster primary in {data}" in result.stderr
+        assert "initdb: error: directory" in result.stderr and "exists but is not empty" in result.stderr
+    finally:
+        cli(home, "down", "--purge")
