@@ -30,16 +30,16 @@ $(BIN)/pgfanout: pyproject.toml
 venv: $(BIN)/pgfanout
 
 jars: deps venv
-	$(BIN)/python -c 'from pgfanout.local.kafka import ensure_jars; print(ensure_jars())'
+	$(BIN)/python -c 'from devstack.broker import ensure_jars; print(ensure_jars())'
 
 up: deps venv
-	$(BIN)/pgfanout local up
+	$(BIN)/python -m devstack local up
 
 down: venv
-	$(BIN)/pgfanout local down
+	$(BIN)/python -m devstack local down
 
 demo: deps capture-lib venv
-	$(BIN)/pgfanout demo
+	$(BIN)/python -m devstack demo
 
 test: deps capture-lib venv jars
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -6,7 +6,7 @@ Order of effects, which is what makes publication exactly-once:
 3. the primary records the tick as published.
 Published log rows are removed by switching log tables and TRUNCATE (``agent.logswitch``).
 A crash after 2 and before 3 leaves the topic ahead of the primary. On start the agent
-reads the topic's tail and reconciles (``pgfanout.positions.plan_resume``).
+reads the topic's tail and reconciles (``pgfanout.core.positions.plan_resume``).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from psycopg import sql
 
 from agent import capture, faults, logswitch
 from agent.batch import Part, pack, split_transactions, stream_rows, with_last
-from pgfanout import kafka as kafkautil
-from pgfanout import registry
-from pgfanout.codec import decode_changes, default_codec, encode_batch
-from pgfanout.config import Config
-from pgfanout.errors import FatalError, KafkaUnavailable, PositionError
-from pgfanout.pg import connect
-from pgfanout.positions import AgentState, Mark, Progress, Resume, TopicTail, mark_header, mark_of, part_mark, plan_resume
+from pgfanout.core.codec import decode_changes, default_codec, encode_batch
+from pgfanout.core.config import Config
+from pgfanout.core.errors import FatalError, KafkaUnavailable, PositionError
+from pgfanout.core.positions import AgentState, Mark, Progress, Resume, TopicTail, mark_header, mark_of, part_mark, plan_resume
+from pgfanout.runtime import kafka as kafkautil
+from pgfanout.runtime import registry
+from pgfanout.runtime.pg import connect
 
 log = logging.getLogger(__name__)
 FETCH_ROWS = 10_000  # rows per round trip of the batch cursor at most...

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple, TypeVar
 
-from pgfanout.codec import SplicedTransaction
+from pgfanout.core.codec import SplicedTransaction
 
 OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE"}
 T = TypeVar("T")
@@ -78,7 +78,7 @@ class Part:
         self.tables: set[int] = set()
 
     def record(self) -> dict[str, Any] | SplicedTransaction:
-        """The part as a Transaction record for pgfanout.codec.encode_batch."""
+        """The part as a Transaction record for pgfanout.core.codec.encode_batch."""
         if self.blocks:
             return SplicedTransaction(self.position, self.xid, self.chunk, self.last_chunk, self.blocks)
         return {"position": self.position, "xid": self.xid, "chunk": self.chunk, "last_chunk": self.last_chunk,

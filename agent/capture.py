@@ -21,11 +21,11 @@ from psycopg import sql
 
 from agent import ctrigger, partitions
 from agent.typesettings import pinned, settings_for_columns, unsupported_reason
-from pgfanout import names
-from pgfanout.config import Source, TableSubscription
-from pgfanout.errors import CaptureError, FilterError
-from pgfanout.pg import primary_key
-from pgfanout.rowfilter import compile_filter
+from pgfanout.core import names
+from pgfanout.core.config import Source, TableSubscription
+from pgfanout.core.errors import CaptureError, FilterError
+from pgfanout.core.rowfilter import compile_filter
+from pgfanout.runtime.pg import primary_key
 
 log = logging.getLogger(__name__)
 SCHEMA = "pgfanout"

@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from agent.typesettings import pinned
-from pgfanout.errors import CaptureError
+from pgfanout.core.errors import CaptureError
 
 LIBRARY = "pgfanout_capture"
 FUNCTION = "capture_packed"

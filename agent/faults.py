@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from pgfanout.errors import FatalError
+from pgfanout.core.errors import FatalError
 
 # Faults of the transactions a batch (the ticks prev..cur) holds: their count, in the same round trip as
 # the batch's other facts (agent.agent.LARGEST_ROW_QUERY), and then their details.

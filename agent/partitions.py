@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from agent.typesettings import pinned
-from pgfanout import names
+from pgfanout.core import names
 
 SQL = (Path(__file__).parent / "sql" / "partitions.sql").read_text()
 EVENT_TRIGGERS = [

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import psycopg
 
-from pgfanout.pg import SESSION_SETTINGS
+from pgfanout.runtime.pg import SESSION_SETTINGS
 
 ALL = frozenset(SESSION_SETTINGS)
 BY_TYPE_NAME = {

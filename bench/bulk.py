@@ -23,9 +23,9 @@ import psycopg
 
 from bench.common import bench_stack, peak_rss_mb, wait_for_ready, write_result
 from bench.lag import BenchPipeline
-from pgfanout.demo import wait_caught_up
-from pgfanout.pg import connect
-from pgfanout.status import source_position, subscriber_position
+from devstack.demo import wait_caught_up
+from pgfanout.cli.status import source_position, subscriber_position
+from pgfanout.runtime.pg import connect
 
 UPDATE = "UPDATE pgbench_accounts SET abalance = abalance + 1"
 ROWS = 1_000_000

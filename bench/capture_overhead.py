@@ -45,10 +45,10 @@ from bench.common import (
     write_result,
 )
 from bench.publish_throughput import TABLES, prepare_pgbench_db
-from pgfanout.config import parse_config
-from pgfanout.demo import daemon_argv, reset_streams, start_daemon, write_config
-from pgfanout.local import processes
-from pgfanout.pg import connect
+from devstack import processes
+from devstack.demo import daemon_argv, reset_streams, start_daemon, write_config
+from pgfanout.core.config import parse_config
+from pgfanout.runtime.pg import connect
 
 DB = "bench_capture"
 

@@ -16,10 +16,10 @@ import time
 
 from bench.common import bench_stack, pgbench, pgbench_database, wait_for_ready, write_result
 from bench.lag import BenchPipeline
-from pgfanout.demo import wait_caught_up
-from pgfanout.local import processes
-from pgfanout.pg import connect
-from pgfanout.status import source_position, subscriber_position
+from devstack import processes
+from devstack.demo import wait_caught_up
+from pgfanout.cli.status import source_position, subscriber_position
+from pgfanout.runtime.pg import connect
 
 
 def profile_subscriber(config, sub: str, target: int) -> None:

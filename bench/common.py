@@ -14,12 +14,12 @@ from pathlib import Path
 
 import psycopg
 
-from pgfanout import kafka as kafkautil
-from pgfanout.config import KafkaCluster
-from pgfanout.daemon import AUTOGROUP_SWITCH, autogroups_enabled
-from pgfanout.local.postgres import bin_dir
-from pgfanout.local.processes import stat_fields
-from pgfanout.local.stack import Stack
+from devstack.postgres import bin_dir
+from devstack.processes import stat_fields
+from devstack.stack import Stack
+from pgfanout.core.config import KafkaCluster
+from pgfanout.runtime import kafka as kafkautil
+from pgfanout.runtime.daemon import AUTOGROUP_SWITCH, autogroups_enabled
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_HOME = Path(os.environ.get("PGFANOUT_BENCH_HOME", REPO / ".pgfanout-bench"))

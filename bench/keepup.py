@@ -14,8 +14,8 @@ import time
 
 from bench.common import bench_stack, pgbench, tps_of, write_result
 from bench.lag import BenchPipeline
-from pgfanout.pg import connect
-from pgfanout.status import source_position, subscriber_position
+from pgfanout.cli.status import source_position, subscriber_position
+from pgfanout.runtime.pg import connect
 
 
 def main() -> None:

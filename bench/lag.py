@@ -21,10 +21,10 @@ import psycopg
 
 from agent import capture
 from bench.common import bench_stack, pgbench, pgbench_database, write_result
-from pgfanout.config import parse_config
-from pgfanout.demo import daemon_argv, reset_streams, start_daemon, wait_caught_up, write_config
-from pgfanout.local import processes
-from pgfanout.pg import connect
+from devstack import processes
+from devstack.demo import daemon_argv, reset_streams, start_daemon, wait_caught_up, write_config
+from pgfanout.core.config import parse_config
+from pgfanout.runtime.pg import connect
 
 SCRIPT = """\\set aid random(1, 100000 * :scale)
 \\set bid random(1, 1 * :scale)

@@ -19,10 +19,10 @@ import psycopg
 
 from agent import capture
 from bench.common import Timer, bench_stack, pgbench_database, write_result
-from pgfanout.config import parse_config
-from pgfanout.demo import daemon_argv, write_config
-from pgfanout.local.postgres import bin_dir
-from pgfanout.pg import connect
+from devstack.demo import daemon_argv, write_config
+from devstack.postgres import bin_dir
+from pgfanout.core.config import parse_config
+from pgfanout.runtime.pg import connect
 
 TABLES = ["public.pgbench_accounts", "public.pgbench_tellers", "public.pgbench_branches", "public.pgbench_history"]
 

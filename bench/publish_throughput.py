@@ -14,11 +14,11 @@ import time
 
 from agent import capture
 from bench.common import bench_stack, peak_rss_mb, pgbench_database, wait_for_ready, write_result
-from pgfanout.config import parse_config
-from pgfanout.demo import daemon_argv, reset_streams, start_daemon, write_config
-from pgfanout.local import processes
-from pgfanout.pg import connect
-from pgfanout.status import source_position
+from devstack import processes
+from devstack.demo import daemon_argv, reset_streams, start_daemon, write_config
+from pgfanout.cli.status import source_position
+from pgfanout.core.config import parse_config
+from pgfanout.runtime.pg import connect
 
 TABLES = ["public.pgbench_accounts", "public.pgbench_tellers", "public.pgbench_branches", "public.pgbench_history"]
 SMALL_TRANSACTIONS = """

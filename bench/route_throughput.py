@@ -21,13 +21,13 @@ import time
 from agent import capture
 from bench.common import bench_stack, peak_rss_mb, wait_for_ready, write_result
 from bench.publish_throughput import SMALL_TRANSACTIONS, drain, prepare_pgbench_db
-from pgfanout import kafka as kafkautil
-from pgfanout.codec import default_codec
-from pgfanout.config import Config, parse_config
-from pgfanout.demo import daemon_argv, start_daemon, write_config
-from pgfanout.local import processes
-from pgfanout.pg import connect
-from pgfanout.positions import Mark, mark_of
+from devstack import processes
+from devstack.demo import daemon_argv, start_daemon, write_config
+from pgfanout.core.codec import default_codec
+from pgfanout.core.config import Config, parse_config
+from pgfanout.core.positions import Mark, mark_of
+from pgfanout.runtime import kafka as kafkautil
+from pgfanout.runtime.pg import connect
 
 SUBSCRIPTION = {
     "public.pgbench_accounts": {"where": "bid <= 5 AND abalance > -1000000", "columns": ["aid", "bid", "abalance"]},

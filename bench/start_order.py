@@ -32,12 +32,12 @@ from agent import capture
 from bench.capture_overhead import DB, pgbench_arguments, quiesce, start_capture, with_trigger
 from bench.common import CLOCK_TICKS, CpuAccount, bench_stack, tps_of, transactions_of, warm_broker, write_result
 from bench.publish_throughput import prepare_pgbench_db
-from pgfanout import kafka as kafkautil
-from pgfanout.config import parse_config
-from pgfanout.demo import daemon_argv, reset_streams, start_daemon, write_config
-from pgfanout.local import processes
-from pgfanout.local.postgres import bin_dir
-from pgfanout.pg import connect
+from devstack import processes
+from devstack.demo import daemon_argv, reset_streams, start_daemon, write_config
+from devstack.postgres import bin_dir
+from pgfanout.core.config import parse_config
+from pgfanout.runtime import kafka as kafkautil
+from pgfanout.runtime.pg import connect
 
 MODES = ("none", "early", "late", "late3", "restart", "topic_first", "stopped_before")
 JOBS = 2  # capture_overhead --jobs 2: the run whose spread this diagnoses

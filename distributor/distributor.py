@@ -23,13 +23,13 @@ from kafka.structs import OffsetAndMetadata
 from distributor.parallel import Learned, RoutingPool, Shaping, route_message, worker_count
 from distributor.routing import RouteFilter
 from distributor.rowsroute import RowsRoute
-from pgfanout import kafka as kafkautil
-from pgfanout import registry
-from pgfanout.codec import default_codec
-from pgfanout.config import Config, KafkaCluster
-from pgfanout.errors import KafkaUnavailable
-from pgfanout.positions import Mark, mark_from_headers, mark_header, mark_of
-from pgfanout.registry import RegistryDecoder
+from pgfanout.core.codec import default_codec
+from pgfanout.core.config import Config, KafkaCluster
+from pgfanout.core.errors import KafkaUnavailable
+from pgfanout.core.positions import Mark, mark_from_headers, mark_header, mark_of
+from pgfanout.runtime import kafka as kafkautil
+from pgfanout.runtime import registry
+from pgfanout.runtime.registry import RegistryDecoder
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024

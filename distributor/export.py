@@ -12,13 +12,14 @@ import os
 import time
 from pathlib import Path
 
-from pgfanout import kafka as kafkautil
-from pgfanout import registry, shipfile
-from pgfanout.codec import default_codec
-from pgfanout.config import Config
-from pgfanout.errors import FatalError, StreamGap
-from pgfanout.positions import WHOLE, last_position, mark_of
-from pgfanout.registry import RegistryDecoder
+from pgfanout.core import shipfile
+from pgfanout.core.codec import default_codec
+from pgfanout.core.config import Config
+from pgfanout.core.errors import FatalError, StreamGap
+from pgfanout.core.positions import WHOLE, last_position, mark_of
+from pgfanout.runtime import kafka as kafkautil
+from pgfanout.runtime import registry
+from pgfanout.runtime.registry import RegistryDecoder
 
 log = logging.getLogger(__name__)
 FINISH_SECONDS = 60  # how long to wait for the rest of a transaction cut by the topic's end

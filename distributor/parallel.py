@@ -20,8 +20,8 @@ from typing import Any
 
 from distributor.routing import RouteFilter
 from distributor.rowsroute import RowsRoute
-from pgfanout.errors import FatalError, PgfanoutError, TransientError
-from pgfanout.positions import Mark, mark_of
+from pgfanout.core.errors import FatalError, PgfanoutError, TransientError
+from pgfanout.core.positions import Mark, mark_of
 
 WORKER_TIMEOUT = 300  # seconds; routing one message takes well under one
 Shaping = RouteFilter | RowsRoute | None  # what a route makes of each batch; None: it takes the message as is

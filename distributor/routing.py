@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from pgfanout.config import TableSubscription
-from pgfanout.errors import FatalError, FilterError
-from pgfanout.names import qualified
-from pgfanout.rowfilter import Evaluate, compile_filter
+from pgfanout.core.config import TableSubscription
+from pgfanout.core.errors import FatalError, FilterError
+from pgfanout.core.names import qualified
+from pgfanout.core.rowfilter import Evaluate, compile_filter
 
 EMPTY: tuple = ()
 

@@ -2,7 +2,7 @@
 
 Pure logic, like routing.py: a Batch (already cut to the route's share by its RouteFilter, if
 it has a subscription) becomes a RowBatch with the same transactions in the same order. The
-schemas of each table layout are generated once (pgfanout/rows.py); the ones new to this
+schemas of each table layout are generated once (pgfanout/core/rows.py); the ones new to this
 process are handed to the caller, which registers them before the message is sent.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import fastavro
 
 from distributor.routing import RouteError, RouteFilter
-from pgfanout.names import qualified
-from pgfanout.rows import TableSchemas, schema_text, table_schemas
+from pgfanout.core.names import qualified
+from pgfanout.core.rows import TableSchemas, schema_text, table_schemas
 
 
 class _Layout:

@@ -1,5 +1,5 @@
 import sys
 
-from pgfanout.cli import main
+from pgfanout.cli.main import main
 
 sys.exit(main())

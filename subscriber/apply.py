@@ -18,8 +18,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgfanout.errors import PoisonMessage
-from pgfanout.names import qualified
+from pgfanout.core.errors import PoisonMessage
+from pgfanout.core.names import qualified
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pgfanout.snapshots import Snapshot, parse_snapshot, visible
+from pgfanout.core.snapshots import Snapshot, parse_snapshot, visible
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from pgfanout.errors import MaterializeError
-from pgfanout.names import qualified
+from pgfanout.core.errors import MaterializeError
+from pgfanout.core.names import qualified
 
 
 @dataclass(frozen=True)

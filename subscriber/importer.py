@@ -1,6 +1,6 @@
 """`pgfanout import`: apply a log shipping file to a subscriber that has no Kafka.
 
-The file is verified whole first (pgfanout.shipfile); then its messages go through the
+The file is verified whole first (pgfanout.core.shipfile); then its messages go through the
 subscriber's own apply path, so the position rules are the same as from Kafka: what the
 replica already holds is skipped, a file that starts after a gap is refused before
 anything is applied, and each group commits with its position. The stored offset is
@@ -13,10 +13,10 @@ import logging
 from pathlib import Path
 from typing import NamedTuple
 
-from pgfanout import shipfile
-from pgfanout.config import Config
-from pgfanout.errors import PositionError, StreamGap
-from pgfanout.positions import WHOLE
+from pgfanout.core import shipfile
+from pgfanout.core.config import Config
+from pgfanout.core.errors import PositionError, StreamGap
+from pgfanout.core.positions import WHOLE
 from subscriber.state import UNKNOWN_OFFSET
 from subscriber.subscriber import Subscriber
 

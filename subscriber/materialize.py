@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import pq, sql
 
-from pgfanout.config import Config
-from pgfanout.errors import ApplierBusy, MaterializeError
-from pgfanout.names import parse_table, qualified
-from pgfanout.pg import connect, describe
-from pgfanout.snapshots import parse_snapshot
+from pgfanout.core.config import Config
+from pgfanout.core.errors import ApplierBusy, MaterializeError
+from pgfanout.core.names import parse_table, qualified
+from pgfanout.core.snapshots import parse_snapshot
+from pgfanout.runtime.pg import connect, describe
 from subscriber.copyfilter import CopyFilter
 from subscriber.ddl import (
     TableDefinition,

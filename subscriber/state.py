@@ -19,7 +19,7 @@ import zlib
 import psycopg
 from psycopg import sql
 
-from pgfanout.errors import PositionError
+from pgfanout.core.errors import PositionError
 from subscriber.copyfilter import CopyFilter, CopyFilters
 
 log = logging.getLogger(__name__)

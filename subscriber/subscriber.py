@@ -19,15 +19,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgfanout import kafka as kafkautil
-from pgfanout import registry
-from pgfanout.codec import default_codec
-from pgfanout.config import Config
-from pgfanout.errors import ApplierBusy, PoisonMessage, StreamGap
-from pgfanout.names import qualified
-from pgfanout.pg import connect
-from pgfanout.positions import WHOLE, Progress, Step, last_position, next_step
-from pgfanout.registry import RegistryDecoder
+from pgfanout.core.codec import default_codec
+from pgfanout.core.config import Config
+from pgfanout.core.errors import ApplierBusy, PoisonMessage, StreamGap
+from pgfanout.core.names import qualified
+from pgfanout.core.positions import WHOLE, Progress, Step, last_position, next_step
+from pgfanout.runtime import kafka as kafkautil
+from pgfanout.runtime import registry
+from pgfanout.runtime.pg import connect
+from pgfanout.runtime.registry import RegistryDecoder
 from subscriber.apply import TableInfo, apply_changes, forget_staging, tables_of
 from subscriber.copyfilter import CopyFilters
 from subscriber.materialize import Materializer

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pgfanout.local.kafka import ensure_jars
-from pgfanout.local.stack import Stack
+from devstack.broker import ensure_jars
+from devstack.stack import Stack
 from tests.integration.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,13 +14,13 @@ import pytest
 
 from agent import capture
 from agent.agent import LOG_ORDER
-from pgfanout.codec import decode_changes, default_codec
-from pgfanout.config import Config, load_config
-from pgfanout.demo import daemon_argv, proof, reset_streams, start_daemon, wait_caught_up, write_config
-from pgfanout.local import processes
-from pgfanout.local.stack import Stack
-from pgfanout.pg import connect
-from pgfanout.sample import SAMPLE_TABLES, WorkloadStats, create_schema, run_workload, seed
+from devstack import processes
+from devstack.demo import daemon_argv, proof, reset_streams, start_daemon, wait_caught_up, write_config
+from devstack.sample import SAMPLE_TABLES, WorkloadStats, create_schema, run_workload, seed
+from devstack.stack import Stack
+from pgfanout.core.codec import decode_changes, default_codec
+from pgfanout.core.config import Config, load_config
+from pgfanout.runtime.pg import connect
 
 OPS = {"INSERT": "I", "UPDATE": "U", "DELETE": "D", "TRUNCATE": "T"}
 # a test run once with each capture trigger (the default, auto, is the C one where it is installed)
@@ -153,7 +153,7 @@ class Pipeline:
 
     def wait_for_position(self, subscriber: str, position: int, timeout: float = 60.0) -> None:
         """Wait until a subscriber has committed ``position`` (whatever the rest of the pipeline is doing)."""
-        from pgfanout.status import subscriber_position
+        from pgfanout.cli.status import subscriber_position
 
         deadline = time.monotonic() + timeout
         with self.replica(subscriber) as conn:
@@ -179,7 +179,7 @@ class Pipeline:
 
 def read_topic(config: Config, stream: str) -> list[tuple[int, str, dict]]:
     """Every message of a source's or route's topic: (offset, kind, record)."""
-    from pgfanout.codec import default_codec
+    from pgfanout.core.codec import default_codec
 
     topic = config.stream(stream)[1]
     return [(offset, *default_codec().decode(value, f"{topic}@{offset}")) for offset, value in read_raw(config, stream)]
@@ -187,7 +187,7 @@ def read_topic(config: Config, stream: str) -> list[tuple[int, str, dict]]:
 
 def read_raw(config: Config, stream: str) -> list[tuple[int, bytes]]:
     """Every message of a source's or route's topic as the broker holds it: (offset, bytes)."""
-    from pgfanout import kafka as kafkautil
+    from pgfanout.runtime import kafka as kafkautil
 
     cluster_name, topic = config.stream(stream)
     consumer = kafkautil.consumer(config.kafka[cluster_name])

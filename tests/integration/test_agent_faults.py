@@ -6,10 +6,10 @@ import time
 import pytest
 
 from agent.agent import Agent
-from pgfanout.demo import wait_caught_up
-from pgfanout.errors import FatalError
-from pgfanout.local.kafka import ensure_jars
-from pgfanout.sample import run_workload
+from devstack.broker import ensure_jars
+from devstack.demo import wait_caught_up
+from devstack.sample import run_workload
+from pgfanout.core.errors import FatalError
 from tests.integration.pipeline import read_topic, transaction_positions, transactions
 
 pytestmark = pytest.mark.fault

@@ -10,9 +10,9 @@ from psycopg import sql
 
 from agent import capture
 from agent.agent import BATCH_QUERY, LARGEST_ROW_QUERY
-from pgfanout.local import processes
-from pgfanout.pg import connect
-from pgfanout.sample import ACCOUNTS, OPENING_BALANCE
+from devstack import processes
+from devstack.sample import ACCOUNTS, OPENING_BALANCE
+from pgfanout.runtime.pg import connect
 from tests.integration.pipeline import BOTH_TRIGGERS, read_topic, transactions
 
 
@@ -44,7 +44,7 @@ def test_conflicting_transfers_replay_to_the_primary_and_every_prefix_keeps_the_
     for w in writers:
         w.join()
     assert sum(counts) > 500
-    from pgfanout.demo import wait_caught_up
+    from devstack.demo import wait_caught_up
     wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=60)
 
     total = ACCOUNTS * OPENING_BALANCE
@@ -83,7 +83,7 @@ def test_a_transaction_open_across_many_ticks_is_published_whole_after_later_one
             long_tx.execute("INSERT INTO public.customers (id, name) VALUES (%s, 'long transaction')", (-2 - i,))
             time.sleep(0.1)
         long_tx.commit()
-    from pgfanout.demo import wait_caught_up
+    from devstack.demo import wait_caught_up
     wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=60)
 
     parts = transactions(read_topic(pipeline.config, pipeline.source))
@@ -176,7 +176,7 @@ def published_by_a_fresh_agent(pipeline, *statements: str) -> tuple[int, list[di
             conn.execute(statement)
         xid = conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]
     pipeline.start("agent")
-    from pgfanout.demo import wait_caught_up
+    from devstack.demo import wait_caught_up
     wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=180)
     peak = rss_peak_mb(pipeline.pid("agent"))
     processes.stop(pipeline.pid("agent"))

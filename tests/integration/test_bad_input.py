@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pgfanout import kafka as kafkautil
-from pgfanout.codec import MAGIC, default_codec
+from pgfanout.core.codec import MAGIC, default_codec
+from pgfanout.runtime import kafka as kafkautil
 
 ACCOUNTS = {"table_id": 5, "schema_name": "public", "table_name": "accounts", "columns": ["id", "balance"],
             "key_columns": ["id"]}

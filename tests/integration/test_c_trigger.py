@@ -10,8 +10,8 @@ import pytest
 from psycopg import sql
 
 from agent import capture
-from pgfanout.codec import decode_changes, default_codec
-from pgfanout.errors import CaptureError
+from pgfanout.core.codec import decode_changes, default_codec
+from pgfanout.core.errors import CaptureError
 from tests.integration.pipeline import logged
 from tests.integration.test_types import ROWS, TYPES_DDL
 

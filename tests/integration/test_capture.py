@@ -6,8 +6,8 @@ import sys
 import pytest
 
 from agent import capture
-from pgfanout.errors import CaptureError
-from pgfanout.sample import SAMPLE_TABLES
+from devstack.sample import SAMPLE_TABLES
+from pgfanout.core.errors import CaptureError
 from tests.integration.pipeline import BOTH_TRIGGERS, logged
 
 
@@ -71,7 +71,7 @@ def test_keyless_table_via_cli_gives_exit_code_and_no_traceback(pipeline, tmp_pa
         conn.execute("CREATE TABLE public.events (what text)")
     data = dict(pipeline.data)
     data["sources"] = {pipeline.source: dict(pipeline.data["sources"][pipeline.source], tables=["public.events"])}
-    from pgfanout.demo import write_config
+    from devstack.demo import write_config
     path = write_config(tmp_path / "keyless.yaml", data)
     result = subprocess.run([sys.executable, "-m", "pgfanout", "agent", "install", "--config", str(path)],
                             capture_output=True, text=True)

@@ -5,7 +5,7 @@ import psycopg
 import pytest
 
 from agent import capture
-from pgfanout.local import processes
+from devstack import processes
 from tests.integration.pipeline import logged
 
 C_ONLY = pytest.mark.parametrize("pipeline", ["c"], indirect=True)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pgfanout.local.kafka import ensure_jars
+from devstack.broker import ensure_jars
 from tests.integration.pipeline import read_topic, transaction_positions
 from tests.integration.test_tiers import assert_leaves_equal_filtered_primary, tree
 

@@ -8,7 +8,7 @@ import time
 
 import yaml
 
-from pgfanout.local.stack import free_port
+from devstack.stack import free_port
 
 
 def run_cli(*args, timeout=60):

@@ -4,7 +4,7 @@ import os
 import time
 from pathlib import Path
 
-from pgfanout.daemon import autogroups_enabled
+from pgfanout.runtime.daemon import autogroups_enabled
 from tests.integration.pipeline import read_topic
 
 

@@ -1,4 +1,4 @@
-"""`pgfanout local up|down|status` and `pgfanout demo` through the CLI, on stacks of their own, from a private
+"""`python -m devstack local up|down|status` and `python -m devstack demo`, on stacks of their own, from a private
 directory (mode 0700, as a home directory is) that the PostgreSQL server's user cannot enter."""
 
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pgfanout.local.processes import alive
-from pgfanout.local.stack import Stack
+from devstack.processes import alive
+from devstack.stack import Stack
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,8 +28,8 @@ def private_dir():
 
 def cli(home, *args, command="local"):
     env = dict(os.environ, PGFANOUT_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "pgfanout", *([command] if command else []), *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "devstack", *([command] if command else []), *args],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
 
 
 def our_processes(home):

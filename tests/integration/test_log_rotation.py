@@ -6,9 +6,9 @@ import time
 import psycopg
 import pytest
 
-from pgfanout.demo import wait_caught_up
-from pgfanout.sample import run_workload
-from pgfanout.status import status_lines
+from devstack.demo import wait_caught_up
+from devstack.sample import run_workload
+from pgfanout.cli.status import status_lines
 from tests.integration.pipeline import logged, read_topic, transactions
 
 

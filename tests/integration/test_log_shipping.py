@@ -2,8 +2,8 @@
 
 import re
 
-from pgfanout.demo import wait_caught_up
-from pgfanout.status import subscriber_position
+from devstack.demo import wait_caught_up
+from pgfanout.cli.status import subscriber_position
 
 
 def position_of(pipeline, subscriber: str) -> int:

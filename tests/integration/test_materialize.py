@@ -9,9 +9,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from pgfanout.demo import daemon_argv
-from pgfanout.local import processes
-from pgfanout.sample import SCHEMA_SQL
+from devstack import processes
+from devstack.demo import daemon_argv
+from devstack.sample import SCHEMA_SQL
 from subscriber.copyfilter import CopyFilter
 from subscriber.state import resync_lock_key
 from subscriber.subscriber import Subscriber
@@ -166,7 +166,7 @@ def test_an_applier_that_waited_for_a_resync_reads_the_filter_it_committed(pipel
 def _delete_first_half(pipeline) -> None:
     """What retention does to a topic: its oldest records are gone."""
     from kafka import KafkaAdminClient
-    from pgfanout import kafka as kafkautil
+    from pgfanout.runtime import kafka as kafkautil
 
     cluster_name, topic = pipeline.config.stream(pipeline.route)
     cluster = pipeline.config.kafka[cluster_name]
@@ -190,7 +190,7 @@ def test_retention_gap_stops_then_resync_recovers_and_on_gap_resync_recovers_alo
     pipeline.prepare()
     pipeline.start("agent", "distributor")
     pipeline.seed()
-    from pgfanout.sample import run_workload
+    from devstack.sample import run_workload
 
     for round_ in range(8):  # several batches, so several records in the route
         run_workload(pipeline.primary_dsn, seconds=20, writers=2, max_transactions=20, seed_value=3 + round_)

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from agent import capture
-from pgfanout.errors import CaptureError
+from pgfanout.core.errors import CaptureError
 from tests.integration.pipeline import BOTH_TRIGGERS
 
 DDL = [

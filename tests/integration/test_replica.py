@@ -3,7 +3,7 @@
 import psycopg
 import pytest
 
-from pgfanout.sample import SAMPLE_TABLES, run_workload
+from devstack.sample import SAMPLE_TABLES, run_workload
 
 
 def test_local_writes_to_a_replica_are_refused_while_the_applier_still_writes(pipeline):

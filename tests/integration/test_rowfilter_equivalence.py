@@ -9,8 +9,8 @@ import random
 
 from psycopg import sql
 
-from pgfanout.pg import SESSION_SETTINGS
-from pgfanout.rowfilter import compile_filter, parse_filter
+from pgfanout.core.rowfilter import compile_filter, parse_filter
+from pgfanout.runtime.pg import SESSION_SETTINGS
 
 COLUMNS = {
     "id": "bigint", "region": "text COLLATE \"C\"", "amount": "numeric", "score": "double precision",

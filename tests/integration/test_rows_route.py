@@ -7,9 +7,9 @@ import fastavro
 import pytest
 
 from agent import capture
-from pgfanout import registry
-from pgfanout.codec import Codec
-from pgfanout.errors import ConfigError
+from pgfanout.core.codec import Codec
+from pgfanout.core.errors import ConfigError
+from pgfanout.runtime import registry
 from tests.integration.pipeline import read_topic
 from tests.integration.test_types import ROWS, TYPES_DDL
 
@@ -155,7 +155,7 @@ def test_a_rows_route_types_every_value_as_postgresql_holds_it(pipeline):
 
 
 def test_subscribers_and_further_routes_cannot_take_a_rows_route(pipeline):
-    from pgfanout.config import parse_config
+    from pgfanout.core.config import parse_config
 
     route = rows_route_pipeline(pipeline)
     data = pipeline.data

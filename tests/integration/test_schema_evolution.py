@@ -5,8 +5,8 @@ import time
 import psycopg
 import pytest
 
-from pgfanout.codec import default_codec
-from pgfanout.registry import REGISTRY_TOPIC
+from pgfanout.core.codec import default_codec
+from pgfanout.runtime.registry import REGISTRY_TOPIC
 from tests.integration.pipeline import BOTH_TRIGGERS
 
 
@@ -54,9 +54,9 @@ def test_columns_added_mid_stream_reach_the_replicas_with_their_values(pipeline)
 
 
 def test_the_registry_topic_holds_every_schema_the_agent_writes_with(pipeline):
-    from pgfanout import kafka as kafkautil
-    from pgfanout import registry
-    from pgfanout.codec import Codec
+    from pgfanout.core.codec import Codec
+    from pgfanout.runtime import kafka as kafkautil
+    from pgfanout.runtime import registry
 
     pipeline.prepare()
     pipeline.start("agent")

@@ -7,7 +7,7 @@ import time
 import psycopg
 import pytest
 
-from pgfanout.sample import ACCOUNTS, OPENING_BALANCE
+from devstack.sample import ACCOUNTS, OPENING_BALANCE
 
 pytestmark = pytest.mark.fault
 

@@ -12,7 +12,7 @@ import time
 
 from psycopg import sql
 
-from pgfanout.rowfilter import parse_filter
+from pgfanout.core.rowfilter import parse_filter
 from tests.integration.pipeline import read_raw, read_topic, transaction_positions
 
 REGION = {

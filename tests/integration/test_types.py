@@ -1,6 +1,6 @@
 """Every type family, with edge values, from a writer with odd session settings, through the whole pipeline."""
 
-from pgfanout.compare import table_digest
+from devstack.compare import table_digest
 from tests.integration.pipeline import BOTH_TRIGGERS
 
 TYPES_DDL = [

@@ -1,6 +1,6 @@
 import pytest
 
-from pgfanout.errors import PoisonMessage
+from pgfanout.core.errors import PoisonMessage
 from subscriber.apply import RunShape, plan, statement, table_info
 
 T = {1: table_info("public", "t", ("id", "v"), ("id",))}

@@ -2,8 +2,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pgfanout.codec import HEADER_SIZE, MAGIC, Codec, default_codec
-from pgfanout.errors import PoisonMessage
+from pgfanout.core.codec import HEADER_SIZE, MAGIC, Codec, default_codec
+from pgfanout.core.errors import PoisonMessage
 
 CHANGES = {"changes": [
     {"table": 3, "op": "INSERT", "values": ["1", "ünïcode 'quoted'", ""], "nulls": [2], "old_key": [],
@@ -38,7 +38,7 @@ def test_messages_written_with_an_older_schema_stay_readable():
 
     import fastavro
 
-    from pgfanout.codec import fingerprint, schema_dir
+    from pgfanout.core.codec import fingerprint, schema_dir
 
     older = json.loads((schema_dir() / "history" / "Batch-e9dd0aa706b65861.avsc").read_text())
     assert "column_types" not in json.dumps(older)
@@ -61,7 +61,7 @@ def test_a_schema_learned_from_the_registry_becomes_readable():
     codec = Codec()
     newer = json.loads(next(w.text for w in codec.all_schemas if w.name == "Heartbeat"))
     newer["fields"].append({"name": "note", "type": "string", "default": ""})
-    from pgfanout.codec import fingerprint
+    from pgfanout.core.codec import fingerprint
 
     data = MAGIC + fingerprint(newer) + b"\x04s1\x02\x04" + b"\x00" * 8 + b"\x04hi"
     assert not codec.knows(data)

@@ -8,9 +8,9 @@ import psycopg.conninfo
 import pytest
 import yaml
 
-from pgfanout.cli import build_parser
-from pgfanout.config import load_config
-from pgfanout.sample import SCHEMA_SQL
+from devstack.sample import SCHEMA_SQL
+from pgfanout.cli.main import build_parser
+from pgfanout.core.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())

@@ -4,8 +4,8 @@ import sys
 import pytest
 import yaml
 
-from pgfanout.config import load_config, parse_config
-from pgfanout.errors import ConfigError
+from pgfanout.core.config import load_config, parse_config
+from pgfanout.core.errors import ConfigError
 
 GOOD = {
     "kafka": {"hq": {"bootstrap_servers": ["127.0.0.1:9092"]}},

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pgfanout.snapshots import Snapshot, parse_snapshot, visible
+from pgfanout.core.snapshots import Snapshot, parse_snapshot, visible
 from subscriber.copyfilter import CopyFilter, CopyFilters
 from subscriber.ddl import Column, TableDefinition, after_copy, create_table
 

@@ -1,7 +1,7 @@
 import threading
 
-from pgfanout.daemon import backoff, run
-from pgfanout.errors import KafkaUnavailable, PositionError
+from pgfanout.core.errors import KafkaUnavailable, PositionError
+from pgfanout.runtime.daemon import backoff, run
 
 
 def test_backoff_grows_and_is_capped():
@@ -34,7 +34,7 @@ class FlakyWorker:
 
 
 def test_transient_errors_are_retried_then_work_proceeds(monkeypatch):
-    monkeypatch.setattr("pgfanout.daemon.backoff", lambda n: 0.0)
+    monkeypatch.setattr("pgfanout.runtime.daemon.backoff", lambda n: 0.0)
     worker = FlakyWorker(failures=3)
     assert run(worker, worker.stop) == 0
     assert worker.connects == 4 and worker.closes == 4

@@ -7,7 +7,7 @@ import fastavro
 import pytest
 
 from agent.batch import LogRow, split_transactions
-from pgfanout.codec import SplicedTransaction, avro_long, decode_changes, default_codec, encode_batch
+from pgfanout.core.codec import SplicedTransaction, avro_long, decode_changes, default_codec, encode_batch
 
 CODEC = default_codec()
 TABLE = {"table_id": 1, "schema_name": "public", "table_name": "t", "columns": ["id", "v"], "key_columns": ["id"],

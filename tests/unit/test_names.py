@@ -1,7 +1,7 @@
 import pytest
 
-from pgfanout.errors import NameSyntaxError
-from pgfanout.names import ALL_TABLES, canonical_table, parse_column, parse_table, quote
+from pgfanout.core.errors import NameSyntaxError
+from pgfanout.core.names import ALL_TABLES, canonical_table, parse_column, parse_table, quote
 
 
 @pytest.mark.parametrize(("written", "schema", "table", "canonical"), [

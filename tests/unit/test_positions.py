@@ -1,7 +1,7 @@
 import pytest
 
-from pgfanout.errors import PositionError
-from pgfanout.positions import WHOLE, AgentState, Mark, Progress, Resume, Step, TopicTail, mark_of, next_step, plan_resume
+from pgfanout.core.errors import PositionError
+from pgfanout.core.positions import WHOLE, AgentState, Mark, Progress, Resume, Step, TopicTail, mark_of, next_step, plan_resume
 
 
 def test_next_step_for_whole_transactions():
@@ -73,7 +73,7 @@ def test_resume_refuses_a_topic_that_lost_data(state, tail, words):
 
 
 def test_mark_travels_in_a_record_header():
-    from pgfanout.positions import Mark, mark_from_headers, mark_header
+    from pgfanout.core.positions import Mark, mark_from_headers, mark_header
 
     mark = Mark(12, 3456, 2**31 - 1)
     assert mark_from_headers([("other", b"x"), *mark_header(mark)]) == mark

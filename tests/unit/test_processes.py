@@ -2,7 +2,7 @@
 
 import sys
 
-from pgfanout.local import processes
+from devstack import processes
 
 
 def test_a_process_whose_command_line_is_not_readable_yet_is_still_running(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
 import pytest
 
 from distributor.routing import RouteError, RouteFilter
-from pgfanout.config import TableSubscription
+from pgfanout.core.config import TableSubscription
 
 ACCOUNTS = {"table_id": 1, "schema_name": "public", "table_name": "accounts", "columns": ["id", "region", "balance", "secret"],
             "key_columns": ["id"], "column_types": ["integer", "text", "numeric", "text"], "missing_values": {},

@@ -8,7 +8,7 @@ import time
 
 SCRIPT = """
 import threading, time
-from pgfanout import daemon
+from pgfanout.runtime import daemon
 from distributor.parallel import RoutingPool
 daemon.install_signal_handlers(threading.Event())  # what `pgfanout distributor run` does before forking
 pool = RoutingPool(None, None, [], 2)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pgfanout.errors import FilterError
-from pgfanout.rowfilter import compile_filter, parse_filter
+from pgfanout.core.errors import FilterError
+from pgfanout.core.rowfilter import compile_filter, parse_filter
 
 COLUMNS = ["id", "region", "amount", "score", "active", "born", "code", "tag"]
 TYPES = ["bigint", "text", "numeric(12,2)", "double precision", "boolean", "timestamp with time zone",

@@ -7,7 +7,7 @@ from decimal import Decimal
 import fastavro
 import pytest
 
-from pgfanout.rows import (
+from pgfanout.core.rows import (
     column_type,
     parse_array,
     parse_date,
@@ -15,7 +15,7 @@ from pgfanout.rows import (
     parse_timestamp,
     table_schemas,
 )
-from pgfanout.sqlvalues import days_from_civil
+from pgfanout.core.sqlvalues import days_from_civil
 
 EPOCH = datetime.date(1970, 1, 1)
 

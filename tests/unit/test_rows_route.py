@@ -7,7 +7,7 @@ import fastavro
 
 from distributor.routing import RouteFilter
 from distributor.rowsroute import RowsRoute
-from pgfanout.rows import schema_text
+from pgfanout.core.rows import schema_text
 from tests.unit.test_routing import ACCOUNTS, EAST, OTHER, change
 
 

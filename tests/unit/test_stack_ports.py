@@ -2,7 +2,7 @@
 
 import socket
 
-from pgfanout.local.stack import ephemeral_ports, free_port
+from devstack.stack import ephemeral_ports, free_port
 
 
 def test_ports_are_free_and_below_the_ephemeral_range():

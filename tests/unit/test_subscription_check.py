@@ -1,7 +1,7 @@
 """agent install checks every route's subscription against the published tables, all problems at once."""
 
 from agent.capture import PublishedTable, filtered_columns, subscription_problems
-from pgfanout.config import TableSubscription
+from pgfanout.core.config import TableSubscription
 
 ORDERS = PublishedTable(1, "public", "orders", ("id", "status", "total"), ("id",),
                         column_types=("bigint", "text", "numeric"))

@@ -11,8 +11,8 @@ import kafka.errors
 from kafka.admin import NewTopic
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from pgfanout.config import KafkaCluster, secret
-from pgfanout.errors import KafkaUnavailable
+from pgfanout.core.config import KafkaCluster, secret
+from pgfanout.core.errors import KafkaUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import time
 
-from pgfanout import kafka as kafkautil
-from pgfanout.codec import HEADER_SIZE, MAGIC, Codec
-from pgfanout.config import KafkaCluster
-from pgfanout.errors import KafkaUnavailable
+from pgfanout.core.codec import HEADER_SIZE, MAGIC, Codec
+from pgfanout.core.config import KafkaCluster
+from pgfanout.core.errors import KafkaUnavailable
+from pgfanout.runtime import kafka as kafkautil
 
 log = logging.getLogger(__name__)
 REGISTRY_TOPIC = "pgfanout.schemas"

@@ -26,8 +26,8 @@ from typing import Any
 import sqlglot
 from sqlglot import exp
 
-from pgfanout.errors import FilterError
-from pgfanout.sqlvalues import (
+from pgfanout.core.errors import FilterError
+from pgfanout.core.sqlvalues import (
     BOOL,
     FLOAT,
     NAN,

@@ -7,9 +7,9 @@ from psycopg import sql
 
 from agent import logswitch
 from agent.capture import UNPUBLISHED_CHANGES
-from pgfanout.config import Config
-from pgfanout.errors import PgfanoutError
-from pgfanout.pg import connect, describe
+from pgfanout.core.config import Config
+from pgfanout.core.errors import PgfanoutError
+from pgfanout.runtime.pg import connect, describe
 
 
 def source_position(conn: psycopg.Connection) -> tuple[int, int, int]:

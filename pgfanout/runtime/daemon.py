@@ -19,7 +19,7 @@ from typing import Protocol
 import kafka.errors
 import psycopg
 
-from pgfanout.errors import FatalError, PgfanoutError, TransientError
+from pgfanout.core.errors import FatalError, PgfanoutError, TransientError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from typing import Any, NamedTuple
 
-from pgfanout.errors import PositionError, StreamGap
+from pgfanout.core.errors import PositionError, StreamGap
 
 WHOLE = 2**31 - 1  # stands for "every chunk of the transaction"
 

@@ -16,9 +16,9 @@ import psycopg.conninfo
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pgfanout.errors import ConfigError, FilterError, NameSyntaxError
-from pgfanout.names import canonical_table, parse_column
-from pgfanout.rowfilter import RowFilter, parse_filter
+from pgfanout.core.errors import ConfigError, FilterError, NameSyntaxError
+from pgfanout.core.names import canonical_table, parse_column
+from pgfanout.core.rowfilter import RowFilter, parse_filter
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]

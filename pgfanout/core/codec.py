@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import fastavro
 
-from pgfanout.errors import PoisonMessage
+from pgfanout.core.errors import PoisonMessage
 
 MAGIC = b"PF\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -30,7 +30,7 @@ ENVELOPES = ("table", "change", "transaction", "batch", "heartbeat", "rowbatch")
 
 def schema_dir() -> Path:
     override = os.environ.get("PGFANOUT_SCHEMAS")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "schemas"
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "schemas"
 
 
 def _expand(node: Any, named: dict[str, Any]) -> Any:

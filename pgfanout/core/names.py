@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from pgfanout.errors import NameSyntaxError
+from pgfanout.core.errors import NameSyntaxError
 
 PLAIN = re.compile(r"[a-z_][a-z0-9_$]*")  # what PostgreSQL reads back unquoted, as it is
 UNQUOTED = re.compile(r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*")

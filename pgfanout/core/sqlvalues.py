@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from pgfanout.errors import FilterError
+from pgfanout.core.errors import FilterError
 
 
 class _NaN:

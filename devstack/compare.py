@@ -7,7 +7,7 @@ from typing import NamedTuple
 import psycopg
 from psycopg import sql
 
-from pgfanout.pg import primary_key
+from pgfanout.runtime.pg import primary_key
 
 
 class Digest(NamedTuple):

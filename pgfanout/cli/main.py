@@ -1,7 +1,7 @@
 """The ``pgfanout`` command. Every error becomes one message and an exit code, never a traceback.
 
 Exit codes: 0 ok, 1 failure, 2 bad configuration or usage, 3 fatal stream error,
-4 local stack problem, 75 a server could not be reached (try again later).
+75 a server could not be reached (try again later).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pgfanout import __version__
-from pgfanout.config import Config, load_config
-from pgfanout.errors import ConfigError, NameSyntaxError, PgfanoutError
-from pgfanout.names import canonical_table
+from pgfanout.core.config import Config, load_config
+from pgfanout.core.errors import ConfigError, NameSyntaxError, PgfanoutError
+from pgfanout.core.names import canonical_table
 
 log = logging.getLogger("pgfanout")
 DEFAULT_CONFIG = os.environ.get("PGFANOUT_CONFIG", "pgfanout.yaml")
@@ -38,7 +38,7 @@ def _pick(kind: str, names: Sequence[str], chosen: str | None) -> str:
 
 
 def _run_daemon(worker: object) -> int:
-    from pgfanout import daemon
+    from pgfanout.runtime import daemon
 
     stop = threading.Event()
     daemon.install_signal_handlers(stop)
@@ -57,7 +57,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def cmd_agent_install(args: argparse.Namespace) -> int:
     from agent import capture
-    from pgfanout.pg import connect
+    from pgfanout.runtime.pg import connect
 
     config = _config(args)
     name = _pick("source", list(config.sources), args.source)
@@ -75,7 +75,7 @@ def cmd_agent_install(args: argparse.Namespace) -> int:
 
 def cmd_agent_faults(args: argparse.Namespace) -> int:
     from agent import faults
-    from pgfanout.pg import connect
+    from pgfanout.runtime.pg import connect
 
     config = _config(args)
     name = _pick("source", list(config.sources), args.source)
@@ -98,7 +98,7 @@ def cmd_agent_faults(args: argparse.Namespace) -> int:
 
 def cmd_agent_uninstall(args: argparse.Namespace) -> int:
     from agent import capture
-    from pgfanout.pg import connect
+    from pgfanout.runtime.pg import connect
 
     config = _config(args)
     name = _pick("source", list(config.sources), args.source)
@@ -110,7 +110,7 @@ def cmd_agent_uninstall(args: argparse.Namespace) -> int:
 
 def cmd_agent_run(args: argparse.Namespace) -> int:
     from agent.agent import Agent
-    from pgfanout.daemon import lower_priority
+    from pgfanout.runtime.daemon import lower_priority
 
     config = _config(args)
     source = _pick("source", list(config.sources), args.source)
@@ -133,7 +133,7 @@ def cmd_subscriber_run(args: argparse.Namespace) -> int:
 
 
 def cmd_subscriber_skip(args: argparse.Namespace) -> int:
-    from pgfanout.pg import connect
+    from pgfanout.runtime.pg import connect
     from subscriber.state import request_skip
 
     config = _config(args)
@@ -191,41 +191,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pgfanout.status import status_lines
+    from pgfanout.cli.status import status_lines
 
     print("\n".join(status_lines(_config(args))))
     return 0
-
-
-def cmd_local_up(args: argparse.Namespace) -> int:
-    from pgfanout.local.stack import Stack
-
-    stack = Stack.load()
-    stack.up(kafka_clusters=args.kafka_clusters)
-    print("\n".join(stack.status_lines()))
-    return 0
-
-
-def cmd_local_down(args: argparse.Namespace) -> int:
-    from pgfanout.local.stack import Stack
-
-    stack = Stack.load()
-    stack.down(purge=args.purge)
-    print("local stack stopped" + (" and its data removed" if args.purge else " (data kept; --purge removes it)"))
-    return 0
-
-
-def cmd_local_status(args: argparse.Namespace) -> int:
-    from pgfanout.local.stack import Stack
-
-    print("\n".join(Stack.load().status_lines()))
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from pgfanout.demo import run_demo
-
-    return run_demo(seconds=args.seconds, writers=args.writers)
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -298,18 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
     land.add_argument("file")
     land.add_argument("--subscriber", help="the subscriber to apply to (default: the only one)")
 
-    local = top.add_parser("local", help="the local stack: PostgreSQL clusters and Kafka, no Docker").add_subparsers(
-        dest="action", required=True)
-    up = _add(local, "up", cmd_local_up, "start (creating if needed) the local stack; idempotent", config=False)
-    up.add_argument("--kafka-clusters", type=int, choices=[1, 2], default=1,
-                    help="2 starts a second, independent Kafka cluster for tier tests")
-    down = _add(local, "down", cmd_local_down, "stop what the local stack started", config=False)
-    down.add_argument("--purge", action="store_true", help="also delete the stack's data")
-    _add(local, "status", cmd_local_status, "show what runs where", config=False)
-
-    demo = _add(top, "demo", cmd_demo, "run the end-to-end demo on the local stack", config=False)
-    demo.add_argument("--seconds", type=float, default=10.0, help="how long the workload runs")
-    demo.add_argument("--writers", type=int, default=4, help="concurrent writer connections")
     return parser
 
 

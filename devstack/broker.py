@@ -14,11 +14,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgfanout.errors import LocalStackError
-from pgfanout.local import processes
+from devstack import processes
+from pgfanout.core.errors import LocalStackError
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 POM = REPO / "kafka" / "pom.xml"
 MAIN_CLASS = "kafka.Kafka"
 

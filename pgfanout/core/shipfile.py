@@ -20,8 +20,8 @@ from typing import Any, BinaryIO
 
 import fastavro
 
-from pgfanout.codec import Codec
-from pgfanout.errors import PgfanoutError
+from pgfanout.core.codec import Codec
+from pgfanout.core.errors import PgfanoutError
 
 FORMAT = "pgfanout-ship-1"
 SCHEMA = fastavro.parse_schema([

@@ -21,10 +21,10 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgfanout.errors import LocalStackError
-from pgfanout.local import processes
-from pgfanout.local.kafka import KafkaNode, ensure_jars
-from pgfanout.local.postgres import PgCluster, service_user_reaches
+from devstack import processes
+from devstack.broker import KafkaNode, ensure_jars
+from devstack.postgres import PgCluster, service_user_reaches
+from pgfanout.core.errors import LocalStackError
 
 log = logging.getLogger(__name__)
 PG_CLUSTERS = ("primary", "replica")

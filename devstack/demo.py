@@ -1,4 +1,4 @@
-"""`pgfanout demo` (what `make demo` runs): the whole pipeline on the local stack, with proof.
+"""`python -m devstack demo` (what `make demo` runs): the whole pipeline on the local stack, with proof.
 
 One primary database (shop) and two subscriber databases (sub1, sub2); the agent, one
 distributor and two subscribers run as background processes that stay up afterwards.
@@ -13,16 +13,16 @@ from pathlib import Path
 
 import yaml
 
-from pgfanout import kafka as kafkautil
-from pgfanout.compare import primary_keys, table_digest
-from pgfanout.config import Config, load_config
-from pgfanout.errors import PgfanoutError
-from pgfanout.local import processes
-from pgfanout.local.stack import Stack
-from pgfanout.names import parse_table
-from pgfanout.pg import connect
-from pgfanout.sample import SAMPLE_TABLES, create_schema, run_workload, seed
-from pgfanout.status import source_position, subscriber_position
+from devstack import processes
+from devstack.compare import primary_keys, table_digest
+from devstack.sample import SAMPLE_TABLES, create_schema, run_workload, seed
+from devstack.stack import Stack
+from pgfanout.cli.status import source_position, subscriber_position
+from pgfanout.core.config import Config, load_config
+from pgfanout.core.errors import PgfanoutError
+from pgfanout.core.names import parse_table
+from pgfanout.runtime import kafka as kafkautil
+from pgfanout.runtime.pg import connect
 
 SUBSCRIBERS = ("sub1", "sub2")
 
@@ -182,8 +182,8 @@ def run_demo(seconds: float, writers: int) -> int:
     say(f"""
 The stack keeps running. Look at it with:
     .venv/bin/pgfanout status --config {config_path}
-    .venv/bin/pgfanout local status
+    .venv/bin/python -m devstack local status
     tail -f {stack.log_dir}/*.log
 Stop it with:
-    .venv/bin/pgfanout local down          (add --purge to delete its data)""")
+    .venv/bin/python -m devstack local down   (add --purge to delete its data)""")
     return 0 if equal else 1

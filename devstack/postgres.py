@@ -13,8 +13,8 @@ from pathlib import Path
 
 import psycopg
 
-from pgfanout.errors import LocalStackError
-from pgfanout.local import processes
+from devstack import processes
+from pgfanout.core.errors import LocalStackError
 
 log = logging.getLogger(__name__)
 SERVICE_USER = "postgres"  # initdb and postgres refuse to run as root

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from pgfanout import sqlvalues
-from pgfanout.codec import fingerprint
+from pgfanout.core import sqlvalues
+from pgfanout.core.codec import fingerprint
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MICROS_PER_DAY = 86_400_000_000

@@ -8,8 +8,8 @@ import psycopg
 import psycopg.conninfo
 from psycopg import sql
 
-from pgfanout.config import Database, secret
-from pgfanout.errors import PostgresUnavailable
+from pgfanout.core.config import Database, secret
+from pgfanout.core.errors import PostgresUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,0 @@
-"""The embedded local stack: throwaway PostgreSQL clusters and a real Kafka broker, no Docker."""
