@@ -25,7 +25,8 @@ from agent import capture, faults, logswitch
 from agent.batch import Part, pack, split_transactions, stream_rows, with_last
 from pgfanout.core.codec import decode_changes, default_codec, encode_batch
 from pgfanout.core.config import Config
-from pgfanout.core.errors import FatalError, KafkaUnavailable, PositionError
+from pgfanout.core.errors import CaptureFault, FatalError, KafkaUnavailable, PositionError
+from pgfanout.core.messages import TableLayout
 from pgfanout.core.positions import AgentState, Mark, Progress, Resume, TopicTail, mark_header, mark_of, part_mark, plan_resume
 from pgfanout.runtime import kafka as kafkautil
 from pgfanout.runtime import registry
@@ -100,7 +101,7 @@ class Agent:
         self.conn: psycopg.Connection | None = None
         self.producer: Any = None
         self.state = AgentState(0, 1)
-        self.tables: dict[int, dict[str, Any]] = {}
+        self.tables: dict[int, TableLayout] = {}
         self.tables_version: str | None = None
         self.logged_at_last_tick: tuple[int, bool] | None = None  # the log sequence when the last tick was taken
         self.running_at_last_tick = True  # whether other transactions were running then
@@ -223,8 +224,7 @@ class Agent:
             # the size of the batch or of its rows
             largest, tables_version, fault_count = cur.execute(LARGEST_ROW_QUERY, batch).fetchone()
             if fault_count:
-                raise faults.CaptureFault(self.source, tick_id, first_position,
-                                          faults.in_batch(self.conn, batch["prev"], tick_id))
+                raise CaptureFault(self.source, tick_id, first_position, faults.in_batch(self.conn, batch["prev"], tick_id))
             if tables_version != self.tables_version:  # capture installed on more tables, or ALTER TABLE
                 self.tables, self.tables_version = self._read_tables(), tables_version
             rows = self._batch_rows(cur, batch["prev"], tick_id, stream_rows(largest, FETCH_ROWS, FETCH_BYTES))
@@ -276,11 +276,11 @@ class Agent:
         yield first
         yield from rows
 
-    def _tables_of(self, package: list[Part]) -> list[dict[str, Any]]:
+    def _tables_of(self, package: list[Part]) -> list[TableLayout]:
         used = set().union(*(part.tables for part in package))
         return [self.tables[table_id] for table_id in sorted(used)]
 
-    def _read_tables(self) -> dict[int, dict[str, Any]]:
+    def _read_tables(self) -> dict[int, TableLayout]:
         assert self.conn is not None
         rows = self.conn.execute(
             "SELECT table_id, schema_name, table_name, columns, key_columns, column_types, missing_values, old_columns "

@@ -9,9 +9,10 @@ message's worth of changes, whatever the size of a transaction or a batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 from pgfanout.core.codec import SplicedTransaction
+from pgfanout.core.messages import Change, Transaction
 
 OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE"}
 T = TypeVar("T")
@@ -35,7 +36,7 @@ class LogRow(NamedTuple):
 
 
 XID, TABLE_ID, OP, NEW_ROW, OLD_KEY, SIZE, NULLS, OLD_VALUES, OLD_NULLS, CHANGE_COUNT, TABLE_IDS, CHANGES = range(12)
-Unpack = Callable[[bytes], Iterable[tuple[dict[str, Any], int]]]  # encoded changes -> (change, encoded size)
+Unpack = Callable[[bytes], Iterable[tuple[Change, int]]]  # encoded changes -> (change, encoded size)
 
 
 def stream_rows(largest_row: int, max_rows: int, max_bytes: int) -> int:
@@ -44,7 +45,7 @@ def stream_rows(largest_row: int, max_rows: int, max_bytes: int) -> int:
     return max(1, min(max_rows, max_bytes // max(largest_row, 1)))
 
 
-def change_of(row: tuple) -> dict[str, Any]:
+def change_of(row: tuple) -> Change:
     """The wire form of a change: the trigger already stored what it needs (see schemas/change.avsc)."""
     nulls = row[NULLS]
     change = {"table": row[TABLE_ID], "op": OPS[row[OP]], "values": row[NEW_ROW] or (),
@@ -71,13 +72,13 @@ class Part:
         self.xid = xid
         self.chunk = chunk
         self.last_chunk = False
-        self.changes: list[dict[str, Any]] = []
+        self.changes: list[Change] = []
         self.blocks: list[tuple[int, bytes]] = []  # encoded changes: (count, bytes)
         self.count = 0
         self.size = 0
         self.tables: set[int] = set()
 
-    def record(self) -> dict[str, Any] | SplicedTransaction:
+    def record(self) -> Transaction | SplicedTransaction:
         """The part as a Transaction record for pgfanout.core.codec.encode_batch."""
         if self.blocks:
             return SplicedTransaction(self.position, self.xid, self.chunk, self.last_chunk, self.blocks)
@@ -132,7 +133,7 @@ def split_transactions(rows: Iterable[tuple], first_position: int, max_changes: 
         yield part
 
 
-def _unpacked(unpack: Unpack | None, encoded: bytes) -> Iterable[tuple[dict[str, Any], int]]:
+def _unpacked(unpack: Unpack | None, encoded: bytes) -> Iterable[tuple[Change, int]]:
     if unpack is None:
         raise ValueError("rows of encoded changes need an unpack function")
     return unpack(encoded)

@@ -11,11 +11,9 @@ again on the subscribers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import psycopg
-
-from pgfanout.core.errors import FatalError
 
 # Faults of the transactions a batch (the ticks prev..cur) holds: their count, in the same round trip as
 # the batch's other facts (agent.agent.LARGEST_ROW_QUERY), and then their details.
@@ -25,26 +23,10 @@ WHERE c.tick_id = %(cur)s AND p.tick_id = %(prev)s
 COUNT_IN_BATCH = f"(SELECT count(*) {IN_BATCH})"
 
 
-@dataclass(frozen=True)
-class Fault:
+class Fault(NamedTuple):
     txid: int
     relation: str
     reason: str
-
-
-class CaptureFault(FatalError):
-    """A batch holds a transaction whose changes capture could not all record."""
-
-    def __init__(self, source: str, tick_id: int, first_position: int, faults: list[Fault]):
-        self.source, self.tick_id, self.first_position, self.faults = source, tick_id, first_position, faults
-        listed = "; ".join(f"{f.relation} in transaction {f.txid}: {f.reason}" for f in faults)
-        tables = sorted({f.relation for f in faults})
-        super().__init__(
-            f"source {source}: capture could not record some changes ({listed}); the agent stops before publishing "
-            f"tick {tick_id} (positions from {first_position} on), so nothing of those transactions is published. "
-            f"Repair capture (`pgfanout agent install --source {source}`), then `pgfanout agent faults --source {source} "
-            f"--accept` lets those transactions go out without the changes that were not recorded; then copy "
-            f"{', '.join(tables)} again on every subscriber (`pgfanout subscriber resync NAME --table TABLE`)")
 
 
 def in_batch(conn: psycopg.Connection, prev: int, cur: int) -> list[Fault]:

@@ -25,7 +25,7 @@ from distributor.routing import RouteFilter
 from distributor.rowsroute import RowsRoute
 from pgfanout.core.codec import default_codec
 from pgfanout.core.config import Config, KafkaCluster
-from pgfanout.core.errors import KafkaUnavailable
+from pgfanout.core.errors import KafkaUnavailable, StreamPlace
 from pgfanout.core.positions import Mark, mark_from_headers, mark_header, mark_of
 from pgfanout.runtime import kafka as kafkautil
 from pgfanout.runtime import registry
@@ -128,7 +128,7 @@ class Distributor:
         for record in records:
             if filtering:
                 mark, outputs, learned = route_message(self.codec, self.decoder, self.subscriptions, record.value,
-                                                       f"{self.up_topic}[0]@{record.offset}")
+                                                       StreamPlace(self.up_topic, 0, record.offset))
                 self._learn(learned)
             else:
                 mark, outputs = self._mark(record), [None] * len(self.routes)
@@ -156,7 +156,7 @@ class Distributor:
         mark = mark_from_headers(record.headers)
         if mark is not None and self.codec.knows(record.value):
             return mark
-        kind, message = self.decoder.decode(record.value, f"{self.up_topic}[0]@{record.offset}")
+        kind, message = self.decoder.decode(record.value, StreamPlace(self.up_topic, 0, record.offset))
         if mark is None:
             mark = mark_of(kind, message)
         self._learn()
@@ -181,7 +181,7 @@ class Distributor:
         room = MAX_INFLIGHT - len(self.inflight)
         records = self.consumer.poll(timeout_ms=0 if self.inflight else 100, max_records=max(room, 1)).get(tp, [])
         for record in records:
-            where = f"{self.up_topic}[0]@{record.offset}"
+            where = StreamPlace(self.up_topic, 0, record.offset)
             if not self.codec.knows(record.value):
                 self._mark(record)  # learns the schema here too, and registers it downstream
             self.inflight.append((record.offset, record.value, self.pool.submit(record.value, where)))

@@ -15,7 +15,7 @@ from pathlib import Path
 from pgfanout.core import shipfile
 from pgfanout.core.codec import default_codec
 from pgfanout.core.config import Config
-from pgfanout.core.errors import FatalError, StreamGap
+from pgfanout.core.errors import ExportError, StreamGap, StreamPlace
 from pgfanout.core.positions import WHOLE, last_position, mark_of
 from pgfanout.runtime import kafka as kafkautil
 from pgfanout.runtime import registry
@@ -23,10 +23,6 @@ from pgfanout.runtime.registry import RegistryDecoder
 
 log = logging.getLogger(__name__)
 FINISH_SECONDS = 60  # how long to wait for the rest of a transaction cut by the topic's end
-
-
-class ExportError(FatalError):
-    pass
 
 
 def export(config: Config, stream: str, from_position: int, path: Path) -> str:
@@ -39,7 +35,7 @@ def export(config: Config, stream: str, from_position: int, path: Path) -> str:
     tp = kafkautil.partition(topic)
 
     def position_of(value: bytes, offset: int) -> int | None:
-        return last_position(*decoder.decode(value, f"{topic}[0]@{offset}"))
+        return last_position(*decoder.decode(value, StreamPlace(topic, 0, offset)))
 
     try:
         start = kafkautil.offset_after_position(consumer, tp, from_position - 1, position_of)
@@ -55,13 +51,14 @@ def export(config: Config, stream: str, from_position: int, path: Path) -> str:
             while True:
                 polled = consumer.poll(timeout_ms=500, max_records=200).get(tp, [])
                 for record in polled:
-                    where = f"{topic}[0]@{record.offset}"
+                    where = StreamPlace(topic, 0, record.offset)
                     kind, message = decoder.decode(record.value, where)
                     if first and kind == "Batch" and message["transactions"]:
                         found = message["transactions"][0]["position"]
                         if found > from_position:
                             raise StreamGap(f"{topic} no longer holds position {from_position} (retention?): its "
-                                            f"first message from there, at {where}, starts at {found}")
+                                            f"first message from there, at {where}, starts at {found}",
+                                            at=where, position=from_position)
                     first = False
                     mark = mark_of(kind, message)
                     whole = mark.chunk == WHOLE

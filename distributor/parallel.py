@@ -20,7 +20,7 @@ from typing import Any
 
 from distributor.routing import RouteFilter
 from distributor.rowsroute import RowsRoute
-from pgfanout.core.errors import FatalError, PgfanoutError, TransientError
+from pgfanout.core.errors import FatalError, PgfanoutError, TransientError, Where
 from pgfanout.core.positions import Mark, mark_of
 
 WORKER_TIMEOUT = 300  # seconds; routing one message takes well under one
@@ -30,7 +30,7 @@ _WORKER_STATE: tuple[Any, Any, Sequence[Shaping]] | None = None
 
 
 def route_message(codec: Any, decoder: Any, subscriptions: Sequence[Shaping], value: bytes,
-                  where: str) -> tuple[Mark, list[bytes | None], Learned]:
+                  where: Where) -> tuple[Mark, list[bytes | None], Learned]:
     """(mark, the message for each shaping route, or None where a route takes it as it is, new schemas)."""
     kind, message = decoder.decode(value, where)
     outputs = [codec.encode(s.kind, s.batch(message, where)) if s is not None and kind == "Batch" else None
@@ -39,7 +39,7 @@ def route_message(codec: Any, decoder: Any, subscriptions: Sequence[Shaping], va
     return mark_of(kind, message), outputs, learned
 
 
-def _route(value: bytes, where: str) -> tuple[Mark | None, list[bytes | None], Learned, tuple[bool, str] | None]:
+def _route(value: bytes, where: Where) -> tuple[Mark | None, list[bytes | None], Learned, tuple[bool, str] | None]:
     """In a worker: route_message, with an error returned rather than raised."""
     assert _WORKER_STATE is not None
     try:
@@ -76,7 +76,7 @@ class RoutingPool:
         self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_start,
                                                              initargs=(os.getpid(),))
 
-    def submit(self, value: bytes, where: str) -> Any:
+    def submit(self, value: bytes, where: Where) -> Any:
         return self.pool.apply_async(_route, (value, where))
 
     @staticmethod

@@ -20,15 +20,12 @@ from functools import partial
 from typing import Any
 
 from pgfanout.core.config import TableSubscription
-from pgfanout.core.errors import FatalError, FilterError
+from pgfanout.core.errors import FilterError, RouteError, Where
+from pgfanout.core.messages import Batch, Change, Op, TableLayout
 from pgfanout.core.names import qualified
 from pgfanout.core.rowfilter import Evaluate, compile_filter
 
 EMPTY: tuple = ()
-
-
-class RouteError(FatalError):
-    """A route's subscription cannot be applied to what the upstream sends."""
 
 
 def _project(values: Sequence[str], nulls: Sequence[int], keep: list[int] | None) -> tuple[Any, Any]:
@@ -45,7 +42,7 @@ class TablePlan:
     """What a route does with the changes of one table layout."""
 
     route: str
-    table: dict[str, Any]  # the Table record sent downstream: projected
+    table: TableLayout  # the Table record sent downstream: projected
     width: int  # columns of the upstream layout
     keep: list[int] | None  # upstream column indexes kept, in order (None: all)
     old_keep: list[int] | None  # indexes into old_values kept (None: all)
@@ -59,13 +56,13 @@ class TablePlan:
     def __post_init__(self) -> None:
         self.passes_whole = self.evaluate is None and self.keep is None and self.old_keep is None
 
-    def new_row(self, change: dict[str, Any]) -> list[str | None]:
+    def new_row(self, change: Change) -> list[str | None]:
         row: list[str | None] = list(change["values"])
         for i in change["nulls"]:
             row[i] = None
         return row
 
-    def old_row(self, change: dict[str, Any], new_row: list[str | None] | None,
+    def old_row(self, change: Change, new_row: list[str | None] | None,
                 where: Callable[[], str]) -> list[str | None]:
         row: list[str | None] = [None] * self.width
         key = change["old_key"]
@@ -93,7 +90,7 @@ class TablePlan:
     def passes(self, row: list[str | None]) -> bool:
         return self.evaluate is None or self.evaluate(row) is True
 
-    def route_change(self, change: dict[str, Any], where: Callable[[], str]) -> dict[str, Any] | None:
+    def route_change(self, change: Change, where: Callable[[], str]) -> Change | None:
         """The change as the route receives it, or None; ``where`` names it, for error messages only."""
         op = change["op"]
         if op == "TRUNCATE" or self.passes_whole:
@@ -116,7 +113,7 @@ class TablePlan:
             return self.projected(dict(change, values=EMPTY, nulls=EMPTY, old_key=old_key), "DELETE")
         return None
 
-    def projected(self, change: dict[str, Any], op: str) -> dict[str, Any]:
+    def projected(self, change: Change, op: Op) -> Change:
         values, nulls = _project(change["values"], change["nulls"], self.keep) if change["values"] else (EMPTY, EMPTY)
         old_values = change.get("old_values") or EMPTY
         old_nulls = change.get("old_nulls") or EMPTY
@@ -126,7 +123,7 @@ class TablePlan:
                 "old_values": old_values, "old_nulls": old_nulls}
 
 
-def plan_table(route: str, table: dict[str, Any], subscription: TableSubscription) -> TablePlan:
+def plan_table(route: str, table: TableLayout, subscription: TableSubscription) -> TablePlan:
     """Check a subscription against a table layout and prepare its projection and filter."""
     name = qualified(table["schema_name"], table["table_name"])
     columns, keys = list(table["columns"]), list(table["key_columns"])
@@ -183,29 +180,37 @@ class RouteFilter:
         self.tables = tables
         self.plans: dict[int, TablePlan | None] = {}
 
-    def plan(self, table: dict[str, Any]) -> TablePlan | None:
+    def plan(self, table: TableLayout) -> TablePlan | None:
         table_id = table["table_id"]
         if table_id not in self.plans:
             subscription = self.tables.get(qualified(table["schema_name"], table["table_name"]))
             self.plans[table_id] = None if subscription is None else plan_table(self.route, table, subscription)
         return self.plans[table_id]
 
-    def batch(self, message: dict[str, Any], where: str) -> dict[str, Any]:
+    def batch(self, message: Batch, where: Where) -> Batch:
         """The route's copy of a Batch message: same transactions, in the same order, each with its share."""
-        plans = {t["table_id"]: self.plan(t) for t in message["tables"]}
+        try:
+            plans = {t["table_id"]: self.plan(t) for t in message["tables"]}
+        except RouteError as exc:
+            exc.locate(where, None)
+            raise
         used: set[int] = set()
         transactions = []
         for transaction in message["transactions"]:
             changes = []
             here = partial("{}, position {}".format, where, transaction["position"])
-            for change in transaction["changes"]:
-                plan = plans[change["table"]]
-                if plan is None:
-                    continue
-                routed = plan.route_change(change, here)
-                if routed is not None:
-                    changes.append(routed)
-                    used.add(change["table"])
+            try:
+                for change in transaction["changes"]:
+                    plan = plans[change["table"]]
+                    if plan is None:
+                        continue
+                    routed = plan.route_change(change, here)
+                    if routed is not None:
+                        changes.append(routed)
+                        used.add(change["table"])
+            except RouteError as exc:
+                exc.locate(where, transaction["position"])
+                raise
             transactions.append(dict(transaction, changes=changes))
         tables = [plan.table for table_id, plan in plans.items() if table_id in used and plan is not None]
         return dict(message, tables=tables, transactions=transactions)

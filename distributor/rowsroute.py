@@ -14,33 +14,35 @@ from typing import Any
 
 import fastavro
 
-from distributor.routing import RouteError, RouteFilter
+from distributor.routing import RouteFilter
+from pgfanout.core.errors import RouteError, Where
+from pgfanout.core.messages import Batch, Change, RowBatch, RowChange, RowRecord, TableLayout
 from pgfanout.core.names import qualified
 from pgfanout.core.rows import TableSchemas, schema_text, table_schemas
 
 
 class _Layout:
-    def __init__(self, table: dict[str, Any]):
+    def __init__(self, table: TableLayout):
         self.name = qualified(table["schema_name"], table["table_name"])
         self.schemas: TableSchemas = table_schemas(table)
         self.key_writer = fastavro.parse_schema(self.schemas.key)
         self.row_writer = fastavro.parse_schema(self.schemas.row)
 
-    def row(self, values: Sequence[str], nulls: Sequence[int]) -> dict[str, Any]:
+    def row(self, values: Sequence[str], nulls: Sequence[int]) -> RowRecord:
         null_set = set(nulls)
         convert, names = self.schemas.converters, self.schemas.field_names
         return {names[i]: None if i in null_set else convert[i](value) for i, value in enumerate(values)}
 
-    def key_of_row(self, row: dict[str, Any]) -> dict[str, Any]:
+    def key_of_row(self, row: RowRecord) -> RowRecord:
         names = self.schemas.field_names
         return {names[i]: row[names[i]] for i in self.schemas.key_positions}
 
-    def key(self, texts: Sequence[str]) -> dict[str, Any]:
+    def key(self, texts: Sequence[str]) -> RowRecord:
         convert, names = self.schemas.converters, self.schemas.field_names
         return {names[i]: convert[i](text) for i, text in zip(self.schemas.key_positions, texts, strict=True)}
 
 
-def _encode(writer: Any, record: dict[str, Any]) -> bytes:
+def _encode(writer: Any, record: RowRecord) -> bytes:
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, writer, record)
     return buffer.getvalue()
@@ -56,14 +58,14 @@ class RowsRoute:
         self.layouts: dict[int, _Layout] = {}
         self.learned: list[tuple[str, str]] = []  # (fingerprint hex, schema text) made since the last take
 
-    def _layout(self, table: dict[str, Any], where: str) -> _Layout:
+    def _layout(self, table: TableLayout, where: Where) -> _Layout:
         table_id = table["table_id"]
         if table_id not in self.layouts:
             try:
                 layout = _Layout(table)
             except Exception as exc:  # fastavro refusing a generated schema: a bug, named with its table
-                raise RouteError(f"route {self.route}: no Avro schema for table layout {table_id} at {where}: {exc}") \
-                    from exc
+                raise RouteError(f"route {self.route}: no Avro schema for table layout {table_id} at {where}: {exc}",
+                                 at=where) from exc
             self.layouts[table_id] = layout
             for schema, key in ((layout.schemas.key, layout.schemas.key_fingerprint),
                                 (layout.schemas.row, layout.schemas.row_fingerprint)):
@@ -74,7 +76,7 @@ class RowsRoute:
         learned, self.learned = self.learned, []
         return learned
 
-    def batch(self, message: dict[str, Any], where: str) -> dict[str, Any]:
+    def batch(self, message: Batch, where: Where) -> RowBatch:
         if self.share is not None:
             message = self.share.batch(message, where)
         layouts = {t["table_id"]: self._layout(t, where) for t in message["tables"]}
@@ -86,7 +88,7 @@ class RowsRoute:
                                  for t in message["transactions"]]}
 
     @staticmethod
-    def _change(layout: _Layout, change: dict[str, Any]) -> dict[str, Any]:
+    def _change(layout: _Layout, change: Change) -> RowChange:
         op = change["op"]
         row = key = old_key = None
         if op in ("INSERT", "UPDATE"):

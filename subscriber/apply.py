@@ -18,7 +18,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from pgfanout.core.errors import PoisonMessage
+from pgfanout.core.errors import PoisonMessage, Where
+from pgfanout.core.messages import Batch, Change
 from pgfanout.core.names import qualified
 
 
@@ -45,7 +46,7 @@ def table_info(schema_name: str, table_name: str, columns: tuple[str, ...], key_
     return TableInfo(schema_name, table_name, columns, key_columns, indexes)
 
 
-def tables_of(message: dict[str, Any]) -> dict[int, TableInfo]:
+def tables_of(message: Batch) -> dict[int, TableInfo]:
     return {t["table_id"]: table_info(t["schema_name"], t["table_name"], tuple(t["columns"]), tuple(t["key_columns"]))
             for t in message["tables"]}
 
@@ -62,7 +63,7 @@ class Run:
     params: list[tuple[Any, ...]]
 
 
-def params_of(change: dict[str, Any], table: TableInfo, where: str) -> tuple[Any, ...]:
+def params_of(change: Change, table: TableInfo, where: Where) -> tuple[Any, ...]:
     op, values, old_key = change["op"], change["values"], change["old_key"]
     if change["nulls"]:
         values = list(values)
@@ -71,19 +72,19 @@ def params_of(change: dict[str, Any], table: TableInfo, where: str) -> tuple[Any
     if op in ("INSERT", "UPDATE"):
         if len(values) != len(table.columns):
             raise PoisonMessage(f"change at {where}: {op} on {table.qualified} carries "
-                                f"{len(values) or 'no'} values for {len(table.columns)} columns")
+                                f"{len(values) or 'no'} values for {len(table.columns)} columns", at=where)
         if op == "INSERT":
             return tuple(values)
         key = old_key or [values[i] for i in table.key_indexes]
         return (*values, *key)
     if op == "DELETE":
         if len(old_key) != len(table.key_columns):
-            raise PoisonMessage(f"change at {where}: DELETE on {table.qualified} lacks its key")
+            raise PoisonMessage(f"change at {where}: DELETE on {table.qualified} lacks its key", at=where)
         return tuple(old_key)
     return ()
 
 
-def plan(changes: Iterable[dict[str, Any]], tables: dict[int, TableInfo], where: str) -> Iterator[Run]:
+def plan(changes: Iterable[Change], tables: dict[int, TableInfo], where: Where) -> Iterator[Run]:
     current: Run | None = None
     current_key: tuple[int, str] | None = None
     for change in changes:
@@ -93,7 +94,8 @@ def plan(changes: Iterable[dict[str, Any]], tables: dict[int, TableInfo], where:
             continue
         table = tables.get(change["table"])
         if table is None:
-            raise PoisonMessage(f"change at {where} refers to table {change['table']}, which its message does not describe")
+            raise PoisonMessage(f"change at {where} refers to table {change['table']}, which its message does not describe",
+                                at=where)
         if current is not None:
             yield current
         current, current_key = Run(RunShape(table, change["op"]), [params_of(change, table, where)]), key
@@ -101,14 +103,14 @@ def plan(changes: Iterable[dict[str, Any]], tables: dict[int, TableInfo], where:
         yield current
 
 
-def plan_by_table(changes: Iterable[dict[str, Any]], tables: dict[int, TableInfo], where: str) -> list[Run]:
+def plan_by_table(changes: Iterable[Change], tables: dict[int, TableInfo], where: Where) -> list[Run]:
     """Runs for many transactions' changes applied in one replica transaction, grouped per table.
 
     The applier runs with session_replication_role = replica: no foreign-key checks and no user triggers,
     so changes to different tables commute. Each table's own changes keep their order (unique keys are
     per table), which is all that the final state depends on.
     """
-    buckets: dict[int, list[dict[str, Any]]] = {}
+    buckets: dict[int, list[Change]] = {}
     for change in changes:
         buckets.setdefault(change["table"], []).append(change)
     return [run for bucket in buckets.values() for run in plan(bucket, tables, where)]
@@ -208,7 +210,7 @@ def copy_run(cur: psycopg.Cursor, run: Run) -> int | None:
     return None
 
 
-def apply_changes(cur: psycopg.Cursor, changes: list[dict[str, Any]], tables: dict[int, TableInfo], where: str,
+def apply_changes(cur: psycopg.Cursor, changes: list[Change], tables: dict[int, TableInfo], where: Where,
                   by_table: bool = False) -> int:
     """Apply changes inside the caller's transaction; returns rows changed.
 
@@ -228,7 +230,7 @@ def apply_changes(cur: psycopg.Cursor, changes: list[dict[str, Any]], tables: di
                 raise PoisonMessage(
                     f"transaction at {where}: {run.shape.op} on {run.shape.table.qualified} found {cur.rowcount} of "
                     f"{expected} rows; the replica has diverged from the source. Re-materialize it "
-                    "(`pgfanout subscriber resync`)")
+                    "(`pgfanout subscriber resync`)", at=where)
             total += len(run.params)
             continue
         if len(run.params) == 1:
@@ -239,7 +241,6 @@ def apply_changes(cur: psycopg.Cursor, changes: list[dict[str, Any]], tables: di
             raise PoisonMessage(
                 f"transaction at {where}: {run.shape.op} on {run.shape.table.qualified} "
                 f"found {cur.rowcount} of {len(run.params)} rows; the replica has diverged from the source. "
-                "Re-materialize it (`pgfanout subscriber resync`)"
-            )
+                "Re-materialize it (`pgfanout subscriber resync`)", at=where)
         total += len(run.params)
     return total

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from pgfanout.core.messages import Change, Transaction
 from pgfanout.core.snapshots import Snapshot, parse_snapshot, visible
 
 
@@ -49,7 +50,7 @@ class CopyFilters:
     def could_hold(self, position: int, xid: int) -> bool:
         return position <= self.max_position or xid < self.max_xmax
 
-    def changes_to_apply(self, part: dict[str, Any], tables: dict[int, Any]) -> list[dict[str, Any]]:
+    def changes_to_apply(self, part: Transaction, tables: dict[int, Any]) -> list[Change]:
         """The changes of one transaction part that no copy holds yet (all of them, usually)."""
         changes = part["changes"]
         if not self.filters or not self.could_hold(part["position"], part["xid"]):

@@ -21,7 +21,8 @@ from typing import Any, NamedTuple
 
 import fastavro
 
-from pgfanout.core.errors import PoisonMessage
+from pgfanout.core.errors import PoisonMessage, Where
+from pgfanout.core.messages import AvroSchema, Batch, Change, Message
 
 MAGIC = b"PF\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -33,7 +34,7 @@ def schema_dir() -> Path:
     return Path(override) if override else Path(__file__).resolve().parents[2] / "schemas"
 
 
-def _expand(node: Any, named: dict[str, Any]) -> Any:
+def _expand(node: Any, named: dict[str, AvroSchema]) -> Any:
     """Replace references to schemas defined in other files by their definitions."""
     if isinstance(node, str):
         return named.get(node, node)
@@ -44,7 +45,7 @@ def _expand(node: Any, named: dict[str, Any]) -> Any:
     return node
 
 
-def fingerprint(schema: dict[str, Any]) -> bytes:
+def fingerprint(schema: AvroSchema) -> bytes:
     canonical = json.dumps(schema, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).digest()[:8]
 
@@ -61,10 +62,10 @@ class WriterSchema:
 class Codec:
     def __init__(self, directory: Path | None = None):
         directory = directory or schema_dir()
-        named: dict[str, Any] = {}
+        named: dict[str, AvroSchema] = {}
         self._by_name: dict[str, WriterSchema] = {}
         self._by_fingerprint: dict[bytes, WriterSchema] = {}
-        self.row_schemas: dict[bytes, dict[str, Any]] = {}
+        self.row_schemas: dict[bytes, AvroSchema] = {}
         for stem in ENVELOPES:
             raw = json.loads((directory / f"{stem}.avsc").read_text())
             full = _expand(raw, named)
@@ -111,7 +112,7 @@ class Codec:
     def knows(self, data: bytes) -> bool:
         return bytes(data[len(MAGIC):HEADER_SIZE]) in self._by_fingerprint
 
-    def encode(self, kind: str, record: dict[str, Any]) -> bytes:
+    def encode(self, kind: str, record: Message) -> bytes:
         writer = self._by_name[kind]
         buffer = io.BytesIO()
         buffer.write(MAGIC)
@@ -119,24 +120,27 @@ class Codec:
         fastavro.schemaless_writer(buffer, writer.parsed, record)
         return buffer.getvalue()
 
-    def decode(self, data: bytes, where: str) -> tuple[str, dict[str, Any]]:
+    def decode(self, data: bytes, where: Where) -> tuple[str, Message]:
         """(kind, record); ``where`` names the message in any error (topic, partition, offset)."""
         if data is None or len(data) < HEADER_SIZE or not data.startswith(MAGIC):
-            raise PoisonMessage(f"message at {where} is not a pgfanout message (bad header); stop and inspect the topic")
+            raise PoisonMessage(f"message at {where} is not a pgfanout message (bad header); stop and inspect the topic",
+                                at=where)
         writer = self._by_fingerprint.get(bytes(data[len(MAGIC):HEADER_SIZE]))
         if writer is None:
             raise PoisonMessage(
                 f"message at {where} names unknown schema {data[len(MAGIC):HEADER_SIZE].hex()}, which is not in "
-                "the schema registry topic either; it was written by a foreign writer, or the registry lost it"
-            )
+                "the schema registry topic either; it was written by a foreign writer, or the registry lost it",
+                at=where)
         buffer = io.BytesIO(data)
         buffer.seek(HEADER_SIZE)
         try:
             record = fastavro.schemaless_reader(buffer, writer.parsed, writer.reader)
         except Exception as exc:  # fastavro raises assorted types on corrupt input
-            raise PoisonMessage(f"message at {where} cannot be decoded as {writer.name}: {exc!r}") from exc
+            raise PoisonMessage(f"message at {where} cannot be decoded as {writer.name}: {exc!r}",
+                                at=where) from exc
         if buffer.tell() != len(data):
-            raise PoisonMessage(f"message at {where} has {len(data) - buffer.tell()} trailing bytes after its {writer.name}")
+            raise PoisonMessage(f"message at {where} has {len(data) - buffer.tell()} trailing bytes after its {writer.name}",
+                                at=where)
         return writer.name, record
 
 
@@ -172,7 +176,7 @@ class SplicedTransaction(NamedTuple):
     blocks: list[tuple[int, bytes]]
 
 
-def encode_batch(codec: Codec, record: dict[str, Any]) -> bytes:
+def encode_batch(codec: Codec, record: Batch) -> bytes:
     """A Batch message whose transactions are Transaction records (dicts, encoded by fastavro) or
     SplicedTransactions (their changes spliced in, not re-encoded)."""
     transactions = record["transactions"]
@@ -201,7 +205,7 @@ def encode_batch(codec: Codec, record: dict[str, Any]) -> bytes:
     return b"".join(out)
 
 
-def decode_changes(codec: Codec, data: bytes) -> Iterator[tuple[dict[str, Any], int]]:
+def decode_changes(codec: Codec, data: bytes) -> Iterator[tuple[Change, int]]:
     """Each Change record of back-to-back encoded changes, with its encoded size."""
     buffer = io.BytesIO(data)
     schema = codec.parsed("Change")

@@ -14,9 +14,10 @@ with a new tick id.
 from __future__ import annotations
 
 import enum
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from pgfanout.core.errors import PositionError, StreamGap
+from pgfanout.core.errors import PositionError, StreamGap, Where
+from pgfanout.core.messages import Message
 
 WHOLE = 2**31 - 1  # stands for "every chunk of the transaction"
 
@@ -37,14 +38,14 @@ def part_mark(tick_id: int, position: int, chunk: int, last_chunk: bool) -> Mark
     return Mark(tick_id, position, WHOLE if last_chunk else chunk)
 
 
-def mark_of(kind: str, message: dict[str, Any]) -> Mark:
+def mark_of(kind: str, message: Message) -> Mark:
     if kind == "Heartbeat" or not message["transactions"]:
         return Mark(message["tick_id"], message.get("position", 0), WHOLE)
     last = message["transactions"][-1]
     return part_mark(message["tick_id"], last["position"], last["chunk"], last["last_chunk"])
 
 
-def last_position(kind: str, message: dict[str, Any]) -> int | None:
+def last_position(kind: str, message: Message) -> int | None:
     """The last position a message holds (a heartbeat: the last one published before it); None if none."""
     if kind == "Heartbeat":
         return message["position"]
@@ -73,7 +74,7 @@ class Step(enum.Enum):
     DUPLICATE = "duplicate"
 
 
-def next_step(applied: Progress, position: int, chunk: int, where: str) -> Step:
+def next_step(applied: Progress, position: int, chunk: int, where: Where) -> Step:
     """What a consumer does with part (position, chunk) when it has applied up to ``applied``.
 
     ``applied`` is Progress(0) before the first transaction. A gap is never skipped.
@@ -89,12 +90,11 @@ def next_step(applied: Progress, position: int, chunk: int, where: str) -> Step:
             f"gap in the stream at {where}: expected position {expected.position}, found {position}; "
             f"positions {expected.position}..{position - 1} are missing (deleted by retention or never delivered). "
             "Nothing was applied past the gap. Re-materialize with `pgfanout subscriber resync NAME` "
-            "(or set on_gap: resync), or find the missing messages"
-        )
+            "(or set on_gap: resync), or find the missing messages", at=where, position=expected.position)
     raise PositionError(
         f"broken transaction at {where}: expected chunk {expected.chunk} of position {expected.position}, "
-        f"found chunk {chunk} of position {position}; nothing of that transaction was committed"
-    )
+        f"found chunk {chunk} of position {position}; nothing of that transaction was committed",
+        at=where, position=position)
 
 
 class AgentState(NamedTuple):

@@ -32,6 +32,7 @@ from typing import Any
 
 from pgfanout.core import sqlvalues
 from pgfanout.core.codec import fingerprint
+from pgfanout.core.messages import AvroSchema, TableLayout
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MICROS_PER_DAY = 86_400_000_000
@@ -184,8 +185,8 @@ def avro_name(name: str) -> str:
 class TableSchemas:
     """The Key and Row schemas of one table layout, with their converters."""
 
-    key: dict[str, Any]
-    row: dict[str, Any]
+    key: AvroSchema
+    row: AvroSchema
     key_fingerprint: bytes
     row_fingerprint: bytes
     converters: list[Convert]
@@ -193,7 +194,7 @@ class TableSchemas:
     field_names: list[str]
 
 
-def table_schemas(table: dict[str, Any]) -> TableSchemas:
+def table_schemas(table: TableLayout) -> TableSchemas:
     """Schemas for a Table record (see schemas/table.avsc) as the route sends it."""
     columns, types = table["columns"], table["column_types"]
     namespace = f"pgfanout.rows.{avro_name(table['schema_name'])}.{avro_name(table['table_name'])}"
@@ -206,7 +207,7 @@ def table_schemas(table: dict[str, Any]) -> TableSchemas:
     kinds = [column_type(t) for t in types]
     interval_defined = False
 
-    def field(i: int, nullable: bool) -> dict[str, Any]:
+    def field(i: int, nullable: bool) -> AvroSchema:
         nonlocal interval_defined
         branches = [INTERVAL if b == "pgfanout.rows.Interval" and not interval_defined else b for b in kinds[i].branches]
         interval_defined = interval_defined or INTERVAL in branches
@@ -222,5 +223,5 @@ def table_schemas(table: dict[str, Any]) -> TableSchemas:
     return TableSchemas(key, row, fingerprint(key), fingerprint(row), [k.convert for k in kinds], key_positions, names)
 
 
-def schema_text(schema: dict[str, Any]) -> str:
+def schema_text(schema: AvroSchema) -> str:
     return json.dumps(schema, sort_keys=True)

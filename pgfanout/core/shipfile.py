@@ -21,7 +21,8 @@ from typing import Any, BinaryIO
 import fastavro
 
 from pgfanout.core.codec import Codec
-from pgfanout.core.errors import PgfanoutError
+from pgfanout.core.errors import ShipFileError
+from pgfanout.core.messages import Message
 
 FORMAT = "pgfanout-ship-1"
 SCHEMA = fastavro.parse_schema([
@@ -34,10 +35,6 @@ SCHEMA = fastavro.parse_schema([
                 {"name": "last_position", "type": "long"},
                 {"name": "sha256", "type": {"type": "fixed", "name": "Sha256", "size": 32}}]},
 ])
-
-
-class ShipFileError(PgfanoutError):
-    exit_code = 3
 
 
 @dataclass(frozen=True)
@@ -57,7 +54,7 @@ def write(out: BinaryIO, codec: Codec, source: str, route: str, topic: str, firs
     digest = hashlib.sha256()
     state = {"count": 0, "last": first_position - 1}
 
-    def records() -> Iterator[tuple[str, dict[str, Any]]]:
+    def records() -> Iterator[tuple[str, Message]]:
         for offset, value, last_position in messages:
             digest.update(len(value).to_bytes(8, "big"))
             digest.update(value)

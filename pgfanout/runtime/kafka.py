@@ -5,22 +5,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import kafka.errors
 from kafka.admin import NewTopic
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from pgfanout.core.config import KafkaCluster, secret
-from pgfanout.core.errors import KafkaUnavailable
+from pgfanout.core.errors import KafkaUnavailable, StreamPlace
+from pgfanout.core.messages import Message
 
 log = logging.getLogger(__name__)
 
 FETCH_MAX_BYTES = 64 * 1024 * 1024
 
 
-def client_options(cluster: KafkaCluster) -> dict[str, Any]:
-    options: dict[str, Any] = {
+def client_options(cluster: KafkaCluster) -> dict[str, object]:
+    options: dict[str, object] = {
         "bootstrap_servers": cluster.bootstrap_servers,
         "security_protocol": cluster.security_protocol,
         "request_timeout_ms": 30_000,
@@ -155,7 +155,7 @@ def last_value(client: KafkaConsumer, topic: str) -> tuple[int, bytes] | None:
 
 
 def last_message(cluster: KafkaCluster, topic: str,
-                 decode: Callable[[bytes, str], tuple[str, dict[str, Any]]]) -> tuple[str, dict[str, Any]] | None:
+                 decode: Callable[[bytes, str], tuple[str, Message]]) -> tuple[str, Message] | None:
     """The last message of a single-partition topic, decoded: (kind, record), or None if the topic is empty."""
     client = consumer(cluster)
     try:
@@ -165,7 +165,7 @@ def last_message(cluster: KafkaCluster, topic: str,
     if last is None:
         return None
     offset, value = last
-    return decode(value, f"{topic}[0]@{offset}")
+    return decode(value, StreamPlace(topic, 0, offset))
 
 
 def offset_after_position(client: KafkaConsumer, tp: TopicPartition, position: int,

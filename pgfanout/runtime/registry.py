@@ -14,7 +14,7 @@ import time
 
 from pgfanout.core.codec import HEADER_SIZE, MAGIC, Codec
 from pgfanout.core.config import KafkaCluster
-from pgfanout.core.errors import KafkaUnavailable
+from pgfanout.core.errors import KafkaUnavailable, Where
 from pgfanout.runtime import kafka as kafkautil
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class RegistryDecoder:
         self.codec, self.cluster = codec, cluster
         self.loaded_at = float("-inf")
 
-    def decode(self, data: bytes, where: str) -> tuple[str, dict]:
+    def decode(self, data: bytes, where: Where) -> tuple[str, dict]:
         if data is not None and len(data) >= HEADER_SIZE and data.startswith(MAGIC) and not self.codec.knows(data) \
                 and time.monotonic() - self.loaded_at > 1.0:
             self.loaded_at = time.monotonic()

@@ -2,8 +2,9 @@
 
 import pytest
 
-from distributor.routing import RouteError, RouteFilter
+from distributor.routing import RouteFilter
 from pgfanout.core.config import TableSubscription
+from pgfanout.core.errors import RouteError
 
 ACCOUNTS = {"table_id": 1, "schema_name": "public", "table_name": "accounts", "columns": ["id", "region", "balance", "secret"],
             "key_columns": ["id"], "column_types": ["integer", "text", "numeric", "text"], "missing_values": {},
