@@ -33,7 +33,7 @@ def profile_subscriber(config, sub: str, target: int) -> None:
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()
-    while worker.applied.position < target:
+    while worker.session.replica.applied.position < target:
         worker.work()
     profiler.disable()
     print(f"{target} transactions in {time.perf_counter() - started:.2f}s (profiled)")

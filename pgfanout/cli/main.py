@@ -182,11 +182,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from subscriber.importer import Importer
+    from subscriber.importer import import_file
 
     config = _config(args)
     name = _pick("subscriber", list(config.subscribers), args.subscriber)
-    print(Importer(config, name, Path(args.file)).run())
+    print(import_file(config, name, Path(args.file)))
     return 0
 
 

@@ -12,9 +12,9 @@ from psycopg import sql
 from devstack import processes
 from devstack.demo import daemon_argv
 from devstack.sample import SCHEMA_SQL
+from subscriber.applier import ReplicaSession
 from subscriber.copyfilter import CopyFilter
 from subscriber.state import resync_lock_key
-from subscriber.subscriber import Subscriber
 
 PRODUCTS_DDL = SCHEMA_SQL[1]
 
@@ -142,13 +142,12 @@ def test_an_applier_that_waited_for_a_resync_reads_the_filter_it_committed(pipel
     with pipeline.replica(name) as conn:  # the applier must not depend on the replica's default isolation
         conn.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'").format(
             sql.Identifier(conn.execute("SELECT current_database()").fetchone()[0])))
-    applier = Subscriber(pipeline.config, name)
-    applier._connect_replica()
+    applier = ReplicaSession.open(pipeline.config, name)
     try:
         with pipeline.replica(name) as resync:
             resync.execute("BEGIN")
             resync.execute("SELECT pg_advisory_xact_lock(%s, %s)", resync_lock_key(name))
-            waiting = threading.Thread(target=applier._read_copy_filters, kwargs={"wait_for_resync": True})
+            waiting = threading.Thread(target=applier.read_copy_filters, kwargs={"wait_for_resync": True})
             waiting.start()
             wait_until(resync, "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
                        "the applier to wait for the resync")

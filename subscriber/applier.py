@@ -1,0 +1,249 @@
+"""The replica side of a subscriber: its one applier session, the open replica transaction, its position.
+
+Whatever brings the messages (a Kafka route, a log shipping file), the applier takes them one by
+one: each part is applied, skipped as the operator asked, or passed over as a duplicate
+(subscriber.grouping), collected into the open replica transaction and applied set-based per
+table; the position (with the stream offset it came from) is written in the same replica
+transaction as the changes, PgQ-style. A transaction that cannot be applied is found one by one
+and named, and nothing of it is committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import psycopg
+
+from pgfanout.core.config import Config
+from pgfanout.core.errors import ApplierBusy, PoisonMessage, StreamGap, Where
+from pgfanout.core.messages import Batch, Message, Transaction
+from pgfanout.core.positions import Progress
+from pgfanout.runtime.pg import connect
+from subscriber.apply import TableInfo, apply_changes, forget_staging, tables_of
+from subscriber.columns import NewColumns, tables_to_extend
+from subscriber.copyfilter import CopyFilters
+from subscriber.grouping import Action, Group, action_for, apply_now, described_differently, group_full, is_whole
+from subscriber.state import (
+    SAVE_POSITION,
+    UNKNOWN_OFFSET,
+    applier_lock_key,
+    ensure_state,
+    protect_table,
+    protected_tables,
+    read_copy_filters,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Stored(NamedTuple):
+    """The position row of a subscriber, as the replica holds it."""
+
+    position: int
+    tick_id: int
+    offset: int
+    topic: str
+
+
+class Collected(NamedTuple):
+    part: Transaction
+    tables: dict[int, TableInfo]
+    source: str
+    where: Where
+
+
+class ReplicaSession:
+    """One subscriber's applier, connected: ``open()`` it, feed it with ``take()``, ``commit()``, ``close()``."""
+
+    def __init__(self, config: Config, subscriber: str, conn: psycopg.Connection, stored: Stored | None):
+        self.subscriber, self.label = subscriber, f"subscriber {subscriber}"
+        self.settings = config.subscribers[subscriber]
+        self.source = config.origin_source(self.settings.route)
+        self.topic = config.stream(self.settings.route)[1]
+        self.conn = conn
+        self.stored = stored
+        self.applied = Progress(stored.position if stored else 0)  # committed in the replica
+        self.group = Group(self.applied, stored.tick_id if stored else 0, None, UNKNOWN_OFFSET)
+        self.committed_offset = UNKNOWN_OFFSET
+        self.protected = set(protected_tables(conn))
+        self.skips = {r[0] for r in conn.execute("SELECT position FROM pgfanout_replica.skip WHERE subscriber = %s",
+                                                 (subscriber,))}
+        self.columns = NewColumns(conn, self.label)
+        self.copy_filters = CopyFilters({})
+        self.read_copy_filters()
+        self.collected: list[Collected] = []
+        self.collected_changes = 0
+        self.collected_tables: dict[int, TableInfo] = {}
+        self.commits = 0
+        conn.autocommit = False  # one replica transaction may span several messages and polls
+
+    @classmethod
+    def open(cls, config: Config, subscriber: str) -> ReplicaSession:
+        """Connect to the replica as the subscriber's only applier."""
+        conn = connect(config.subscribers[subscriber], f"pgfanout-subscriber-{subscriber}")
+        try:
+            ensure_state(conn)
+            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", applier_lock_key(subscriber)).fetchone()[0]:
+                raise ApplierBusy(f"subscriber {subscriber} is being applied to or materialized by another process "
+                                  "(another `subscriber run`, or `init`/`resync`); waiting for it to finish")
+            # The applier's own changes must not fire user triggers or re-check foreign keys.
+            conn.execute("SET session_replication_role = replica")
+            row = conn.execute("SELECT position, tick_id, kafka_offset, topic FROM pgfanout_replica.position "
+                               "WHERE subscriber = %s", (subscriber,)).fetchone()
+            return cls(config, subscriber, conn, Stored(*row) if row else None)
+        except BaseException:
+            conn.close()
+            raise
+
+    def start_at(self, offset: int) -> None:
+        """The stream offset the position was read at (where the next run goes on if nothing comes)."""
+        self.group.offset = self.committed_offset = offset
+
+    def close(self) -> None:
+        forget_staging(self.conn)
+        self.conn.close()  # an open replica transaction is rolled back: it holds no whole group
+
+    def read_copy_filters(self, wait_for_resync: bool = False) -> None:
+        self.copy_filters = read_copy_filters(self.conn, self.subscriber, wait_for_resync)
+
+    # -- taking messages -------------------------------------------------------------
+
+    def take(self, kind: str, message: Message, where: Where, stored_offset: int) -> None:
+        """Apply (or collect) what a message holds beyond the applied position."""
+        if self.group.started is None:
+            self.group.started = time.monotonic()
+            self.read_copy_filters(wait_for_resync=True)
+        if kind == "Batch":
+            self._take_batch(message, where)  # type: ignore[arg-type]
+        self.group.tick_id, self.group.source_time = message["tick_id"], message["tick_time"]
+        self.group.offset = stored_offset
+
+    def _take_batch(self, message: Batch, where: Where) -> None:
+        tables = tables_of(message)
+        self._protect(tables.values(), message["source"])
+        if described_differently(self.collected_tables, tables):
+            self.flush()  # a table described differently than in what was collected: apply that first
+        needs = self.columns.needed(message["tables"], where)
+        for part in message["transactions"]:
+            try:
+                action = action_for(self.group.pending, part, self.skips, where)
+            except StreamGap as gap:
+                raise StreamGap(f"subscriber {self.subscriber}: {gap}".replace("NAME", self.subscriber),
+                                at=where, position=gap.position) from None
+            if action is Action.DUPLICATE:
+                continue
+            self.group.advance(part)
+            if action is Action.SKIP:
+                self._skip(part, where)
+                continue
+            if self.copy_filters:
+                part = dict(part, changes=self.copy_filters.changes_to_apply(part, tables))  # type: ignore[assignment]
+            for table_id in tables_to_extend(part, needs):
+                self.flush()  # older changes first: rows that existed get the added column's value, not NULL
+                self.columns.add(*needs.pop(table_id), where)
+            if not is_whole(part):
+                self.flush()  # keep source order: what was collected goes first
+            self.collected.append(Collected(part, tables, message["source"], where))
+            self.collected_changes += len(part["changes"])
+            self.collected_tables.update(tables)
+            if apply_now(part, self.collected_changes):
+                self.flush()
+
+    def _protect(self, tables: Iterable[TableInfo], source: str) -> None:
+        """Make each replicated table read-only for everyone but the applier, the first time it is seen."""
+        for table in tables:
+            if (table.schema_name, table.table_name) in self.protected:
+                continue
+            try:
+                protect_table(self.conn, table.schema_name, table.table_name, source)
+            except psycopg.errors.UndefinedTable:
+                raise PoisonMessage(f"table {table.qualified} does not exist on subscriber {self.subscriber}; "
+                                    f"create it with `pgfanout subscriber init {self.subscriber}`") from None
+            self.protected.add((table.schema_name, table.table_name))
+
+    def _skip(self, part: Transaction, where: Where) -> None:
+        """Leave out a transaction the operator asked to skip; forget the request with its last chunk."""
+        log.warning("%s: SKIPPING the transaction at %s position %d chunk %d, as `pgfanout subscriber skip` "
+                    "asked; this replica now differs from the source by that transaction",
+                    self.label, where, part["position"], part["chunk"])
+        if part["last_chunk"]:
+            self.conn.execute("DELETE FROM pgfanout_replica.skip WHERE subscriber = %s AND position = %s",
+                              (self.subscriber, part["position"]))
+            self.skips.discard(part["position"])
+
+    # -- applying and committing -----------------------------------------------------
+
+    def flush(self) -> None:
+        """Apply what the group collected, set-based and per table; on any failure find the culprit one by one."""
+        if not self.collected:
+            return
+        collected, tables = self.collected, dict(self.collected_tables)
+        self.collected, self.collected_changes = [], 0
+        self.collected_tables.clear()
+        with self.conn.cursor() as cur:
+            self._apply(cur, collected, tables)
+
+    def _apply(self, cur: psycopg.Cursor, collected: list[Collected], tables: dict[int, TableInfo]) -> None:
+        first, last = collected[0].where, collected[-1].where
+        where = first if len(collected) == 1 else f"{first}..{last.rsplit('@', 1)[-1]}"
+        changes = [change for item in collected for change in item.part["changes"]]
+        # Plain SAVEPOINT statements, not conn.transaction(): with no statement run yet in this group, that
+        # block would be the outermost one and commit the changes without their position.
+        cur.execute("SAVEPOINT pgfanout_message")
+        try:
+            apply_changes(cur, changes, tables, where, by_table=True)
+            cur.execute("RELEASE SAVEPOINT pgfanout_message")
+            return
+        except psycopg.OperationalError:
+            raise
+        except (psycopg.Error, PoisonMessage):
+            cur.execute("ROLLBACK TO SAVEPOINT pgfanout_message")  # replay in source order to name the culprit
+            forget_staging(self.conn)  # staging tables created since the savepoint are gone
+        for part, part_tables, source, part_where in collected:
+            here = f"{part_where} position {part['position']} chunk {part['chunk']} (source {source} xid {part['xid']})"
+            try:
+                apply_changes(cur, list(part["changes"]), part_tables, here)
+            except PoisonMessage as exc:
+                exc.locate(part_where, part["position"])
+                raise
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                raise PoisonMessage(
+                    f"transaction at {here} failed to apply, nothing of it was committed: "
+                    f"{type(exc).__name__}: {str(exc).strip()}. To go on without it, run "
+                    f"`pgfanout subscriber skip {self.subscriber} --position {part['position']}`",
+                    at=part_where, position=part["position"]) from exc
+        raise PoisonMessage(f"the transactions of the messages at {where} failed together but not one by one; "
+                            "stop and inspect the replica", at=collected[0].where)
+
+    def group_full(self) -> bool:
+        return group_full(self.group, time.monotonic(), self.settings.group_max_transactions,
+                          self.settings.group_max_ms / 1000)
+
+    def commit(self) -> None:
+        """Apply what is collected and commit it with its position, in one replica transaction."""
+        self.flush()
+        group = self.group
+        if group.pending.position > self.applied.position:
+            self.conn.execute(
+                "INSERT INTO pgfanout_replica.applied (subscriber, first_position, last_position, kafka_offset) "
+                "VALUES (%s, %s, %s, %s)", (self.subscriber, self.applied.position + 1, group.pending.position,
+                                            group.offset))
+            self.commits += 1
+            if self.commits % 1000 == 0:
+                self.conn.execute("DELETE FROM pgfanout_replica.applied WHERE subscriber = %s "
+                                  "AND committed_at < clock_timestamp() - interval '7 days'", (self.subscriber,))
+        self.conn.execute(SAVE_POSITION, {"subscriber": self.subscriber, "source": self.source,
+                                          "position": group.pending.position, "tick_id": group.tick_id,
+                                          "topic": self.topic, "offset": group.offset, "source_time": group.source_time})
+        self.conn.commit()
+        if group.transactions:
+            log.debug("%s: committed %d transactions up to position %d", self.label, group.transactions,
+                      group.pending.position)
+        self.applied = group.pending
+        self.committed_offset = group.offset
+        self.group = group.successor()
