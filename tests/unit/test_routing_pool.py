@@ -9,7 +9,7 @@ import time
 SCRIPT = """
 import threading, time
 from pgfanout.runtime import daemon
-from distributor.parallel import RoutingPool
+from distributor.executors import RoutingPool
 daemon.install_signal_handlers(threading.Event())  # what `pgfanout distributor run` does before forking
 pool = RoutingPool(None, None, [], 2)
 print(" ".join(str(p.pid) for p in pool.pool._pool), flush=True)
