@@ -16,13 +16,13 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime
-from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from agent import capture, faults, logswitch
+from agent import capture, faults, logswitch, logtables
 from agent.batch import Part, pack, split_transactions, stream_rows, with_last
+from kafka import KafkaProducer
 from pgfanout.core.codec import decode_changes, default_codec, encode_batch
 from pgfanout.core.config import Config
 from pgfanout.core.errors import CaptureFault, FatalError, KafkaUnavailable, PositionError
@@ -90,16 +90,60 @@ LARGEST_ROW_QUERY = (f"SELECT coalesce(max({ROW_SIZE}), 0), "
 
 
 class Agent:
+    """The agent of one source; ``connect()`` gives the session that publishes."""
+
     def __init__(self, config: Config, source: str):
         self.name = f"agent {source}"
         self.source = source
         self.settings = config.sources[source]
         self.cluster = config.kafka[self.settings.kafka]
         self.topic = config.source_topic(source)
-        self.idle_seconds = self.settings.tick_interval_ms / 1000
         self.codec = default_codec()
-        self.conn: psycopg.Connection | None = None
-        self.producer: Any = None
+        self.session: AgentSession | None = None
+
+    @property
+    def idle_seconds(self) -> float:
+        return self.session.idle_seconds if self.session else self.settings.tick_interval_ms / 1000
+
+    def connect(self) -> AgentSession:
+        conn = connect(self.settings, f"pgfanout-agent-{self.source}")
+        producer = None
+        try:
+            if not capture.installed(conn):
+                raise FatalError(f"capture is not installed on source {self.source}; "
+                                 f"run `pgfanout agent install --source {self.source}`")
+            conn.execute(PREPARE_BATCH)
+            registry.register(self.cluster, self.codec)  # before anything is written with them
+            kafkautil.ensure_topic(self.cluster, self.topic, self.settings.max_message_bytes)
+            producer = kafkautil.producer(self.cluster, self.settings.max_message_bytes)
+            self.session = AgentSession(self, conn, producer)
+            self.session.resume()
+        except BaseException:
+            if producer is not None:
+                producer.close(timeout=5)
+            conn.close()
+            self.session = None
+            raise
+        return self.session
+
+    def work(self) -> bool:
+        assert self.session is not None, "connect() first"
+        return self.session.work()
+
+    def close(self) -> None:
+        if self.session is not None:
+            session, self.session = self.session, None
+            session.close()
+
+
+class AgentSession:
+    """A connected agent: its primary connection and its producer, both open."""
+
+    def __init__(self, agent: Agent, conn: psycopg.Connection, producer: KafkaProducer):
+        self.source, self.settings, self.cluster = agent.source, agent.settings, agent.cluster
+        self.topic, self.codec = agent.topic, agent.codec
+        self.conn, self.producer = conn, producer
+        self.idle_seconds = self.settings.tick_interval_ms / 1000
         self.state = AgentState(0, 1)
         self.tables: dict[int, TableLayout] = {}
         self.tables_version: str | None = None
@@ -111,17 +155,8 @@ class Agent:
         self.held_warned_at: float | None = None  # when the agent last warned that the old log table is held
         self.unacked = 0  # bytes sent since the last flush
 
-    # -- lifecycle -----------------------------------------------------------------
-
-    def connect(self) -> None:
-        self.conn = connect(self.settings, f"pgfanout-agent-{self.source}")
-        if not capture.installed(self.conn):
-            raise FatalError(f"capture is not installed on source {self.source}; "
-                             f"run `pgfanout agent install --source {self.source}`")
-        self.conn.execute(PREPARE_BATCH)
-        registry.register(self.cluster, self.codec)  # before anything is written with them
-        kafkautil.ensure_topic(self.cluster, self.topic, self.settings.max_message_bytes)
-        self.producer = kafkautil.producer(self.cluster, self.settings.max_message_bytes)
+    def resume(self) -> None:
+        """Reconcile the primary's record with the topic's tail (positions.plan_resume)."""
         self.state = self._read_state()
         resume = plan_resume(self.state, self._read_tail(), self.topic)
         if resume.tick_id is not None:
@@ -132,12 +167,10 @@ class Agent:
                  self.source, self.state.published_tick, self.state.next_position, self.topic)
 
     def close(self) -> None:
-        if self.producer is not None:
+        try:
             self.producer.close(timeout=5)
-            self.producer = None
-        if self.conn is not None:
+        finally:
             self.conn.close()
-            self.conn = None
 
     # -- one cycle -----------------------------------------------------------------
 
@@ -157,7 +190,6 @@ class Agent:
 
     def _next_tick(self, heartbeat_due: bool) -> tuple[int, datetime] | None:
         """The tick after the published one: left over from a crash, or taken now if there is work."""
-        assert self.conn is not None
         # Each statement on its own (autocommit): round trips are most of the agent's cost at a tick every
         # 50 ms. The log's sequence is read before the tick is taken, so a tick never claims to cover more.
         tick_id, tick_time, *logged = self.conn.execute(
@@ -176,18 +208,16 @@ class Agent:
         return tick_id, tick_time
 
     def _may_have_work(self, logged: tuple[int, bool]) -> bool:
-        assert self.conn is not None
         known = tick_needed(logged, self.logged_at_last_tick, self.running_at_last_tick)
         if known is not None:
             return known
-        return self.conn.execute(sql.SQL("SELECT EXISTS ({})").format(capture.unpublished())).fetchone()[0]
+        return self.conn.execute(sql.SQL("SELECT EXISTS ({})").format(logtables.unpublished())).fetchone()[0]
 
     def _maintain_log(self) -> None:
         """Switch log tables, or empty the old one, when it is time (see agent.logswitch)."""
         if time.monotonic() - self.last_log_check < LOG_CHECK_SECONDS:
             return
         self.last_log_check = time.monotonic()
-        assert self.conn is not None
         held = logswitch.maintain(self.conn, self.settings.log_switch_bytes, self.settings.log_switch_seconds)
         if held is None:
             if self.held_warned_at is not None:
@@ -201,7 +231,6 @@ class Agent:
                        must_publish: bool = False) -> int:
         """Stream the batch of ``tick`` to Kafka (parts after ``after`` only), flush, then record it; returns how
         many transactions the batch held."""
-        assert self.conn is not None
         tick_id, tick_time = tick
         first_position = self.state.next_position
         last: Part | None = None
@@ -281,7 +310,6 @@ class Agent:
         return [self.tables[table_id] for table_id in sorted(used)]
 
     def _read_tables(self) -> dict[int, TableLayout]:
-        assert self.conn is not None
         rows = self.conn.execute(
             "SELECT table_id, schema_name, table_name, columns, key_columns, column_types, missing_values, old_columns "
             "FROM pgfanout.tables").fetchall()
@@ -310,7 +338,6 @@ class Agent:
 
     def _record(self, tick_id: int, next_position: int) -> None:
         """Mark the tick published, in one primary transaction."""
-        assert self.conn is not None
         self.conn.execute(  # one statement, one transaction
             "WITH old AS (DELETE FROM pgfanout.tick WHERE tick_id < %(tick)s) "
             "UPDATE pgfanout.agent_state SET published_tick = %(tick)s, next_position = %(next)s",
@@ -320,7 +347,6 @@ class Agent:
     # -- reconciliation ------------------------------------------------------------
 
     def _read_state(self) -> AgentState:
-        assert self.conn is not None
         with self.conn.transaction():
             row = self.conn.execute("SELECT published_tick, next_position FROM pgfanout.agent_state").fetchone()
         return AgentState(*row)
@@ -334,7 +360,7 @@ class Agent:
         return TopicTail(mark.tick_id, mark.position, mark.chunk, kind == "Heartbeat" or record["batch_end"])
 
     def _finish(self, resume: Resume) -> None:
-        assert self.conn is not None and resume.tick_id is not None
+        assert resume.tick_id is not None
         with self.conn.transaction():
             row = self.conn.execute("SELECT tick_id, tick_time FROM pgfanout.tick WHERE tick_id = %s",
                                     (resume.tick_id,)).fetchone()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import errors, sql
 
-from agent.capture import log_table, unpublished
+from agent.logtables import log_table, unpublished
 
 log = logging.getLogger(__name__)
 

@@ -10,22 +10,10 @@ agent/sql/partitions.sql follows them.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import psycopg
 from psycopg import sql
 
-from agent.typesettings import pinned
 from pgfanout.core import names
-
-SQL = (Path(__file__).parent / "sql" / "partitions.sql").read_text()
-EVENT_TRIGGERS = [
-    "DROP EVENT TRIGGER IF EXISTS pgfanout_follow_partitions",
-    "CREATE EVENT TRIGGER pgfanout_follow_partitions ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE') "
-    "EXECUTE FUNCTION pgfanout.follow_partitions()",
-    "DROP EVENT TRIGGER IF EXISTS pgfanout_guard_partition_drop",
-    "CREATE EVENT TRIGGER pgfanout_guard_partition_drop ON sql_drop EXECUTE FUNCTION pgfanout.guard_partition_drop()",
-]
 
 
 def _tables(conn: psycopg.Connection, oids_query: str, oid: int) -> tuple[str, ...]:
@@ -58,17 +46,10 @@ def problems(conn: psycopg.Connection, tables: list[str]) -> list[str]:
     return found
 
 
-def install_statements(partitioned: list[str], superuser: bool) -> list[sql.Composable]:
-    """What follows the partitions of these published partitioned tables."""
-    statements: list[sql.Composable] = [sql.SQL(SQL.strip().rstrip(";"))]
-    # log_rows writes values as text, as the PL/pgSQL triggers do: with every setting that shapes a text pinned
-    statements += [sql.SQL('ALTER FUNCTION pgfanout.log_rows(regclass, regclass, "char") SET {} = {}').format(
-        sql.Identifier(name), sql.Literal(value)) for name, value in pinned(None).items()]
-    statements += [sql.SQL("SELECT pgfanout.publish_partitions({}::regclass)").format(sql.Literal(table))
-                   for table in partitioned]
-    if superuser:
-        statements += [sql.SQL(statement) for statement in EVENT_TRIGGERS]
-    return statements
+def publish_statements(partitioned: list[str]) -> list[sql.Composable]:
+    """Record the partitions of these published partitioned tables and watch their TRUNCATEs (partitions.sql)."""
+    return [sql.SQL("SELECT pgfanout.publish_partitions({}::regclass)").format(sql.Literal(table))
+            for table in partitioned]
 
 
 def plan_lines(name: str, partitions: tuple[str, ...], superuser: bool) -> list[str]:

@@ -30,7 +30,7 @@ import threading
 import psycopg
 from psycopg import sql
 
-from agent import capture
+from agent import capture, logtables, tables
 from bench.common import (
     CpuAccount,
     Timer,
@@ -83,13 +83,13 @@ def agent_backends(conn_info: str) -> list[int]:
             "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (f"pgfanout-agent-{DB}",))]
 
 
-def statement_trigger_statements(table: capture.PublishedTable) -> list[sql.Composable]:
+def statement_trigger_statements(table: tables.PublishedTable) -> list[sql.Composable]:
     """Statement-level capture with transition tables, for the measurement only (key changes not paired)."""
     target = sql.Identifier(table.schema_name, table.table_name)
     statements: list[sql.Composable] = []
     for event, transition, op, values in (("INSERT", "NEW", "I", "n"), ("UPDATE", "NEW", "U", "n"),
                                           ("DELETE", "OLD", "D", "o")):
-        function = sql.Identifier(capture.SCHEMA, f"capture_stmt_{event.lower()}_{table.table_id}")
+        function = sql.Identifier(logtables.SCHEMA, f"capture_stmt_{event.lower()}_{table.table_id}")
         alias = sql.Identifier(values)
         columns = table.columns if op != "D" else table.key_columns
         array = sql.SQL("ARRAY[{}]::text[]").format(
@@ -111,7 +111,7 @@ def statement_trigger_statements(table: capture.PublishedTable) -> list[sql.Comp
 
 def use_statement_triggers(conn: psycopg.Connection) -> None:
     with conn.transaction():
-        for table in capture.describe_tables(conn, TABLES):
+        for table in tables.describe_tables(conn, TABLES):
             target = sql.Identifier(table.schema_name, table.table_name)
             conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(capture.TRIGGER), target))
             for statement in statement_trigger_statements(table):

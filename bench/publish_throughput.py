@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from agent import capture
+from agent import capture, logtables
 from bench.common import bench_stack, peak_rss_mb, pgbench_database, wait_for_ready, write_result
 from devstack import processes
 from devstack.demo import daemon_argv, reset_streams, start_daemon, write_config
@@ -76,7 +76,7 @@ def main() -> None:
     with connect(config.sources[db], "bench") as conn:
         capture.install(conn, config.sources[db])
         conn.execute(SMALL_TRANSACTIONS % {"count": args.transactions})
-        rows = capture.unpublished_count(conn)
+        rows = logtables.unpublished_count(conn)
     total, working, peak = drain(stack, data, db, args.transactions)
     small = {"transactions": args.transactions, "changed_rows": rows,
              "seconds_after_ready": round(working, 2), "rows_per_second": round(rows / working),
@@ -86,7 +86,7 @@ def main() -> None:
 
     with connect(config.sources[db], "bench") as conn:
         conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1")  # one transaction, 1,000,000 rows
-        rows = capture.unpublished_count(conn)
+        rows = logtables.unpublished_count(conn)
     total, working, peak = drain(stack, data, db, args.transactions + 1)
     big = {"transactions": 1, "changed_rows": rows, "seconds_after_ready": round(working, 2),
            "rows_per_second": round(rows / working), "seconds_including_startup": round(total, 2),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from agent import capture
+from agent import capture, logtables
 from bench.common import bench_stack, peak_rss_mb, wait_for_ready, write_result
 from bench.publish_throughput import SMALL_TRANSACTIONS, drain, prepare_pgbench_db
 from devstack import processes
@@ -99,7 +99,7 @@ def main() -> None:
     with connect(config.sources[db], "bench") as conn:
         capture.install(conn, config.sources[db], config.subscriptions_of(db))
         conn.execute(SMALL_TRANSACTIONS % {"count": args.transactions})
-        rows = capture.unpublished_count(conn)
+        rows = logtables.unpublished_count(conn)
     drain(stack, {k: v for k, v in data.items() if k in ("kafka", "sources")}, db, args.transactions)
     seconds, peak = route(stack, data, db)
     results["many_small_transactions"] = {"transactions": args.transactions, "changed_rows": rows,
@@ -108,7 +108,7 @@ def main() -> None:
                                           "distributor_peak_rss_mb": round(peak)}
     with connect(config.sources[db], "bench") as conn:
         conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1")  # one transaction, 1,000,000 rows
-        rows = capture.unpublished_count(conn)
+        rows = logtables.unpublished_count(conn)
     drain(stack, {k: v for k, v in data.items() if k in ("kafka", "sources")}, db, args.transactions + 1)
     seconds, peak = route(stack, data, db)
     results["one_large_transaction"] = {"transactions": 1, "changed_rows": rows, "seconds_after_ready": round(seconds, 2),

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import psycopg
 
 from pgfanout.core.config import Config
-from pgfanout.core.errors import ApplierBusy, PoisonMessage, StreamGap, Where
+from pgfanout.core.errors import ApplierBusy, PoisonMessage, StreamGap, StreamPlace, Where
 from pgfanout.core.messages import Batch, Message, Transaction
 from pgfanout.core.positions import Progress
 from pgfanout.runtime.pg import connect
@@ -188,7 +188,7 @@ class ReplicaSession:
 
     def _apply(self, cur: psycopg.Cursor, collected: list[Collected], tables: dict[int, TableInfo]) -> None:
         first, last = collected[0].where, collected[-1].where
-        where = first if len(collected) == 1 else f"{first}..{last.rsplit('@', 1)[-1]}"
+        where = first if len(collected) == 1 else f"{first}..{last.offset if isinstance(last, StreamPlace) else last}"
         changes = [change for item in collected for change in item.part["changes"]]
         # Plain SAVEPOINT statements, not conn.transaction(): with no statement run yet in this group, that
         # block would be the outermost one and commit the changes without their position.

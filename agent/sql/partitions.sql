@@ -9,14 +9,6 @@ CREATE TABLE IF NOT EXISTS pgfanout.partition (
     leaf oid PRIMARY KEY,
     root oid NOT NULL);
 
--- The columns of `record` (a row variable or alias) as a text[] expression; 'NULL' for none.
-CREATE OR REPLACE FUNCTION pgfanout.text_array_sql(record text, columns text[]) RETURNS text LANGUAGE sql
-IMMUTABLE SET search_path = pg_catalog, pg_temp AS $array$
-    SELECT CASE WHEN cardinality(columns) = 0 THEN 'NULL' ELSE 'ARRAY['
-        || (SELECT string_agg(format('%s.%I::pg_catalog.text', record, c), ', ') FROM unnest(columns) c)
-        || ']::pg_catalog.text[]' END
-$array$;
-
 -- Every row of `relation` logged as inserted into (op 'I') or deleted from (op 'D') the published table
 -- `published`, in the calling transaction, through the same kind of log rows as the table's trigger
 -- writes. Where capture cannot, a fault stops the agent before this transaction (agent/faults.py).

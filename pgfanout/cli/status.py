@@ -6,7 +6,7 @@ import psycopg
 from psycopg import sql
 
 from agent import logswitch
-from agent.capture import UNPUBLISHED_CHANGES
+from agent.logtables import UNPUBLISHED_CHANGES
 from pgfanout.core.config import Config
 from pgfanout.core.errors import PgfanoutError
 from pgfanout.runtime.pg import connect, describe

@@ -76,8 +76,8 @@ def test_crash_between_publishing_and_recording_a_batch_is_finished_not_repeated
     stats = run_workload(pipeline.primary_dsn, seconds=30, writers=2, max_transactions=100, seed_value=3,
                          record_xids=True)
     agent = Agent(pipeline.config, pipeline.source)
-    agent.connect()
-    monkeypatch.setattr(agent, "_record", lambda *a: (_ for _ in ()).throw(Crash()))
+    session = agent.connect()
+    monkeypatch.setattr(session, "_record", lambda *a: (_ for _ in ()).throw(Crash()))
     try:
         with pytest.raises(Crash):
             agent.work()
@@ -88,8 +88,8 @@ def test_crash_between_publishing_and_recording_a_batch_is_finished_not_repeated
     assert len(stats.xids) >= 150 and len(published) == 1 + len(stats.xids)
 
     again = Agent(pipeline.config, pipeline.source)
-    again.connect()  # reconciles: the topic holds the whole batch, the primary records none of it
-    assert again.state.next_position == published[-1] + 1
+    resumed = again.connect()  # reconciles: the topic holds the whole batch, the primary records none of it
+    assert resumed.state.next_position == published[-1] + 1
     again.work()
     again.close()
     assert published_positions(pipeline) == published, "nothing may be published twice"
@@ -103,17 +103,17 @@ def test_crash_in_the_middle_of_a_batch_publishes_the_rest_once(pipeline, monkey
     small = pipeline.config.model_copy(update={"sources": {
         pipeline.source: source.model_copy(update={"message_bytes": 4096})}})
     agent = Agent(small, pipeline.source)
-    agent.connect()
-    original, sent = agent._send, []
+    session = agent.connect()
+    original, sent = session._send, []
 
     def send_then_die(value, mark):
         if len(sent) == 3:
-            agent.producer.flush(timeout=30)
+            session.producer.flush(timeout=30)
             raise Crash()
         original(value, mark)
         sent.append(mark.position)
 
-    monkeypatch.setattr(agent, "_send", send_then_die)
+    monkeypatch.setattr(session, "_send", send_then_die)
     with pytest.raises(Crash):
         agent.work()
     agent.close()  # the dead process's sockets close with it
@@ -165,7 +165,7 @@ def test_a_row_too_large_for_any_message_stops_the_agent_naming_its_position_and
         with pytest.raises(FatalError, match=r"position 2 \(tick \d+\) encodes to \d+ bytes, over "
                                              rf"sources\.{pipeline.source}\.max_message_bytes=2048"):
             agent.work()
-        state = agent._read_state()
+        state = agent.session._read_state()
     finally:
         agent.close()
     assert state.next_position == 1, "the tick is not recorded as published"
@@ -180,9 +180,9 @@ def test_the_agent_prepares_its_batch_statement_again_after_the_session_lost_it(
     agent = Agent(pipeline.config, pipeline.source)
     agent.connect()
     try:
-        agent.conn.execute("DEALLOCATE ALL")
+        agent.session.conn.execute("DEALLOCATE ALL")
         agent.work()
-        state = agent._read_state()
+        state = agent.session._read_state()
     finally:
         agent.close()
     assert state.next_position == 2

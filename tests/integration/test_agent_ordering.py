@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from agent import capture
+from agent import logtables
 from agent.agent import BATCH_QUERY, LARGEST_ROW_QUERY
 from devstack import processes
 from devstack.sample import ACCOUNTS, OPENING_BALANCE
@@ -151,13 +151,13 @@ def test_ticks_while_a_transaction_stays_open_read_only_the_rows_they_publish(pi
         batch = {"prev": prev, "cur": cur}
         published = {row[0] for row in conn.execute(BATCH_QUERY, batch)}
         assert published == {straddling_xid, *after}
-        assert conn.execute(sql.SQL("SELECT {}").format(capture.UNPUBLISHED_CHANGES)).fetchone()[0] == 6
+        assert conn.execute(sql.SQL("SELECT {}").format(logtables.UNPUBLISHED_CHANGES)).fetchone()[0] == 6
         # a few pages (3 with the C trigger, 6 with PL/pgSQL's): not those of the 1,000 published before (19 /
         # 871 when read from prev's xmin), nor those the open transaction has logged (436 with PL/pgSQL's
         # when all of prev's running transactions are looked up, not only those committed by cur)
         assert log_pages_read(conn, sql.SQL(BATCH_QUERY), batch) <= 10
         assert log_pages_read(conn, sql.SQL(LARGEST_ROW_QUERY), batch) <= 10
-        assert log_pages_read(conn, capture.unpublished()) <= 10
+        assert log_pages_read(conn, logtables.unpublished()) <= 10
         idle_in_transaction.rollback()
 
 

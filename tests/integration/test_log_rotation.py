@@ -106,9 +106,9 @@ def test_an_agent_role_with_only_the_documented_grants_switches_and_empties_the_
         update={"dsn": source.dsn + f" user={role}"})}})
     agent = Agent(restricted, pipeline.source)
     try:
-        agent.connect()
-        with agent.conn.transaction():
-            assert agent.conn.execute("SELECT current_user").fetchone()[0] == role
+        session = agent.connect()
+        with session.conn.transaction():
+            assert session.conn.execute("SELECT current_user").fetchone()[0] == role
         workload, result = pipeline.workload_in_background(seconds=6, writers=2, seed_value=31, record_xids=True)
         flips, last = 0, current_log(pipeline)
         deadline = time.monotonic() + 60

@@ -1,6 +1,6 @@
 """agent install checks every route's subscription against the published tables, all problems at once."""
 
-from agent.capture import PublishedTable, filtered_columns, subscription_problems
+from agent.tables import PublishedTable, filtered_columns, subscription_problems
 from pgfanout.core.config import TableSubscription
 
 ORDERS = PublishedTable(1, "public", "orders", ("id", "status", "total"), ("id",),
