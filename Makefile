@@ -11,7 +11,7 @@ help:
 	@echo "make test   install what is missing, then run every test (unit + integration + fault)"
 	@echo "make unit   only the unit tests (no servers)"
 	@echo "make down   stop the local stack started by make demo"
-	@echo "make lint   ruff"
+	@echo "make lint   ruff check, ruff format --check and the import contracts (make test runs it first)"
 	@echo "make bench  the benchmarks (bench/README.md); results in bench/results/"
 
 deps:
@@ -41,7 +41,7 @@ down: venv
 demo: deps capture-lib venv
 	$(BIN)/python -m devstack demo
 
-test: deps capture-lib venv jars
+test: lint deps capture-lib venv jars
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv
@@ -49,6 +49,8 @@ unit: venv
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 bench: deps capture-lib venv jars
 	$(BIN)/python -m bench.publish_throughput

@@ -46,12 +46,16 @@ def _size_estimate(column: str) -> str:
 
     Formatting every array as text only to measure it (array_out) was a third of the batch query's cost.
     """
-    return (f"coalesce(CASE WHEN pg_column_compression({column}) IS NULL THEN pg_column_size({column}) "
-            f"ELSE octet_length({column}::text) END, 0)")
+    return (
+        f"coalesce(CASE WHEN pg_column_compression({column}) IS NULL THEN pg_column_size({column}) "
+        f"ELSE octet_length({column}::text) END, 0)"
+    )
 
 
-ROW_SIZE = (f"16 + {_size_estimate('l.new_row')} + {_size_estimate('l.old_key')} + {_size_estimate('l.old_values')} "
-            "+ coalesce(octet_length(l.changes), 0)")
+ROW_SIZE = (
+    f"16 + {_size_estimate('l.new_row')} + {_size_estimate('l.old_key')} + {_size_estimate('l.old_values')} "
+    "+ coalesce(octet_length(l.changes), 0)"
+)
 # The rows of transactions visible in the tick `cur` and not in `prev` (docs/ordering.md). Not visible in
 # `prev` means started at or after its xmax, or running then (its xip list, of which only those ended by
 # `cur` are looked up): each of the two is one index lookup. Reading from `prev`'s xmin instead revisited,
@@ -80,13 +84,16 @@ ORDER BY {LOG_ORDER}
 # Prepared once per connection: planning it again at every tick was a sixth of its cost in the primary.
 BATCH_STATEMENT = "pgfanout_batch"
 PREPARE_BATCH = sql.SQL("PREPARE {} (bigint, bigint) AS {}").format(
-    sql.Identifier(BATCH_STATEMENT), sql.SQL(BATCH_QUERY % {"prev": "$1", "cur": "$2"}))
+    sql.Identifier(BATCH_STATEMENT), sql.SQL(BATCH_QUERY % {"prev": "$1", "cur": "$2"})
+)
 # The batch's largest row (to size the stream's pieces), a version of pgfanout.tables (layout rows are
 # never changed, only added, or replaced by a reinstall) to tell when the layouts must be read again, and
 # how many capture faults its transactions hold (agent.faults).
-LARGEST_ROW_QUERY = (f"SELECT coalesce(max({ROW_SIZE}), 0), "
-                     "(SELECT count(*) || '/' || coalesce(sum(xmin::text::bigint), 0) FROM pgfanout.tables), "
-                     f"{faults.COUNT_IN_BATCH} {BATCH_ROWS}")
+LARGEST_ROW_QUERY = (
+    f"SELECT coalesce(max({ROW_SIZE}), 0), "
+    "(SELECT count(*) || '/' || coalesce(sum(xmin::text::bigint), 0) FROM pgfanout.tables), "
+    f"{faults.COUNT_IN_BATCH} {BATCH_ROWS}"
+)
 
 
 class Agent:
@@ -110,8 +117,9 @@ class Agent:
         producer = None
         try:
             if not capture.installed(conn):
-                raise FatalError(f"capture is not installed on source {self.source}; "
-                                 f"run `pgfanout agent install --source {self.source}`")
+                raise FatalError(
+                    f"capture is not installed on source {self.source}; run `pgfanout agent install --source {self.source}`"
+                )
             conn.execute(PREPARE_BATCH)
             registry.register(self.cluster, self.codec)  # before anything is written with them
             kafkautil.ensure_topic(self.cluster, self.topic, self.settings.max_message_bytes)
@@ -160,11 +168,15 @@ class AgentSession:
         self.state = self._read_state()
         resume = plan_resume(self.state, self._read_tail(), self.topic)
         if resume.tick_id is not None:
-            log.info("topic %s is ahead of the primary: finishing tick %d after %s",
-                     self.topic, resume.tick_id, resume.after)
+            log.info("topic %s is ahead of the primary: finishing tick %d after %s", self.topic, resume.tick_id, resume.after)
             self._finish(resume)
-        log.info("agent %s ready: published tick %d, next position %d, topic %s",
-                 self.source, self.state.published_tick, self.state.next_position, self.topic)
+        log.info(
+            "agent %s ready: published tick %d, next position %d, topic %s",
+            self.source,
+            self.state.published_tick,
+            self.state.next_position,
+            self.topic,
+        )
 
     def close(self) -> None:
         try:
@@ -182,8 +194,13 @@ class AgentSession:
             return False
         now = time.monotonic()
         published = self._publish_batch(tick, Progress(self.state.next_position - 1), heartbeat=heartbeat_due)
-        self.idle_seconds = tick_pause(published, now - self.last_tick_at, self.settings.tick_interval_ms,
-                                       self.settings.busy_tick_interval_ms, self.settings.busy_transactions_per_second)
+        self.idle_seconds = tick_pause(
+            published,
+            now - self.last_tick_at,
+            self.settings.tick_interval_ms,
+            self.settings.busy_tick_interval_ms,
+            self.settings.busy_transactions_per_second,
+        )
         self.last_tick_at = now
         self._maintain_log()
         return False  # ticks are paced (tick_pause), busy or idle: that sizes the batches
@@ -195,7 +212,8 @@ class AgentSession:
         tick_id, tick_time, *logged = self.conn.execute(
             "SELECT t.tick_id, t.tick_time, s.last_value, s.is_called FROM pgfanout.log_seq s LEFT JOIN LATERAL "
             "(SELECT tick_id, tick_time FROM pgfanout.tick WHERE tick_id > %s ORDER BY tick_id LIMIT 1) t ON true",
-            (self.state.published_tick,)).fetchone()
+            (self.state.published_tick,),
+        ).fetchone()
         if tick_id is not None:
             return tick_id, tick_time
         if not heartbeat_due and not self._may_have_work(tuple(logged)):
@@ -203,7 +221,8 @@ class AgentSession:
         tick_id, tick_time, others_running = self.conn.execute(
             "INSERT INTO pgfanout.tick (tick_id, snapshot, tick_time) "
             "VALUES (nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()) "
-            "RETURNING tick_id, tick_time, pg_snapshot_xmin(snapshot) <> pg_snapshot_xmax(snapshot)").fetchone()
+            "RETURNING tick_id, tick_time, pg_snapshot_xmin(snapshot) <> pg_snapshot_xmax(snapshot)"
+        ).fetchone()
         self.logged_at_last_tick, self.running_at_last_tick = tuple(logged), others_running
         return tick_id, tick_time
 
@@ -227,8 +246,7 @@ class AgentSession:
             log.warning("%s", logswitch.held_message(held))
             self.held_warned_at = self.last_log_check
 
-    def _publish_batch(self, tick: tuple[int, datetime], after: Progress, heartbeat: bool,
-                       must_publish: bool = False) -> int:
+    def _publish_batch(self, tick: tuple[int, datetime], after: Progress, heartbeat: bool, must_publish: bool = False) -> int:
         """Stream the batch of ``tick`` to Kafka (parts after ``after`` only), flush, then record it; returns how
         many transactions the batch held."""
         tick_id, tick_time = tick
@@ -260,21 +278,35 @@ class AgentSession:
             # closing() ends the stream even when sending fails: a suspended stream holds the connection's
             # lock, and the next statement would wait for it forever
             with closing(rows):
-                parts = split_transactions(rows, first_position, CHUNK_CHANGES, self.settings.message_bytes,
-                                           unpack=lambda data: decode_changes(self.codec, data))
+                parts = split_transactions(
+                    rows,
+                    first_position,
+                    CHUNK_CHANGES,
+                    self.settings.message_bytes,
+                    unpack=lambda data: decode_changes(self.codec, data),
+                )
                 if after >= Progress(first_position, 0):  # resuming a batch whose beginning the topic holds
                     parts = unpublished(parts)
                 for package, batch_end in with_last(pack(parts, self.settings.message_bytes)):
                     last = package[-1]
-                    value = encode_batch(self.codec, {
-                        "source": self.source, "tick_id": tick_id, "tick_time": tick_time, "batch_end": batch_end,
-                        "tables": self._tables_of(package), "transactions": [p.record() for p in package]})
+                    value = encode_batch(
+                        self.codec,
+                        {
+                            "source": self.source,
+                            "tick_id": tick_id,
+                            "tick_time": tick_time,
+                            "batch_end": batch_end,
+                            "tables": self._tables_of(package),
+                            "transactions": [p.record() for p in package],
+                        },
+                    )
                     self._send(value, part_mark(tick_id, last.position, last.chunk, last.last_chunk))
                     sent += 1
         if must_publish and sent == 0:
             raise PositionError(
                 f"topic {self.topic} holds {after} of tick {tick_id} without its batch's end, but the primary's batch "
-                f"for that tick has nothing after it; the topic and the primary disagree")
+                f"for that tick has nothing after it; the topic and the primary disagree"
+            )
         if last is None and heartbeat:
             beat = {"source": self.source, "position": first_position - 1, "tick_id": tick_id, "tick_time": tick_time}
             self._send(self.codec.encode("Heartbeat", beat), mark_of("Heartbeat", beat))
@@ -282,8 +314,7 @@ class AgentSession:
         next_position = last.position + 1 if last is not None else first_position
         self._record(tick_id, next_position)
         if sent:
-            log.debug("tick %d: published positions %d..%d in %d messages", tick_id, first_position,
-                      next_position - 1, sent)
+            log.debug("tick %d: published positions %d..%d in %d messages", tick_id, first_position, next_position - 1, sent)
         return next_position - first_position
 
     def _batch_rows(self, cur: psycopg.Cursor, prev: int, tick_id: int, size: int) -> Iterator[tuple]:
@@ -312,9 +343,21 @@ class AgentSession:
     def _read_tables(self) -> dict[int, TableLayout]:
         rows = self.conn.execute(
             "SELECT table_id, schema_name, table_name, columns, key_columns, column_types, missing_values, old_columns "
-            "FROM pgfanout.tables").fetchall()
-        return {r[0]: {"table_id": r[0], "schema_name": r[1], "table_name": r[2], "columns": r[3], "key_columns": r[4],
-                       "column_types": r[5], "missing_values": r[6], "old_columns": r[7]} for r in rows}
+            "FROM pgfanout.tables"
+        ).fetchall()
+        return {
+            r[0]: {
+                "table_id": r[0],
+                "schema_name": r[1],
+                "table_name": r[2],
+                "columns": r[3],
+                "key_columns": r[4],
+                "column_types": r[5],
+                "missing_values": r[6],
+                "old_columns": r[7],
+            }
+            for r in rows
+        }
 
     def _send(self, value: bytes, mark: Mark) -> None:
         if len(value) > self.settings.max_message_bytes:
@@ -341,7 +384,8 @@ class AgentSession:
         self.conn.execute(  # one statement, one transaction
             "WITH old AS (DELETE FROM pgfanout.tick WHERE tick_id < %(tick)s) "
             "UPDATE pgfanout.agent_state SET published_tick = %(tick)s, next_position = %(next)s",
-            {"tick": tick_id, "next": next_position})
+            {"tick": tick_id, "next": next_position},
+        )
         self.state = AgentState(tick_id, next_position)
 
     # -- reconciliation ------------------------------------------------------------
@@ -362,11 +406,14 @@ class AgentSession:
     def _finish(self, resume: Resume) -> None:
         assert resume.tick_id is not None
         with self.conn.transaction():
-            row = self.conn.execute("SELECT tick_id, tick_time FROM pgfanout.tick WHERE tick_id = %s",
-                                    (resume.tick_id,)).fetchone()
+            row = self.conn.execute(
+                "SELECT tick_id, tick_time FROM pgfanout.tick WHERE tick_id = %s", (resume.tick_id,)
+            ).fetchone()
         if row is None:
-            raise PositionError(f"topic {self.topic} holds tick {resume.tick_id}, which the primary does not know; "
-                                "the topic belongs to another installation")
+            raise PositionError(
+                f"topic {self.topic} holds tick {resume.tick_id}, which the primary does not know; "
+                "the topic belongs to another installation"
+            )
         if resume.batch_complete:
             self._record(resume.tick_id, resume.after.position + 1)
         else:
@@ -385,8 +432,9 @@ def tick_pause(transactions: int, seconds: float, tick_ms: int, busy_tick_ms: in
     return (busy_tick_ms if rate > busy_tps else tick_ms) / 1000
 
 
-def tick_needed(logged: tuple[int, bool], logged_at_last_tick: tuple[int, bool] | None,
-                running_at_last_tick: bool) -> bool | None:
+def tick_needed(
+    logged: tuple[int, bool], logged_at_last_tick: tuple[int, bool] | None, running_at_last_tick: bool
+) -> bool | None:
     """Whether the log may hold rows the last tick did not cover; None: only the log itself can tell.
 
     The log's sequence moved: something was logged since (or rolled back: an empty tick). It did not,

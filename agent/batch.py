@@ -48,8 +48,13 @@ def stream_rows(largest_row: int, max_rows: int, max_bytes: int) -> int:
 def change_of(row: tuple) -> Change:
     """The wire form of a change: the trigger already stored what it needs (see schemas/change.avsc)."""
     nulls = row[NULLS]
-    change = {"table": row[TABLE_ID], "op": OPS[row[OP]], "values": row[NEW_ROW] or (),
-              "nulls": [p - 1 for p in nulls] if nulls else (), "old_key": row[OLD_KEY] or ()}
+    change = {
+        "table": row[TABLE_ID],
+        "op": OPS[row[OP]],
+        "values": row[NEW_ROW] or (),
+        "nulls": [p - 1 for p in nulls] if nulls else (),
+        "old_key": row[OLD_KEY] or (),
+    }
     old_values = row[OLD_VALUES]
     if old_values:
         old_nulls = row[OLD_NULLS]
@@ -82,12 +87,18 @@ class Part:
         """The part as a Transaction record for pgfanout.core.codec.encode_batch."""
         if self.blocks:
             return SplicedTransaction(self.position, self.xid, self.chunk, self.last_chunk, self.blocks)
-        return {"position": self.position, "xid": self.xid, "chunk": self.chunk, "last_chunk": self.last_chunk,
-                "changes": self.changes}
+        return {
+            "position": self.position,
+            "xid": self.xid,
+            "chunk": self.chunk,
+            "last_chunk": self.last_chunk,
+            "changes": self.changes,
+        }
 
 
-def split_transactions(rows: Iterable[tuple], first_position: int, max_changes: int, max_bytes: int,
-                       unpack: Unpack | None = None) -> Iterator[Part]:
+def split_transactions(
+    rows: Iterable[tuple], first_position: int, max_changes: int, max_bytes: int, unpack: Unpack | None = None
+) -> Iterator[Part]:
     """Parts of each transaction (rows shaped like LogRow), numbered from ``first_position``, in row order.
 
     A chunk is closed when one more change would pass ``max_changes`` or ``max_bytes``. A row of the C

@@ -35,26 +35,41 @@ def table_statements(table: PublishedTable, log_number: int, c_trigger: bool = F
     target = sql.Identifier(table.schema_name, table.table_name)
     function = sql.Identifier(SCHEMA, ctrigger.FUNCTION if c_trigger else f"capture_{table.table_id}")
     settings = sql.Literal(ctrigger.settings_pairs(table.settings))
-    statements: list[sql.Composable] = [sql.SQL(
-        "INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns, column_types, "
-        "missing_values, old_columns, settings) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}::text[]) "
-        "ON CONFLICT (table_id) DO NOTHING"
-    ).format(sql.Literal(table.table_id), sql.Literal(table.schema_name), sql.Literal(table.table_name),
-             sql.Literal(list(table.columns)), sql.Literal(list(table.key_columns)),
-             sql.Literal(list(table.column_types)), sql.Literal(json.dumps(dict(table.missing_values))),
-             sql.Literal(list(table.old_columns)), settings)]
+    statements: list[sql.Composable] = [
+        sql.SQL(
+            "INSERT INTO pgfanout.tables (table_id, schema_name, table_name, columns, key_columns, column_types, "
+            "missing_values, old_columns, settings) VALUES ({}, {}, {}, {}, {}, {}, {}, {}, {}::text[]) "
+            "ON CONFLICT (table_id) DO NOTHING"
+        ).format(
+            sql.Literal(table.table_id),
+            sql.Literal(table.schema_name),
+            sql.Literal(table.table_name),
+            sql.Literal(list(table.columns)),
+            sql.Literal(list(table.key_columns)),
+            sql.Literal(list(table.column_types)),
+            sql.Literal(json.dumps(dict(table.missing_values))),
+            sql.Literal(list(table.old_columns)),
+            settings,
+        )
+    ]
     if not c_trigger:
-        statements.append(sql.SQL("SELECT pgfanout.create_capture_function({}, {}, {}::text[], {}::text[], "
-                                  "{}::text[], {}, {}::text[])").format(
-            sql.Literal(function.as_string(None)), sql.Literal(table.table_id), sql.Literal(list(table.columns)),
-            sql.Literal(list(table.key_columns)), sql.Literal(list(table.old_columns)),
-            sql.Literal(log_table(log_number).as_string(None)), settings))
-    for name, events, level in ((TRIGGER, "INSERT OR UPDATE OR DELETE", "ROW"), (TRIGGER + "_truncate", "TRUNCATE",
-                                                                                  "STATEMENT")):
+        statements.append(
+            sql.SQL("SELECT pgfanout.create_capture_function({}, {}, {}::text[], {}::text[], {}::text[], {}, {}::text[])").format(
+                sql.Literal(function.as_string(None)),
+                sql.Literal(table.table_id),
+                sql.Literal(list(table.columns)),
+                sql.Literal(list(table.key_columns)),
+                sql.Literal(list(table.old_columns)),
+                sql.Literal(log_table(log_number).as_string(None)),
+                settings,
+            )
+        )
+    for name, events, level in ((TRIGGER, "INSERT OR UPDATE OR DELETE", "ROW"), (TRIGGER + "_truncate", "TRUNCATE", "STATEMENT")):
         statements += [
             sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), target),
             sql.SQL("CREATE TRIGGER {} AFTER {} ON {} FOR EACH {} EXECUTE FUNCTION {}()").format(
-                sql.Identifier(name), sql.SQL(events), target, sql.SQL(level), function),
+                sql.Identifier(name), sql.SQL(events), target, sql.SQL(level), function
+            ),
         ]
     return statements
 
@@ -75,7 +90,10 @@ def plan_install(conn: psycopg.Connection, source: Source, subscriptions: Subscr
     c_trigger = ctrigger.use_c_trigger(conn, source.capture_trigger)
     superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
     statements: list[sql.Composable] = [
-        script("schema"), script("capture_function"), script("capture_c"), script("partitions"),
+        script("schema"),
+        script("capture_function"),
+        script("capture_c"),
+        script("partitions"),
         *(ctrigger.pinned_settings_function(), *pin_all_settings('pgfanout.log_rows(regclass, regclass, "char")')),
         *([script("c_functions")] if c_trigger else []),
     ]
@@ -87,14 +105,17 @@ def plan_install(conn: psycopg.Connection, source: Source, subscriptions: Subscr
     if superuser:
         statements += [script("follow_ddl"), *pin_all_settings("pgfanout.follow_alter_table()")]
     else:
-        notes.append("not a superuser: no event triggers, so ALTER TABLE on published tables is not followed; "
-                     "run `pgfanout agent install` again after each one")
+        notes.append(
+            "not a superuser: no event triggers, so ALTER TABLE on published tables is not followed; "
+            "run `pgfanout agent install` again after each one"
+        )
     statements.append(sql.SQL("SELECT pgfanout.point_capture_at({}::smallint)").format(sql.Literal(log_number)))
     return InstallPlan(statements, notes)
 
 
-def install_statements(conn: psycopg.Connection, source: Source,
-                       subscriptions: Subscriptions | None = None) -> list[sql.Composable]:
+def install_statements(
+    conn: psycopg.Connection, source: Source, subscriptions: Subscriptions | None = None
+) -> list[sql.Composable]:
     return plan_install(conn, source, subscriptions).statements
 
 

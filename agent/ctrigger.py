@@ -23,6 +23,7 @@ from pgfanout.core.errors import CaptureError
 LIBRARY = "pgfanout_capture"
 FUNCTION = "capture_packed"
 
+
 def settings_pairs(names: frozenset[str] | None) -> list[str]:
     """The settings the trigger pins, as the flat [name, value, ...] list pgfanout.tables.settings holds."""
     return [item for pair in pinned(names).items() for item in pair]
@@ -44,13 +45,14 @@ def use_c_trigger(conn: psycopg.Connection, choice: str) -> bool:
         raise CaptureError(
             f"capture_trigger is c, but the library {LIBRARY} is not installed on the server, "
             "or the installing role is not a superuser: run `make -C agent/capture_c install` on the database "
-            "server (needs postgresql-server-dev), install as a superuser, or set capture_trigger: plpgsql")
+            "server (needs postgresql-server-dev), install as a superuser, or set capture_trigger: plpgsql"
+        )
     return available
 
 
 def pinned_settings_function() -> sql.Composable:
     """pgfanout.pinned_settings(): every pinned setting as the [name, value, ...] pairs of pgfanout.tables.settings,
     for layouts that the ALTER TABLE event trigger makes."""
-    return sql.SQL("CREATE OR REPLACE FUNCTION pgfanout.pinned_settings() RETURNS text[] LANGUAGE sql IMMUTABLE "
-                   "AS {}").format(sql.Literal(sql.SQL("SELECT {}::text[]").format(
-                       sql.Literal(settings_pairs(None))).as_string(None)))
+    return sql.SQL("CREATE OR REPLACE FUNCTION pgfanout.pinned_settings() RETURNS text[] LANGUAGE sql IMMUTABLE AS {}").format(
+        sql.Literal(sql.SQL("SELECT {}::text[]").format(sql.Literal(settings_pairs(None))).as_string(None))
+    )

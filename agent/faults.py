@@ -30,18 +30,23 @@ class Fault(NamedTuple):
 
 
 def in_batch(conn: psycopg.Connection, prev: int, cur: int) -> list[Fault]:
-    rows = conn.execute(f"SELECT f.txid::text::bigint, f.relation, f.reason {IN_BATCH} ORDER BY 1, 2",
-                        {"prev": prev, "cur": cur}).fetchall()
+    rows = conn.execute(
+        f"SELECT f.txid::text::bigint, f.relation, f.reason {IN_BATCH} ORDER BY 1, 2", {"prev": prev, "cur": cur}
+    ).fetchall()
     return [Fault(*row) for row in rows]
 
 
 def listing(conn: psycopg.Connection) -> list[Fault]:
-    return [Fault(*row) for row in conn.execute(
-        "SELECT txid::text::bigint, relation, reason FROM pgfanout.capture_fault ORDER BY 1, 2")]
+    return [
+        Fault(*row)
+        for row in conn.execute("SELECT txid::text::bigint, relation, reason FROM pgfanout.capture_fault ORDER BY 1, 2")
+    ]
 
 
 def accept(conn: psycopg.Connection) -> list[Fault]:
     """Forget every recorded fault (the agent then publishes those transactions as recorded)."""
     with conn.transaction():
-        return [Fault(*row) for row in conn.execute(
-            "DELETE FROM pgfanout.capture_fault RETURNING txid::text::bigint, relation, reason")]
+        return [
+            Fault(*row)
+            for row in conn.execute("DELETE FROM pgfanout.capture_fault RETURNING txid::text::bigint, relation, reason")
+        ]

@@ -52,8 +52,9 @@ def switch_due(current_bytes: int, seconds_since_switch: float, switch_bytes: in
     return current_bytes >= switch_bytes or (current_bytes > 0 and seconds_since_switch >= switch_seconds)
 
 
-def next_step(old_table_empty: bool, current_bytes: int, seconds_since_switch: float,
-              switch_bytes: int, switch_seconds: float) -> Step | None:
+def next_step(
+    old_table_empty: bool, current_bytes: int, seconds_since_switch: float, switch_bytes: int, switch_seconds: float
+) -> Step | None:
     """What the log needs now. The old table must be empty before the next switch, so that a switch
     never leaves consumed rows behind in a table that is written to again."""
     if not old_table_empty:
@@ -73,12 +74,14 @@ def describe_holder(holder: Holder) -> str:
 def held_message(held: Held) -> str:
     """What the operator is told while open transactions keep the log from switching."""
     one = len(held.holders) == 1
-    return (f"log table {log_name(other(held.current))} cannot be emptied: "
-            f"{', '.join(map(describe_holder, held.holders))} wrote into it "
-            f"and {'is' if one else 'are'} still open, so {log_name(held.current)} cannot be switched away from and "
-            f"keeps growing ({held.current_bytes / 1024 / 1024:,.1f} MB). Ending {'that transaction' if one else 'them'} "
-            f"(commit, roll back, or pg_terminate_backend({held.holders[0].pid})) lets the agent empty it; "
-            "nothing committed is lost")
+    return (
+        f"log table {log_name(other(held.current))} cannot be emptied: "
+        f"{', '.join(map(describe_holder, held.holders))} wrote into it "
+        f"and {'is' if one else 'are'} still open, so {log_name(held.current)} cannot be switched away from and "
+        f"keeps growing ({held.current_bytes / 1024 / 1024:,.1f} MB). Ending {'that transaction' if one else 'them'} "
+        f"(commit, roll back, or pg_terminate_backend({held.holders[0].pid})) lets the agent empty it; "
+        "nothing committed is lost"
+    )
 
 
 def other(number: int) -> int:
@@ -93,7 +96,8 @@ def log_name(number: int) -> str:
 def state(conn: psycopg.Connection) -> tuple[int, int, float, bool]:
     """(current table, its size in bytes, seconds since the last switch, whether the other table is empty)."""
     current, seconds = conn.execute(
-        "SELECT current_log, extract(epoch FROM now() - log_switched_at)::float8 FROM pgfanout.agent_state").fetchone()
+        "SELECT current_log, extract(epoch FROM now() - log_switched_at)::float8 FROM pgfanout.agent_state"
+    ).fetchone()
     size = conn.execute("SELECT pg_relation_size(%s::regclass)", (log_table(current).as_string(conn),)).fetchone()[0]
     old_empty = not conn.execute(sql.SQL("SELECT EXISTS (SELECT FROM {})").format(log_table(other(current)))).fetchone()[0]
     return current, size, seconds, old_empty
@@ -137,7 +141,9 @@ def holders(conn: psycopg.Connection, number: int) -> tuple[Holder, ...]:
         "SELECT DISTINCT l.pid, a.state, extract(epoch FROM clock_timestamp() - a.xact_start)::float8 "
         "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
         "WHERE l.locktype = 'relation' AND l.relation = %s::regclass AND l.granted AND l.pid <> pg_backend_pid() "
-        "ORDER BY 3 DESC NULLS LAST, 1", (log_table(number).as_string(conn),)).fetchall()
+        "ORDER BY 3 DESC NULLS LAST, 1",
+        (log_table(number).as_string(conn),),
+    ).fetchall()
     return tuple(Holder(*row) for row in rows)
 
 

@@ -32,7 +32,8 @@ def unpublished(log: sql.Composable = LOG) -> sql.Composable:
         "LATERAL (SELECT txid, change_count FROM {log} "
         "         WHERE txid >= p.xmax AND txid < pg_snapshot_xmax(pg_current_snapshot()) "
         "         UNION ALL SELECT txid, change_count FROM {log} WHERE txid = ANY (p.ended)) l "
-        "WHERE NOT pg_visible_in_snapshot(l.txid, p.snapshot)").format(log=log)
+        "WHERE NOT pg_visible_in_snapshot(l.txid, p.snapshot)"
+    ).format(log=log)
 
 
 UNPUBLISHED_CHANGES = sql.SQL("(SELECT coalesce(sum(u.changes), 0)::bigint FROM ({}) u)").format(unpublished())
@@ -45,8 +46,10 @@ def unpublished_count(conn: psycopg.Connection) -> int:
 
 def current_log(conn: psycopg.Connection) -> int:
     """The log table the triggers write into (1 before anything is installed)."""
-    if not conn.execute("SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = "
-                        "to_regclass('pgfanout.agent_state') AND attname = 'current_log')").fetchone()[0]:
+    if not conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = "
+        "to_regclass('pgfanout.agent_state') AND attname = 'current_log')"
+    ).fetchone()[0]:
         return 1
     row = conn.execute("SELECT current_log FROM pgfanout.agent_state").fetchone()
     return row[0] if row else 1

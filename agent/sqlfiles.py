@@ -20,5 +20,7 @@ def script(name: str) -> sql.SQL:
 
 def pin_all_settings(function: str) -> list[sql.Composable]:
     """Pin every setting that shapes a value's text on a function (its signature, e.g. ``pgfanout.f()``)."""
-    return [sql.SQL("ALTER FUNCTION {} SET {} = {}").format(sql.SQL(function), sql.Identifier(name), sql.Literal(value))
-            for name, value in pinned(None).items()]
+    return [
+        sql.SQL("ALTER FUNCTION {} SET {} = {}").format(sql.SQL(function), sql.Identifier(name), sql.Literal(value))
+        for name, value in pinned(None).items()
+    ]

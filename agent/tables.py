@@ -51,10 +51,14 @@ def expand(conn: psycopg.Connection, tables: list[str], exclude: list[str]) -> t
         if table_name is not names.ALL_TABLES:
             found.append(entry)
             continue
-        in_schema = [r[0] for r in conn.execute(
-            """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        in_schema = [
+            r[0]
+            for r in conn.execute(
+                """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname""",
-            (schema_name,))]
+                (schema_name,),
+            )
+        ]
         if not in_schema:
             missing.append(entry)
         found += [names.qualified(schema_name, name) for name in in_schema]
@@ -64,9 +68,12 @@ def expand(conn: psycopg.Connection, tables: list[str], exclude: list[str]) -> t
 
 def _unique_not_null(conn: psycopg.Connection, oid: int, columns: list[str]) -> str | None:
     """None if ``columns`` are exactly a unique, non-partial index's columns and all NOT NULL; else why not."""
-    nullable = [r[0] for r in conn.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attname = ANY(%s) AND NOT attnotnull",
-        (oid, columns))]
+    nullable = [
+        r[0]
+        for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attname = ANY(%s) AND NOT attnotnull", (oid, columns)
+        )
+    ]
     if nullable:
         return f"columns {', '.join(nullable)} allow NULL"
     unique = conn.execute(
@@ -74,14 +81,16 @@ def _unique_not_null(conn: psycopg.Connection, oid: int, columns: list[str]) -> 
              AND i.indexprs IS NULL
              AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
                   WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)) = %s""",
-        (oid, sorted(columns))).fetchone()
+        (oid, sorted(columns)),
+    ).fetchone()
     return None if unique else "no unique index (without a WHERE clause) on exactly those columns"
 
 
 def _catalog_has(conn: psycopg.Connection, column: str) -> bool:
     """Whether pgfanout.tables (installed by an older version, maybe) has ``column``."""
-    return conn.execute("SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'pgfanout.tables'::regclass "
-                        "AND attname = %s)", (column,)).fetchone()[0]
+    return conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'pgfanout.tables'::regclass AND attname = %s)", (column,)
+    ).fetchone()[0]
 
 
 @contextmanager
@@ -98,9 +107,13 @@ def catalog_search_path(conn: psycopg.Connection) -> Iterator[None]:
             conn.execute("SELECT set_config('search_path', %s, false)", (saved,))
 
 
-def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[str] | None = None,
-                    keys: dict[str, list[str]] | None = None,
-                    filtered: dict[str, set[str]] | None = None) -> list[PublishedTable]:
+def describe_tables(
+    conn: psycopg.Connection,
+    tables: list[str],
+    exclude: list[str] | None = None,
+    keys: dict[str, list[str]] | None = None,
+    filtered: dict[str, set[str]] | None = None,
+) -> list[PublishedTable]:
     """Read each table's columns and key from the catalog; refuse missing and keyless tables, all at once.
 
     ``filtered`` names per table the columns row filters use: their old values are logged too.
@@ -109,25 +122,33 @@ def describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[s
         return _describe_tables(conn, tables, exclude, keys, filtered)
 
 
-def _describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[str] | None,
-                     keys: dict[str, list[str]] | None, filtered: dict[str, set[str]] | None) -> list[PublishedTable]:
+def _describe_tables(
+    conn: psycopg.Connection,
+    tables: list[str],
+    exclude: list[str] | None,
+    keys: dict[str, list[str]] | None,
+    filtered: dict[str, set[str]] | None,
+) -> list[PublishedTable]:
     keys, filtered = keys or {}, filtered or {}
     tables, missing = expand(conn, tables, exclude or [])
     latest: dict[tuple[str, str], tuple[int, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}  # newest layouts
     if conn.execute("SELECT to_regclass('pgfanout.tables')").fetchone()[0]:
-        query = sql.SQL("SELECT table_id, schema_name, table_name, columns, key_columns, {}, {} FROM pgfanout.tables "
-                        "ORDER BY table_id").format(
+        query = sql.SQL(
+            "SELECT table_id, schema_name, table_name, columns, key_columns, {}, {} FROM pgfanout.tables ORDER BY table_id"
+        ).format(
             sql.SQL("column_types" if _catalog_has(conn, "column_types") else "columns"),
-            sql.SQL("old_columns" if _catalog_has(conn, "old_columns") else "'{}'::text[]"))
-        latest = {(s, t): (i, (*c, *k), tuple(types), tuple(old))
-                  for i, s, t, c, k, types, old in conn.execute(query)}
+            sql.SQL("old_columns" if _catalog_has(conn, "old_columns") else "'{}'::text[]"),
+        )
+        latest = {(s, t): (i, (*c, *k), tuple(types), tuple(old)) for i, s, t, c, k, types, old in conn.execute(query)}
     next_id = max((v[0] for v in latest.values()), default=0) + 1
     found, keyless, bad_keys, bad_types = [], [], [], []
     for qualified in tables:
         schema_name, table_name = names.parse_table(qualified)
         row = conn.execute(
             """SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-               WHERE n.nspname = %s AND c.relname = %s""", (schema_name, table_name)).fetchone()
+               WHERE n.nspname = %s AND c.relname = %s""",
+            (schema_name, table_name),
+        ).fetchone()
         if row is None or row[1] not in ("r", "p"):
             missing.append(qualified)
             continue
@@ -136,7 +157,9 @@ def _describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[
             """SELECT attname, atttypid, format_type(atttypid, atttypmod),
                       CASE WHEN atthasmissing THEN (attmissingval::text::text[])[1] END
                FROM pg_attribute WHERE attrelid = %s AND attnum > 0
-               AND NOT attisdropped AND attgenerated = '' ORDER BY attnum""", (oid,)).fetchall()
+               AND NOT attisdropped AND attgenerated = '' ORDER BY attnum""",
+            (oid,),
+        ).fetchall()
         columns = [r[0] for r in described]
         for name, type_oid, type_text, _ in described:
             reason = unsupported_reason(conn, type_oid)
@@ -161,8 +184,20 @@ def _describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[
             table_id, next_id = next_id, next_id + 1  # a new table, or a new layout of it
         settings = settings_for_columns(conn, [r[1] for r in described])
         missing_values = tuple((r[0], r[3]) for r in described if r[3] is not None)
-        found.append(PublishedTable(table_id, schema_name, table_name, tuple(columns), tuple(key), settings, types,
-                                    missing_values, old_columns, partitions.leaves(conn, oid) if row[1] == "p" else None))
+        found.append(
+            PublishedTable(
+                table_id,
+                schema_name,
+                table_name,
+                tuple(columns),
+                tuple(key),
+                settings,
+                types,
+                missing_values,
+                old_columns,
+                partitions.leaves(conn, oid) if row[1] == "p" else None,
+            )
+        )
     problems = partitions.problems(conn, [t.qualified for t in found])
     if missing:
         problems.append(f"tables not found on the primary: {', '.join(missing)}")
@@ -174,8 +209,10 @@ def _describe_tables(conn: psycopg.Connection, tables: list[str], exclude: list[
     if bad_keys:
         problems.append(f"configured keys that cannot identify rows: {'; '.join(bad_keys)}")
     if bad_types:
-        problems.append(f"columns of types that cannot be replicated: {'; '.join(bad_types)}; leave the tables out, "
-                        "or change those columns (to text, or to the object's name)")
+        problems.append(
+            f"columns of types that cannot be replicated: {'; '.join(bad_types)}; leave the tables out, "
+            "or change those columns (to text, or to the object's name)"
+        )
     if problems:
         raise CaptureError("; ".join(problems))
     return found

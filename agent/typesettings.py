@@ -15,10 +15,14 @@ from pgfanout.runtime.pg import SESSION_SETTINGS
 
 ALL = frozenset(SESSION_SETTINGS)
 BY_TYPE_NAME = {
-    "date": {"DateStyle"}, "timestamp": {"DateStyle"}, "timestamptz": {"DateStyle", "TimeZone"},
-    "time": {"DateStyle"}, "timetz": {"DateStyle"},
+    "date": {"DateStyle"},
+    "timestamp": {"DateStyle"},
+    "timestamptz": {"DateStyle", "TimeZone"},
+    "time": {"DateStyle"},
+    "timetz": {"DateStyle"},
     "interval": {"IntervalStyle"},
-    "float4": {"extra_float_digits"}, "float8": {"extra_float_digits"},
+    "float4": {"extra_float_digits"},
+    "float8": {"extra_float_digits"},
     "money": {"lc_monetary"},
     "bytea": {"bytea_output"},
 }
@@ -46,7 +50,9 @@ def _settings(conn: psycopg.Connection, oid: int, seen: tuple[int, ...]) -> froz
     row = conn.execute(
         """SELECT t.typname, t.typtype, t.typcategory, t.typelem, t.typbasetype, t.typrelid,
                   (SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid OR r.rngmultitypid = t.oid)
-           FROM pg_type t WHERE t.oid = %s""", (oid,)).fetchone()
+           FROM pg_type t WHERE t.oid = %s""",
+        (oid,),
+    ).fetchone()
     if row is None:
         return ALL
     name, kind, category, element, base, relid, range_subtype = row
@@ -60,8 +66,12 @@ def _settings(conn: psycopg.Connection, oid: int, seen: tuple[int, ...]) -> froz
     if category == "A" and element:
         return _settings(conn, element, seen)
     if kind == "c" and relid:
-        attributes = [r[0] for r in conn.execute(
-            "SELECT atttypid FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (relid,))]
+        attributes = [
+            r[0]
+            for r in conn.execute(
+                "SELECT atttypid FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (relid,)
+            )
+        ]
         found: set[str] = set()
         for attribute in attributes:
             found |= _settings(conn, attribute, seen)
@@ -73,15 +83,28 @@ def _settings(conn: psycopg.Connection, oid: int, seen: tuple[int, ...]) -> froz
     return ALL
 
 
-
 # Types whose values name things of the primary server itself: their text would mean another object, or
 # nothing, on a replica. Refused at install, as are arrays, domains, ranges and composites over them.
 UNSUPPORTED = {
-    **{name: "an object id resolved by name; it would name another object (or none) on a replica"
-       for name in ("regclass", "regproc", "regprocedure", "regoper", "regoperator", "regtype", "regconfig",
-                    "regdictionary", "regnamespace", "regrole", "regcollation")},
+    **{
+        name: "an object id resolved by name; it would name another object (or none) on a replica"
+        for name in (
+            "regclass",
+            "regproc",
+            "regprocedure",
+            "regoper",
+            "regoperator",
+            "regtype",
+            "regconfig",
+            "regdictionary",
+            "regnamespace",
+            "regrole",
+            "regcollation",
+        )
+    },
     "tid": "a physical row address, meaningless on another server",
-    "xid": "a transaction id of the primary", "xid8": "a transaction id of the primary",
+    "xid": "a transaction id of the primary",
+    "xid8": "a transaction id of the primary",
     "cid": "a command id of the primary",
     "aclitem": "privileges naming the primary's roles",
     "pg_node_tree": "an internal parse tree",

@@ -84,14 +84,20 @@ def main() -> None:
         end_to_end.append(round(ROWS / (time.perf_counter() - started)))
         print(f"end to end: {end_to_end[-1]} rows/s", flush=True)
     pipeline.stop()
-    write_result("bulk", {
-        "rows": ROWS, "apply_rows_per_second": apply_rates, "subscriber_peak_rss_mb": rss,
-        "end_to_end_rows_per_second": end_to_end,
-        "median_apply_rows_per_second": round(statistics.median(apply_rates)),
-        "median_end_to_end_rows_per_second": round(statistics.median(end_to_end)),
-    }, notes="one UPDATE of all 1,000,000 pgbench_accounts rows in one transaction. apply: from a backlog in the "
-             "route, timed from the subscriber's ready; end to end: from the primary's COMMIT until every "
-             "subscriber has applied it (agent, distributor, subscriber and both servers on these 2 cores).")
+    write_result(
+        "bulk",
+        {
+            "rows": ROWS,
+            "apply_rows_per_second": apply_rates,
+            "subscriber_peak_rss_mb": rss,
+            "end_to_end_rows_per_second": end_to_end,
+            "median_apply_rows_per_second": round(statistics.median(apply_rates)),
+            "median_end_to_end_rows_per_second": round(statistics.median(end_to_end)),
+        },
+        notes="one UPDATE of all 1,000,000 pgbench_accounts rows in one transaction. apply: from a backlog in the "
+        "route, timed from the subscriber's ready; end to end: from the primary's COMMIT until every "
+        "subscriber has applied it (agent, distributor, subscriber and both servers on these 2 cores).",
+    )
 
 
 if __name__ == "__main__":

@@ -61,16 +61,14 @@ def pgbench_arguments(duration: int, jobs: int) -> list[str]:
 
 def result_name(jobs: int, autogroups_setting: str) -> str:
     """The issue's run on the machine as it comes is `capture_overhead`; any other run writes a file of its own."""
-    return "capture_overhead" + ("" if jobs == 1 else f"_jobs{jobs}") + (
-        "_autogroups_off" if autogroups_setting == "off" else "")
+    return "capture_overhead" + ("" if jobs == 1 else f"_jobs{jobs}") + ("_autogroups_off" if autogroups_setting == "off" else "")
 
 
 def run_pgbench(port: int, arguments: list[str]) -> float:
     return run_pgbench_accounted(port, arguments, {})[0]
 
 
-def run_pgbench_accounted(port: int, arguments: list[str],
-                          processes: dict[str, list[int]]) -> tuple[float, dict[str, float]]:
+def run_pgbench_accounted(port: int, arguments: list[str], processes: dict[str, list[int]]) -> tuple[float, dict[str, float]]:
     """TPS, and CPU milliseconds per 1,000 transactions of the machine and of ``processes``."""
     with CpuAccount(processes) as account:
         output = pgbench(*arguments, dsn_port=port, db=DB)
@@ -79,32 +77,36 @@ def run_pgbench_accounted(port: int, arguments: list[str],
 
 def agent_backends(conn_info: str) -> list[int]:
     with psycopg.connect(conn_info, autocommit=True) as conn:
-        return [pid for (pid,) in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (f"pgfanout-agent-{DB}",))]
+        return [
+            pid
+            for (pid,) in conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (f"pgfanout-agent-{DB}",))
+        ]
 
 
 def statement_trigger_statements(table: tables.PublishedTable) -> list[sql.Composable]:
     """Statement-level capture with transition tables, for the measurement only (key changes not paired)."""
     target = sql.Identifier(table.schema_name, table.table_name)
     statements: list[sql.Composable] = []
-    for event, transition, op, values in (("INSERT", "NEW", "I", "n"), ("UPDATE", "NEW", "U", "n"),
-                                          ("DELETE", "OLD", "D", "o")):
+    for event, transition, op, values in (("INSERT", "NEW", "I", "n"), ("UPDATE", "NEW", "U", "n"), ("DELETE", "OLD", "D", "o")):
         function = sql.Identifier(logtables.SCHEMA, f"capture_stmt_{event.lower()}_{table.table_id}")
         alias = sql.Identifier(values)
         columns = table.columns if op != "D" else table.key_columns
         array = sql.SQL("ARRAY[{}]::text[]").format(
-            sql.SQL(", ").join(sql.SQL("{}.{}::text").format(alias, sql.Identifier(c)) for c in columns))
+            sql.SQL(", ").join(sql.SQL("{}.{}::text").format(alias, sql.Identifier(c)) for c in columns)
+        )
         new_row, old_key = (array, sql.NULL) if op != "D" else (sql.NULL, array)
         body = sql.SQL(
             "BEGIN INSERT INTO pgfanout.log (table_id, op, new_row, old_key) "
             "SELECT {tid}, {op}, {new_row}, {old_key} FROM changed_rows {alias}; RETURN NULL; END"
         ).format(tid=sql.Literal(table.table_id), op=sql.Literal(op), new_row=new_row, old_key=old_key, alias=alias)
         statements += [
-            sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
-                    "SET search_path = pg_catalog, pg_temp AS {}").format(function, sql.Literal(body.as_string())),
-            sql.SQL("CREATE TRIGGER {} AFTER {} ON {} REFERENCING {} TABLE AS changed_rows "
-                    "FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
-                sql.Identifier(f"pgfanout_stmt_{event.lower()}"), sql.SQL(event), target, sql.SQL(transition), function),
+            sql.SQL(
+                "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+                "SET search_path = pg_catalog, pg_temp AS {}"
+            ).format(function, sql.Literal(body.as_string())),
+            sql.SQL(
+                "CREATE TRIGGER {} AFTER {} ON {} REFERENCING {} TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION {}()"
+            ).format(sql.Identifier(f"pgfanout_stmt_{event.lower()}"), sql.SQL(event), target, sql.SQL(transition), function),
         ]
     return statements
 
@@ -164,11 +166,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=30)
     parser.add_argument("--repetitions", type=int, default=3)
-    parser.add_argument("--jobs", type=int, choices=(1, 2, 4), default=1,
-                        help="pgbench's client threads (-j): 1, pgbench's default, is the issue's run")
-    parser.add_argument("--autogroups", choices=("as-is", "on", "off"), default="as-is",
-                        help="the kernel's scheduler autogroups during the benchmark, restored after "
-                             "(off: as PostgreSQL servers are commonly tuned; needs root)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        choices=(1, 2, 4),
+        default=1,
+        help="pgbench's client threads (-j): 1, pgbench's default, is the issue's run",
+    )
+    parser.add_argument(
+        "--autogroups",
+        choices=("as-is", "on", "off"),
+        default="as-is",
+        help="the kernel's scheduler autogroups during the benchmark, restored after "
+        "(off: as PostgreSQL servers are commonly tuned; needs root)",
+    )
     return parser.parse_args(argv)
 
 
@@ -225,16 +236,19 @@ def measure(args: argparse.Namespace) -> None:
     # shows how much of the spread is drift rather than capture.
     figures["capture_tps_ratios_paired"] = {
         mode: [round(tps / without, 3) for tps, without in zip(runs[mode], runs["without_capture"], strict=True)]
-        for mode in ("c_trigger_and_agent", "plpgsql_triggers_and_agent")}
+        for mode in ("c_trigger_and_agent", "plpgsql_triggers_and_agent")
+    }
     # CPU milliseconds per 1,000 transactions (medians): "machine" is every process and the kernel
-    cpu_medians = {mode: {name: round(statistics.median(account[name] for account in accounts), 1)
-                          for name in accounts[0]} for mode, accounts in cpu.items()}
+    cpu_medians = {
+        mode: {name: round(statistics.median(account[name] for account in accounts), 1) for name in accounts[0]}
+        for mode, accounts in cpu.items()
+    }
     figures["cpu_ms_per_1000_transactions"] = cpu_medians
     figures["cpu_per_transaction_ratio"] = {  # uncaptured over captured: what the TPS ratio is when CPU-bound
         mode: round(cpu_medians["without_capture"]["machine"] / cpu_medians[mode]["machine"], 3)
-        for mode in ("c_trigger_and_agent", "plpgsql_triggers_and_agent")}
-    figures["log_size_bytes_during_captured_runs"] = {"min": min(samples), "max": max(samples),
-                                                      "samples": len(samples)}
+        for mode in ("c_trigger_and_agent", "plpgsql_triggers_and_agent")
+    }
+    figures["log_size_bytes_during_captured_runs"] = {"min": min(samples), "max": max(samples), "samples": len(samples)}
 
     # The trigger-design measurement: triggers alone (agent stopped): C, PL/pgSQL rows, statement-level.
     with connect(source, "bench") as conn:
@@ -260,15 +274,20 @@ def measure(args: argparse.Namespace) -> None:
         conn.execute("TRUNCATE pgfanout.log")
         figures["bulk_update_1m_rows_seconds_statement_triggers"] = round(bulk_update_seconds(conn), 2)
         capture.uninstall(conn)
-    write_result(result_name(args.jobs, autogroups()), figures, notes=(
-        f"pgbench {figures['pgbench_arguments']}, scale 10, runs alternating without capture, with the C trigger and "
-        "with the PL/pgSQL triggers (agent running, default settings), "
-        "each after VACUUM and CHECKPOINT; medians. Before the runs the broker answers broker_warmup_requests "
-        "produce requests, so that its JIT has compiled them as in a broker in service. "
-        "PostgreSQL, pgbench, the agent and the Kafka broker share this "
-        "2-core machine. CPU figures: milliseconds of CPU per 1,000 transactions while pgbench ran (machine: "
-        "/proc/stat, not idle nor iowait; processes: /proc/PID/stat). Statement-trigger figures come from a "
-        "measurement-only prototype, agent stopped."))
+    write_result(
+        result_name(args.jobs, autogroups()),
+        figures,
+        notes=(
+            f"pgbench {figures['pgbench_arguments']}, scale 10, runs alternating without capture, with the C trigger and "
+            "with the PL/pgSQL triggers (agent running, default settings), "
+            "each after VACUUM and CHECKPOINT; medians. Before the runs the broker answers broker_warmup_requests "
+            "produce requests, so that its JIT has compiled them as in a broker in service. "
+            "PostgreSQL, pgbench, the agent and the Kafka broker share this "
+            "2-core machine. CPU figures: milliseconds of CPU per 1,000 transactions while pgbench ran (machine: "
+            "/proc/stat, not idle nor iowait; processes: /proc/PID/stat). Statement-trigger figures come from a "
+            "measurement-only prototype, agent stopped."
+        ),
+    )
 
 
 if __name__ == "__main__":

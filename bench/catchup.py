@@ -52,8 +52,7 @@ def main() -> None:
     pipeline = BenchPipeline(stack, name)
     config = pipeline.config
     pipeline.start("agent", "distributor")
-    pgbench("-c", "4", "-j", "2", "-t", str(args.transactions // 4), "-n", dsn_port=stack.postgres("primary").port,
-            db=name)
+    pgbench("-c", "4", "-j", "2", "-t", str(args.transactions // 4), "-n", dsn_port=stack.postgres("primary").port, db=name)
     wait_caught_up(config.model_copy(update={"subscribers": {}}), timeout=300)
     with connect(config.sources[name], "bench") as conn:
         target = source_position(conn)[0]
@@ -72,11 +71,19 @@ def main() -> None:
         print(f"round {round_ + 1}: {target} transactions in {seconds:.2f} s = {target / seconds:.0f} tx/s", flush=True)
     pipeline.stop()
     median = statistics.median(rates)
-    write_result("catchup", {"transactions": target, "changed_rows": target * 4, "rounds": rates,
-                             "transactions_per_second": round(median), "rows_per_second": round(median * 4)},
-                 notes="pgbench TPC-B-like transactions (4 changed rows each: 3 updates, 1 insert) plus a probe row "
-                       "insert per transaction from bench.lag's schema; each round applies the same backlog onto a "
-                       "fresh replica, timed from the subscriber's 'ready'; the figure is the median round.")
+    write_result(
+        "catchup",
+        {
+            "transactions": target,
+            "changed_rows": target * 4,
+            "rounds": rates,
+            "transactions_per_second": round(median),
+            "rows_per_second": round(median * 4),
+        },
+        notes="pgbench TPC-B-like transactions (4 changed rows each: 3 updates, 1 insert) plus a probe row "
+        "insert per transaction from bench.lag's schema; each round applies the same backlog onto a "
+        "fresh replica, timed from the subscriber's 'ready'; the figure is the median round.",
+    )
 
 
 def time_catchup(stack, pipeline: BenchPipeline, config, sub: str, target: int) -> float:
@@ -91,6 +98,7 @@ def time_catchup(stack, pipeline: BenchPipeline, config, sub: str, target: int) 
     seconds = time.perf_counter() - started
     processes.stop(pipeline.pids.pop("subscriber"))
     return seconds
+
 
 if __name__ == "__main__":
     main()

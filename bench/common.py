@@ -58,15 +58,28 @@ def warm_broker(cluster: KafkaCluster, requests: int = 30_000, seconds: float = 
 
 
 def machine() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                         if line.startswith("MemTotal")))
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory_kb = int(
+        next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    )
     postgres = subprocess.run([str(bin_dir() / "postgres"), "--version"], capture_output=True, text=True).stdout.strip()
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": f"{memory_kb / 1024 / 1024:.0f} GiB",
-            "os": platform.platform(), "python": platform.python_version(), "postgres": postgres,
-            "kafka": (REPO / "kafka" / "pom.xml").read_text().split("<kafka.version>")[1].split("<")[0],
-            "scheduler_autogroups": autogroups()}
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": f"{memory_kb / 1024 / 1024:.0f} GiB",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "postgres": postgres,
+        "kafka": (REPO / "kafka" / "pom.xml").read_text().split("<kafka.version>")[1].split("<")[0],
+        "scheduler_autogroups": autogroups(),
+    }
 
 
 def autogroups() -> str:
@@ -92,8 +105,10 @@ def scheduler_autogroups(setting: str, switch: Path = AUTOGROUP_SWITCH) -> Itera
         before = switch.read_text().strip()
         switch.write_text(wanted)
     except OSError as exc:
-        raise SystemExit(f"cannot turn scheduler autogroups {setting} ({switch}: {exc}); "
-                         "run as root on a Linux kernel with autogroups, or use --autogroups as-is") from None
+        raise SystemExit(
+            f"cannot turn scheduler autogroups {setting} ({switch}: {exc}); "
+            "run as root on a Linux kernel with autogroups, or use --autogroups as-is"
+        ) from None
     try:
         yield
     finally:
@@ -106,7 +121,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def machine_busy_seconds() -> float:
     """CPU time every CPU of the machine has spent busy since boot (user to steal; not idle, not iowait)."""
     user, nice, system, idle, iowait, irq, softirq, steal = (
-        int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+        int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
@@ -141,8 +157,12 @@ class CpuAccount:
 
 
 def pgbench(*args: str, dsn_port: int, db: str) -> str:
-    result = subprocess.run([str(bin_dir() / "pgbench"), "-h", "127.0.0.1", "-p", str(dsn_port), "-U", "postgres",
-                             *args, db], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [str(bin_dir() / "pgbench"), "-h", "127.0.0.1", "-p", str(dsn_port), "-U", "postgres", *args, db],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout + result.stderr
 
 
@@ -164,8 +184,14 @@ def write_result(name: str, figures: dict, notes: str = "") -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     module = Path(sys.argv[0]).stem  # the benchmark's module: one module may write several results
     command = "python -m bench." + module + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
-    record = {"benchmark": name, "command": command, "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              "machine": machine(), "figures": figures, "notes": notes}
+    record = {
+        "benchmark": name,
+        "command": command,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(),
+        "figures": figures,
+        "notes": notes,
+    }
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

@@ -28,8 +28,7 @@ def main() -> None:
     config, sub = pipeline.config, pipeline.subscriber
     pipeline.start("agent", "distributor", "subscriber")
     time.sleep(3)
-    output = pgbench("-c", "4", "-j", "2", "-T", str(args.duration), "-n", dsn_port=stack.postgres("primary").port,
-                     db=name)
+    output = pgbench("-c", "4", "-j", "2", "-T", str(args.duration), "-n", dsn_port=stack.postgres("primary").port, db=name)
     stopped = time.perf_counter()
     with connect(config.sources[name], "bench") as source, connect(config.subscribers[sub], "bench") as replica:
         behind_at_stop = source_position(source)[0] - subscriber_position(replica, sub)[0]
@@ -40,11 +39,18 @@ def main() -> None:
             time.sleep(0.005)
     drained = time.perf_counter() - stopped
     pipeline.stop()
-    write_result("keepup", {"pgbench_tps": round(tps_of(output)), "duration_s": args.duration,
-                            "transactions": target, "behind_when_load_stopped": behind_at_stop,
-                            "drained_seconds_after_load_stopped": round(drained, 2)},
-                 notes="pgbench -c 4 -j 2 -n at full rate, TPC-B-like; agent, distributor, subscriber, Kafka and both "
-                       "PostgreSQL clusters on the same 2 cores; target: drained < 1 s after the load stops")
+    write_result(
+        "keepup",
+        {
+            "pgbench_tps": round(tps_of(output)),
+            "duration_s": args.duration,
+            "transactions": target,
+            "behind_when_load_stopped": behind_at_stop,
+            "drained_seconds_after_load_stopped": round(drained, 2),
+        },
+        notes="pgbench -c 4 -j 2 -n at full rate, TPC-B-like; agent, distributor, subscriber, Kafka and both "
+        "PostgreSQL clusters on the same 2 cores; target: drained < 1 s after the load stops",
+    )
 
 
 if __name__ == "__main__":

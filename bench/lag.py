@@ -39,8 +39,13 @@ INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :a
 INSERT INTO lag_probe (written_at) VALUES (clock_timestamp());
 END;
 """
-TABLES = ["public.pgbench_accounts", "public.pgbench_tellers", "public.pgbench_branches", "public.pgbench_history",
-          "public.lag_probe"]
+TABLES = [
+    "public.pgbench_accounts",
+    "public.pgbench_tellers",
+    "public.pgbench_branches",
+    "public.pgbench_history",
+    "public.lag_probe",
+]
 
 
 def prepare(stack, name: str, tiers: int = 1, filtered: bool = False) -> dict:
@@ -54,8 +59,7 @@ def prepare(stack, name: str, tiers: int = 1, filtered: bool = False) -> dict:
     subscription["public.pgbench_accounts"] = {"where": "aid > 0 AND bid IS NOT NULL"}
     routes, upstream = {}, name
     for tier in range(1, tiers + 1):
-        routes[f"{name}-route{tier}"] = {"upstream": upstream, "kafka": "local",
-                                         **({"tables": subscription} if filtered else {})}
+        routes[f"{name}-route{tier}"] = {"upstream": upstream, "kafka": "local", **({"tables": subscription} if filtered else {})}
         upstream = f"{name}-route{tier}"
     return {
         "kafka": {"local": {"bootstrap_servers": [kafka]}},
@@ -81,15 +85,16 @@ class BenchPipeline:
         self.pids: dict[str, int] = {}
 
     def start(self, *roles: str) -> None:
-        commands = {"agent": ("agent", "run", "--source", self.name),
-                    "subscriber": ("subscriber", "run", self.subscriber),
-                    **{d: ("distributor", "run", d) for d in self.config.distributors}}
+        commands = {
+            "agent": ("agent", "run", "--source", self.name),
+            "subscriber": ("subscriber", "run", self.subscriber),
+            **{d: ("distributor", "run", d) for d in self.config.distributors},
+        }
         for role in roles:
             # "distributor" stands for every distributor of the chain
             for daemon in list(self.config.distributors) if role == "distributor" else [role]:
                 log_name = self.subscriber if daemon == "subscriber" else f"{self.name}-{daemon}"
-                self.pids[daemon] = start_daemon(self.stack, log_name,
-                                                 daemon_argv(self.config_path, *commands[daemon]))
+                self.pids[daemon] = start_daemon(self.stack, log_name, daemon_argv(self.config_path, *commands[daemon]))
 
     def stop(self) -> None:
         for pid in self.pids.values():
@@ -101,8 +106,8 @@ def watch(dsn: str, stop: threading.Event, lags: list[float]) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         while not stop.is_set():
             rows = conn.execute(
-                "SELECT id, extract(epoch FROM clock_timestamp() - written_at) FROM lag_probe WHERE id > %s",
-                (last,)).fetchall()
+                "SELECT id, extract(epoch FROM clock_timestamp() - written_at) FROM lag_probe WHERE id > %s", (last,)
+            ).fetchall()
             for probe_id, lag in rows:
                 lags.append(float(lag))
                 last = max(last, probe_id)
@@ -134,8 +139,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "tpcb_probe.sql"
         script.write_text(SCRIPT)
-        output = pgbench("-c", "4", "-j", "2", "-R", str(args.rate), "-T", str(args.duration), "-n",
-                         "-f", str(script), dsn_port=stack.postgres("primary").port, db=name)
+        output = pgbench(
+            "-c",
+            "4",
+            "-j",
+            "2",
+            "-R",
+            str(args.rate),
+            "-T",
+            str(args.duration),
+            "-n",
+            "-f",
+            str(script),
+            dsn_port=stack.postgres("primary").port,
+            db=name,
+        )
     wait_caught_up(config, timeout=60)
     time.sleep(0.2)
     stop.set()
@@ -143,15 +161,30 @@ def main() -> None:
     pipeline.stop()
     millis = [lag * 1000 for lag in lags]
     tps = next((line.split()[2] for line in output.splitlines() if line.startswith("tps = ")), "?")
-    figures = {"rate": args.rate, "duration_s": args.duration, "tiers": args.tiers, "filtered": args.filtered,
-               "pgbench_tps": tps, "probes": len(millis),
-               "lag_ms": {"p50": round(statistics.median(millis), 1), "p95": round(percentile(millis, 0.95), 1),
-                          "p99": round(percentile(millis, 0.99), 1), "max": round(max(millis), 1)}}
+    figures = {
+        "rate": args.rate,
+        "duration_s": args.duration,
+        "tiers": args.tiers,
+        "filtered": args.filtered,
+        "pgbench_tps": tps,
+        "probes": len(millis),
+        "lag_ms": {
+            "p50": round(statistics.median(millis), 1),
+            "p95": round(percentile(millis, 0.95), 1),
+            "p99": round(percentile(millis, 0.99), 1),
+            "max": round(max(millis), 1),
+        },
+    }
     suffix = f"-tiers{args.tiers}{'-filtered' if args.filtered else ''}" if args.tiers != 1 or args.filtered else ""
-    write_result(f"lag{suffix}", figures, notes=(
-        f"visible lag of each committed transaction on the replica through {args.tiers} distributor hop(s)"
-        f"{' each applying a row filter' if args.filtered else ''}, default settings (tick_interval_ms=50); "
-        "everything on this 2-core machine. Target p99 < 100 ms end to end, < 50 ms more per extra tier."))
+    write_result(
+        f"lag{suffix}",
+        figures,
+        notes=(
+            f"visible lag of each committed transaction on the replica through {args.tiers} distributor hop(s)"
+            f"{' each applying a row filter' if args.filtered else ''}, default settings (tick_interval_ms=50); "
+            "everything on this 2-core machine. Target p99 < 100 ms end to end, < 50 ms more per extra tier."
+        ),
+    )
 
 
 if __name__ == "__main__":

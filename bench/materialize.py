@@ -29,13 +29,30 @@ TABLES = ["public.pgbench_accounts", "public.pgbench_tellers", "public.pgbench_b
 
 def pg_dump_into(primary, replica, db: str, target: str) -> None:
     replica.create_database(target, drop_first=True)
-    dump = subprocess.Popen([str(bin_dir() / "pg_dump"), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
-                             "--no-owner", "--no-privileges", *[f"--table={t}" for t in TABLES], db],
-                            stdout=subprocess.PIPE)
+    dump = subprocess.Popen(
+        [
+            str(bin_dir() / "pg_dump"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(primary.port),
+            "-U",
+            "postgres",
+            "--no-owner",
+            "--no-privileges",
+            *[f"--table={t}" for t in TABLES],
+            db,
+        ],
+        stdout=subprocess.PIPE,
+    )
     # The dump also holds the capture triggers, which fail on the replica (no pgfanout schema there):
     # harmless, they come last; the rows are compared afterwards.
-    subprocess.run([str(bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(replica.port), "-U", "postgres", "-q",
-                    "-o", "/dev/null", target], stdin=dump.stdout, check=True, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [str(bin_dir() / "psql"), "-h", "127.0.0.1", "-p", str(replica.port), "-U", "postgres", "-q", "-o", "/dev/null", target],
+        stdin=dump.stdout,
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
     assert dump.stdout is not None
     dump.stdout.close()
     if dump.wait() != 0:
@@ -44,8 +61,12 @@ def pg_dump_into(primary, replica, db: str, target: str) -> None:
 
 def pgfanout_init(config_path, replica, target: str, subscriber: str) -> None:
     replica.create_database(target, drop_first=True)
-    subprocess.run(daemon_argv(config_path, "subscriber", "init", subscriber), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        daemon_argv(config_path, "subscriber", "init", subscriber),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def main() -> None:
@@ -86,15 +107,22 @@ def main() -> None:
             query = f"SELECT count(*), sum(hashtext(t::text)) FROM {table} t"
             assert a.execute(query).fetchone() == b.execute(query).fetchone(), f"{table} differs"
     dump, init = statistics.median(dump_seconds), statistics.median(init_seconds)
-    write_result("materialize", {
-        "scale": args.scale, "accounts_rows": rows, "table_bytes": int(size),
-        "pg_dump_psql_seconds": [round(s, 2) for s in dump_seconds],
-        "pgfanout_init_seconds": [round(s, 2) for s in init_seconds],
-        "median_pg_dump_psql_seconds": round(dump, 2), "median_pgfanout_init_seconds": round(init, 2),
-        "ratio_init_to_pg_dump": round(init / dump, 3),
-    }, notes="Both copy the four pgbench tables with their keys into an empty database on the replica cluster; "
-             "init also runs in a REPEATABLE READ snapshot, records what each copy holds and makes the tables "
-             "read-only. Both results are checked equal (count and hash of every row).")
+    write_result(
+        "materialize",
+        {
+            "scale": args.scale,
+            "accounts_rows": rows,
+            "table_bytes": int(size),
+            "pg_dump_psql_seconds": [round(s, 2) for s in dump_seconds],
+            "pgfanout_init_seconds": [round(s, 2) for s in init_seconds],
+            "median_pg_dump_psql_seconds": round(dump, 2),
+            "median_pgfanout_init_seconds": round(init, 2),
+            "ratio_init_to_pg_dump": round(init / dump, 3),
+        },
+        notes="Both copy the four pgbench tables with their keys into an empty database on the replica cluster; "
+        "init also runs in a REPEATABLE READ snapshot, records what each copy holds and makes the tables "
+        "read-only. Both results are checked equal (count and hash of every row).",
+    )
 
 
 if __name__ == "__main__":

@@ -78,22 +78,37 @@ def main() -> None:
         conn.execute(SMALL_TRANSACTIONS % {"count": args.transactions})
         rows = logtables.unpublished_count(conn)
     total, working, peak = drain(stack, data, db, args.transactions)
-    small = {"transactions": args.transactions, "changed_rows": rows,
-             "seconds_after_ready": round(working, 2), "rows_per_second": round(rows / working),
-             "transactions_per_second": round(args.transactions / working),
-             "seconds_including_startup": round(total, 2), "rows_per_second_including_startup": round(rows / total),
-             "agent_peak_rss_mb": round(peak)}
+    small = {
+        "transactions": args.transactions,
+        "changed_rows": rows,
+        "seconds_after_ready": round(working, 2),
+        "rows_per_second": round(rows / working),
+        "transactions_per_second": round(args.transactions / working),
+        "seconds_including_startup": round(total, 2),
+        "rows_per_second_including_startup": round(rows / total),
+        "agent_peak_rss_mb": round(peak),
+    }
 
     with connect(config.sources[db], "bench") as conn:
         conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1")  # one transaction, 1,000,000 rows
         rows = logtables.unpublished_count(conn)
     total, working, peak = drain(stack, data, db, args.transactions + 1)
-    big = {"transactions": 1, "changed_rows": rows, "seconds_after_ready": round(working, 2),
-           "rows_per_second": round(rows / working), "seconds_including_startup": round(total, 2),
-           "agent_peak_rss_mb": round(peak)}
-    write_result("publish_throughput", {"many_small_transactions": small, "one_large_transaction": big}, notes=(
-        "backlog written with the agent stopped, then drained: from the agent's 'ready' log line (connected, "
-        "reconciled) until the primary records the last position published; target >= 65,000 rows/s"))
+    big = {
+        "transactions": 1,
+        "changed_rows": rows,
+        "seconds_after_ready": round(working, 2),
+        "rows_per_second": round(rows / working),
+        "seconds_including_startup": round(total, 2),
+        "agent_peak_rss_mb": round(peak),
+    }
+    write_result(
+        "publish_throughput",
+        {"many_small_transactions": small, "one_large_transaction": big},
+        notes=(
+            "backlog written with the agent stopped, then drained: from the agent's 'ready' log line (connected, "
+            "reconciled) until the primary records the last position published; target >= 65,000 rows/s"
+        ),
+    )
 
 
 if __name__ == "__main__":

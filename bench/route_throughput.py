@@ -102,23 +102,36 @@ def main() -> None:
         rows = logtables.unpublished_count(conn)
     drain(stack, {k: v for k, v in data.items() if k in ("kafka", "sources")}, db, args.transactions)
     seconds, peak = route(stack, data, db)
-    results["many_small_transactions"] = {"transactions": args.transactions, "changed_rows": rows,
-                                          "seconds_after_ready": round(seconds, 2),
-                                          "rows_per_second": round(rows / seconds),
-                                          "distributor_peak_rss_mb": round(peak)}
+    results["many_small_transactions"] = {
+        "transactions": args.transactions,
+        "changed_rows": rows,
+        "seconds_after_ready": round(seconds, 2),
+        "rows_per_second": round(rows / seconds),
+        "distributor_peak_rss_mb": round(peak),
+    }
     with connect(config.sources[db], "bench") as conn:
         conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1")  # one transaction, 1,000,000 rows
         rows = logtables.unpublished_count(conn)
     drain(stack, {k: v for k, v in data.items() if k in ("kafka", "sources")}, db, args.transactions + 1)
     seconds, peak = route(stack, data, db)
-    results["one_large_transaction"] = {"transactions": 1, "changed_rows": rows, "seconds_after_ready": round(seconds, 2),
-                                        "rows_per_second": round(rows / seconds), "distributor_peak_rss_mb": round(peak)}
+    results["one_large_transaction"] = {
+        "transactions": 1,
+        "changed_rows": rows,
+        "seconds_after_ready": round(seconds, 2),
+        "rows_per_second": round(rows / seconds),
+        "distributor_peak_rss_mb": round(peak),
+    }
     name = "route_throughput" if args.format == "pgfanout" else "route_throughput-rows"
-    write_result(name, results, notes=(
-        "source topic filled first; one distributor timed from its 'ready' log line until the route topic ends with "
-        "the source topic's last mark. Row filters on non-key columns (with row migration checks on UPDATEs) and "
-        "column lists on two of four tables; target >= 100,000 changed rows/s per route" +
-        ("; the route types every change by per-table Avro schemas (format: rows)" if args.format == "rows" else "")))
+    write_result(
+        name,
+        results,
+        notes=(
+            "source topic filled first; one distributor timed from its 'ready' log line until the route topic ends with "
+            "the source topic's last mark. Row filters on non-key columns (with row migration checks on UPDATEs) and "
+            "column lists on two of four tables; target >= 100,000 changed rows/s per route"
+            + ("; the route types every change by per-table Avro schemas (format: rows)" if args.format == "rows" else "")
+        ),
+    )
 
 
 if __name__ == "__main__":

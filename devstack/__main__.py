@@ -38,14 +38,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m devstack", description="The development stack and the demo; "
-                                     "the state directory is $PGFANOUT_HOME or .pgfanout.")
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack",
+        description="The development stack and the demo; the state directory is $PGFANOUT_HOME or .pgfanout.",
+    )
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     local = top.add_parser("local", help="the local stack: PostgreSQL clusters and Kafka, no Docker").add_subparsers(
-        dest="action", required=True)
+        dest="action", required=True
+    )
     up = local.add_parser("up", help="start (creating if needed) the local stack; idempotent")
-    up.add_argument("--kafka-clusters", type=int, choices=[1, 2], default=1,
-                    help="2 starts a second, independent Kafka cluster for tier tests")
+    up.add_argument(
+        "--kafka-clusters",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="2 starts a second, independent Kafka cluster for tier tests",
+    )
     up.set_defaults(func=cmd_local_up)
     down = local.add_parser("down", help="stop what the local stack started")
     down.add_argument("--purge", action="store_true", help="also delete the stack's data")

@@ -40,9 +40,19 @@ def ensure_jars() -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     log.info("resolving Kafka jars from Maven Central into %s", target)
     result = subprocess.run(
-        ["mvn", "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
-         f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            "mvn",
+            "-B",
+            "-q",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     if result.returncode != 0:
         raise LocalStackError(f"Maven could not resolve the Kafka jars:\n{result.stdout[-3000:]}")
@@ -111,9 +121,21 @@ class KafkaNode:
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "server.properties").write_text(self._properties())
         result = subprocess.run(
-            ["java", "-cp", f"{jars}/*", "kafka.tools.StorageTool", "format", "-t", _cluster_id(),
-             "-c", str(self.directory / "server.properties"), "--ignore-formatted"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                "java",
+                "-cp",
+                f"{jars}/*",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                _cluster_id(),
+                "-c",
+                str(self.directory / "server.properties"),
+                "--ignore-formatted",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         if result.returncode != 0:
             raise LocalStackError(f"Kafka storage format failed for {self.name}:\n{result.stdout[-3000:]}")
@@ -122,9 +144,18 @@ class KafkaNode:
         if self.pid():
             return
         self.format(jars)
-        argv = ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                f"-Dkafka.logs.dir={self.directory}", "-cp", f"{jars}/*", MAIN_CLASS,
-                str(self.directory / "server.properties")]
+        argv = [
+            "java",
+            "-Xms256m",
+            "-Xmx768m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.directory}",
+            "-cp",
+            f"{jars}/*",
+            MAIN_CLASS,
+            str(self.directory / "server.properties"),
+        ]
         self.wait_ready(processes.spawn(argv, self.log_file, self.pid_file))
 
     def wait_ready(self, pid: int, timeout: float = 90.0) -> None:
@@ -135,13 +166,11 @@ class KafkaNode:
         deadline = time.monotonic() + timeout
         while True:
             if not processes.alive(pid):
-                raise LocalStackError(f"Kafka {self.name} exited while starting; the end of {self.log_file}:\n"
-                                      f"{self._log_tail()}")
+                raise LocalStackError(f"Kafka {self.name} exited while starting; the end of {self.log_file}:\n{self._log_tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     pass
-                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000,
-                                         bootstrap_timeout_ms=3000)
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=3000)
                 try:
                     admin.describe_cluster()
                     return

@@ -17,10 +17,10 @@ class Digest(NamedTuple):
 
 def table_digest(conn: psycopg.Connection, schema_name: str, table_name: str, key_columns: list[str]) -> Digest:
     """Count and an md5 over every row's text in key order (session settings pinned by pg.connect)."""
-    query = sql.SQL(
-        "SELECT count(*), md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order}), '')) FROM {table} t"
-    ).format(order=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in key_columns),
-             table=sql.Identifier(schema_name, table_name))
+    query = sql.SQL("SELECT count(*), md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order}), '')) FROM {table} t").format(
+        order=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in key_columns),
+        table=sql.Identifier(schema_name, table_name),
+    )
     with conn.transaction():
         rows, checksum = conn.execute(query).fetchone()
     return Digest(rows, checksum)

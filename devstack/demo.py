@@ -160,6 +160,7 @@ def run_demo(seconds: float, writers: int) -> int:
     prepare_databases(config)
     say("==> installing capture on the primary: " + ", ".join(SAMPLE_TABLES))
     from agent import capture
+
     with connect(config.sources["shop"], "pgfanout-demo") as conn:
         capture.install(conn, config.sources["shop"])
     say("==> starting the agent, distributor hq and subscribers " + ", ".join(SUBSCRIBERS))
@@ -168,8 +169,10 @@ def run_demo(seconds: float, writers: int) -> int:
     with connect(config.sources["shop"], "pgfanout-demo") as conn:
         seed(conn)
     stats = run_workload(config.sources["shop"].dsn, seconds, writers)
-    say(f"    {stats.committed} transactions committed ({stats.committed / seconds:.0f}/s), "
-        f"{stats.retried} retried after conflicts")
+    say(
+        f"    {stats.committed} transactions committed ({stats.committed / seconds:.0f}/s), "
+        f"{stats.retried} retried after conflicts"
+    )
     drained = wait_caught_up(config)
     with connect(config.sources["shop"], "pgfanout-demo") as conn:
         position = source_position(conn)[0]

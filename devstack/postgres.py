@@ -83,16 +83,31 @@ class PgCluster:
         self.directory.mkdir(parents=True, exist_ok=True)
         _give_to_service_user(self.directory)
         result = subprocess.run(
-            _as_service_user([str(bin_dir() / "initdb"), "-D", str(self.data), "-U", "postgres",
-                              "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            _as_service_user(
+                [
+                    str(bin_dir() / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                ]
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         if result.returncode != 0:
             said = "\n".join("    " + line for line in result.stderr.strip().splitlines()) or "    (nothing)"
             raise LocalStackError(
                 f"initdb could not create PostgreSQL cluster {self.name} in {self.data} (exit status "
                 f"{result.returncode}); it said:\n{said}\nFix what it says (or remove {self.directory}, e.g. with "
-                "`pgfanout local down --purge`), then start the local stack again")
+                "`pgfanout local down --purge`), then start the local stack again"
+            )
         settings = {
             "listen_addresses": "'127.0.0.1'",
             "port": str(self.port),
@@ -105,9 +120,7 @@ class PgCluster:
         }
         with open(self.data / "postgresql.auto.conf", "a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
-        (self.data / "pg_hba.conf").write_text(
-            "local all all trust\nhost all all 127.0.0.1/32 trust\n"
-        )
+        (self.data / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
         log.info("initialized PostgreSQL cluster %s in %s", self.name, self.data)
 
     def start(self) -> None:
@@ -115,9 +128,12 @@ class PgCluster:
             return
         _give_to_service_user(self.directory)
         result = subprocess.run(
-            _as_service_user([str(bin_dir() / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_file),
-                              "-w", "-t", "60", "start"]),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            _as_service_user(
+                [str(bin_dir() / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_file), "-w", "-t", "60", "start"]
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         if result.returncode != 0:
             tail = self.log_file.read_text()[-2000:] if self.log_file.exists() else result.stderr
@@ -133,13 +149,15 @@ class PgCluster:
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
                     raise LocalStackError(
-                        f"PostgreSQL cluster {self.name} does not answer on 127.0.0.1:{self.port}: {exc}") from exc
+                        f"PostgreSQL cluster {self.name} does not answer on 127.0.0.1:{self.port}: {exc}"
+                    ) from exc
                 time.sleep(0.2)
 
     def stop(self, mode: str = "fast") -> None:
         pid = self.pid()
         if pid:
             import signal
+
             sig = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}[mode]
             processes.stop(pid, sig, timeout=60)
 
@@ -149,6 +167,7 @@ class PgCluster:
 
     def create_database(self, name: str, drop_first: bool = False) -> None:
         from psycopg import sql
+
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             if drop_first:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

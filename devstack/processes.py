@@ -31,7 +31,7 @@ def stat_fields(pid: int) -> list[str] | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
+    return stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
 
 
 def read_pid(pid_file: Path) -> int | None:
@@ -68,8 +68,12 @@ def spawn(argv: list[str], log_file: Path, pid_file: Path, env: dict[str, str] |
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
         )
     _children[proc.pid] = proc
     pid_file.write_text(f"{proc.pid}\n")

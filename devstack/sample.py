@@ -57,9 +57,12 @@ def seed(conn: psycopg.Connection) -> None:
     with conn.transaction():
         conn.execute(
             "INSERT INTO public.products SELECT 'SKU-' || i, 'Product ' || i, (i * 1.25)::numeric(10,2), "
-            "ARRAY['tag' || (i % 3), 'ünï ''quoted'' ' || i] FROM generate_series(1, 50) i ON CONFLICT DO NOTHING")
-        conn.execute("INSERT INTO public.accounts SELECT i, %s FROM generate_series(1, %s) i ON CONFLICT DO NOTHING",
-                     (OPENING_BALANCE, ACCOUNTS))
+            "ARRAY['tag' || (i % 3), 'ünï ''quoted'' ' || i] FROM generate_series(1, 50) i ON CONFLICT DO NOTHING"
+        )
+        conn.execute(
+            "INSERT INTO public.accounts SELECT i, %s FROM generate_series(1, %s) i ON CONFLICT DO NOTHING",
+            (OPENING_BALANCE, ACCOUNTS),
+        )
 
 
 @dataclass
@@ -83,8 +86,9 @@ class WorkloadStats:
 XID_IF_CAPTURED = "SELECT pg_current_xact_id_if_assigned()::text::bigint"
 
 
-def _one_transaction(conn: psycopg.Connection, rng: random.Random, writer: int, counter: list[int],
-                     record_xid: bool = False) -> int | None:
+def _one_transaction(
+    conn: psycopg.Connection, rng: random.Random, writer: int, counter: list[int], record_xid: bool = False
+) -> int | None:
     """Run one random transaction; with ``record_xid``, return its xid if capture logged anything."""
     choice = rng.random()
     with conn.transaction():
@@ -99,11 +103,15 @@ def _body(conn: psycopg.Connection, rng: random.Random, writer: int, counter: li
     if choice < 0.30:
         counter[0] += 1
         customer = writer * 10_000_000 + counter[0]
-        conn.execute("INSERT INTO public.customers (id, name, email) VALUES (%s, %s, %s)",
-                     (customer, f"Customer {customer}", None if rng.random() < 0.2 else f"c{customer}@example.org"))
+        conn.execute(
+            "INSERT INTO public.customers (id, name, email) VALUES (%s, %s, %s)",
+            (customer, f"Customer {customer}", None if rng.random() < 0.2 else f"c{customer}@example.org"),
+        )
         order = uuid.uuid4()
-        conn.execute("INSERT INTO public.orders VALUES (%s, %s, now(), 'new', %s)",
-                     (order, customer, psycopg.types.json.Jsonb({"writer": writer, "gift": rng.random() < 0.1})))
+        conn.execute(
+            "INSERT INTO public.orders VALUES (%s, %s, now(), 'new', %s)",
+            (order, customer, psycopg.types.json.Jsonb({"writer": writer, "gift": rng.random() < 0.1})),
+        )
         for line in range(1, rng.randint(1, 4) + 1):
             sku = conn.execute("SELECT sku FROM public.products ORDER BY random() LIMIT 1").fetchone()[0]
             conn.execute("INSERT INTO public.order_lines VALUES (%s, %s, %s, %s)", (order, line, sku, rng.randint(1, 9)))
@@ -118,11 +126,12 @@ def _body(conn: psycopg.Connection, rng: random.Random, writer: int, counter: li
         conn.execute("UPDATE public.accounts SET balance = balance - %s WHERE id = %s", (amount, a))
         conn.execute("UPDATE public.accounts SET balance = balance + %s WHERE id = %s", (amount, b))
     elif choice < 0.85:
-        conn.execute("UPDATE public.orders SET status = 'shipped' WHERE id = "
-                     "(SELECT id FROM public.orders WHERE status = 'new' LIMIT 1 FOR UPDATE SKIP LOCKED)")
+        conn.execute(
+            "UPDATE public.orders SET status = 'shipped' WHERE id = "
+            "(SELECT id FROM public.orders WHERE status = 'new' LIMIT 1 FOR UPDATE SKIP LOCKED)"
+        )
     elif choice < 0.95:
-        conn.execute("DELETE FROM public.orders WHERE id = "
-                     "(SELECT id FROM public.orders LIMIT 1 FOR UPDATE SKIP LOCKED)")
+        conn.execute("DELETE FROM public.orders WHERE id = (SELECT id FROM public.orders LIMIT 1 FOR UPDATE SKIP LOCKED)")
     else:
         # a key-changing update, cascading to order_lines through ON UPDATE CASCADE
         sku = f"SKU-{rng.randint(1, 50)}"
@@ -130,8 +139,15 @@ def _body(conn: psycopg.Connection, rng: random.Random, writer: int, counter: li
         conn.execute("UPDATE public.products SET sku = %s WHERE sku = %s || '-v' || %s", (sku, sku, writer))
 
 
-def run_workload(dsn: str, seconds: float, writers: int, max_transactions: int | None = None,
-                 seed_value: int = 1, record_xids: bool = False, pause_seconds: float = 0.0) -> WorkloadStats:
+def run_workload(
+    dsn: str,
+    seconds: float,
+    writers: int,
+    max_transactions: int | None = None,
+    seed_value: int = 1,
+    record_xids: bool = False,
+    pause_seconds: float = 0.0,
+) -> WorkloadStats:
     """Run ``writers`` concurrent connections for ``seconds`` (and at most ``max_transactions`` each), each
     pausing ``pause_seconds`` after every transaction."""
     stats = WorkloadStats()
@@ -149,8 +165,12 @@ def run_workload(dsn: str, seconds: float, writers: int, max_transactions: int |
                     stats.add(committed=1, xid=xid)
                     if pause_seconds:
                         time.sleep(pause_seconds)
-                except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected,
-                        psycopg.errors.UniqueViolation, psycopg.errors.ForeignKeyViolation):
+                except (
+                    psycopg.errors.SerializationFailure,
+                    psycopg.errors.DeadlockDetected,
+                    psycopg.errors.UniqueViolation,
+                    psycopg.errors.ForeignKeyViolation,
+                ):
                     stats.add(retried=1)
 
     threads = [threading.Thread(target=writer, args=(i + 1,), daemon=True) for i in range(writers)]
@@ -159,4 +179,3 @@ def run_workload(dsn: str, seconds: float, writers: int, max_transactions: int |
     for thread in threads:
         thread.join()
     return stats
-

@@ -110,8 +110,7 @@ class Stack:
         return PgCluster(name, self.clusters / name, self._port(f"pg.{name}"))
 
     def kafka(self, name: str) -> KafkaNode:
-        return KafkaNode(name, self.home / "kafka" / name, self._port(f"kafka.{name}"),
-                         self._port(f"kafka.{name}.controller"))
+        return KafkaNode(name, self.home / "kafka" / name, self._port(f"kafka.{name}"), self._port(f"kafka.{name}.controller"))
 
     @property
     def run_dir(self) -> Path:

@@ -57,8 +57,10 @@ class Distributor:
         route_names = config.distributors[name].routes
         up_cluster, self.up_topic = config.stream(config.routes[route_names[0]].upstream)
         self.up_cluster = config.kafka[up_cluster]
-        self.routes = [RouteOut(r, config.routes[r].kafka, config.kafka[config.routes[r].kafka], config.route_topic(r),
-                                shaping(r, config)) for r in route_names]
+        self.routes = [
+            RouteOut(r, config.routes[r].kafka, config.kafka[config.routes[r].kafka], config.route_topic(r), shaping(r, config))
+            for r in route_names
+        ]
         self.workers = config.distributors[name].workers or worker_count()
         self.codec = default_codec()
         self.decoder = RegistryDecoder(self.codec, self.up_cluster)
@@ -81,8 +83,13 @@ class Distributor:
 class DistributorSession:
     """A connected distributor: the upstream consumer, a producer per route cluster, the routing executor."""
 
-    def __init__(self, distributor: Distributor, consumer: KafkaConsumer, producers: dict[str, KafkaProducer],
-                 executor: Inline | RoutingPool):
+    def __init__(
+        self,
+        distributor: Distributor,
+        consumer: KafkaConsumer,
+        producers: dict[str, KafkaProducer],
+        executor: Inline | RoutingPool,
+    ):
         self.d, self.consumer, self.producers, self.executor = distributor, consumer, producers, executor
         self.codec, self.routes, self.up_topic = distributor.codec, distributor.routes, distributor.up_topic
         self.partition = kafkautil.partition(self.up_topic)
@@ -104,8 +111,9 @@ class DistributorSession:
         subscriptions = [route.subscription for route in d.routes]
         filtering = any(s is not None for s in subscriptions)
         # forked now, if at all: the schemas are loaded and no Kafka client (with its threads) exists yet
-        executor: Inline | RoutingPool = (RoutingPool(d.codec, d.decoder, subscriptions, d.workers)
-                                          if filtering and d.workers > 1 else Inline())
+        executor: Inline | RoutingPool = (
+            RoutingPool(d.codec, d.decoder, subscriptions, d.workers) if filtering and d.workers > 1 else Inline()
+        )
         producers: dict[str, KafkaProducer] = {}
         consumer = None
         try:
@@ -123,8 +131,13 @@ class DistributorSession:
         except BaseException:
             _close_all(executor, producers, consumer)
             raise
-        log.info("%s ready: %s from offset %s -> %s", d.name, d.up_topic, committed if committed is not None else "start",
-                 ", ".join(f"{r.topic} (last {tuple(r.last)})" for r in d.routes))
+        log.info(
+            "%s ready: %s from offset %s -> %s",
+            d.name,
+            d.up_topic,
+            committed if committed is not None else "start",
+            ", ".join(f"{r.topic} (last {tuple(r.last)})" for r in d.routes),
+        )
         session = cls(d, consumer, producers, executor)
         session.registered = registered
         session.learn()
@@ -138,8 +151,7 @@ class DistributorSession:
 
     def work(self) -> bool:
         room = self.executor.capacity - len(self.inflight)
-        records = self.consumer.poll(timeout_ms=0 if self.inflight else 100,
-                                     max_records=max(room, 1)).get(self.partition, [])
+        records = self.consumer.poll(timeout_ms=0 if self.inflight else 100, max_records=max(room, 1)).get(self.partition, [])
         for record in records:
             where = StreamPlace(self.up_topic, 0, record.offset)
             if not self.codec.knows(record.value):
@@ -171,8 +183,9 @@ class DistributorSession:
         """Send a message to every route that does not hold it yet: its own share, or (None) the message as is."""
         for route, output in zip(self.routes, routed.outputs, strict=True):
             if routed.mark > route.last:
-                self.producers[route.cluster_name].send(route.topic, value=value if output is None else output,
-                                                        headers=mark_header(routed.mark))
+                self.producers[route.cluster_name].send(
+                    route.topic, value=value if output is None else output, headers=mark_header(routed.mark)
+                )
                 route.last = routed.mark
 
     def mark(self, record: Any, where: Where) -> Mark:

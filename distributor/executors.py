@@ -83,6 +83,7 @@ def _worker_start(parent: int) -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
         os._exit(0)
+
     threading.Thread(target=watch, daemon=True).start()
 
 
@@ -105,8 +106,10 @@ class Pending:
         try:
             routed, error = self.result_of.get(timeout=WORKER_TIMEOUT)
         except multiprocessing.TimeoutError:  # a worker died (the pool replaces it, but its task is lost)
-            raise TransientError(f"a routing worker gave no answer within {WORKER_TIMEOUT} s; "
-                                 "starting over from the last committed upstream offset") from None
+            raise TransientError(
+                f"a routing worker gave no answer within {WORKER_TIMEOUT} s; "
+                "starting over from the last committed upstream offset"
+            ) from None
         if error is not None:
             transient, text = error
             raise (TransientError if transient else FatalError)(text)
@@ -121,8 +124,7 @@ class RoutingPool:
     def __init__(self, codec: Any, decoder: Any, subscriptions: Sequence[Shaping], workers: int):
         global _WORKER_STATE
         _WORKER_STATE = (codec, decoder, subscriptions)
-        self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_start,
-                                                             initargs=(os.getpid(),))
+        self.pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_start, initargs=(os.getpid(),))
 
     def submit(self, record: Any, where: Where) -> Pending:
         return Pending(self.pool.apply_async(_route, (record.value, where)))

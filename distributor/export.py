@@ -56,9 +56,12 @@ def export(config: Config, stream: str, from_position: int, path: Path) -> str:
                     if first and kind == "Batch" and message["transactions"]:
                         found = message["transactions"][0]["position"]
                         if found > from_position:
-                            raise StreamGap(f"{topic} no longer holds position {from_position} (retention?): its "
-                                            f"first message from there, at {where}, starts at {found}",
-                                            at=where, position=from_position)
+                            raise StreamGap(
+                                f"{topic} no longer holds position {from_position} (retention?): its "
+                                f"first message from there, at {where}, starts at {found}",
+                                at=where,
+                                position=from_position,
+                            )
                     first = False
                     mark = mark_of(kind, message)
                     whole = mark.chunk == WHOLE
@@ -68,14 +71,15 @@ def export(config: Config, stream: str, from_position: int, path: Path) -> str:
                 if consumer.position(tp) >= end and not whole:
                     deadline = deadline or time.monotonic() + FINISH_SECONDS
                     if time.monotonic() > deadline:
-                        raise ExportError(f"{topic}: the transaction cut by the topic's end did not complete within "
-                                          f"{FINISH_SECONDS}s; nothing exported")
+                        raise ExportError(
+                            f"{topic}: the transaction cut by the topic's end did not complete within "
+                            f"{FINISH_SECONDS}s; nothing exported"
+                        )
 
         partial = path.with_name(path.name + ".partial")
         try:
             with partial.open("wb") as out:
-                count, last = shipfile.write(out, codec, config.origin_source(stream), stream, topic, from_position,
-                                             records())
+                count, last = shipfile.write(out, codec, config.origin_source(stream), stream, topic, from_position, records())
                 out.flush()
                 os.fsync(out.fileno())
             partial.replace(path)

@@ -62,8 +62,7 @@ class TablePlan:
             row[i] = None
         return row
 
-    def old_row(self, change: Change, new_row: list[str | None] | None,
-                where: Callable[[], str]) -> list[str | None]:
+    def old_row(self, change: Change, new_row: list[str | None] | None, where: Callable[[], str]) -> list[str | None]:
         row: list[str | None] = [None] * self.width
         key = change["old_key"]
         if key:
@@ -80,7 +79,8 @@ class TablePlan:
                     f"{where()}: a {change['op']} of {table} lacks the old "
                     f"values of {', '.join(self.table_old_columns)} that route {self.route}'s filter needs (it was "
                     "captured before capture was installed with this filter); run `pgfanout agent install`, then "
-                    "resync this route's subscribers")
+                    "resync this route's subscribers"
+                )
             for i, value in zip(self.old_positions, old_values, strict=True):
                 row[i] = value
             for j in change.get("old_nulls") or EMPTY:
@@ -119,8 +119,15 @@ class TablePlan:
         old_nulls = change.get("old_nulls") or EMPTY
         if old_values and self.old_keep is not None:
             old_values, old_nulls = _project(old_values, old_nulls, self.old_keep)
-        return {"table": change["table"], "op": op, "values": values, "nulls": nulls, "old_key": change["old_key"],
-                "old_values": old_values, "old_nulls": old_nulls}
+        return {
+            "table": change["table"],
+            "op": op,
+            "values": values,
+            "nulls": nulls,
+            "old_key": change["old_key"],
+            "old_values": old_values,
+            "old_nulls": old_nulls,
+        }
 
 
 def plan_table(route: str, table: TableLayout, subscription: TableSubscription) -> TablePlan:
@@ -143,8 +150,10 @@ def plan_table(route: str, table: TableLayout, subscription: TableSubscription) 
     row_filter = subscription.row_filter()
     if row_filter is not None:
         if len(types) != len(columns):
-            raise RouteError(f"{prefix}: the upstream sends no column types, which row filters need; "
-                             "upgrade the agent that publishes this source")
+            raise RouteError(
+                f"{prefix}: the upstream sends no column types, which row filters need; "
+                "upgrade the agent that publishes this source"
+            )
         try:
             evaluate = compile_filter(row_filter, columns, types)
         except FilterError as exc:
@@ -155,19 +164,31 @@ def plan_table(route: str, table: TableLayout, subscription: TableSubscription) 
                 f"{prefix}: the filter reads {', '.join(uncaptured)}, whose values before an UPDATE or DELETE capture "
                 "does not record, so rows could not migrate in and out; run `pgfanout agent install` for the source "
                 "with this configuration (it records the old values of every filtered column), then resync this "
-                "route's subscribers")
+                "route's subscribers"
+            )
         needs_old = bool(row_filter.columns - set(keys))
     kept = set(columns if keep is None else (columns[i] for i in keep))
     old_keep = None if all(c in kept for c in old_columns) else [j for j, c in enumerate(old_columns) if c in kept]
     projected = dict(table)
     if keep is not None:
-        projected.update(columns=[columns[i] for i in keep],
-                         column_types=[types[i] for i in keep] if types else [],
-                         missing_values={c: v for c, v in (table.get("missing_values") or {}).items() if c in kept},
-                         old_columns=[c for c in old_columns if c in kept])
-    return TablePlan(route, projected, len(columns), keep, old_keep, evaluate,
-                     [columns.index(k) for k in keys], [columns.index(c) for c in old_columns], needs_old,
-                     tuple(old_columns))
+        projected.update(
+            columns=[columns[i] for i in keep],
+            column_types=[types[i] for i in keep] if types else [],
+            missing_values={c: v for c, v in (table.get("missing_values") or {}).items() if c in kept},
+            old_columns=[c for c in old_columns if c in kept],
+        )
+    return TablePlan(
+        route,
+        projected,
+        len(columns),
+        keep,
+        old_keep,
+        evaluate,
+        [columns.index(k) for k in keys],
+        [columns.index(c) for c in old_columns],
+        needs_old,
+        tuple(old_columns),
+    )
 
 
 class RouteFilter:

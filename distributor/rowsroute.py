@@ -64,11 +64,14 @@ class RowsRoute:
             try:
                 layout = _Layout(table)
             except Exception as exc:  # fastavro refusing a generated schema: a bug, named with its table
-                raise RouteError(f"route {self.route}: no Avro schema for table layout {table_id} at {where}: {exc}",
-                                 at=where) from exc
+                raise RouteError(
+                    f"route {self.route}: no Avro schema for table layout {table_id} at {where}: {exc}", at=where
+                ) from exc
             self.layouts[table_id] = layout
-            for schema, key in ((layout.schemas.key, layout.schemas.key_fingerprint),
-                                (layout.schemas.row, layout.schemas.row_fingerprint)):
+            for schema, key in (
+                (layout.schemas.key, layout.schemas.key_fingerprint),
+                (layout.schemas.row, layout.schemas.row_fingerprint),
+            ):
                 self.learned.append((key.hex(), schema_text(schema)))
         return self.layouts[table_id]
 
@@ -80,12 +83,22 @@ class RowsRoute:
         if self.share is not None:
             message = self.share.batch(message, where)
         layouts = {t["table_id"]: self._layout(t, where) for t in message["tables"]}
-        return {"source": message["source"], "tick_id": message["tick_id"], "tick_time": message["tick_time"],
-                "batch_end": message["batch_end"],
-                "transactions": [{"position": t["position"], "xid": t["xid"], "chunk": t["chunk"],
-                                  "last_chunk": t["last_chunk"],
-                                  "changes": [self._change(layouts[c["table"]], c) for c in t["changes"]]}
-                                 for t in message["transactions"]]}
+        return {
+            "source": message["source"],
+            "tick_id": message["tick_id"],
+            "tick_time": message["tick_time"],
+            "batch_end": message["batch_end"],
+            "transactions": [
+                {
+                    "position": t["position"],
+                    "xid": t["xid"],
+                    "chunk": t["chunk"],
+                    "last_chunk": t["last_chunk"],
+                    "changes": [self._change(layouts[c["table"]], c) for c in t["changes"]],
+                }
+                for t in message["transactions"]
+            ],
+        }
 
     @staticmethod
     def _change(layout: _Layout, change: Change) -> RowChange:
@@ -99,5 +112,12 @@ class RowsRoute:
                 old_key = _encode(layout.key_writer, layout.key(change["old_key"]))
         elif op == "DELETE":
             key = _encode(layout.key_writer, layout.key(change["old_key"]))
-        return {"table": layout.name, "op": op, "key_schema": layout.schemas.key_fingerprint, "key": key,
-                "old_key": old_key, "row_schema": layout.schemas.row_fingerprint, "row": row}
+        return {
+            "table": layout.name,
+            "op": op,
+            "key_schema": layout.schemas.key_fingerprint,
+            "key": key,
+            "old_key": old_key,
+            "row_schema": layout.schemas.row_fingerprint,
+            "row": row,
+        }

@@ -30,7 +30,8 @@ def shaping(route: str, config: Config) -> Shaping:
 def route_message(codec: Any, decoder: Any, subscriptions: Sequence[Shaping], value: bytes, where: Where) -> Routed:
     """Decode a message and make each shaping route's copy of it."""
     kind, message = decoder.decode(value, where)
-    outputs = [codec.encode(s.kind, s.batch(message, where)) if s is not None and kind == "Batch" else None
-               for s in subscriptions]
+    outputs = [
+        codec.encode(s.kind, s.batch(message, where)) if s is not None and kind == "Batch" else None for s in subscriptions
+    ]
     learned = [schema for s in subscriptions if isinstance(s, RowsRoute) for schema in s.take_learned()]
     return Routed(mark_of(kind, message), outputs, learned)

@@ -69,8 +69,9 @@ class ReplicaSession:
         self.group = Group(self.applied, stored.tick_id if stored else 0, None, UNKNOWN_OFFSET)
         self.committed_offset = UNKNOWN_OFFSET
         self.protected = set(protected_tables(conn))
-        self.skips = {r[0] for r in conn.execute("SELECT position FROM pgfanout_replica.skip WHERE subscriber = %s",
-                                                 (subscriber,))}
+        self.skips = {
+            r[0] for r in conn.execute("SELECT position FROM pgfanout_replica.skip WHERE subscriber = %s", (subscriber,))
+        }
         self.columns = NewColumns(conn, self.label)
         self.copy_filters = CopyFilters({})
         self.read_copy_filters()
@@ -87,12 +88,16 @@ class ReplicaSession:
         try:
             ensure_state(conn)
             if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", applier_lock_key(subscriber)).fetchone()[0]:
-                raise ApplierBusy(f"subscriber {subscriber} is being applied to or materialized by another process "
-                                  "(another `subscriber run`, or `init`/`resync`); waiting for it to finish")
+                raise ApplierBusy(
+                    f"subscriber {subscriber} is being applied to or materialized by another process "
+                    "(another `subscriber run`, or `init`/`resync`); waiting for it to finish"
+                )
             # The applier's own changes must not fire user triggers or re-check foreign keys.
             conn.execute("SET session_replication_role = replica")
-            row = conn.execute("SELECT position, tick_id, kafka_offset, topic FROM pgfanout_replica.position "
-                               "WHERE subscriber = %s", (subscriber,)).fetchone()
+            row = conn.execute(
+                "SELECT position, tick_id, kafka_offset, topic FROM pgfanout_replica.position WHERE subscriber = %s",
+                (subscriber,),
+            ).fetchone()
             return cls(config, subscriber, conn, Stored(*row) if row else None)
         except BaseException:
             conn.close()
@@ -131,8 +136,9 @@ class ReplicaSession:
             try:
                 action = action_for(self.group.pending, part, self.skips, where)
             except StreamGap as gap:
-                raise StreamGap(f"subscriber {self.subscriber}: {gap}".replace("NAME", self.subscriber),
-                                at=where, position=gap.position) from None
+                raise StreamGap(
+                    f"subscriber {self.subscriber}: {gap}".replace("NAME", self.subscriber), at=where, position=gap.position
+                ) from None
             if action is Action.DUPLICATE:
                 continue
             self.group.advance(part)
@@ -160,18 +166,26 @@ class ReplicaSession:
             try:
                 protect_table(self.conn, table.schema_name, table.table_name, source)
             except psycopg.errors.UndefinedTable:
-                raise PoisonMessage(f"table {table.qualified} does not exist on subscriber {self.subscriber}; "
-                                    f"create it with `pgfanout subscriber init {self.subscriber}`") from None
+                raise PoisonMessage(
+                    f"table {table.qualified} does not exist on subscriber {self.subscriber}; "
+                    f"create it with `pgfanout subscriber init {self.subscriber}`"
+                ) from None
             self.protected.add((table.schema_name, table.table_name))
 
     def _skip(self, part: Transaction, where: Where) -> None:
         """Leave out a transaction the operator asked to skip; forget the request with its last chunk."""
-        log.warning("%s: SKIPPING the transaction at %s position %d chunk %d, as `pgfanout subscriber skip` "
-                    "asked; this replica now differs from the source by that transaction",
-                    self.label, where, part["position"], part["chunk"])
+        log.warning(
+            "%s: SKIPPING the transaction at %s position %d chunk %d, as `pgfanout subscriber skip` "
+            "asked; this replica now differs from the source by that transaction",
+            self.label,
+            where,
+            part["position"],
+            part["chunk"],
+        )
         if part["last_chunk"]:
-            self.conn.execute("DELETE FROM pgfanout_replica.skip WHERE subscriber = %s AND position = %s",
-                              (self.subscriber, part["position"]))
+            self.conn.execute(
+                "DELETE FROM pgfanout_replica.skip WHERE subscriber = %s AND position = %s", (self.subscriber, part["position"])
+            )
             self.skips.discard(part["position"])
 
     # -- applying and committing -----------------------------------------------------
@@ -216,13 +230,16 @@ class ReplicaSession:
                     f"transaction at {here} failed to apply, nothing of it was committed: "
                     f"{type(exc).__name__}: {str(exc).strip()}. To go on without it, run "
                     f"`pgfanout subscriber skip {self.subscriber} --position {part['position']}`",
-                    at=part_where, position=part["position"]) from exc
-        raise PoisonMessage(f"the transactions of the messages at {where} failed together but not one by one; "
-                            "stop and inspect the replica", at=collected[0].where)
+                    at=part_where,
+                    position=part["position"],
+                ) from exc
+        raise PoisonMessage(
+            f"the transactions of the messages at {where} failed together but not one by one; stop and inspect the replica",
+            at=collected[0].where,
+        )
 
     def group_full(self) -> bool:
-        return group_full(self.group, time.monotonic(), self.settings.group_max_transactions,
-                          self.settings.group_max_ms / 1000)
+        return group_full(self.group, time.monotonic(), self.settings.group_max_transactions, self.settings.group_max_ms / 1000)
 
     def commit(self) -> None:
         """Apply what is collected and commit it with its position, in one replica transaction."""
@@ -231,19 +248,31 @@ class ReplicaSession:
         if group.pending.position > self.applied.position:
             self.conn.execute(
                 "INSERT INTO pgfanout_replica.applied (subscriber, first_position, last_position, kafka_offset) "
-                "VALUES (%s, %s, %s, %s)", (self.subscriber, self.applied.position + 1, group.pending.position,
-                                            group.offset))
+                "VALUES (%s, %s, %s, %s)",
+                (self.subscriber, self.applied.position + 1, group.pending.position, group.offset),
+            )
             self.commits += 1
             if self.commits % 1000 == 0:
-                self.conn.execute("DELETE FROM pgfanout_replica.applied WHERE subscriber = %s "
-                                  "AND committed_at < clock_timestamp() - interval '7 days'", (self.subscriber,))
-        self.conn.execute(SAVE_POSITION, {"subscriber": self.subscriber, "source": self.source,
-                                          "position": group.pending.position, "tick_id": group.tick_id,
-                                          "topic": self.topic, "offset": group.offset, "source_time": group.source_time})
+                self.conn.execute(
+                    "DELETE FROM pgfanout_replica.applied WHERE subscriber = %s "
+                    "AND committed_at < clock_timestamp() - interval '7 days'",
+                    (self.subscriber,),
+                )
+        self.conn.execute(
+            SAVE_POSITION,
+            {
+                "subscriber": self.subscriber,
+                "source": self.source,
+                "position": group.pending.position,
+                "tick_id": group.tick_id,
+                "topic": self.topic,
+                "offset": group.offset,
+                "source_time": group.source_time,
+            },
+        )
         self.conn.commit()
         if group.transactions:
-            log.debug("%s: committed %d transactions up to position %d", self.label, group.transactions,
-                      group.pending.position)
+            log.debug("%s: committed %d transactions up to position %d", self.label, group.transactions, group.pending.position)
         self.applied = group.pending
         self.committed_offset = group.offset
         self.group = group.successor()

@@ -42,13 +42,16 @@ def table_info(schema_name: str, table_name: str, columns: tuple[str, ...], key_
         indexes = tuple(columns.index(k) for k in key_columns)
     except ValueError:
         raise PoisonMessage(
-            f"table {qualified(schema_name, table_name)}: key columns {key_columns} are not all among its columns") from None
+            f"table {qualified(schema_name, table_name)}: key columns {key_columns} are not all among its columns"
+        ) from None
     return TableInfo(schema_name, table_name, columns, key_columns, indexes)
 
 
 def tables_of(message: Batch) -> dict[int, TableInfo]:
-    return {t["table_id"]: table_info(t["schema_name"], t["table_name"], tuple(t["columns"]), tuple(t["key_columns"]))
-            for t in message["tables"]}
+    return {
+        t["table_id"]: table_info(t["schema_name"], t["table_name"], tuple(t["columns"]), tuple(t["key_columns"]))
+        for t in message["tables"]
+    }
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,11 @@ def params_of(change: Change, table: TableInfo, where: Where) -> tuple[Any, ...]
             values[index] = None
     if op in ("INSERT", "UPDATE"):
         if len(values) != len(table.columns):
-            raise PoisonMessage(f"change at {where}: {op} on {table.qualified} carries "
-                                f"{len(values) or 'no'} values for {len(table.columns)} columns", at=where)
+            raise PoisonMessage(
+                f"change at {where}: {op} on {table.qualified} carries "
+                f"{len(values) or 'no'} values for {len(table.columns)} columns",
+                at=where,
+            )
         if op == "INSERT":
             return tuple(values)
         key = old_key or [values[i] for i in table.key_indexes]
@@ -94,8 +100,9 @@ def plan(changes: Iterable[Change], tables: dict[int, TableInfo], where: Where) 
             continue
         table = tables.get(change["table"])
         if table is None:
-            raise PoisonMessage(f"change at {where} refers to table {change['table']}, which its message does not describe",
-                                at=where)
+            raise PoisonMessage(
+                f"change at {where} refers to table {change['table']}, which its message does not describe", at=where
+            )
         if current is not None:
             yield current
         current, current_key = Run(RunShape(table, change["op"]), [params_of(change, table, where)]), key
@@ -123,11 +130,14 @@ def statement(shape: RunShape) -> sql.Composed:
     where = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in table.key_columns)
     if shape.op == "INSERT":
         return sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-            target, sql.SQL(", ").join(map(sql.Identifier, table.columns)),
-            sql.SQL(", ").join(sql.Placeholder() * len(table.columns)))
+            target,
+            sql.SQL(", ").join(map(sql.Identifier, table.columns)),
+            sql.SQL(", ").join(sql.Placeholder() * len(table.columns)),
+        )
     if shape.op == "UPDATE":
         return sql.SQL("UPDATE {} SET {} WHERE {}").format(
-            target, sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in table.columns), where)
+            target, sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in table.columns), where
+        )
     if shape.op == "DELETE":
         return sql.SQL("DELETE FROM {} WHERE {}").format(target, where)
     return sql.SQL("TRUNCATE {}").format(target)
@@ -157,8 +167,7 @@ def _stage(cur: psycopg.Cursor, table: TableInfo, columns: tuple[str, ...], rows
     cols = sql.SQL(", ").join(map(sql.Identifier, columns))
     staged = _staged.setdefault(cur.connection, set())
     if stage.as_string() not in staged:
-        cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA").format(
-            stage, cols, target))
+        cur.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} AS SELECT {} FROM {} WITH NO DATA").format(stage, cols, target))
         staged.add(stage.as_string())
     cur.execute(sql.SQL("TRUNCATE {}").format(stage))
     with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, cols)) as copy:
@@ -170,7 +179,8 @@ def _stage(cur: psycopg.Cursor, table: TableInfo, columns: tuple[str, ...], rows
 def _key_match(table: TableInfo, left: str, right: str) -> sql.Composable:
     return sql.SQL(" AND ").join(
         sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(k), sql.Identifier(right), sql.Identifier(k))
-        for k in table.key_columns)
+        for k in table.key_columns
+    )
 
 
 def copy_run(cur: psycopg.Cursor, run: Run) -> int | None:
@@ -199,8 +209,9 @@ def copy_run(cur: psycopg.Cursor, run: Run) -> int | None:
         # a table made of key columns only still gets its rows matched, for the divergence check
         changed = [c for c in table.columns if c not in table.key_columns] or list(table.key_columns)
         assignments = sql.SQL(", ").join(sql.SQL("{0} = s.{0}").format(sql.Identifier(c)) for c in changed)
-        cur.execute(sql.SQL("UPDATE {} AS t SET {} FROM {} AS s WHERE {}").format(
-            target, assignments, stage, _key_match(table, "t", "s")))
+        cur.execute(
+            sql.SQL("UPDATE {} AS t SET {} FROM {} AS s WHERE {}").format(target, assignments, stage, _key_match(table, "t", "s"))
+        )
         return len(latest)
     if op == "DELETE":
         keys = list(dict.fromkeys(run.params))
@@ -210,8 +221,9 @@ def copy_run(cur: psycopg.Cursor, run: Run) -> int | None:
     return None
 
 
-def apply_changes(cur: psycopg.Cursor, changes: list[Change], tables: dict[int, TableInfo], where: Where,
-                  by_table: bool = False) -> int:
+def apply_changes(
+    cur: psycopg.Cursor, changes: list[Change], tables: dict[int, TableInfo], where: Where, by_table: bool = False
+) -> int:
     """Apply changes inside the caller's transaction; returns rows changed.
 
     ``by_table`` applies many transactions' changes grouped per table (see plan_by_table). An UPDATE or
@@ -230,7 +242,9 @@ def apply_changes(cur: psycopg.Cursor, changes: list[Change], tables: dict[int, 
                 raise PoisonMessage(
                     f"transaction at {where}: {run.shape.op} on {run.shape.table.qualified} found {cur.rowcount} of "
                     f"{expected} rows; the replica has diverged from the source. Re-materialize it "
-                    "(`pgfanout subscriber resync`)", at=where)
+                    "(`pgfanout subscriber resync`)",
+                    at=where,
+                )
             total += len(run.params)
             continue
         if len(run.params) == 1:
@@ -241,6 +255,8 @@ def apply_changes(cur: psycopg.Cursor, changes: list[Change], tables: dict[int, 
             raise PoisonMessage(
                 f"transaction at {where}: {run.shape.op} on {run.shape.table.qualified} "
                 f"found {cur.rowcount} of {len(run.params)} rows; the replica has diverged from the source. "
-                "Re-materialize it (`pgfanout subscriber resync`)", at=where)
+                "Re-materialize it (`pgfanout subscriber resync`)",
+                at=where,
+            )
         total += len(run.params)
     return total

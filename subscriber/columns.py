@@ -44,10 +44,12 @@ class NewColumns:
             if all(column in present for column in layout["columns"]):
                 self.checked.add(key)
             elif len(layout["column_types"]) != len(layout["columns"]):
-                raise PoisonMessage(f"message at {where}: table {qualified(*key[:2])} has columns "
-                                    f"{[c for c in layout['columns'] if c not in present]} the replica lacks, and the "
-                                    "message does not say their types (an older agent wrote it); add them by hand",
-                                    at=where)
+                raise PoisonMessage(
+                    f"message at {where}: table {qualified(*key[:2])} has columns "
+                    f"{[c for c in layout['columns'] if c not in present]} the replica lacks, and the "
+                    "message does not say their types (an older agent wrote it); add them by hand",
+                    at=where,
+                )
             else:
                 needs[layout["table_id"]] = (layout, present)
         return needs
@@ -60,9 +62,13 @@ class NewColumns:
 
     def _replica_columns(self, layout: TableLayout) -> set[str]:
         target = sql.Identifier(layout["schema_name"], layout["table_name"])
-        return {r[0] for r in self.conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
-            (target.as_string(self.conn),))}
+        return {
+            r[0]
+            for r in self.conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+                (target.as_string(self.conn),),
+            )
+        }
 
     def _add_column(self, layout: TableLayout, index: int, where: Where) -> None:
         target = sql.Identifier(layout["schema_name"], layout["table_name"])
@@ -76,14 +82,22 @@ class NewColumns:
         try:
             self.conn.execute(statement)
             if existing_value is not None:
-                self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(
-                    target, sql.Identifier(column)))
+                self.conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(target, sql.Identifier(column)))
         except psycopg.OperationalError:
             raise
         except psycopg.Error as exc:
-            raise PoisonMessage(f"message at {where}: adding column {column} {type_sql} to {table} failed: "
-                                f"{str(exc).strip()}; add it on the replica by hand and start the subscriber "
-                                "again", at=where) from exc
+            raise PoisonMessage(
+                f"message at {where}: adding column {column} {type_sql} to {table} failed: "
+                f"{str(exc).strip()}; add it on the replica by hand and start the subscriber "
+                "again",
+                at=where,
+            ) from exc
         self.conn.execute("RELEASE SAVEPOINT pgfanout_add_column")
-        log.warning("%s: added column %s %s to %s, as the source did%s", self.label, column, type_sql, table,
-                    f" (existing rows get {existing_value!r})" if existing_value is not None else "")
+        log.warning(
+            "%s: added column %s %s to %s, as the source did%s",
+            self.label,
+            column,
+            type_sql,
+            table,
+            f" (existing rows get {existing_value!r})" if existing_value is not None else "",
+        )

@@ -81,13 +81,20 @@ def project(definition: TableDefinition, kept: frozenset[str] | None) -> TableDe
     if kept is None:
         return definition
     dropped = {c.name for c in definition.columns if c.name not in kept and c.generated is None}
-    columns = tuple(c for c in definition.columns
-                    if c.name in kept or (c.generated is not None and not _mentions(c.generated, dropped)))
+    columns = tuple(
+        c for c in definition.columns if c.name in kept or (c.generated is not None and not _mentions(c.generated, dropped))
+    )
     return TableDefinition(
-        definition.schema_name, definition.table_name, columns,
+        definition.schema_name,
+        definition.table_name,
+        columns,
         tuple(c for c in definition.constraints if not _mentions(c[1], dropped)),
         tuple(i for i in definition.indexes if not _mentions(i.split(" USING ", 1)[-1], dropped)),
-        definition.user_types, definition.is_partitioned, definition.estimated_rows, definition.size_bytes)
+        definition.user_types,
+        definition.is_partitioned,
+        definition.estimated_rows,
+        definition.size_bytes,
+    )
 
 
 def read_definition(conn: psycopg.Connection, schema_name: str, table_name: str) -> TableDefinition:
@@ -96,12 +103,15 @@ def read_definition(conn: psycopg.Connection, schema_name: str, table_name: str)
         """SELECT c.oid, c.relkind, greatest(c.reltuples, 0)::bigint, pg_table_size(c.oid)
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')""",
-        (schema_name, table_name)).fetchone()
+        (schema_name, table_name),
+    ).fetchone()
     if row is None:
         raise MaterializeError(f"table {qualified(schema_name, table_name)} does not exist in the copy source")
     oid, relkind, estimated_rows, size_bytes = row
-    columns = tuple(Column(*r) for r in conn.execute(
-        """SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
+    columns = tuple(
+        Column(*r)
+        for r in conn.execute(
+            """SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                   CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
                        THEN quote_ident(cn.nspname) || '.' || quote_ident(co.collname) END,
                   CASE WHEN a.attgenerated = 's' THEN pg_get_expr(d.adbin, d.adrelid) END
@@ -109,18 +119,32 @@ def read_definition(conn: psycopg.Connection, schema_name: str, table_name: str)
            LEFT JOIN pg_collation co ON co.oid = a.attcollation
            LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
            LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-           WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""", (oid,)))
-    constraints = tuple((r[0], r[1]) for r in conn.execute(
-        """SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
+           WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""",
+            (oid,),
+        )
+    )
+    constraints = tuple(
+        (r[0], r[1])
+        for r in conn.execute(
+            """SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint
            WHERE conrelid = %s AND contype IN ('p', 'u', 'c', 'x')
-           ORDER BY contype <> 'p', conname""", (oid,)))
-    indexes = tuple(r[0] for r in conn.execute(
-        """SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
+           ORDER BY contype <> 'p', conname""",
+            (oid,),
+        )
+    )
+    indexes = tuple(
+        r[0]
+        for r in conn.execute(
+            """SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
            WHERE i.indrelid = %s AND NOT EXISTS (
                SELECT 1 FROM pg_constraint c WHERE c.conrelid = i.indrelid AND c.conindid = i.indexrelid)
-           ORDER BY i.indexrelid""", (oid,)))
-    return TableDefinition(schema_name, table_name, columns, constraints, indexes, _user_types(conn, oid),
-                           relkind == "p", estimated_rows, size_bytes)
+           ORDER BY i.indexrelid""",
+            (oid,),
+        )
+    )
+    return TableDefinition(
+        schema_name, table_name, columns, constraints, indexes, _user_types(conn, oid), relkind == "p", estimated_rows, size_bytes
+    )
 
 
 def _user_types(conn: psycopg.Connection, oid: int) -> tuple[UserType, ...]:
@@ -132,7 +156,9 @@ def _user_types(conn: psycopg.Connection, oid: int) -> tuple[UserType, ...]:
            JOIN pg_type t ON t.oid = CASE WHEN at.typelem <> 0 AND at.typcategory = 'A' THEN at.typelem ELSE at.oid END
            JOIN pg_namespace n ON n.oid = t.typnamespace
            WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-             AND n.nspname NOT IN ('pg_catalog', 'information_schema')""", (oid,)).fetchall()
+             AND n.nspname NOT IN ('pg_catalog', 'information_schema')""",
+        (oid,),
+    ).fetchall()
     return tuple(UserType(r[0], r[1], r[2], tuple(r[3])) for r in rows)
 
 
@@ -155,18 +181,19 @@ def after_copy(definition: TableDefinition) -> list[sql.Composable]:
     """The constraints and indexes, built once the rows are in."""
     statements: list[sql.Composable] = [
         sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(definition.identifier, sql.Identifier(name), sql.SQL(text))
-        for name, text in definition.constraints]
+        for name, text in definition.constraints
+    ]
     statements += [sql.SQL(text) for text in definition.indexes]
     return statements
 
 
 def create_enum(user_type: UserType) -> sql.Composed:
     return sql.SQL("CREATE TYPE {} AS ENUM ({})").format(
-        sql.SQL(user_type.qualified), sql.SQL(", ").join(sql.Literal(label) for label in user_type.enum_labels))
+        sql.SQL(user_type.qualified), sql.SQL(", ").join(sql.Literal(label) for label in user_type.enum_labels)
+    )
 
 
 def missing_types(conn: psycopg.Connection, definitions: list[TableDefinition]) -> list[UserType]:
     """User types the replica lacks (``to_regtype`` resolves the qualified names format_type wrote)."""
     wanted = {t.qualified: t for d in definitions for t in d.user_types}
-    return [t for name, t in sorted(wanted.items())
-            if conn.execute("SELECT to_regtype(%s)", (name,)).fetchone()[0] is None]  # type: ignore[index]
+    return [t for name, t in sorted(wanted.items()) if conn.execute("SELECT to_regtype(%s)", (name,)).fetchone()[0] is None]  # type: ignore[index]

@@ -26,28 +26,36 @@ def import_file(config: Config, subscriber: str, path: Path) -> str:
     route = config.subscribers[subscriber].route
     topic = config.stream(route)[1]
     if shipment.route != route:
-        raise PositionError(f"{path} holds route {shipment.route}, but subscriber {subscriber} takes "
-                            f"route {route}; nothing was applied")
+        raise PositionError(
+            f"{path} holds route {shipment.route}, but subscriber {subscriber} takes route {route}; nothing was applied"
+        )
     replica = ReplicaSession.open(config, subscriber)
     try:
         applied = replica.applied.position
         if shipment.last_position <= applied:
-            return (f"{path} holds positions {shipment.first_position}..{shipment.last_position}, and "
-                    f"subscriber {subscriber} already applied up to {applied}: nothing to apply (imported before?)")
+            return (
+                f"{path} holds positions {shipment.first_position}..{shipment.last_position}, and "
+                f"subscriber {subscriber} already applied up to {applied}: nothing to apply (imported before?)"
+            )
         if shipment.first_position > applied + 1:
-            raise StreamGap(f"{path} starts at position {shipment.first_position}, but subscriber {subscriber} has "
-                            f"applied up to {applied}: import the file holding positions "
-                            f"{applied + 1}..{shipment.first_position - 1} first; nothing was applied")
+            raise StreamGap(
+                f"{path} starts at position {shipment.first_position}, but subscriber {subscriber} has "
+                f"applied up to {applied}: import the file holding positions "
+                f"{applied + 1}..{shipment.first_position - 1} first; nothing was applied"
+            )
         for offset, value in shipfile.messages(path):
             where = StreamPlace(topic, 0, offset, path.name)
             replica.take(*codec.decode(value, where), where, UNKNOWN_OFFSET)
             if replica.group.whole and replica.group_full():
                 replica.commit()
         if not replica.group.whole:
-            raise PositionError(f"{path} ends inside the transaction at position {replica.group.pending.position}; "
-                                "the export was cut short")
+            raise PositionError(
+                f"{path} ends inside the transaction at position {replica.group.pending.position}; the export was cut short"
+            )
         replica.commit()
-        return (f"imported {path}: subscriber {subscriber} now at position {replica.applied.position} "
-                f"(was {applied}; the file holds {shipment.first_position}..{shipment.last_position})")
+        return (
+            f"imported {path}: subscriber {subscriber} now at position {replica.applied.position} "
+            f"(was {applied}; the file holds {shipment.first_position}..{shipment.last_position})"
+        )
     finally:
         replica.close()

@@ -64,19 +64,30 @@ def open_primary(config: Config, source_name: str) -> Iterator[CopySource]:
     source = config.sources[source_name]
     with connect(source, "pgfanout-materialize") as conn:
         if conn.execute("SELECT to_regclass('pgfanout.agent_state')").fetchone()[0] is None:  # type: ignore[index]
-            raise MaterializeError(f"capture is not installed on source {source_name} ({describe(source.dsn)}); "
-                                   "run `pgfanout agent install` first, so that no change is missed after the copy")
+            raise MaterializeError(
+                f"capture is not installed on source {source_name} ({describe(source.dsn)}); "
+                "run `pgfanout agent install` first, so that no change is missed after the copy"
+            )
         # Read before the snapshot: every transaction published so far committed before it.
         published = conn.execute("SELECT next_position - 1 FROM pgfanout.agent_state").fetchone()[0]  # type: ignore[index]
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn.execute("SET LOCAL search_path = pg_catalog")
         snapshot = parse_snapshot(conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0])  # type: ignore[index]
         tables = [(s, t) for s, t in conn.execute("SELECT schema_name, table_name FROM pgfanout.tables ORDER BY table_id")]
-        log.info("copy source: source %s at %s, published up to position %d, snapshot %s",
-                 source_name, describe(source.dsn), published, snapshot)
+        log.info(
+            "copy source: source %s at %s, published up to position %d, snapshot %s",
+            source_name,
+            describe(source.dsn),
+            published,
+            snapshot,
+        )
         try:
-            yield CopySource(conn, f"source {source_name} ({describe(source.dsn)})", tables,
-                             {table: CopyFilter(published, snapshot) for table in tables})
+            yield CopySource(
+                conn,
+                f"source {source_name} ({describe(source.dsn)})",
+                tables,
+                {table: CopyFilter(published, snapshot) for table in tables},
+            )
         finally:
             conn.execute("ROLLBACK")
 
@@ -86,8 +97,10 @@ def open_upstream_replica(config: Config, upstream: str, origin: str) -> Iterato
     """An upstream replica as copy source, for tiers that cannot reach the primary."""
     settings = config.subscribers[upstream]
     if config.origin_source(settings.route) != origin:
-        raise MaterializeError(f"subscriber {upstream} replicates source {config.origin_source(settings.route)}, "
-                               f"not {origin}; it cannot be the copy source")
+        raise MaterializeError(
+            f"subscriber {upstream} replicates source {config.origin_source(settings.route)}, "
+            f"not {origin}; it cannot be the copy source"
+        )
     with connect(settings, "pgfanout-materialize") as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn.execute("SET LOCAL search_path = pg_catalog")
@@ -97,16 +110,20 @@ def open_upstream_replica(config: Config, upstream: str, origin: str) -> Iterato
         if row is None:
             raise MaterializeError(f"subscriber {upstream} has not applied anything yet; it cannot be the copy source")
         position = row[0]
-        filters = {(s, t): CopyFilter.from_row(p, snap).after_upstream(position) for s, t, p, snap in conn.execute(
-            "SELECT schema_name, table_name, start_position, snapshot FROM pgfanout_replica.materialized "
-            "WHERE subscriber = %s", (upstream,))}
+        filters = {
+            (s, t): CopyFilter.from_row(p, snap).after_upstream(position)
+            for s, t, p, snap in conn.execute(
+                "SELECT schema_name, table_name, start_position, snapshot FROM pgfanout_replica.materialized "
+                "WHERE subscriber = %s",
+                (upstream,),
+            )
+        }
         tables = sorted(set(filters) | {t for t, source in protected_tables(conn).items() if source == origin})
         for table in tables:
             filters.setdefault(table, CopyFilter(position, None))
         log.info("copy source: subscriber %s at %s, position %d", upstream, describe(settings.dsn), position)
         try:
-            yield CopySource(conn, f"subscriber {upstream} ({describe(settings.dsn)}) at position {position}",
-                             tables, filters)
+            yield CopySource(conn, f"subscriber {upstream} ({describe(settings.dsn)}) at position {position}", tables, filters)
         finally:
             conn.execute("ROLLBACK")
 
@@ -153,8 +170,10 @@ def _drain(pgconn: pq.abc.PGconn) -> None:
 
 
 def _referenced_by_foreign_key(conn: psycopg.Connection, definition: TableDefinition) -> bool:
-    return conn.execute("SELECT EXISTS (SELECT FROM pg_constraint WHERE contype = 'f' AND confrelid = %s::regclass)",
-                        (definition.identifier.as_string(conn),)).fetchone()[0]  # type: ignore[index]
+    return conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_constraint WHERE contype = 'f' AND confrelid = %s::regclass)",
+        (definition.identifier.as_string(conn),),
+    ).fetchone()[0]  # type: ignore[index]
 
 
 class Materializer:
@@ -202,8 +221,10 @@ class Materializer:
     @contextmanager
     def _as_only_applier(self, conn: psycopg.Connection) -> Iterator[None]:
         if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", applier_lock_key(self.subscriber)).fetchone()[0]:  # type: ignore[index]
-            raise ApplierBusy(f"subscriber {self.subscriber} is being applied to or materialized by another process; "
-                              "stop `pgfanout subscriber run` first (only `resync --table` works while it runs)")
+            raise ApplierBusy(
+                f"subscriber {self.subscriber} is being applied to or materialized by another process; "
+                "stop `pgfanout subscriber run` first (only `resync --table` works while it runs)"
+            )
         try:
             yield
         finally:
@@ -220,33 +241,49 @@ class Materializer:
                 return self._copy_all(replica)
 
     def _refuse_if_initialized(self, replica: psycopg.Connection) -> None:
-        row = replica.execute("SELECT position FROM pgfanout_replica.position WHERE subscriber = %s",
-                              (self.subscriber,)).fetchone()
+        row = replica.execute(
+            "SELECT position FROM pgfanout_replica.position WHERE subscriber = %s", (self.subscriber,)
+        ).fetchone()
         if row is not None:
-            raise MaterializeError(f"subscriber {self.subscriber} is already initialized (at position {row[0]}); "
-                                   f"use `pgfanout subscriber resync {self.subscriber}` to copy it again")
+            raise MaterializeError(
+                f"subscriber {self.subscriber} is already initialized (at position {row[0]}); "
+                f"use `pgfanout subscriber resync {self.subscriber}` to copy it again"
+            )
 
     def resync(self) -> int:
         """Re-materialize every table: forget the position, then copy everything again."""
         self.online = True
         with self._replica() as replica, self._as_only_applier(replica):
             self._forget(replica)
-            log.warning("subscriber %s: position forgotten, every table is copied again; if this is interrupted, "
-                        "run `pgfanout subscriber init %s` to finish", self.subscriber, self.subscriber)
+            log.warning(
+                "subscriber %s: position forgotten, every table is copied again; if this is interrupted, "
+                "run `pgfanout subscriber init %s` to finish",
+                self.subscriber,
+                self.subscriber,
+            )
             return self._copy_all(replica)
 
     def _forget(self, replica: psycopg.Connection) -> None:
         with replica.transaction():
             for table in ("position", "materialized", "applied"):
-                replica.execute(sql.SQL("DELETE FROM pgfanout_replica.{} WHERE subscriber = %s").format(
-                    sql.Identifier(table)), (self.subscriber,))
+                replica.execute(
+                    sql.SQL("DELETE FROM pgfanout_replica.{} WHERE subscriber = %s").format(sql.Identifier(table)),
+                    (self.subscriber,),
+                )
 
     def _copy_all(self, replica: psycopg.Connection) -> int:
-        done = {(s, t) for s, t in replica.execute(
-            "SELECT schema_name, table_name FROM pgfanout_replica.materialized WHERE subscriber = %s", (self.subscriber,))}
+        done = {
+            (s, t)
+            for s, t in replica.execute(
+                "SELECT schema_name, table_name FROM pgfanout_replica.materialized WHERE subscriber = %s", (self.subscriber,)
+            )
+        }
         if done:
-            log.info("subscriber %s: resuming an interrupted init; already copied: %s", self.subscriber,
-                     ", ".join(qualified(s, t) for s, t in sorted(done)))
+            log.info(
+                "subscriber %s: resuming an interrupted init; already copied: %s",
+                self.subscriber,
+                ", ".join(qualified(s, t) for s, t in sorted(done)),
+            )
         with self._source() as source:
             todo = [t for t in source.tables if t not in done and self._wanted(t)]
             definitions = [self._definition(source, t) for t in todo]
@@ -258,13 +295,15 @@ class Materializer:
                     self._record(replica, table, source.filter_for[table], source.description)
         with replica.transaction():
             start = replica.execute(
-                "SELECT min(start_position) FROM pgfanout_replica.materialized WHERE subscriber = %s",
-                (self.subscriber,)).fetchone()[0]  # type: ignore[index]
+                "SELECT min(start_position) FROM pgfanout_replica.materialized WHERE subscriber = %s", (self.subscriber,)
+            ).fetchone()[0]  # type: ignore[index]
             if start is None:
                 raise MaterializeError(f"the copy source publishes no table for subscriber {self.subscriber}")
             replica.execute(
                 """INSERT INTO pgfanout_replica.position (subscriber, source, position, tick_id, topic, kafka_offset)
-                   VALUES (%s, %s, %s, 0, %s, %s)""", (self.subscriber, self.origin, start, self.topic, UNKNOWN_OFFSET))
+                   VALUES (%s, %s, %s, 0, %s, %s)""",
+                (self.subscriber, self.origin, start, self.topic, UNKNOWN_OFFSET),
+            )
         log.info("subscriber %s materialized; the stream continues after position %d", self.subscriber, start)
         return start
 
@@ -276,35 +315,42 @@ class Materializer:
             # Holds the applier between two replica transactions until this copy commits (it takes the
             # shared side of this lock at the start of each one), so the position cannot move meanwhile.
             replica.execute("SELECT pg_advisory_xact_lock(%s, %s)", resync_lock_key(self.subscriber))
-            row = replica.execute("SELECT position FROM pgfanout_replica.position WHERE subscriber = %s",
-                                  (self.subscriber,)).fetchone()
+            row = replica.execute(
+                "SELECT position FROM pgfanout_replica.position WHERE subscriber = %s", (self.subscriber,)
+            ).fetchone()
             if row is None:
-                raise MaterializeError(f"subscriber {self.subscriber} is not initialized; "
-                                       f"run `pgfanout subscriber init {self.subscriber}`")
+                raise MaterializeError(
+                    f"subscriber {self.subscriber} is not initialized; run `pgfanout subscriber init {self.subscriber}`"
+                )
             applied = row[0]
             with self._source() as source:
                 if table not in source.filter_for or not self._wanted(table):
-                    raise MaterializeError(f"table {qualified(*table)} is not published to subscriber {self.subscriber} "
-                                           f"by {source.description}")
+                    raise MaterializeError(
+                        f"table {qualified(*table)} is not published to subscriber {self.subscriber} by {source.description}"
+                    )
                 copy_filter = source.filter_for[table]
                 if self.copy_from and copy_filter.start_position < applied:
-                    raise MaterializeError(f"{source.description} is behind subscriber {self.subscriber} "
-                                           f"(at {applied}); wait until it has caught up")
+                    raise MaterializeError(
+                        f"{source.description} is behind subscriber {self.subscriber} (at {applied}); wait until it has caught up"
+                    )
                 # Everything the subscriber applied was published before the snapshot was taken, so
                 # the copy holds it; the filter makes the stream skip only what the copy holds.
                 definition = self._definition(source, table)
                 self._create_types(replica, [definition])
                 self._copy_table(source, replica, definition)
-                self._record(replica, table, CopyFilter(max(applied, copy_filter.start_position), copy_filter.snapshot),
-                             source.description)
+                self._record(
+                    replica, table, CopyFilter(max(applied, copy_filter.start_position), copy_filter.snapshot), source.description
+                )
         return applied
 
     def _create_types(self, replica: psycopg.Connection, definitions: list[TableDefinition]) -> None:
         missing = missing_types(replica, definitions)
         unsupported = [t.qualified for t in missing if t.kind != "e"]
         if unsupported:
-            raise MaterializeError(f"the replica lacks the types {', '.join(unsupported)}; create them (or the "
-                                   "extensions that define them) on the replica first, then run this again")
+            raise MaterializeError(
+                f"the replica lacks the types {', '.join(unsupported)}; create them (or the "
+                "extensions that define them) on the replica first, then run this again"
+            )
         with replica.transaction():
             for user_type in missing:
                 schema_name = user_type.qualified.rsplit(".", 1)[0]
@@ -328,8 +374,7 @@ class Materializer:
         if row_filter is None and not definition.is_partitioned:
             read = sql.SQL("COPY {} ({}) TO STDOUT").format(target, columns)
         else:
-            read = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(
-                columns, target, row_filter or sql.SQL("true"))
+            read = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT").format(columns, target, row_filter or sql.SQL("true"))
         write = sql.SQL("COPY {} ({}) FROM STDIN").format(target, columns)
         with self.progress.table(definition) as report:
             try:
@@ -340,8 +385,9 @@ class Materializer:
             except psycopg.OperationalError:
                 raise
             except psycopg.Error as exc:
-                raise MaterializeError(f"copying {definition.qualified} from {source.description} failed: "
-                                       f"{type(exc).__name__}: {str(exc).strip()}") from exc
+                raise MaterializeError(
+                    f"copying {definition.qualified} from {source.description} failed: {type(exc).__name__}: {str(exc).strip()}"
+                ) from exc
             if exists is None:
                 for statement in after_copy(definition):
                     replica.execute(statement)
@@ -355,4 +401,5 @@ class Materializer:
                ON CONFLICT (subscriber, schema_name, table_name) DO UPDATE SET
                    start_position = EXCLUDED.start_position, snapshot = EXCLUDED.snapshot,
                    copied_from = EXCLUDED.copied_from, copied_at = clock_timestamp()""",
-            (self.subscriber, *table, copy_filter.start_position, copy_filter.snapshot_text, copied_from))
+            (self.subscriber, *table, copy_filter.start_position, copy_filter.snapshot_text, copied_from),
+        )

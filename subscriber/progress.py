@@ -31,8 +31,11 @@ class CopyProgress:
         started = last_log = time.monotonic()
         rows = nbytes = shown = 0
         total = definition.estimated_rows or None
-        bar = tqdm(total=total, desc=name, unit="row", unit_scale=True, file=self.stream, leave=True,
-                   dynamic_ncols=True) if self.bar else None
+        bar = (
+            tqdm(total=total, desc=name, unit="row", unit_scale=True, file=self.stream, leave=True, dynamic_ncols=True)
+            if self.bar
+            else None
+        )
 
         def report(copied_rows: int, size: int) -> None:
             nonlocal rows, nbytes, shown, last_log
@@ -44,8 +47,15 @@ class CopyProgress:
                 bar.set_postfix_str(f"{nbytes / 1e6 / max(now - started, 1e-6):.1f} MB/s", refresh=False)
             elif now - last_log >= LOG_EVERY_SECONDS:
                 last_log = now
-                log.info("copying %s: %d rows%s, %.1f MB, %.1f MB/s%s", name, rows, f" of ~{total}" if total else "",
-                         nbytes / 1e6, nbytes / 1e6 / (now - started), _eta(rows, total, now - started))
+                log.info(
+                    "copying %s: %d rows%s, %.1f MB, %.1f MB/s%s",
+                    name,
+                    rows,
+                    f" of ~{total}" if total else "",
+                    nbytes / 1e6,
+                    nbytes / 1e6 / (now - started),
+                    _eta(rows, total, now - started),
+                )
             shown = rows
 
         try:
@@ -56,8 +66,14 @@ class CopyProgress:
                 bar.update(rows - shown)
                 bar.close()
         self.tables.append((name, rows, nbytes, seconds))
-        log.info("copied %s: %d rows, %.1f MB in %.1f s (%.1f MB/s)", name, rows, nbytes / 1e6, seconds,
-                 nbytes / 1e6 / max(seconds, 1e-6))
+        log.info(
+            "copied %s: %d rows, %.1f MB in %.1f s (%.1f MB/s)",
+            name,
+            rows,
+            nbytes / 1e6,
+            seconds,
+            nbytes / 1e6 / max(seconds, 1e-6),
+        )
 
 
 def _eta(rows: int, total: int | None, elapsed: float) -> str:

@@ -25,8 +25,14 @@ class RouteReader:
         self.partition = kafkautil.partition(topic)
 
     @classmethod
-    def open(cls, cluster: KafkaCluster, topic: str, stored: Stored | None, applied: int,
-             position_of: Callable[[bytes, int], int | None]) -> RouteReader:
+    def open(
+        cls,
+        cluster: KafkaCluster,
+        topic: str,
+        stored: Stored | None,
+        applied: int,
+        position_of: Callable[[bytes, int], int | None],
+    ) -> RouteReader:
         """Seek past the stored offset; where it is unknown (just materialized or imported, or stored from
         another topic), past the last message holding a position at or below ``applied``."""
         consumer = kafkautil.consumer(cluster)

@@ -48,8 +48,10 @@ def read_copy_filters(conn: psycopg.Connection, subscriber: str, wait_for_resync
     """
     if wait_for_resync:
         conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", resync_lock_key(subscriber))
-    rows = conn.execute("SELECT schema_name, table_name, start_position, snapshot FROM pgfanout_replica.materialized "
-                        "WHERE subscriber = %s", (subscriber,))
+    rows = conn.execute(
+        "SELECT schema_name, table_name, start_position, snapshot FROM pgfanout_replica.materialized WHERE subscriber = %s",
+        (subscriber,),
+    )
     return CopyFilters({(s, t): CopyFilter.from_row(p, snap) for s, t, p, snap in rows})
 
 
@@ -120,16 +122,19 @@ def request_skip(conn: psycopg.Connection, subscriber: str, position: int) -> in
     """Record the operator's request to skip one transaction; returns the position applied so far."""
     ensure_state(conn)
     with conn.transaction():
-        row = conn.execute("SELECT position FROM pgfanout_replica.position WHERE subscriber = %s",
-                           (subscriber,)).fetchone()
+        row = conn.execute("SELECT position FROM pgfanout_replica.position WHERE subscriber = %s", (subscriber,)).fetchone()
         applied = row[0] if row else 0
         if position <= applied:
-            raise PositionError(f"subscriber {subscriber} has already applied position {position} (it is at {applied}); "
-                                "nothing to skip")
-        conn.execute("INSERT INTO pgfanout_replica.skip (subscriber, position) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                     (subscriber, position))
-    log.warning("subscriber %s will SKIP the transaction at position %d when it reaches it (now at %d)",
-                subscriber, position, applied)
+            raise PositionError(
+                f"subscriber {subscriber} has already applied position {position} (it is at {applied}); nothing to skip"
+            )
+        conn.execute(
+            "INSERT INTO pgfanout_replica.skip (subscriber, position) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (subscriber, position),
+        )
+    log.warning(
+        "subscriber %s will SKIP the transaction at position %d when it reaches it (now at %d)", subscriber, position, applied
+    )
     return applied
 
 
@@ -142,16 +147,23 @@ def ensure_state(conn: psycopg.Connection) -> None:
 
 def protected_tables(conn: psycopg.Connection) -> dict[tuple[str, str], str]:
     """Every table a deny trigger protects, with the source it replicates (the trigger's argument)."""
-    return {(s, t): bytes(args).split(b"\0")[0].decode() for s, t, args in conn.execute(
-        """SELECT n.nspname, c.relname, g.tgargs FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
-           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE g.tgname = %s""", (DENY_TRIGGER,))}
+    return {
+        (s, t): bytes(args).split(b"\0")[0].decode()
+        for s, t, args in conn.execute(
+            """SELECT n.nspname, c.relname, g.tgargs FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace WHERE g.tgname = %s""",
+            (DENY_TRIGGER,),
+        )
+    }
 
 
 def protect_table(conn: psycopg.Connection, schema_name: str, table_name: str, source: str) -> None:
     """Make a replicated table read-only for everyone but the applier."""
     target = sql.Identifier(schema_name, table_name)
     for events, name in (("INSERT OR UPDATE OR DELETE", DENY_TRIGGER), ("TRUNCATE", DENY_TRIGGER + "_truncate")):
-        conn.execute(sql.SQL(
-            "CREATE OR REPLACE TRIGGER {} BEFORE {} ON {} FOR EACH STATEMENT "
-            "EXECUTE FUNCTION pgfanout_replica.deny_writes({})").format(
-            sql.Identifier(name), sql.SQL(events), target, sql.Literal(source)))
+        conn.execute(
+            sql.SQL(
+                "CREATE OR REPLACE TRIGGER {} BEFORE {} ON {} FOR EACH STATEMENT "
+                "EXECUTE FUNCTION pgfanout_replica.deny_writes({})"
+            ).format(sql.Identifier(name), sql.SQL(events), target, sql.Literal(source))
+        )

@@ -66,8 +66,7 @@ class Subscriber:
         replica = ReplicaSession.open(self.config, self.subscriber)
         try:
             registry.load(self.cluster, self.codec)
-            route = RouteReader.open(self.cluster, self.topic, replica.stored, replica.applied.position,
-                                     self._last_position)
+            route = RouteReader.open(self.cluster, self.topic, replica.stored, replica.applied.position, self._last_position)
         except BaseException:
             replica.close()
             raise

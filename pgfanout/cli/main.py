@@ -50,8 +50,10 @@ def _run_daemon(worker: object) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = load_config(args.file)
-    print(f"{args.file}: ok ({len(config.sources)} sources, {len(config.routes)} routes, "
-          f"{len(config.distributors)} distributors, {len(config.subscribers)} subscribers)")
+    print(
+        f"{args.file}: ok ({len(config.sources)} sources, {len(config.routes)} routes, "
+        f"{len(config.distributors)} distributors, {len(config.subscribers)} subscribers)"
+    )
     return 0
 
 
@@ -88,11 +90,15 @@ def cmd_agent_faults(args: argparse.Namespace) -> int:
         print(f"transaction {fault.txid}: {fault.relation}: {fault.reason}")
     tables = sorted({f.relation for f in found})
     if args.accept:
-        print(f"accepted: the agent publishes those transactions without the changes capture could not record; "
-              f"copy {', '.join(tables)} again on every subscriber (pgfanout subscriber resync NAME --table TABLE)")
+        print(
+            f"accepted: the agent publishes those transactions without the changes capture could not record; "
+            f"copy {', '.join(tables)} again on every subscriber (pgfanout subscriber resync NAME --table TABLE)"
+        )
         return 0
-    print(f"the agent stops before these transactions; after repairing capture, run "
-          f"`pgfanout agent faults --source {name} --accept`")
+    print(
+        f"the agent stops before these transactions; after repairing capture, run "
+        f"`pgfanout agent faults --source {name} --accept`"
+    )
     return 1
 
 
@@ -140,8 +146,10 @@ def cmd_subscriber_skip(args: argparse.Namespace) -> int:
     name = _pick("subscriber", list(config.subscribers), args.name)
     with connect(config.subscribers[name], "pgfanout-skip") as conn:
         applied = request_skip(conn, name, args.position)
-    print(f"subscriber {name} (at position {applied}) will skip the transaction at position {args.position} when it "
-          "reaches it; that replica will then differ from the source by that transaction (resync it to be exact)")
+    print(
+        f"subscriber {name} (at position {applied}) will skip the transaction at position {args.position} when it "
+        "reaches it; that replica will then differ from the source by that transaction (resync it to be exact)"
+    )
     return 0
 
 
@@ -175,8 +183,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     config = _config(args)
     if args.route not in config.routes and args.route not in config.sources:
-        raise ConfigError(args.config, [f"--route: no route or source named {args.route!r} "
-                                        f"(routes: {', '.join(config.routes) or 'none'})"])
+        raise ConfigError(
+            args.config, [f"--route: no route or source named {args.route!r} (routes: {', '.join(config.routes) or 'none'})"]
+        )
     print(export(config, args.route, args.from_position, Path(args.to)))
     return 0
 
@@ -200,12 +209,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 # -- parser ----------------------------------------------------------------------------
 
 
-def _add(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help_text: str,
-         config: bool = True) -> argparse.ArgumentParser:
+def _add(
+    sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help_text: str, config: bool = True
+) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help_text, description=help_text)
     if config:
-        parser.add_argument("--config", "-c", default=DEFAULT_CONFIG,
-                            help="the YAML configuration (default: $PGFANOUT_CONFIG or pgfanout.yaml)")
+        parser.add_argument(
+            "--config", "-c", default=DEFAULT_CONFIG, help="the YAML configuration (default: $PGFANOUT_CONFIG or pgfanout.yaml)"
+        )
     parser.set_defaults(func=func)
     return parser
 
@@ -213,8 +224,9 @@ def _add(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Na
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgfanout", description="Publish/distribute replication for PostgreSQL over Kafka.")
     parser.add_argument("--version", action="version", version=f"pgfanout {__version__}")
-    parser.add_argument("--log-level", default=os.environ.get("PGFANOUT_LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default=os.environ.get("PGFANOUT_LOG_LEVEL", "INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     config = top.add_parser("config", help="check a configuration file").add_subparsers(dest="action", required=True)
@@ -222,34 +234,45 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
 
     agent = top.add_parser("agent", help="capture on the primary and publication to Kafka").add_subparsers(
-        dest="action", required=True)
-    for name, func, text in (("install", cmd_agent_install, "install capture (schema, log, triggers) on the primary"),
-                             ("uninstall", cmd_agent_uninstall, "remove capture; user tables stay untouched"),
-                             ("run", cmd_agent_run, "run the agent daemon"),
-                             ("faults", cmd_agent_faults, "list the changes capture could not record, which stop "
-                              "the agent (exit status 1 when there are any)")):
+        dest="action", required=True
+    )
+    for name, func, text in (
+        ("install", cmd_agent_install, "install capture (schema, log, triggers) on the primary"),
+        ("uninstall", cmd_agent_uninstall, "remove capture; user tables stay untouched"),
+        ("run", cmd_agent_run, "run the agent daemon"),
+        (
+            "faults",
+            cmd_agent_faults,
+            "list the changes capture could not record, which stop the agent (exit status 1 when there are any)",
+        ),
+    ):
         p = _add(agent, name, func, text)
         p.add_argument("--source", help="the source to act on (default: the only one)")
         if name == "install":
             p.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it")
         if name == "faults":
-            p.add_argument("--accept", action="store_true", help="forget them: the agent goes on, publishing those "
-                           "transactions without the changes that were not recorded")
+            p.add_argument(
+                "--accept",
+                action="store_true",
+                help="forget them: the agent goes on, publishing those transactions without the changes that were not recorded",
+            )
 
     dist = top.add_parser("distributor", help="route streams to routes").add_subparsers(dest="action", required=True)
     _add(dist, "run", cmd_distributor_run, "run a distributor daemon").add_argument("name", nargs="?")
 
     sub = top.add_parser("subscriber", help="apply a route to a replica").add_subparsers(dest="action", required=True)
     _add(sub, "run", cmd_subscriber_run, "run a subscriber daemon").add_argument("name", nargs="?")
-    init = _add(sub, "init", cmd_subscriber_init,
-                "create the subscribed tables on the replica and copy their rows; run again to resume")
+    init = _add(
+        sub, "init", cmd_subscriber_init, "create the subscribed tables on the replica and copy their rows; run again to resume"
+    )
     init.add_argument("name", nargs="?")
     init.add_argument("--copy-from", metavar="SUBSCRIBER", help="copy from this subscriber's replica, not the primary")
     init.add_argument("--restart", action="store_true", help="throw away an interrupted init and start over")
     resync = _add(sub, "resync", cmd_subscriber_resync, "copy a subscriber's tables (or one table, online) again")
     resync.add_argument("name", nargs="?")
-    resync.add_argument("--table", metavar="SCHEMA.TABLE", type=table_argument,
-                        help="only this table, while the subscriber keeps running")
+    resync.add_argument(
+        "--table", metavar="SCHEMA.TABLE", type=table_argument, help="only this table, while the subscriber keeps running"
+    )
     resync.add_argument("--copy-from", metavar="SUBSCRIBER", help="copy from this subscriber's replica, not the primary")
     skip = _add(sub, "skip", cmd_subscriber_skip, "skip one source transaction the subscriber cannot apply (logged loudly)")
     skip.add_argument("name", nargs="?")
@@ -257,11 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add(top, "status", cmd_status, "positions and lag of every source and subscriber")
 
-    ship = _add(top, "export", cmd_export, "write a route's transactions from a position on into a log shipping file "
-                "(Avro object container) for a site without Kafka")
+    ship = _add(
+        top,
+        "export",
+        cmd_export,
+        "write a route's transactions from a position on into a log shipping file "
+        "(Avro object container) for a site without Kafka",
+    )
     ship.add_argument("--route", required=True, help="the route (or source) to export")
-    ship.add_argument("--from", dest="from_position", type=int, required=True, metavar="POSITION",
-                      help="the first position the file must hold (the importing subscriber's position + 1)")
+    ship.add_argument(
+        "--from",
+        dest="from_position",
+        type=int,
+        required=True,
+        metavar="POSITION",
+        help="the first position the file must hold (the importing subscriber's position + 1)",
+    )
     ship.add_argument("--to", required=True, metavar="FILE")
     land = _add(top, "import", cmd_import, "apply a log shipping file to a subscriber, exactly once and in order")
     land.add_argument("file")
@@ -281,8 +315,7 @@ def table_argument(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "kafka.conn", "kafka.client"):
         logging.getLogger(noisy).setLevel(logging.ERROR if args.log_level != "DEBUG" else logging.INFO)
     try:

@@ -70,8 +70,9 @@ class Codec:
             raw = json.loads((directory / f"{stem}.avsc").read_text())
             full = _expand(raw, named)
             named[f"{full['namespace']}.{full['name']}"] = full
-            writer = WriterSchema(full["name"], fingerprint(full), fastavro.parse_schema(full),
-                                  text=json.dumps(full, sort_keys=True))
+            writer = WriterSchema(
+                full["name"], fingerprint(full), fastavro.parse_schema(full), text=json.dumps(full, sort_keys=True)
+            )
             self._by_name[writer.name] = writer
             self._by_fingerprint[writer.fingerprint] = writer
         for path in sorted((directory / "history").glob("*.avsc")):
@@ -101,8 +102,9 @@ class Codec:
             return False
         key = fingerprint(full)
         if key not in self._by_fingerprint:
-            self._by_fingerprint[key] = WriterSchema(current.name, key, fastavro.parse_schema(full), current.parsed,
-                                                     json.dumps(full, sort_keys=True))
+            self._by_fingerprint[key] = WriterSchema(
+                current.name, key, fastavro.parse_schema(full), current.parsed, json.dumps(full, sort_keys=True)
+            )
         return True
 
     def parsed(self, name: str) -> Any:
@@ -110,7 +112,7 @@ class Codec:
         return self._by_name[name].parsed
 
     def knows(self, data: bytes) -> bool:
-        return bytes(data[len(MAGIC):HEADER_SIZE]) in self._by_fingerprint
+        return bytes(data[len(MAGIC) : HEADER_SIZE]) in self._by_fingerprint
 
     def encode(self, kind: str, record: Message) -> bytes:
         writer = self._by_name[kind]
@@ -123,24 +125,26 @@ class Codec:
     def decode(self, data: bytes, where: Where) -> tuple[str, Message]:
         """(kind, record); ``where`` names the message in any error (topic, partition, offset)."""
         if data is None or len(data) < HEADER_SIZE or not data.startswith(MAGIC):
-            raise PoisonMessage(f"message at {where} is not a pgfanout message (bad header); stop and inspect the topic",
-                                at=where)
-        writer = self._by_fingerprint.get(bytes(data[len(MAGIC):HEADER_SIZE]))
+            raise PoisonMessage(
+                f"message at {where} is not a pgfanout message (bad header); stop and inspect the topic", at=where
+            )
+        writer = self._by_fingerprint.get(bytes(data[len(MAGIC) : HEADER_SIZE]))
         if writer is None:
             raise PoisonMessage(
-                f"message at {where} names unknown schema {data[len(MAGIC):HEADER_SIZE].hex()}, which is not in "
+                f"message at {where} names unknown schema {data[len(MAGIC) : HEADER_SIZE].hex()}, which is not in "
                 "the schema registry topic either; it was written by a foreign writer, or the registry lost it",
-                at=where)
+                at=where,
+            )
         buffer = io.BytesIO(data)
         buffer.seek(HEADER_SIZE)
         try:
             record = fastavro.schemaless_reader(buffer, writer.parsed, writer.reader)
         except Exception as exc:  # fastavro raises assorted types on corrupt input
-            raise PoisonMessage(f"message at {where} cannot be decoded as {writer.name}: {exc!r}",
-                                at=where) from exc
+            raise PoisonMessage(f"message at {where} cannot be decoded as {writer.name}: {exc!r}", at=where) from exc
         if buffer.tell() != len(data):
-            raise PoisonMessage(f"message at {where} has {len(data) - buffer.tell()} trailing bytes after its {writer.name}",
-                                at=where)
+            raise PoisonMessage(
+                f"message at {where} has {len(data) - buffer.tell()} trailing bytes after its {writer.name}", at=where
+            )
         return writer.name, record
 
 

@@ -89,37 +89,61 @@ class Source(Database):
     tables: list[str] = Field(min_length=1, description="schema-qualified tables to publish; schema.* for all of a schema")
     exclude: list[str] = Field(default_factory=list, description="tables left out of the schema.* entries")
     keys: dict[str, list[str]] = Field(
-        default_factory=dict, description="per table without a primary key: the columns of a unique, NOT NULL key")
+        default_factory=dict, description="per table without a primary key: the columns of a unique, NOT NULL key"
+    )
     tick_interval_ms: int = Field(default=50, ge=5, le=60_000)
     busy_tick_interval_ms: int = Field(
-        default=200, ge=5, le=60_000, description="the tick interval while the source commits more than "
+        default=200,
+        ge=5,
+        le=60_000,
+        description="the tick interval while the source commits more than "
         "busy_transactions_per_second: fewer, larger batches, because every tick costs round trips to PostgreSQL "
-        "and Kafka; at least tick_interval_ms")
+        "and Kafka; at least tick_interval_ms",
+    )
     busy_transactions_per_second: int = Field(default=1000, ge=1)
-    agent_nice: int = Field(default=10, ge=0, le=19, description="the agent lowers its CPU priority by this much "
-                            "(nice), so that on a host it shares with the primary the application's backends come "
-                            "first; it still uses every idle cycle")
+    agent_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="the agent lowers its CPU priority by this much "
+        "(nice), so that on a host it shares with the primary the application's backends come "
+        "first; it still uses every idle cycle",
+    )
     heartbeat_interval_ms: int = Field(default=1000, ge=50, le=3_600_000)
-    message_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024,
-                               description="target size of one Kafka message; transactions are packed up to it, "
-                                           "and larger ones are chunked at it")
-    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024,
-                                   description="hard limit of one message (the topic's max.message.bytes)")
-    log_switch_bytes: int = Field(default=64 * 1024 * 1024, ge=8192,
-                                  description="the agent switches the primary's log to its other table when the "
-                                              "current one has grown this large, and empties the old one with "
-                                              "TRUNCATE once everything in it is published")
+    message_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="target size of one Kafka message; transactions are packed up to it, and larger ones are chunked at it",
+    )
+    max_message_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="hard limit of one message (the topic's max.message.bytes)",
+    )
+    log_switch_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=8192,
+        description="the agent switches the primary's log to its other table when the "
+        "current one has grown this large, and empties the old one with "
+        "TRUNCATE once everything in it is published",
+    )
     log_switch_seconds: int = Field(default=600, ge=1, description="...or when it has been written this long")
     capture_trigger: Literal["auto", "c", "plpgsql"] = Field(
-        default="auto", description="c: the C trigger library (agent/capture_c), which writes a transaction's "
+        default="auto",
+        description="c: the C trigger library (agent/capture_c), which writes a transaction's "
         "changes as one log row at commit; plpgsql: one log row per changed row, needs nothing on the server; "
-        "auto: c when the library is installed on the server and the installing role is a superuser")
+        "auto: c when the library is installed on the server and the installing role is a superuser",
+    )
 
     @model_validator(mode="after")
     def _busy_ticks_not_faster(self) -> Source:
         if self.busy_tick_interval_ms < self.tick_interval_ms:
-            raise ValueError(f"busy_tick_interval_ms ({self.busy_tick_interval_ms}) must be at least "
-                             f"tick_interval_ms ({self.tick_interval_ms})")
+            raise ValueError(
+                f"busy_tick_interval_ms ({self.busy_tick_interval_ms}) must be at least "
+                f"tick_interval_ms ({self.tick_interval_ms})"
+            )
         return self
 
     @field_validator("tables")
@@ -139,10 +163,10 @@ class Source(Database):
 
 
 class TableSubscription(Strict):
-    where: str | None = Field(default=None, description="a row filter: an SQL boolean expression over the row's "
-                              "columns; a row is sent when it is true")
-    columns: list[str] | None = Field(default=None, min_length=1, description="the columns sent (the key included); "
-                                      "default: all")
+    where: str | None = Field(
+        default=None, description="a row filter: an SQL boolean expression over the row's columns; a row is sent when it is true"
+    )
+    columns: list[str] | None = Field(default=None, min_length=1, description="the columns sent (the key included); default: all")
 
     @field_validator("where")
     @classmethod
@@ -178,11 +202,15 @@ class Route(Strict):
     kafka: Name
     topic: str | None = None
     tables: dict[str, TableSubscription] | None = Field(
-        default=None, description="the subscription: the tables this route receives, each with an optional row "
-                                  "filter and column list; default: everything its upstream carries")
+        default=None,
+        description="the subscription: the tables this route receives, each with an optional row "
+        "filter and column list; default: everything its upstream carries",
+    )
     format: Literal["pgfanout", "rows"] = Field(
-        default="pgfanout", description="pgfanout: for subscribers and further distributors; rows: for other "
-                                        "consumers, each change's key and row typed by its table's own Avro schemas")
+        default="pgfanout",
+        description="pgfanout: for subscribers and further distributors; rows: for other "
+        "consumers, each change's key and row typed by its table's own Avro schemas",
+    )
 
     @field_validator("tables")
     @classmethod
@@ -192,21 +220,32 @@ class Route(Strict):
 
 class Distributor(Strict):
     routes: list[Name] = Field(min_length=1)
-    workers: int | None = Field(default=None, ge=1, le=64, description="processes that filter and encode for "
-                                "routes with subscriptions; default: one per core, at most 4")
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="processes that filter and encode for routes with subscriptions; default: one per core, at most 4",
+    )
 
 
 class Subscriber(Database):
     route: Name
-    group_max_transactions: int = Field(default=5000, ge=1, le=100_000,
-                                        description="source transactions applied in one replica transaction at most")
-    group_max_ms: int = Field(default=200, ge=1, le=60_000,
-                              description="how long a replica transaction may collect before it commits")
-    copy_from: Name | None = Field(default=None, description="another subscriber of the same source whose replica "
-                                   "init and resync copy from (for tiers that cannot reach the primary); "
-                                   "default: the source primary")
-    on_gap: Literal["stop", "resync"] = Field(default="stop", description="when positions the subscriber needs "
-                                              "were deleted by retention: stop with an error, or resync by itself")
+    group_max_transactions: int = Field(
+        default=5000, ge=1, le=100_000, description="source transactions applied in one replica transaction at most"
+    )
+    group_max_ms: int = Field(
+        default=200, ge=1, le=60_000, description="how long a replica transaction may collect before it commits"
+    )
+    copy_from: Name | None = Field(
+        default=None,
+        description="another subscriber of the same source whose replica "
+        "init and resync copy from (for tiers that cannot reach the primary); "
+        "default: the source primary",
+    )
+    on_gap: Literal["stop", "resync"] = Field(
+        default="stop",
+        description="when positions the subscriber needs were deleted by retention: stop with an error, or resync by itself",
+    )
 
 
 class Config(Strict):
@@ -264,8 +303,11 @@ class Config(Strict):
 
     def subscriptions_of(self, source: str) -> dict[str, dict[str, TableSubscription]]:
         """The subscriptions of every route, at any tier, that carries ``source``: route -> table -> subscription."""
-        return {name: route.tables for name, route in self.routes.items()
-                if route.tables is not None and self.origin_source(name) == source}
+        return {
+            name: route.tables
+            for name, route in self.routes.items()
+            if route.tables is not None and self.origin_source(name) == source
+        }
 
     def origin_source(self, name: str) -> str:
         """The source a route (or source) ultimately carries."""
@@ -301,8 +343,10 @@ def cross_reference_problems(data: dict) -> list[str]:
         if isinstance(upstream, str) and upstream not in sources and upstream not in routes:
             problems.append(f"routes.{name}.upstream: no source or route named {upstream!r}")
         elif isinstance(upstream, str) and routes.get(upstream, {}).get("format") == "rows":
-            problems.append(f"routes.{name}.upstream: route {upstream!r} has format: rows, which is for consumers "
-                            "outside pgfanout; feed this route from that route's upstream instead")
+            problems.append(
+                f"routes.{name}.upstream: route {upstream!r} has format: rows, which is for consumers "
+                "outside pgfanout; feed this route from that route's upstream instead"
+            )
     problems += _loop_problems(routes)
     problems += _subscription_problems(routes)
     fed_by: dict[str, str] = {}
@@ -314,20 +358,24 @@ def cross_reference_problems(data: dict) -> list[str]:
                 problems.append(f"distributors.{name}.routes.{i}: no route named {route!r}")
                 continue
             if route in fed_by:
-                problems.append(f"distributors.{name}.routes.{i}: route {route!r} is already fed by "
-                                f"distributor {fed_by[route]!r}")
+                problems.append(
+                    f"distributors.{name}.routes.{i}: route {route!r} is already fed by distributor {fed_by[route]!r}"
+                )
             fed_by[route] = name
             upstreams.add(str(routes[route].get("upstream")))
         if len(upstreams) > 1:
-            problems.append(f"distributors.{name}.routes: all routes of one distributor must share one upstream, "
-                            f"found {sorted(upstreams)}")
+            problems.append(
+                f"distributors.{name}.routes: all routes of one distributor must share one upstream, found {sorted(upstreams)}"
+            )
     for name, subscriber in subscribers.items():
         route = subscriber.get("route")
         if isinstance(route, str) and route not in routes:
             problems.append(f"subscribers.{name}.route: no route named {route!r}")
         elif isinstance(route, str) and routes[route].get("format") == "rows":
-            problems.append(f"subscribers.{name}.route: route {route!r} has format: rows, which subscribers cannot "
-                            "apply; give them a route with the default format")
+            problems.append(
+                f"subscribers.{name}.route: route {route!r} has format: rows, which subscribers cannot "
+                "apply; give them a route with the default format"
+            )
         copy_from = subscriber.get("copy_from")
         if isinstance(copy_from, str) and (copy_from not in subscribers or copy_from == name):
             problems.append(f"subscribers.{name}.copy_from: no other subscriber named {copy_from!r}")
@@ -367,8 +415,9 @@ def _subscription_problems(routes: dict[str, dict]) -> list[str]:
             if canonical is None:
                 continue  # reported by the model itself
             if canonical not in offered:
-                problems.append(f"routes.{name}.tables.{table}: the upstream route does not carry this table "
-                                f"(it carries {_names(offered)})")
+                problems.append(
+                    f"routes.{name}.tables.{table}: the upstream route does not carry this table (it carries {_names(offered)})"
+                )
                 continue
             carried = offered[canonical]
             columns = carried.get("columns") if isinstance(carried, dict) else None
@@ -381,8 +430,9 @@ def _subscription_problems(routes: dict[str, dict]) -> list[str]:
                 continue  # reported by the model itself
             lacking = sorted(needed - set(columns))
             if lacking:
-                problems.append(f"routes.{name}.tables.{table}: uses columns the upstream route does not carry: "
-                                f"{', '.join(lacking)}")
+                problems.append(
+                    f"routes.{name}.tables.{table}: uses columns the upstream route does not carry: {', '.join(lacking)}"
+                )
     return problems
 
 

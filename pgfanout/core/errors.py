@@ -149,7 +149,8 @@ class CaptureFault(FatalError):
             f"Repair capture (`pgfanout agent install --source {source}`), then `pgfanout agent faults --source {source} "
             f"--accept` lets those transactions go out without the changes that were not recorded; then copy "
             f"{', '.join(tables)} again on every subscriber (`pgfanout subscriber resync NAME --table TABLE`)",
-            position=first_position)
+            position=first_position,
+        )
 
 
 class RouteError(FatalError):

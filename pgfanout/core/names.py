@@ -37,10 +37,10 @@ def _identifiers(text: str) -> list[str | None]:
     while True:
         if (quoted := QUOTED.match(rest)) is not None:
             parts.append(quoted.group(1).replace('""', '"'))
-            rest = rest[quoted.end():]
+            rest = rest[quoted.end() :]
         elif (plain := UNQUOTED.match(rest)) is not None:
             parts.append(plain.group(0).lower())
-            rest = rest[plain.end():]
+            rest = rest[plain.end() :]
         elif rest.startswith("*") and parts:
             parts.append(ALL_TABLES)
             rest = rest[1:]
@@ -49,8 +49,11 @@ def _identifiers(text: str) -> list[str | None]:
         if not rest:
             return parts
         if not rest.startswith("."):
-            raise NameSyntaxError(text, f"unexpected {rest[0]!r}; write names holding spaces, capitals, dots or "
-                                        'other signs in double quotes, as in "Sales"."Order Lines"')
+            raise NameSyntaxError(
+                text,
+                f"unexpected {rest[0]!r}; write names holding spaces, capitals, dots or "
+                'other signs in double quotes, as in "Sales"."Order Lines"',
+            )
         rest = rest[1:]
 
 

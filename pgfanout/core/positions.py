@@ -90,11 +90,16 @@ def next_step(applied: Progress, position: int, chunk: int, where: Where) -> Ste
             f"gap in the stream at {where}: expected position {expected.position}, found {position}; "
             f"positions {expected.position}..{position - 1} are missing (deleted by retention or never delivered). "
             "Nothing was applied past the gap. Re-materialize with `pgfanout subscriber resync NAME` "
-            "(or set on_gap: resync), or find the missing messages", at=where, position=expected.position)
+            "(or set on_gap: resync), or find the missing messages",
+            at=where,
+            position=expected.position,
+        )
     raise PositionError(
         f"broken transaction at {where}: expected chunk {expected.chunk} of position {expected.position}, "
         f"found chunk {chunk} of position {position}; nothing of that transaction was committed",
-        at=where, position=position)
+        at=where,
+        position=position,
+    )
 
 
 class AgentState(NamedTuple):
@@ -140,7 +145,5 @@ def plan_resume(state: AgentState, tail: TopicTail | None, topic: str) -> Resume
             )
         return Resume(None, Progress(last), True)
     if tail.position < last:
-        raise PositionError(
-            f"topic {topic} ends at position {tail.position}, behind the {last} the primary records as published"
-        )
+        raise PositionError(f"topic {topic} ends at position {tail.position}, behind the {last} the primary records as published")
     return Resume(tail.tick_id, Progress(tail.position, tail.chunk), tail.batch_end)

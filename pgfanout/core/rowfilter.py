@@ -50,14 +50,32 @@ Value = Any  # a decoded SQL value; None is NULL
 Evaluate = Callable[[Sequence[str | None]], Value]
 
 
-
 # -- the parsed form ---------------------------------------------------------------
 
 COMPARISONS = {exp.EQ: "=", exp.NEQ: "<>", exp.LT: "<", exp.LTE: "<=", exp.GT: ">", exp.GTE: ">="}
 FUNCTIONS = {exp.Lower: "lower", exp.Upper: "upper", exp.Length: "length", exp.Abs: "abs", exp.Coalesce: "coalesce"}
-ALLOWED = (exp.And, exp.Or, exp.Not, exp.Paren, exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null,
-           exp.In, exp.Between, exp.Is, exp.Like, exp.ILike, exp.Escape, exp.Neg, exp.NullSafeEQ, exp.NullSafeNEQ,
-           *COMPARISONS, *FUNCTIONS)
+ALLOWED = (
+    exp.And,
+    exp.Or,
+    exp.Not,
+    exp.Paren,
+    exp.Column,
+    exp.Identifier,
+    exp.Literal,
+    exp.Boolean,
+    exp.Null,
+    exp.In,
+    exp.Between,
+    exp.Is,
+    exp.Like,
+    exp.ILike,
+    exp.Escape,
+    exp.Neg,
+    exp.NullSafeEQ,
+    exp.NullSafeNEQ,
+    *COMPARISONS,
+    *FUNCTIONS,
+)
 
 
 @dataclass(frozen=True)
@@ -85,9 +103,12 @@ def parse_filter(text: str) -> RowFilter:
     columns = set()
     for node in tree.walk():
         if not isinstance(node, ALLOWED):
-            raise FilterError(text, f"{node.key.upper()} ({node.sql(dialect='postgres')}) is not supported; filters "
-                                    "may use columns, constants, comparisons, AND/OR/NOT, IN, BETWEEN, IS [NOT] NULL, "
-                                    "IS [NOT] DISTINCT FROM, [I]LIKE, lower, upper, length, abs and coalesce")
+            raise FilterError(
+                text,
+                f"{node.key.upper()} ({node.sql(dialect='postgres')}) is not supported; filters "
+                "may use columns, constants, comparisons, AND/OR/NOT, IN, BETWEEN, IS [NOT] NULL, "
+                "IS [NOT] DISTINCT FROM, [I]LIKE, lower, upper, length, abs and coalesce",
+            )
         if isinstance(node, exp.Column):
             if node.table:
                 raise FilterError(text, f"{node.sql()}: name columns without a table")
@@ -97,7 +118,6 @@ def parse_filter(text: str) -> RowFilter:
         if isinstance(node, exp.Is) and not isinstance(node.expression, (exp.Null, exp.Boolean)):
             raise FilterError(text, f"{node.sql()}: IS takes NULL, TRUE or FALSE")
     return RowFilter(text, tree, frozenset(columns))
-
 
 
 # -- compiling ----------------------------------------------------------------------
@@ -171,6 +191,7 @@ class _Compiler:
         def column(row: Sequence[str | None]) -> Value:
             value = row[i]
             return None if value is None else parse(value)
+
         width = re.fullmatch(r"character\((\d+)\)", self.types[i])
         return Compiled(kind, column, padded_to=int(width.group(1)) if width else None, column=(i, parse))
 
@@ -209,6 +230,7 @@ class _Compiler:
         def negated(row: Sequence[str | None]) -> Value:
             value = inner(row)
             return None if value is None else not value
+
         return Compiled(BOOL, negated)
 
     # -- comparisons
@@ -225,11 +247,12 @@ class _Compiler:
         left, right = self.typed(left, right.kind, left_node), self.typed(right, left.kind, right_node)
         kinds = {left.kind.name, right.kind.name} - {"null"}
         if kinds == {"number", "float"}:  # numeric meets double precision: compared as double precision
-            return (Compiled(FLOAT, lambda row, f=left.evaluate: to_float(f(row))),
-                    Compiled(FLOAT, lambda row, f=right.evaluate: to_float(f(row))))
+            return (
+                Compiled(FLOAT, lambda row, f=left.evaluate: to_float(f(row))),
+                Compiled(FLOAT, lambda row, f=right.evaluate: to_float(f(row))),
+            )
         if len(kinds) > 1:
-            raise self.fail(left_node.parent or left_node,
-                            f"cannot compare {left.kind.name} with {right.kind.name}")
+            raise self.fail(left_node.parent or left_node, f"cannot compare {left.kind.name} with {right.kind.name}")
         return left, right
 
     def comparison(self, node: exp.Expression, operator: str) -> Compiled:
@@ -245,6 +268,7 @@ class _Compiler:
                 return None
             b = right(row)
             return None if b is None else test(compare_values(a, b))
+
         return Compiled(BOOL, compare)
 
     def distinct(self, node: exp.Expression, distinct: bool) -> Compiled:
@@ -255,6 +279,7 @@ class _Compiler:
             if a is None or b is None:
                 return (a is None) != (b is None) if distinct else (a is None) == (b is None)
             return (compare_values(a, b) != 0) if distinct else (compare_values(a, b) == 0)
+
         return Compiled(BOOL, test)
 
     def _nullsafeeq(self, node: exp.NullSafeEQ) -> Compiled:
@@ -279,8 +304,7 @@ class _Compiler:
     def _in(self, node: exp.In) -> Compiled:
         if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
             raise self.fail(node, "IN takes a list of values")
-        tests = [self.comparison(exp.EQ(this=node.this, expression=item), "=").evaluate
-                 for item in node.expressions]
+        tests = [self.comparison(exp.EQ(this=node.this, expression=item), "=").evaluate for item in node.expressions]
 
         def member(row: Sequence[str | None]) -> Value:
             unknown = False
@@ -290,6 +314,7 @@ class _Compiler:
                     return True
                 unknown = unknown or result is None
             return None if unknown else False
+
         return Compiled(BOOL, member)
 
     def _escape(self, node: exp.Escape) -> Compiled:
@@ -325,6 +350,7 @@ class _Compiler:
             text = text.ljust(width)
             matched = regex.fullmatch(fold_case(text) if insensitive else text) is not None
             return matched != negate
+
         return Compiled(BOOL, like)
 
     # -- functions
@@ -369,11 +395,13 @@ class _Compiler:
                 if value is not None:
                     return value
             return None
+
         return Compiled(kind, first)
 
 
 def _connective(left: Evaluate, right: Evaluate, decisive: bool) -> Compiled:
     """AND (decisive FALSE) or OR (decisive TRUE) in three-valued logic: NULL unless one side decides."""
+
     def connective(row: Sequence[str | None]) -> Value:
         a = left(row)
         if a is decisive:
@@ -382,11 +410,11 @@ def _connective(left: Evaluate, right: Evaluate, decisive: bool) -> Compiled:
         if b is decisive:
             return decisive
         return None if a is None or b is None else not decisive
+
     return Compiled(BOOL, connective)
 
 
-OPERATORS = {"=": operator.eq, "<>": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
-             ">=": operator.ge}
+OPERATORS = {"=": operator.eq, "<>": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 MIRRORED = {"=": "=", "<>": "<>", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 
@@ -409,6 +437,7 @@ def _column_against_constant(left: Compiled, right: Compiled, operator_name: str
         if value is NAN or constant is NAN:
             return test(compare_values(value, constant))
         return compare(value, constant)
+
     return column_against_constant
 
 

@@ -36,9 +36,12 @@ from pgfanout.core.messages import AvroSchema, TableLayout
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MICROS_PER_DAY = 86_400_000_000
-INTERVAL = {"type": "record", "name": "Interval", "namespace": "pgfanout.rows",
-            "fields": [{"name": "months", "type": "int"}, {"name": "days", "type": "int"},
-                       {"name": "micros", "type": "long"}]}
+INTERVAL = {
+    "type": "record",
+    "name": "Interval",
+    "namespace": "pgfanout.rows",
+    "fields": [{"name": "months", "type": "int"}, {"name": "days", "type": "int"}, {"name": "micros", "type": "long"}],
+}
 
 Convert = Callable[[str], Any]
 
@@ -129,9 +132,13 @@ def _scalar(type_text: str) -> ColumnType | None:
     base = type_text.split("(")[0].strip()
     simple: dict[str, tuple[Any, Convert]] = {
         "boolean": ("boolean", sqlvalues.parse_bool),
-        "smallint": ("int", int), "integer": ("int", int),
-        "bigint": ("long", int), "real": ("float", float), "double precision": ("double", float),
-        "bytea": ("bytes", parse_bytea), "uuid": ({"type": "string", "logicalType": "uuid"}, str),
+        "smallint": ("int", int),
+        "integer": ("int", int),
+        "bigint": ("long", int),
+        "real": ("float", float),
+        "double precision": ("double", float),
+        "bytea": ("bytes", parse_bytea),
+        "uuid": ({"type": "string", "logicalType": "uuid"}, str),
         "date": (["string", {"type": "int", "logicalType": "date"}], parse_date),
         "time without time zone": ({"type": "long", "logicalType": "time-micros"}, parse_time),
         "interval": ("pgfanout.rows.Interval", parse_interval),
@@ -150,8 +157,9 @@ def _scalar(type_text: str) -> ColumnType | None:
     decimal = re.fullmatch(r"numeric\((\d+),(\d+)\)", type_text)
     if decimal:
         precision, scale = int(decimal.group(1)), int(decimal.group(2))
-        return ColumnType(["string", {"type": "bytes", "logicalType": "decimal", "precision": precision,
-                                      "scale": scale}], parse_numeric)
+        return ColumnType(
+            ["string", {"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale}], parse_numeric
+        )
     return None
 
 
@@ -163,11 +171,13 @@ def column_type(type_text: str) -> ColumnType:
     if type_text.endswith("[]"):
         element = _scalar(type_text[:-2])
         if element is not None:
+
             def convert(text: str, element: ColumnType = element) -> Any:
                 items = parse_array(text)
                 if items is None:
                     return text
                 return [None if item is None else element.convert(item) for item in items]
+
             return ColumnType(["string", {"type": "array", "items": ["null", *element.branches]}], convert)
     return ColumnType(["string"], str)
 
@@ -212,14 +222,18 @@ def table_schemas(table: TableLayout) -> TableSchemas:
         branches = [INTERVAL if b == "pgfanout.rows.Interval" and not interval_defined else b for b in kinds[i].branches]
         interval_defined = interval_defined or INTERVAL in branches
         avro = ["null", *branches] if nullable else (branches[0] if len(branches) == 1 else branches)
-        return {"name": names[i], "type": avro, **({"default": None} if nullable else {}),
-                "pg_column": columns[i], "pg_type": types[i]}
+        return {
+            "name": names[i],
+            "type": avro,
+            **({"default": None} if nullable else {}),
+            "pg_column": columns[i],
+            "pg_type": types[i],
+        }
 
     key_positions = [columns.index(c) for c in table["key_columns"]]
     key = {"type": "record", "name": "Key", "namespace": namespace, "fields": [field(i, False) for i in key_positions]}
     interval_defined = False
-    row = {"type": "record", "name": "Row", "namespace": namespace,
-           "fields": [field(i, True) for i in range(len(columns))]}
+    row = {"type": "record", "name": "Row", "namespace": namespace, "fields": [field(i, True) for i in range(len(columns))]}
     return TableSchemas(key, row, fingerprint(key), fingerprint(row), [k.convert for k in kinds], key_positions, names)
 
 

@@ -25,16 +25,30 @@ from pgfanout.core.errors import ShipFileError
 from pgfanout.core.messages import Message
 
 FORMAT = "pgfanout-ship-1"
-SCHEMA = fastavro.parse_schema([
-    {"type": "record", "name": "ShippedMessage", "namespace": "pgfanout.ship",
-     "fields": [{"name": "offset", "type": "long", "doc": "the message's offset in the route topic"},
-                {"name": "value", "type": "bytes", "doc": "the message as the topic holds it"}]},
-    {"type": "record", "name": "Trailer", "namespace": "pgfanout.ship",
-     "fields": [{"name": "messages", "type": "long"},
+SCHEMA = fastavro.parse_schema(
+    [
+        {
+            "type": "record",
+            "name": "ShippedMessage",
+            "namespace": "pgfanout.ship",
+            "fields": [
+                {"name": "offset", "type": "long", "doc": "the message's offset in the route topic"},
+                {"name": "value", "type": "bytes", "doc": "the message as the topic holds it"},
+            ],
+        },
+        {
+            "type": "record",
+            "name": "Trailer",
+            "namespace": "pgfanout.ship",
+            "fields": [
+                {"name": "messages", "type": "long"},
                 {"name": "first_position", "type": "long"},
                 {"name": "last_position", "type": "long"},
-                {"name": "sha256", "type": {"type": "fixed", "name": "Sha256", "size": 32}}]},
-])
+                {"name": "sha256", "type": {"type": "fixed", "name": "Sha256", "size": 32}},
+            ],
+        },
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -48,8 +62,15 @@ class Shipment:
     last_position: int
 
 
-def write(out: BinaryIO, codec: Codec, source: str, route: str, topic: str, first_position: int,
-          messages: Iterable[tuple[int, bytes, int]]) -> tuple[int, int]:
+def write(
+    out: BinaryIO,
+    codec: Codec,
+    source: str,
+    route: str,
+    topic: str,
+    first_position: int,
+    messages: Iterable[tuple[int, bytes, int]],
+) -> tuple[int, int]:
     """Write (offset, value, last position) messages; returns (count, last position)."""
     digest = hashlib.sha256()
     state = {"count": 0, "last": first_position - 1}
@@ -61,11 +82,23 @@ def write(out: BinaryIO, codec: Codec, source: str, route: str, topic: str, firs
             state["count"] += 1
             state["last"] = max(state["last"], last_position)
             yield "pgfanout.ship.ShippedMessage", {"offset": offset, "value": value}
-        yield "pgfanout.ship.Trailer", {"messages": state["count"], "first_position": first_position,
-                                        "last_position": state["last"], "sha256": digest.digest()}
+        yield (
+            "pgfanout.ship.Trailer",
+            {
+                "messages": state["count"],
+                "first_position": first_position,
+                "last_position": state["last"],
+                "sha256": digest.digest(),
+            },
+        )
 
-    metadata = {"pgfanout.format": FORMAT, "pgfanout.source": source, "pgfanout.route": route,
-                "pgfanout.topic": topic, "pgfanout.schemas": json.dumps([w.text for w in codec.all_schemas])}
+    metadata = {
+        "pgfanout.format": FORMAT,
+        "pgfanout.source": source,
+        "pgfanout.route": route,
+        "pgfanout.topic": topic,
+        "pgfanout.schemas": json.dumps([w.text for w in codec.all_schemas]),
+    }
     fastavro.writer(out, SCHEMA, records(), codec="deflate", metadata=metadata, sync_interval=1 << 20)
     return state["count"], state["last"]
 
@@ -102,18 +135,30 @@ def verify(path: Path, codec: Codec) -> Shipment:
     except OSError as exc:
         raise ShipFileError(f"cannot read {path}: {exc.strerror}") from None
     except Exception as exc:  # a damaged block: fastavro reports bad sync markers, zlib errors, short reads
-        raise ShipFileError(f"{path} is damaged after {count} messages ({type(exc).__name__}: {exc}); "
-                            "nothing was applied; export it again") from exc
+        raise ShipFileError(
+            f"{path} is damaged after {count} messages ({type(exc).__name__}: {exc}); nothing was applied; export it again"
+        ) from exc
     if trailer is None:
-        raise ShipFileError(f"{path} is truncated: it ends after {count} messages without its trailer; "
-                            "nothing was applied; copy or export it again")
+        raise ShipFileError(
+            f"{path} is truncated: it ends after {count} messages without its trailer; "
+            "nothing was applied; copy or export it again"
+        )
     if trailer["messages"] != count or trailer["sha256"] != digest.digest():
-        raise ShipFileError(f"{path} is damaged: its trailer promises {trailer['messages']} messages with another "
-                            f"checksum than the {count} it holds; nothing was applied")
+        raise ShipFileError(
+            f"{path} is damaged: its trailer promises {trailer['messages']} messages with another "
+            f"checksum than the {count} it holds; nothing was applied"
+        )
     for schema_text in json.loads(metadata.get("pgfanout.schemas", "[]")):
         codec.learn(schema_text)
-    return Shipment(path, metadata["pgfanout.source"], metadata["pgfanout.route"], metadata["pgfanout.topic"], count,
-                    trailer["first_position"], trailer["last_position"])
+    return Shipment(
+        path,
+        metadata["pgfanout.source"],
+        metadata["pgfanout.route"],
+        metadata["pgfanout.topic"],
+        count,
+        trailer["first_position"],
+        trailer["last_position"],
+    )
 
 
 def messages(path: Path) -> Iterator[tuple[int, bytes]]:

@@ -43,4 +43,3 @@ def visible(xid: int, snapshot: Snapshot) -> bool:
     if xid >= snapshot.xmax:
         return False
     return xid not in snapshot.in_progress
-

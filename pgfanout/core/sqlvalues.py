@@ -68,8 +68,11 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"invalid boolean {text!r}")
 
 
-TIME = re.compile(r"^\s*(\d{4,})-(\d\d)-(\d\d)(?:[ T](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)?)?"
-                  r"\s*(?:(Z|[+-]\d\d(?::?\d\d(?::?\d\d)?)?))?(\s+BC)?\s*$", re.IGNORECASE)
+TIME = re.compile(
+    r"^\s*(\d{4,})-(\d\d)-(\d\d)(?:[ T](\d\d):(\d\d)(?::(\d\d)(?:\.(\d{1,6}))?)?)?"
+    r"\s*(?:(Z|[+-]\d\d(?::?\d\d(?::?\d\d)?)?))?(\s+BC)?\s*$",
+    re.IGNORECASE,
+)
 
 
 def days_from_civil(year: int, month: int, day: int) -> int:
@@ -165,8 +168,12 @@ def to_float(value: Any) -> Any:
 
 
 TESTS: dict[str, Callable[[int], bool]] = {
-    "=": lambda c: c == 0, "<>": lambda c: c != 0, "<": lambda c: c < 0,
-    "<=": lambda c: c <= 0, ">": lambda c: c > 0, ">=": lambda c: c >= 0,
+    "=": lambda c: c == 0,
+    "<>": lambda c: c != 0,
+    "<": lambda c: c < 0,
+    "<=": lambda c: c <= 0,
+    ">": lambda c: c > 0,
+    ">=": lambda c: c >= 0,
 }
 
 

@@ -154,8 +154,9 @@ def last_value(client: KafkaConsumer, topic: str) -> tuple[int, bytes] | None:
     raise KafkaUnavailable(",".join(map(str, client.config["bootstrap_servers"])), f"could not read the last record of {topic}")
 
 
-def last_message(cluster: KafkaCluster, topic: str,
-                 decode: Callable[[bytes, str], tuple[str, Message]]) -> tuple[str, Message] | None:
+def last_message(
+    cluster: KafkaCluster, topic: str, decode: Callable[[bytes, str], tuple[str, Message]]
+) -> tuple[str, Message] | None:
     """The last message of a single-partition topic, decoded: (kind, record), or None if the topic is empty."""
     client = consumer(cluster)
     try:
@@ -168,8 +169,9 @@ def last_message(cluster: KafkaCluster, topic: str,
     return decode(value, StreamPlace(topic, 0, offset))
 
 
-def offset_after_position(client: KafkaConsumer, tp: TopicPartition, position: int,
-                          position_of: Callable[[bytes, int], int | None]) -> int:
+def offset_after_position(
+    client: KafkaConsumer, tp: TopicPartition, position: int, position_of: Callable[[bytes, int], int | None]
+) -> int:
     """The offset of the first record that holds anything beyond ``position`` (the end offset if none).
 
     Positions grow along the topic, so this is a binary search; ``position_of(value, offset)``
@@ -188,8 +190,9 @@ def offset_after_position(client: KafkaConsumer, tp: TopicPartition, position: i
     return low
 
 
-def _first_known(client: KafkaConsumer, tp: TopicPartition, start: int, stop: int,
-                 position_of: Callable[[bytes, int], int | None]) -> tuple[int, int] | None:
+def _first_known(
+    client: KafkaConsumer, tp: TopicPartition, start: int, stop: int, position_of: Callable[[bytes, int], int | None]
+) -> tuple[int, int] | None:
     """(offset, position) of the first record in [start, stop) that holds a position."""
     client.seek(tp, start)
     deadline = time.monotonic() + 30
@@ -202,5 +205,6 @@ def _first_known(client: KafkaConsumer, tp: TopicPartition, start: int, stop: in
                 return record.offset, known
         if client.position(tp) >= stop:
             return None
-    raise KafkaUnavailable(",".join(map(str, client.config["bootstrap_servers"])),
-                           f"could not read {tp.topic} from offset {start} within 30 s")
+    raise KafkaUnavailable(
+        ",".join(map(str, client.config["bootstrap_servers"])), f"could not read {tp.topic} from offset {start} within 30 s"
+    )

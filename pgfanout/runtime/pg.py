@@ -26,11 +26,16 @@ SESSION_SETTINGS = {
 
 def primary_key(conn: psycopg.Connection, relation: int | str) -> list[str]:
     """A table's primary key columns in key order; ``relation`` is an oid or a quoted qualified name."""
-    return [r[0] for r in conn.execute(
-        """SELECT a.attname FROM pg_index i
+    return [
+        r[0]
+        for r in conn.execute(
+            """SELECT a.attname FROM pg_index i
            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
            WHERE i.indrelid = %s::regclass AND i.indisprimary
-           ORDER BY array_position(i.indkey::int2[], a.attnum)""", (relation,))]
+           ORDER BY array_position(i.indkey::int2[], a.attnum)""",
+            (relation,),
+        )
+    ]
 
 
 def describe(dsn: str) -> str:
@@ -60,8 +65,12 @@ def connect(db: Database, application_name: str) -> psycopg.Connection:
     # snapshot per statement, whatever the server's or the database's default. REPEATABLE READ is only
     # ever asked for explicitly (copies).
     settings = {**SESSION_SETTINGS, "default_transaction_isolation": "read committed"}
-    conn.execute(sql.SQL("SELECT {}").format(sql.SQL(", ").join(
-        sql.SQL("set_config({}, {}, false)").format(sql.Literal(name), sql.Literal(value))
-        for name, value in settings.items())))
+    conn.execute(
+        sql.SQL("SELECT {}").format(
+            sql.SQL(", ").join(
+                sql.SQL("set_config({}, {}, false)").format(sql.Literal(name), sql.Literal(value))
+                for name, value in settings.items()
+            )
+        )
+    )
     return conn
-

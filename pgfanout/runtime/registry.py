@@ -51,8 +51,11 @@ def load(cluster: KafkaCluster, codec: Codec) -> int:
             for record in consumer.poll(timeout_ms=200).get(tp, []):
                 read += 1
                 if not codec.learn(record.value.decode()):
-                    log.warning("schema %s in %s describes no record this version knows; ignored",
-                                record.key.decode() if record.key else "?", REGISTRY_TOPIC)
+                    log.warning(
+                        "schema %s in %s describes no record this version knows; ignored",
+                        record.key.decode() if record.key else "?",
+                        REGISTRY_TOPIC,
+                    )
         return read
     finally:
         consumer.close()
@@ -66,10 +69,14 @@ class RegistryDecoder:
         self.loaded_at = float("-inf")
 
     def decode(self, data: bytes, where: Where) -> tuple[str, dict]:
-        if data is not None and len(data) >= HEADER_SIZE and data.startswith(MAGIC) and not self.codec.knows(data) \
-                and time.monotonic() - self.loaded_at > 1.0:
+        if (
+            data is not None
+            and len(data) >= HEADER_SIZE
+            and data.startswith(MAGIC)
+            and not self.codec.knows(data)
+            and time.monotonic() - self.loaded_at > 1.0
+        ):
             self.loaded_at = time.monotonic()
-            log.info("message at %s names schema %s: loading %s", where, data[len(MAGIC):HEADER_SIZE].hex(),
-                     REGISTRY_TOPIC)
+            log.info("message at %s names schema %s: loading %s", where, data[len(MAGIC) : HEADER_SIZE].hex(), REGISTRY_TOPIC)
             load(self.cluster, self.codec)
         return self.codec.decode(data, where)

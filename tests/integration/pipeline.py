@@ -34,7 +34,8 @@ def logged(conn: psycopg.Connection, columns: str = "") -> list[tuple]:
     extra = f", {columns}" if columns else ""
     changes = []
     for op, new_row, old_key, encoded, *more in conn.execute(
-            f"SELECT op, new_row, old_key, changes{extra} FROM pgfanout.log l ORDER BY {LOG_ORDER}"):
+        f"SELECT op, new_row, old_key, changes{extra} FROM pgfanout.log l ORDER BY {LOG_ORDER}"
+    ):
         if encoded is None:
             changes.append((op, new_row, old_key, *more))
             continue
@@ -52,8 +53,14 @@ class Pipeline:
         self.subscribers = [f"{name}.sub1", f"{name}.sub2"]
         self.data = {
             "kafka": {"local": {"bootstrap_servers": [kafka.bootstrap]}},
-            "sources": {self.source: {"dsn": primary.dsn(f"{name}_primary"), "kafka": "local", "tables": SAMPLE_TABLES,
-                                      "capture_trigger": capture_trigger}},
+            "sources": {
+                self.source: {
+                    "dsn": primary.dsn(f"{name}_primary"),
+                    "kafka": "local",
+                    "tables": SAMPLE_TABLES,
+                    "capture_trigger": capture_trigger,
+                }
+            },
             "routes": {self.route: {"upstream": self.source, "kafka": "local"}},
             "distributors": {self.distributor: {"routes": [self.route]}},
             "subscribers": {s: {"route": self.route, "dsn": replica.dsn(s.replace(".", "_"))} for s in self.subscribers},

@@ -22,8 +22,9 @@ def test_agent_kills_and_a_kafka_restart_lose_and_double_nothing(pipeline, stack
     pipeline.start("agent")
     pipeline.seed()
     # paced, so that the kills land while transactions commit and the log switches, not after
-    workload, result = pipeline.workload_in_background(seconds=90, writers=3, max_transactions=1500, seed_value=11,
-                                                       record_xids=True, pause_seconds=0.02)
+    workload, result = pipeline.workload_in_background(
+        seconds=90, writers=3, max_transactions=1500, seed_value=11, record_xids=True, pause_seconds=0.02
+    )
 
     rng = random.Random(5)
     kills = 0
@@ -73,8 +74,7 @@ def published_positions(pipeline):
 def test_crash_between_publishing_and_recording_a_batch_is_finished_not_repeated(pipeline, monkeypatch):
     pipeline.prepare()
     pipeline.seed()
-    stats = run_workload(pipeline.primary_dsn, seconds=30, writers=2, max_transactions=100, seed_value=3,
-                         record_xids=True)
+    stats = run_workload(pipeline.primary_dsn, seconds=30, writers=2, max_transactions=100, seed_value=3, record_xids=True)
     agent = Agent(pipeline.config, pipeline.source)
     session = agent.connect()
     monkeypatch.setattr(session, "_record", lambda *a: (_ for _ in ()).throw(Crash()))
@@ -100,8 +100,7 @@ def test_crash_in_the_middle_of_a_batch_publishes_the_rest_once(pipeline, monkey
     pipeline.seed()
     run_workload(pipeline.primary_dsn, seconds=30, writers=2, max_transactions=150, seed_value=4)
     source = pipeline.config.sources[pipeline.source]
-    small = pipeline.config.model_copy(update={"sources": {
-        pipeline.source: source.model_copy(update={"message_bytes": 4096})}})
+    small = pipeline.config.model_copy(update={"sources": {pipeline.source: source.model_copy(update={"message_bytes": 4096})}})
     agent = Agent(small, pipeline.source)
     session = agent.connect()
     original, sent = session._send, []
@@ -135,11 +134,9 @@ def test_agent_reconnects_after_a_primary_restart_and_loses_nothing(pipeline, st
     pipeline.seed()
     pipeline.start("agent")
     pipeline.wait_for_log("agent", "ready:")  # connected before the restart, so it must notice it
-    first = run_workload(pipeline.primary_dsn, seconds=30, writers=2, max_transactions=100, seed_value=8,
-                         record_xids=True)
+    first = run_workload(pipeline.primary_dsn, seconds=30, writers=2, max_transactions=100, seed_value=8, record_xids=True)
     stack.postgres("primary").restart()
-    second = run_workload(pipeline.primary_dsn, seconds=30, writers=2, max_transactions=100, seed_value=9,
-                          record_xids=True)
+    second = run_workload(pipeline.primary_dsn, seconds=30, writers=2, max_transactions=100, seed_value=9, record_xids=True)
     wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=120)
     assert pipeline.pid("agent"), "the agent must survive the restart"
     published = [p["xid"] for p in transactions(read_topic(pipeline.config, pipeline.source))]
@@ -153,17 +150,20 @@ def test_agent_reconnects_after_a_primary_restart_and_loses_nothing(pipeline, st
 def test_a_row_too_large_for_any_message_stops_the_agent_naming_its_position_and_publishes_nothing(pipeline):
     pipeline.prepare()
     source = pipeline.config.sources[pipeline.source]
-    tight = pipeline.config.model_copy(update={"sources": {
-        pipeline.source: source.model_copy(update={"message_bytes": 1024, "max_message_bytes": 2048})}})
+    tight = pipeline.config.model_copy(
+        update={"sources": {pipeline.source: source.model_copy(update={"message_bytes": 1024, "max_message_bytes": 2048})}}
+    )
     with pipeline.primary() as conn:
         conn.execute("INSERT INTO public.products SELECT 'SMALL', 'fits', 1, NULL")
-        conn.execute("INSERT INTO public.products SELECT 'HUGE', repeat(md5(g::text), 200), 1, NULL "
-                     "FROM generate_series(1, 1) g")
+        conn.execute("INSERT INTO public.products SELECT 'HUGE', repeat(md5(g::text), 200), 1, NULL FROM generate_series(1, 1) g")
     agent = Agent(tight, pipeline.source)
     agent.connect()
     try:
-        with pytest.raises(FatalError, match=r"position 2 \(tick \d+\) encodes to \d+ bytes, over "
-                                             rf"sources\.{pipeline.source}\.max_message_bytes=2048"):
+        with pytest.raises(
+            FatalError,
+            match=r"position 2 \(tick \d+\) encodes to \d+ bytes, over "
+            rf"sources\.{pipeline.source}\.max_message_bytes=2048",
+        ):
             agent.work()
         state = agent.session._read_state()
     finally:

@@ -19,6 +19,7 @@ from tests.integration.pipeline import BOTH_TRIGGERS, read_topic, transactions
 def transfer_loop(dsn, seconds, writer, counts):
     """Transfers between a few hot accounts, so writers conflict all the time."""
     import random
+
     rng = random.Random(writer)
     deadline = time.monotonic() + seconds
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -45,6 +46,7 @@ def test_conflicting_transfers_replay_to_the_primary_and_every_prefix_keeps_the_
         w.join()
     assert sum(counts) > 500
     from devstack.demo import wait_caught_up
+
     wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=60)
 
     total = ACCOUNTS * OPENING_BALANCE
@@ -84,6 +86,7 @@ def test_a_transaction_open_across_many_ticks_is_published_whole_after_later_one
             time.sleep(0.1)
         long_tx.commit()
     from devstack.demo import wait_caught_up
+
     wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=60)
 
     parts = transactions(read_topic(pipeline.config, pipeline.source))
@@ -99,6 +102,7 @@ def test_a_transaction_open_across_many_ticks_is_published_whole_after_later_one
 def log_pages_read(conn: psycopg.Connection, query, params=None) -> int:
     """How many pages of the log tables and their indexes ``query`` reads, from its EXPLAIN ANALYZE (rows of
     open transactions are visited and skipped without being counted as rows, but their pages count)."""
+
     def buffers(node: dict) -> int:
         return node["Shared Hit Blocks"] + node["Shared Read Blocks"]
 
@@ -108,6 +112,7 @@ def log_pages_read(conn: psycopg.Connection, query, params=None) -> int:
         if node.get("Relation Name", "").startswith("log") or node.get("Index Name", "").startswith("log_"):
             own = buffers(node) - sum(buffers(child) for child in children)
         return own + sum(walk(child) for child in children)
+
     plan = conn.execute(sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}").format(query), params).fetchone()[0]
     return walk(plan[0]["Plan"])
 
@@ -120,22 +125,27 @@ def test_ticks_while_a_transaction_stays_open_read_only_the_rows_they_publish(pi
     pipeline.seed()
 
     def tick(conn: psycopg.Connection) -> int:
-        return conn.execute("INSERT INTO pgfanout.tick (tick_id, snapshot, tick_time) VALUES "
-                            "(nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()) "
-                            "RETURNING tick_id").fetchone()[0]
+        return conn.execute(
+            "INSERT INTO pgfanout.tick (tick_id, snapshot, tick_time) VALUES "
+            "(nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()) "
+            "RETURNING tick_id"
+        ).fetchone()[0]
 
     def committed_update(conn: psycopg.Connection, account: int) -> int:
         with conn.transaction():
             conn.execute("UPDATE public.accounts SET balance = balance + 1 WHERE id = %s", (account,))
             return conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]
 
-    with psycopg.connect(pipeline.primary_dsn) as idle_in_transaction, \
-            psycopg.connect(pipeline.primary_dsn) as straddling, \
-            psycopg.connect(pipeline.primary_dsn, autocommit=True) as conn:
+    with (
+        psycopg.connect(pipeline.primary_dsn) as idle_in_transaction,
+        psycopg.connect(pipeline.primary_dsn) as straddling,
+        psycopg.connect(pipeline.primary_dsn, autocommit=True) as conn,
+    ):
         # open all along, with 3 MB logged so far: a row per change with PL/pgSQL triggers, and with the C
         # trigger the rows its buffer was written out in early (every 256 kB)
-        idle_in_transaction.execute("INSERT INTO public.customers (id, name) SELECT -i, repeat('x', 1000) "
-                                    "FROM generate_series(1, 3000) i")
+        idle_in_transaction.execute(
+            "INSERT INTO public.customers (id, name) SELECT -i, repeat('x', 1000) FROM generate_series(1, 3000) i"
+        )
         for i in range(1000):  # published before the ticks below, while that transaction stays open
             committed_update(conn, 1 + i % 5)
         straddling.execute("INSERT INTO public.customers (id, name) VALUES (-5000, 'running at prev, committed by cur')")
@@ -177,6 +187,7 @@ def published_by_a_fresh_agent(pipeline, *statements: str) -> tuple[int, list[di
         xid = conn.execute("SELECT pg_current_xact_id()::text::bigint").fetchone()[0]
     pipeline.start("agent")
     from devstack.demo import wait_caught_up
+
     wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=180)
     peak = rss_peak_mb(pipeline.pid("agent"))
     processes.stop(pipeline.pid("agent"))
@@ -187,8 +198,9 @@ def published_by_a_fresh_agent(pipeline, *statements: str) -> tuple[int, list[di
 def test_a_million_row_transaction_is_published_whole_in_chunks_with_bounded_memory(pipeline):
     pipeline.prepare()
     xid, parts, peak = published_by_a_fresh_agent(
-        pipeline, "INSERT INTO public.products SELECT 'BULK-' || g, 'bulk product', g % 1000, NULL "
-                  "FROM generate_series(1, 1000000) g")
+        pipeline,
+        "INSERT INTO public.products SELECT 'BULK-' || g, 'bulk product', g % 1000, NULL FROM generate_series(1, 1000000) g",
+    )
     assert [p["xid"] for p in parts] == [xid] * len(parts), "one transaction"
     assert len(parts) > 10, "split into chunks"
     assert [p["chunk"] for p in parts] == list(range(len(parts)))
@@ -205,8 +217,9 @@ def test_a_transaction_of_large_rows_is_published_whole_with_bounded_memory(pipe
     with pipeline.primary() as conn:
         conn.execute("ALTER TABLE public.products ALTER COLUMN title SET STORAGE EXTERNAL")  # no compression
     xid, parts, peak = published_by_a_fresh_agent(
-        pipeline, "INSERT INTO public.products SELECT 'BIG-' || g, repeat(md5(g::text), 32768), 1, NULL "
-                  "FROM generate_series(1, 1000) g")
+        pipeline,
+        "INSERT INTO public.products SELECT 'BIG-' || g, repeat(md5(g::text), 32768), 1, NULL FROM generate_series(1, 1000) g",
+    )
     assert [p["xid"] for p in parts] == [xid] * len(parts) and len(parts) >= 1000, "one transaction, in chunks"
     assert sum(len(p["changes"]) for p in parts) == 1000
     assert all(len(c["values"][1]) == 1024 * 1024 for p in parts for c in p["changes"])

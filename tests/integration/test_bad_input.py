@@ -7,17 +7,22 @@ import pytest
 from pgfanout.core.codec import MAGIC, default_codec
 from pgfanout.runtime import kafka as kafkautil
 
-ACCOUNTS = {"table_id": 5, "schema_name": "public", "table_name": "accounts", "columns": ["id", "balance"],
-            "key_columns": ["id"]}
+ACCOUNTS = {"table_id": 5, "schema_name": "public", "table_name": "accounts", "columns": ["id", "balance"], "key_columns": ["id"]}
 MISSING = {"table_id": 9, "schema_name": "public", "table_name": "not_here", "columns": ["id"], "key_columns": ["id"]}
 
 
 def batch(position, changes, tables=(ACCOUNTS,)):
-    return default_codec().encode("Batch", {
-        "source": "test", "tick_id": position, "tick_time": datetime.now(UTC), "batch_end": True,
-        "tables": list(tables),
-        "transactions": [{"position": position, "xid": 1000 + position, "chunk": 0, "last_chunk": True,
-                          "changes": changes}]})
+    return default_codec().encode(
+        "Batch",
+        {
+            "source": "test",
+            "tick_id": position,
+            "tick_time": datetime.now(UTC),
+            "batch_end": True,
+            "tables": list(tables),
+            "transactions": [{"position": position, "xid": 1000 + position, "chunk": 0, "last_chunk": True, "changes": changes}],
+        },
+    )
 
 
 def insert(table_id, *values):
@@ -47,8 +52,10 @@ CASES = {
     "constraint": (batch(3, [insert(5, "3", "30"), insert(5, "1", "99")]), "UniqueViolation"),
     "type_error": (batch(3, [insert(5, "3", "thirty")]), "InvalidTextRepresentation"),
     # 100 updates go the COPY-and-merge way; 98 of their rows are not on the replica
-    "diverged_bulk": (batch(3, [{"table": 5, "op": "UPDATE", "values": [str(i), "1"], "nulls": [], "old_key": []}
-                                for i in range(1, 101)]), "found 2 of 100 rows; the replica has diverged"),
+    "diverged_bulk": (
+        batch(3, [{"table": 5, "op": "UPDATE", "values": [str(i), "1"], "nulls": [], "old_key": []} for i in range(1, 101)]),
+        "found 2 of 100 rows; the replica has diverged",
+    ),
 }
 
 
@@ -108,8 +115,11 @@ def test_the_operator_can_skip_a_poison_transaction(pipeline):
     assert code == 3
     assert f"pgfanout subscriber skip {sub} --position 3" in log
 
-    skip = subprocess.run([sys.executable, "-m", "pgfanout", "subscriber", "skip", sub, "--position", "3",
-                           "--config", str(pipeline.config_path)], capture_output=True, text=True)
+    skip = subprocess.run(
+        [sys.executable, "-m", "pgfanout", "subscriber", "skip", sub, "--position", "3", "--config", str(pipeline.config_path)],
+        capture_output=True,
+        text=True,
+    )
     assert skip.returncode == 0, skip.stderr
     pipeline.start(sub)
     pipeline.wait_for_position(sub, 4)
@@ -117,6 +127,9 @@ def test_the_operator_can_skip_a_poison_transaction(pipeline):
         assert sorted(r[0] for r in conn.execute("SELECT id FROM public.accounts")) == [1, 2, 4]
         assert conn.execute("SELECT count(*) FROM pgfanout_replica.skip").fetchone()[0] == 0
     assert "SKIPPING the transaction at" in pipeline.log(sub) and "position 3" in pipeline.log(sub)
-    again = subprocess.run([sys.executable, "-m", "pgfanout", "subscriber", "skip", sub, "--position", "2",
-                            "--config", str(pipeline.config_path)], capture_output=True, text=True)
+    again = subprocess.run(
+        [sys.executable, "-m", "pgfanout", "subscriber", "skip", sub, "--position", "2", "--config", str(pipeline.config_path)],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 3 and "already applied position 2" in again.stderr

@@ -20,8 +20,7 @@ FLUSH_BYTES = 256 * 1024
 
 
 def log_rows(conn) -> list[tuple]:
-    return conn.execute("SELECT op, ordinal, change_count, tableoid::regclass::text FROM pgfanout.log "
-                        "ORDER BY seq").fetchall()
+    return conn.execute("SELECT op, ordinal, change_count, tableoid::regclass::text FROM pgfanout.log ORDER BY seq").fetchall()
 
 
 def ids_logged(conn) -> list[tuple[str, str]]:
@@ -60,8 +59,13 @@ def test_both_triggers_log_the_same_changes_of_every_type(pipeline):
     for trigger in ("plpgsql", "c"):
         install(pipeline, trigger, ["public.everything"])
         with pipeline.primary() as conn:
-            for setting in ("DateStyle = 'SQL, DMY'", "IntervalStyle = 'sql_standard'", "TimeZone = 'Pacific/Chatham'",
-                            "extra_float_digits = -15", "bytea_output = 'escape'"):
+            for setting in (
+                "DateStyle = 'SQL, DMY'",
+                "IntervalStyle = 'sql_standard'",
+                "TimeZone = 'Pacific/Chatham'",
+                "extra_float_digits = -15",
+                "bytea_output = 'escape'",
+            ):
                 conn.execute(f"SET {setting}")
             with conn.transaction():
                 for n, row in enumerate(ROWS):
@@ -88,8 +92,7 @@ def test_pinned_settings_are_skipped_only_when_the_session_formats_alike(pipelin
         conn.execute("CREATE TABLE public.events (id int PRIMARY KEY, at timestamp, day date)")
     install(pipeline, "c", ["public.events"])
     with pipeline.primary() as conn:
-        assert conn.execute("SELECT settings FROM pgfanout.tables WHERE table_name = 'events'").fetchone()[0][0] == \
-            "DateStyle"
+        assert conn.execute("SELECT settings FROM pgfanout.tables WHERE table_name = 'events'").fetchone()[0][0] == "DateStyle"
         for n, style in enumerate(("SQL, DMY", "German, DMY", "ISO, DMY", "ISO, MDY"), start=1):
             conn.execute("SELECT set_config('DateStyle', %s, false)", (style,))
             conn.execute("INSERT INTO public.events VALUES (%s, '2024-01-02 03:04:05', '2024-01-02')", (n,))
@@ -105,8 +108,9 @@ def test_a_transaction_is_one_log_row_written_at_commit(pipeline):
         with conn.transaction():
             conn.execute("INSERT INTO public.accounts VALUES (1, 10), (2, 20)")
             conn.execute("UPDATE public.accounts SET balance = 11 WHERE id = 1")
-            held = conn.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() "
-                                "AND relation::regclass::text LIKE 'pgfanout.log%'").fetchone()[0]
+            held = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND relation::regclass::text LIKE 'pgfanout.log%'"
+            ).fetchone()[0]
             assert held == 0, "an open transaction holds no log table, so log switches never wait for it"
             assert log_rows(conn) == [], "nothing is written before commit"
         assert log_rows(conn) == [("P", 0, 3, "pgfanout.log_1")]
@@ -196,8 +200,11 @@ def test_alter_table_inside_a_transaction_and_under_repeatable_read(pipeline):
         rows = []
         for (encoded,) in conn.execute("SELECT changes FROM pgfanout.log WHERE changes IS NOT NULL ORDER BY seq"):
             rows += [(layouts[c["table"]], c["values"]) for c, _ in decode_changes(default_codec(), encoded)]
-    assert rows == [(["id", "balance"], ["1", "1.00"]), (["id", "balance", "note"], ["2", "2.00", "two"]),
-                    (["id", "balance", "note", "extra"], ["3", "3.00", "three", "33"])]
+    assert rows == [
+        (["id", "balance"], ["1", "1.00"]),
+        (["id", "balance", "note"], ["2", "2.00", "two"]),
+        (["id", "balance", "note", "extra"], ["3", "3.00", "three", "33"]),
+    ]
 
 
 @C_ONLY
@@ -256,31 +263,52 @@ def test_log_rows_are_indexed_and_filled_by_column_name(pipeline):
         txids = [t for (t,) in conn.execute("SELECT DISTINCT txid FROM pgfanout.log_1")]
         conn.execute("SELECT bt_index_check('pgfanout.log_1_txid', true)")  # every heap row is in the index
         conn.execute("SET enable_seqscan = off")
-        by_index = sum(conn.execute("SELECT count(*) FROM pgfanout.log_1 WHERE txid = %s", (t,)).fetchone()[0]
-                       for t in txids)
+        by_index = sum(conn.execute("SELECT count(*) FROM pgfanout.log_1 WHERE txid = %s", (t,)).fetchone()[0] for t in txids)
         conn.execute("RESET enable_seqscan")
         assert len(txids) == 2 and by_index == len(log_rows(conn))
         assert [int(i) for _, i in ids_logged(conn)] == [1, *range(2, 7), 7]
-        assert conn.execute("SELECT bool_and(seq IS NOT NULL AND table_id = 0 AND new_row IS NULL) "
-                            "FROM pgfanout.log").fetchone()[0]
+        assert conn.execute("SELECT bool_and(seq IS NOT NULL AND table_id = 0 AND new_row IS NULL) FROM pgfanout.log").fetchone()[
+            0
+        ]
 
         conn.execute("TRUNCATE pgfanout.log_1, pgfanout.log_2")  # SET NOT NULL below checks the rows
         conn.execute("CREATE FUNCTION public.noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'")
         # a log table this library cannot fill is a capture fault: the write goes on, the agent will stop
-        for n, (change, undo, problem) in enumerate((
-                ("ALTER TABLE pgfanout.log ADD COLUMN surprise integer", "ALTER TABLE pgfanout.log DROP COLUMN surprise",
-                 '"surprise" of log table "log_1" is unknown'),
-                ("ALTER TABLE pgfanout.log ALTER COLUMN ordinal TYPE bigint",
-                 "ALTER TABLE pgfanout.log ALTER COLUMN ordinal TYPE integer", '"ordinal" .* another type'),
-                ("ALTER TABLE pgfanout.log ALTER COLUMN new_row SET NOT NULL",
-                 "ALTER TABLE pgfanout.log ALTER COLUMN new_row DROP NOT NULL", '"new_row" .* NOT NULL'),
-                ("ALTER TABLE pgfanout.log DROP COLUMN changes", "ALTER TABLE pgfanout.log ADD COLUMN changes bytea",
-                 '"changes" of log table "log_1" is missing'),
-                ("CREATE TRIGGER audit BEFORE INSERT ON pgfanout.log_1 FOR EACH ROW EXECUTE FUNCTION public.noop()",
-                 "DROP TRIGGER audit ON pgfanout.log_1", '"log_1" has triggers, .* which capture would bypass'),
-                ("ALTER TABLE pgfanout.log_1 ADD CONSTRAINT positive CHECK (seq > 0)",
-                 "ALTER TABLE pgfanout.log_1 DROP CONSTRAINT positive", '"log_1" has triggers, .* which capture would bypass'),
-        ), start=8):
+        for n, (change, undo, problem) in enumerate(
+            (
+                (
+                    "ALTER TABLE pgfanout.log ADD COLUMN surprise integer",
+                    "ALTER TABLE pgfanout.log DROP COLUMN surprise",
+                    '"surprise" of log table "log_1" is unknown',
+                ),
+                (
+                    "ALTER TABLE pgfanout.log ALTER COLUMN ordinal TYPE bigint",
+                    "ALTER TABLE pgfanout.log ALTER COLUMN ordinal TYPE integer",
+                    '"ordinal" .* another type',
+                ),
+                (
+                    "ALTER TABLE pgfanout.log ALTER COLUMN new_row SET NOT NULL",
+                    "ALTER TABLE pgfanout.log ALTER COLUMN new_row DROP NOT NULL",
+                    '"new_row" .* NOT NULL',
+                ),
+                (
+                    "ALTER TABLE pgfanout.log DROP COLUMN changes",
+                    "ALTER TABLE pgfanout.log ADD COLUMN changes bytea",
+                    '"changes" of log table "log_1" is missing',
+                ),
+                (
+                    "CREATE TRIGGER audit BEFORE INSERT ON pgfanout.log_1 FOR EACH ROW EXECUTE FUNCTION public.noop()",
+                    "DROP TRIGGER audit ON pgfanout.log_1",
+                    '"log_1" has triggers, .* which capture would bypass',
+                ),
+                (
+                    "ALTER TABLE pgfanout.log_1 ADD CONSTRAINT positive CHECK (seq > 0)",
+                    "ALTER TABLE pgfanout.log_1 DROP CONSTRAINT positive",
+                    '"log_1" has triggers, .* which capture would bypass',
+                ),
+            ),
+            start=8,
+        ):
             conn.execute(change)
             conn.execute("INSERT INTO public.accounts VALUES (%s, 8)", (n,))
             reason = conn.execute("DELETE FROM pgfanout.capture_fault RETURNING reason").fetchall()
@@ -308,7 +336,9 @@ def test_writers_need_no_rights_on_the_pgfanout_schema(pipeline):
 def test_capture_trigger_c_is_refused_where_it_cannot_be_used(pipeline):
     pipeline.prepare(install=False)
     source = pipeline.config.sources[pipeline.source]
-    with (scratch_role(pipeline, "installer") as role,
-          psycopg.connect(pipeline.primary_dsn, user=role, autocommit=True) as installer,
-          pytest.raises(CaptureError, match="capture_trigger is c, but the library pgfanout_capture")):
+    with (
+        scratch_role(pipeline, "installer") as role,
+        psycopg.connect(pipeline.primary_dsn, user=role, autocommit=True) as installer,
+        pytest.raises(CaptureError, match="capture_trigger is c, but the library pgfanout_capture"),
+    ):
         capture.install_statements(installer, source.model_copy(update={"capture_trigger": "c"}))

@@ -16,8 +16,10 @@ def source_with(pipeline, **settings):
 
 
 def triggers(conn):
-    return sorted(r[0] for r in conn.execute(
-        "SELECT tgrelid::regclass::text || ':' || tgname FROM pg_trigger WHERE tgname LIKE 'pgfanout%'"))
+    return sorted(
+        r[0]
+        for r in conn.execute("SELECT tgrelid::regclass::text || ':' || tgname FROM pg_trigger WHERE tgname LIKE 'pgfanout%'")
+    )
 
 
 def schema_exists(conn):
@@ -43,8 +45,11 @@ def test_install_is_idempotent_and_uninstall_leaves_user_data(pipeline):
 
 def test_dry_run_prints_sql_and_changes_nothing(pipeline):
     pipeline.prepare(install=False)
-    result = subprocess.run([sys.executable, "-m", "pgfanout", "agent", "install", "--dry-run",
-                             "--config", str(pipeline.config_path)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pgfanout", "agent", "install", "--dry-run", "--config", str(pipeline.config_path)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert 'CREATE TRIGGER "pgfanout_capture" AFTER INSERT OR UPDATE OR DELETE ON "public"."orders"' in result.stdout
     assert "CREATE TABLE IF NOT EXISTS pgfanout.log" in result.stdout
@@ -58,8 +63,9 @@ def test_keyless_and_missing_tables_are_refused_all_at_once(pipeline):
         conn.execute("CREATE TABLE public.events (happened timestamptz, what text)")
         conn.execute("CREATE TABLE public.audit (line text)")
         with pytest.raises(CaptureError) as err:
-            capture.install(conn, source_with(pipeline, tables=["public.orders", "public.events", "public.audit",
-                                                                "public.nowhere"]))
+            capture.install(
+                conn, source_with(pipeline, tables=["public.orders", "public.events", "public.audit", "public.nowhere"])
+            )
         message = str(err.value)
         assert "public.events, public.audit" in message and "public.nowhere" in message
         assert not schema_exists(conn), "a refused install must leave nothing behind"
@@ -72,9 +78,11 @@ def test_keyless_table_via_cli_gives_exit_code_and_no_traceback(pipeline, tmp_pa
     data = dict(pipeline.data)
     data["sources"] = {pipeline.source: dict(pipeline.data["sources"][pipeline.source], tables=["public.events"])}
     from devstack.demo import write_config
+
     path = write_config(tmp_path / "keyless.yaml", data)
-    result = subprocess.run([sys.executable, "-m", "pgfanout", "agent", "install", "--config", str(path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pgfanout", "agent", "install", "--config", str(path)], capture_output=True, text=True
+    )
     assert result.returncode == 3
     assert "Traceback" not in result.stderr
     assert "without a primary key" in result.stderr and "public.events" in result.stderr
@@ -143,8 +151,14 @@ def test_a_configured_unique_not_null_key_stands_in_for_a_primary_key(pipeline):
         conn.execute("CREATE TABLE public.loose (code text, note text)")
         conn.execute("CREATE UNIQUE INDEX ON public.loose (code)")
         with pytest.raises(CaptureError, match=r"public.loose \(columns code allow NULL\)"):
-            capture.install(conn, source_with(pipeline, tables=["public.events", "public.loose"],
-                                              keys={"public.events": ["code", "zone"], "public.loose": ["code"]}))
+            capture.install(
+                conn,
+                source_with(
+                    pipeline,
+                    tables=["public.events", "public.loose"],
+                    keys={"public.events": ["code", "zone"], "public.loose": ["code"]},
+                ),
+            )
         capture.install(conn, source_with(pipeline, tables=["public.events"], keys={"public.events": ["code", "zone"]}))
         conn.execute("INSERT INTO public.events VALUES (now(), 'a', 1, 'x')")
         conn.execute("UPDATE public.events SET code = 'b' WHERE code = 'a'")
@@ -156,8 +170,9 @@ def test_columns_of_server_bound_types_are_refused_at_install(pipeline):
     pipeline.prepare(install=False)
     with pipeline.primary() as conn:
         conn.execute("CREATE DOMAIN public.table_ref AS regclass")
-        conn.execute("CREATE TABLE public.objects (id int PRIMARY KEY, owner regclass, refs public.table_ref[], "
-                     "fine oid, at tid)")
+        conn.execute(
+            "CREATE TABLE public.objects (id int PRIMARY KEY, owner regclass, refs public.table_ref[], fine oid, at tid)"
+        )
         with pytest.raises(CaptureError) as err:
             capture.install(conn, source_with(pipeline, tables=["public.orders", "public.objects"]))
         message = str(err.value)

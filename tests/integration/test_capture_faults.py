@@ -26,30 +26,62 @@ def write(pipeline, statement: str, params: tuple = ()) -> list[str]:
 
 PATHS = {
     # a layout row deleted
-    "no layout": (["DELETE FROM pgfanout.tables WHERE table_name = 'accounts'"],
-                  "INSERT INTO public.accounts VALUES (101, 1)", "public.accounts", "no layout in pgfanout.tables"),
+    "no layout": (
+        ["DELETE FROM pgfanout.tables WHERE table_name = 'accounts'"],
+        "INSERT INTO public.accounts VALUES (101, 1)",
+        "public.accounts",
+        "no layout in pgfanout.tables",
+    ),
     # a published table renamed (the layout is found by name)
-    "renamed table": (["ALTER TABLE public.accounts RENAME TO ledger"],
-                      "INSERT INTO public.ledger VALUES (102, 1)", "public.ledger", "no layout in pgfanout.tables"),
+    "renamed table": (
+        ["ALTER TABLE public.accounts RENAME TO ledger"],
+        "INSERT INTO public.ledger VALUES (102, 1)",
+        "public.ledger",
+        "no layout in pgfanout.tables",
+    ),
     # a column renamed where the ALTER TABLE event trigger did not fire (session_replication_role = replica)
-    "stale layout": (["SET session_replication_role = replica",
-                      "ALTER TABLE public.customers RENAME COLUMN email TO mail", "RESET session_replication_role"],
-                     "INSERT INTO public.customers (id, name) VALUES (9001, 'x')", "public.customers",
-                     'names column "email", which the table does not have'),
+    "stale layout": (
+        [
+            "SET session_replication_role = replica",
+            "ALTER TABLE public.customers RENAME COLUMN email TO mail",
+            "RESET session_replication_role",
+        ],
+        "INSERT INTO public.customers (id, name) VALUES (9001, 'x')",
+        "public.customers",
+        'names column "email", which the table does not have',
+    ),
     # a key column that lost NOT NULL and holds NULL
-    "null key": (["ALTER TABLE public.products DROP CONSTRAINT products_pkey CASCADE",
-                  "ALTER TABLE public.products ALTER COLUMN sku DROP NOT NULL"],
-                 "INSERT INTO public.products (sku, title, price) VALUES (NULL, 'n', 1)", "public.products",
-                 'key column "sku" is NULL'),
+    "null key": (
+        [
+            "ALTER TABLE public.products DROP CONSTRAINT products_pkey CASCADE",
+            "ALTER TABLE public.products ALTER COLUMN sku DROP NOT NULL",
+        ],
+        "INSERT INTO public.products (sku, title, price) VALUES (NULL, 'n', 1)",
+        "public.products",
+        'key column "sku" is NULL',
+    ),
     # a log table of another library version
-    "log table": (["ALTER TABLE pgfanout.log ADD COLUMN surprise integer"],
-                  "INSERT INTO public.accounts VALUES (103, 1)", "the pgfanout log",
-                  '"surprise" of log table "log_1" is unknown'),
-    "log triggers": (["CREATE FUNCTION public.noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'",
-                      "CREATE TRIGGER audit BEFORE INSERT ON pgfanout.log_1 FOR EACH ROW EXECUTE FUNCTION public.noop()"],
-                     "INSERT INTO public.accounts VALUES (104, 1)", "the pgfanout log", "which capture would bypass"),
-    "agent state": (["DELETE FROM pgfanout.agent_state"],
-                    "INSERT INTO public.accounts VALUES (105, 1)", "the pgfanout log", "agent_state has no row"),
+    "log table": (
+        ["ALTER TABLE pgfanout.log ADD COLUMN surprise integer"],
+        "INSERT INTO public.accounts VALUES (103, 1)",
+        "the pgfanout log",
+        '"surprise" of log table "log_1" is unknown',
+    ),
+    "log triggers": (
+        [
+            "CREATE FUNCTION public.noop() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'",
+            "CREATE TRIGGER audit BEFORE INSERT ON pgfanout.log_1 FOR EACH ROW EXECUTE FUNCTION public.noop()",
+        ],
+        "INSERT INTO public.accounts VALUES (104, 1)",
+        "the pgfanout log",
+        "which capture would bypass",
+    ),
+    "agent state": (
+        ["DELETE FROM pgfanout.agent_state"],
+        "INSERT INTO public.accounts VALUES (105, 1)",
+        "the pgfanout log",
+        "agent_state has no row",
+    ),
 }
 
 

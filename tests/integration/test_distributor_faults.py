@@ -55,8 +55,9 @@ def test_distributor_kills_and_a_downstream_outage_lose_and_double_nothing(pipel
     source_positions = transaction_positions(read_topic(pipeline.config, name))
     assert source_positions == list(range(1, len(source_positions) + 1))
     for route in (f"{name}.east", f"{name}.branch"):
-        assert transaction_positions(read_topic(pipeline.config, route)) == source_positions, \
+        assert transaction_positions(read_topic(pipeline.config, route)) == source_positions, (
             f"{route} lost, doubled or reordered a transaction"
+        )
     assert_leaves_equal_filtered_primary(pipeline)
 
     # a distributor stopped (SIGTERM) or killed (SIGKILL) leaves none of its routing workers behind,

@@ -23,8 +23,11 @@ def write(path, data):
 def test_one_shot_command_against_unreachable_postgres(pipeline, tmp_path):
     port = free_port()
     data = dict(pipeline.data)
-    data["sources"] = {pipeline.source: dict(pipeline.data["sources"][pipeline.source],
-                                             dsn=f"host=127.0.0.1 port={port} dbname=shop user=postgres")}
+    data["sources"] = {
+        pipeline.source: dict(
+            pipeline.data["sources"][pipeline.source], dsn=f"host=127.0.0.1 port={port} dbname=shop user=postgres"
+        )
+    }
     result = run_cli("agent", "install", "--config", str(write(tmp_path / "c.yaml", data)))
     assert result.returncode == 75
     assert f"cannot reach PostgreSQL at 127.0.0.1:{port}/shop" in result.stderr

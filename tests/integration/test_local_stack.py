@@ -28,8 +28,14 @@ def private_dir():
 
 def cli(home, *args, command="local"):
     env = dict(os.environ, PGFANOUT_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "devstack", *([command] if command else []), *args],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "devstack", *([command] if command else []), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 def our_processes(home):

@@ -39,9 +39,11 @@ def test_log_tables_switch_and_empty_without_losing_an_open_transaction(pipeline
         # rows the workload never touches: `late` must block nobody, only the emptying of its log table
         late.execute("INSERT INTO public.accounts VALUES (9001, 5)")
         with pipeline.primary() as conn:  # the log table it wrote into (reading the log would lock both)
-            held = conn.execute("SELECT relation::regclass::text FROM pg_locks WHERE pid = %s AND mode = "
-                                "'RowExclusiveLock' AND relation::regclass::text ~ '^pgfanout\\.log_[12]$'",
-                                (late.info.backend_pid,)).fetchone()[0]
+            held = conn.execute(
+                "SELECT relation::regclass::text FROM pg_locks WHERE pid = %s AND mode = "
+                "'RowExclusiveLock' AND relation::regclass::text ~ '^pgfanout\\.log_[12]$'",
+                (late.info.backend_pid,),
+            ).fetchone()[0]
         first = run_workload(pipeline.primary_dsn, seconds=8, writers=2, seed_value=21, record_xids=True)
         assert first.committed > 100, "writers must not wait for the agent's log switching"
         current = current_log(pipeline)
@@ -102,8 +104,9 @@ def test_an_agent_role_with_only_the_documented_grants_switches_and_empties_the_
         for statement in capture.agent_grants(role):
             conn.execute(statement)
     source = pipeline.config.sources[pipeline.source]
-    restricted = pipeline.config.model_copy(update={"sources": {pipeline.source: source.model_copy(
-        update={"dsn": source.dsn + f" user={role}"})}})
+    restricted = pipeline.config.model_copy(
+        update={"sources": {pipeline.source: source.model_copy(update={"dsn": source.dsn + f" user={role}"})}}
+    )
     agent = Agent(restricted, pipeline.source)
     try:
         session = agent.connect()
@@ -136,8 +139,9 @@ def test_switching_keeps_what_install_and_alter_table_wrote_into_the_capture_fun
     pipeline.prepare()
     with pipeline.primary() as conn:
         conn.execute("ALTER TABLE public.accounts ADD COLUMN note text")  # the event trigger rewrites its function
-        settings_before = conn.execute("SELECT proconfig FROM pg_proc WHERE proname LIKE 'capture\\_%' "
-                                       "ORDER BY proname").fetchall()
+        settings_before = conn.execute(
+            "SELECT proconfig FROM pg_proc WHERE proname LIKE 'capture\\_%' ORDER BY proname"
+        ).fetchall()
         conn.execute("INSERT INTO public.accounts VALUES (1, 1, 'one')")
         assert conn.execute("SELECT pgfanout.switch_log()").fetchone()[0] == 2
         conn.execute("INSERT INTO public.accounts VALUES (2, 2, 'two')")
@@ -146,7 +150,12 @@ def test_switching_keeps_what_install_and_alter_table_wrote_into_the_capture_fun
         assert conn.execute("SELECT pgfanout.switch_log()").fetchone()[0] == 1
         conn.execute("INSERT INTO public.accounts VALUES (3, 3, 'three')")
         rows = [(table, new_row) for _, new_row, _, table in logged(conn, "tableoid::regclass::text")]
-        assert conn.execute("SELECT proconfig FROM pg_proc WHERE proname LIKE 'capture\\_%' "
-                            "ORDER BY proname").fetchall() == settings_before, "each function keeps its settings"
-    assert rows == [("pgfanout.log_2", ["2", "2.00", "two"]), ("pgfanout.log_2", ["S", "t", "1.00", None]),
-                    ("pgfanout.log_1", ["3", "3.00", "three"])]
+        assert (
+            conn.execute("SELECT proconfig FROM pg_proc WHERE proname LIKE 'capture\\_%' ORDER BY proname").fetchall()
+            == settings_before
+        ), "each function keeps its settings"
+    assert rows == [
+        ("pgfanout.log_2", ["2", "2.00", "two"]),
+        ("pgfanout.log_2", ["S", "t", "1.00", None]),
+        ("pgfanout.log_1", ["3", "3.00", "three"]),
+    ]

@@ -47,7 +47,7 @@ def test_export_import_round_trip_double_import_gap_and_damage(pipeline, tmp_pat
     # damaged and truncated copies are refused before anything is applied
     data = first.read_bytes()
     flipped = tmp_path / "flipped.avro"
-    flipped.write_bytes(data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0x40]) + data[len(data) // 2 + 1:])
+    flipped.write_bytes(data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0x40]) + data[len(data) // 2 + 1 :])
     truncated = tmp_path / "truncated.avro"
     truncated.write_bytes(data[: len(data) * 2 // 3])
     for bad, word in ((flipped, "damaged"), (truncated, "")):

@@ -20,8 +20,12 @@ PRODUCTS_DDL = SCHEMA_SQL[1]
 
 
 def materialized(conn, subscriber):
-    return {r[0] for r in conn.execute(
-        "SELECT schema_name || '.' || table_name FROM pgfanout_replica.materialized WHERE subscriber = %s", (subscriber,))}
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT schema_name || '.' || table_name FROM pgfanout_replica.materialized WHERE subscriber = %s", (subscriber,)
+        )
+    }
 
 
 def has_copied(conn, subscriber, table):
@@ -30,8 +34,9 @@ def has_copied(conn, subscriber, table):
 
 
 def position_of(conn, subscriber):
-    row = conn.execute("SELECT position, kafka_offset FROM pgfanout_replica.position WHERE subscriber = %s",
-                       (subscriber,)).fetchone()
+    row = conn.execute(
+        "SELECT position, kafka_offset FROM pgfanout_replica.position WHERE subscriber = %s", (subscriber,)
+    ).fetchone()
     return row
 
 
@@ -40,8 +45,10 @@ def test_init_under_writes_is_interrupted_resumed_and_copied_onwards(pipeline, s
     pipeline.prepare(install=False, bare=(first, second))
     pipeline.seed()
     with pipeline.primary() as conn:  # rows that exist before capture: only the copy can bring them
-        conn.execute("INSERT INTO public.customers (id, name, email) "
-                     "SELECT i, 'Early ' || i, 'early' || i || '@example.org' FROM generate_series(1, 30000) i")
+        conn.execute(
+            "INSERT INTO public.customers (id, name, email) "
+            "SELECT i, 'Early ' || i, 'early' || i || '@example.org' FROM generate_series(1, 30000) i"
+        )
     assert pipeline.command("agent", "install").returncode == 0
     pipeline.start("agent", "distributor")
     pipeline.wait_for_log("agent", "ready:")
@@ -55,8 +62,9 @@ def test_init_under_writes_is_interrupted_resumed_and_copied_onwards(pipeline, s
     blocker.execute("BEGIN")
     blocker.execute("LOCK TABLE public.products IN ACCESS SHARE MODE")
     log_path = stack.log_dir / f"{pipeline.name}-init.log"
-    pid = processes.spawn(daemon_argv(pipeline.config_path, "subscriber", "init", first), log_path,
-                          stack.run_dir / f"{pipeline.name}-init.pid")
+    pid = processes.spawn(
+        daemon_argv(pipeline.config_path, "subscriber", "init", first), log_path, stack.run_dir / f"{pipeline.name}-init.pid"
+    )
     with pipeline.replica(first) as conn:
         deadline = time.monotonic() + 60
         while not has_copied(conn, first, "public.customers"):
@@ -90,12 +98,15 @@ def test_init_under_writes_is_interrupted_resumed_and_copied_onwards(pipeline, s
     with pipeline.replica(first) as conn:
         assert conn.execute("SELECT count(*) FROM public.customers WHERE name LIKE 'Early %'").fetchone()[0] == 30000
         # keys and indexes came along; foreign keys on purpose not
-        constraints = {r[0] for r in conn.execute(
-            "SELECT conname FROM pg_constraint WHERE conrelid = 'public.order_lines'::regclass")}
+        constraints = {
+            r[0] for r in conn.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'public.order_lines'::regclass")
+        }
         assert constraints == {"order_lines_pkey"}
     # The copied replica is read-only like a streamed one.
-    with pipeline.replica(second) as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction,
-                                                         match="pgfanout replica of source"):
+    with (
+        pipeline.replica(second) as conn,
+        pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="pgfanout replica of source"),
+    ):
         conn.execute("DELETE FROM public.accounts")
 
     already = pipeline.command("subscriber", "init", first)
@@ -140,8 +151,11 @@ def test_an_applier_that_waited_for_a_resync_reads_the_filter_it_committed(pipel
     pipeline.prepare()
     name = pipeline.subscribers[0]
     with pipeline.replica(name) as conn:  # the applier must not depend on the replica's default isolation
-        conn.execute(sql.SQL("ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'").format(
-            sql.Identifier(conn.execute("SELECT current_database()").fetchone()[0])))
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET default_transaction_isolation = 'repeatable read'").format(
+                sql.Identifier(conn.execute("SELECT current_database()").fetchone()[0])
+            )
+        )
     applier = ReplicaSession.open(pipeline.config, name)
     try:
         with pipeline.replica(name) as resync:
@@ -149,11 +163,17 @@ def test_an_applier_that_waited_for_a_resync_reads_the_filter_it_committed(pipel
             resync.execute("SELECT pg_advisory_xact_lock(%s, %s)", resync_lock_key(name))
             waiting = threading.Thread(target=applier.read_copy_filters, kwargs={"wait_for_resync": True})
             waiting.start()
-            wait_until(resync, "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
-                       "the applier to wait for the resync")
-            resync.execute("INSERT INTO pgfanout_replica.materialized (subscriber, schema_name, table_name, "
-                           "start_position, snapshot, copied_from) VALUES (%s, 'public', 'products', 42, "
-                           "'100:105:101', 'test')", (name,))
+            wait_until(
+                resync,
+                "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                "the applier to wait for the resync",
+            )
+            resync.execute(
+                "INSERT INTO pgfanout_replica.materialized (subscriber, schema_name, table_name, "
+                "start_position, snapshot, copied_from) VALUES (%s, 'public', 'products', 42, "
+                "'100:105:101', 'test')",
+                (name,),
+            )
             resync.execute("COMMIT")
             waiting.join(timeout=30)
             assert not waiting.is_alive()
@@ -214,8 +234,12 @@ def test_retention_gap_stops_then_resync_recovers_and_on_gap_resync_recovers_alo
 
 def test_init_refuses_a_source_without_capture(pipeline):
     pipeline.prepare(install=False, bare=(pipeline.subscribers[0],))
-    result = subprocess.run(daemon_argv(pipeline.config_path, "subscriber", "init", pipeline.subscribers[0]),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        daemon_argv(pipeline.config_path, "subscriber", "init", pipeline.subscribers[0]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 3
     assert "capture is not installed on source" in result.stderr and "pgfanout agent install" in result.stderr
 

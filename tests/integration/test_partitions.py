@@ -46,21 +46,25 @@ def writer(dsn: str, index: int, stop: threading.Event, wide: threading.Event, f
             try:
                 with conn.transaction():
                     if action < 0.35:
-                        conn.execute("INSERT INTO public.readings SELECT %s, %s, 'new' "
-                                     "WHERE NOT EXISTS (SELECT FROM public.readings WHERE id = %s)",
-                                     (row, rng.randrange(top), row))
+                        conn.execute(
+                            "INSERT INTO public.readings SELECT %s, %s, 'new' "
+                            "WHERE NOT EXISTS (SELECT FROM public.readings WHERE id = %s)",
+                            (row, rng.randrange(top), row),
+                        )
                     elif action < 0.6:  # moves rows across partitions
-                        conn.execute("UPDATE public.readings SET k = %s, v = v || '+' WHERE id = %s",
-                                     (rng.randrange(top), row))
+                        conn.execute("UPDATE public.readings SET k = %s, v = v || '+' WHERE id = %s", (rng.randrange(top), row))
                     elif action < 0.7:
                         conn.execute("DELETE FROM public.readings WHERE id = %s", (row,))
                     elif action < 0.8:
-                        conn.execute("INSERT INTO public.sites SELECT %s, %s, 'site' "
-                                     "WHERE NOT EXISTS (SELECT FROM public.sites WHERE id = %s)",
-                                     (rng.choice(REGIONS), row, row))
+                        conn.execute(
+                            "INSERT INTO public.sites SELECT %s, %s, 'site' "
+                            "WHERE NOT EXISTS (SELECT FROM public.sites WHERE id = %s)",
+                            (rng.choice(REGIONS), row, row),
+                        )
                     elif action < 0.95:
-                        conn.execute("UPDATE public.sites SET region = %s, name = name || '*' WHERE id = %s",
-                                     (rng.choice(REGIONS), row))
+                        conn.execute(
+                            "UPDATE public.sites SET region = %s, name = name || '*' WHERE id = %s", (rng.choice(REGIONS), row)
+                        )
                     else:
                         conn.execute("DELETE FROM public.sites WHERE id = %s", (row,))
                 done.append(1)
@@ -84,8 +88,10 @@ def test_partitioned_tables_replicate_through_partition_changes_under_writes(pip
         for statement in DDL:
             conn.execute(statement)
         conn.execute("INSERT INTO public.readings SELECT i, i % 200, 'early' FROM generate_series(1, 300) i")
-        conn.execute("INSERT INTO public.sites SELECT (ARRAY['north', 'south', 'east'])[i % 3 + 1], i, 'early' "
-                     "FROM generate_series(1, 90) i")
+        conn.execute(
+            "INSERT INTO public.sites SELECT (ARRAY['north', 'south', 'east'])[i % 3 + 1], i, 'early' "
+            "FROM generate_series(1, 90) i"
+        )
     installed = pipeline.command("agent", "install")
     assert installed.returncode == 0, installed.stderr
     assert "public.readings is partitioned (4 partitions with rows" in installed.stdout
@@ -96,8 +102,9 @@ def test_partitioned_tables_replicate_through_partition_changes_under_writes(pip
     pipeline.start()
 
     stop, wide, failures, done = threading.Event(), threading.Event(), [], []
-    threads = [threading.Thread(target=writer, args=(pipeline.primary_dsn, i, stop, wide, failures, done))
-               for i in range(1, WRITERS + 1)]
+    threads = [
+        threading.Thread(target=writer, args=(pipeline.primary_dsn, i, stop, wide, failures, done)) for i in range(1, WRITERS + 1)
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -105,8 +112,9 @@ def test_partitioned_tables_replicate_through_partition_changes_under_writes(pip
             time.sleep(1.0)
             # a partition attached after install, holding rows already
             conn.execute("CREATE TABLE public.readings_high (id integer NOT NULL, k integer NOT NULL, v text)")
-            conn.execute("INSERT INTO public.readings_high SELECT i, 200 + i % 100, 'attached' "
-                         "FROM generate_series(5001, 5040) i")
+            conn.execute(
+                "INSERT INTO public.readings_high SELECT i, 200 + i % 100, 'attached' FROM generate_series(5001, 5040) i"
+            )
             conn.execute("ALTER TABLE public.readings ATTACH PARTITION public.readings_high FOR VALUES FROM (200) TO (300)")
             wide.set()
             time.sleep(1.0)
@@ -150,8 +158,7 @@ def test_install_refuses_what_capture_could_not_follow(pipeline):
         conn.execute("CREATE TABLE public.base (id integer PRIMARY KEY)")
         conn.execute("CREATE TABLE public.derived (extra text, PRIMARY KEY (id)) INHERITS (public.base)")
         with pytest.raises(CaptureError) as err:
-            capture.install(conn, source.model_copy(update={
-                "tables": ["public.readings", "public.readings_low", "public.base"]}))
+            capture.install(conn, source.model_copy(update={"tables": ["public.readings", "public.readings_low", "public.base"]}))
         message = str(err.value)
         assert "public.readings_low is a partition of public.readings, which is published too" in message
         assert "public.base has inheritance children (public.derived)" in message

@@ -21,9 +21,14 @@ def test_quoted_table_and_column_names_replicate(pipeline):
     data = pipeline.data
     route, whole = pipeline.route, f"{pipeline.name}.whole"
     data["sources"][pipeline.source].update(tables=[TABLE], keys={TABLE: ['"Order No"', '"Line"']})
-    data["routes"] = {route: {"upstream": pipeline.source, "kafka": "local",
-                              "tables": {TABLE: {"where": '"Qty Ordered" > 5', "columns": COLUMNS}}},
-                      whole: {"upstream": pipeline.source, "kafka": "local"}}
+    data["routes"] = {
+        route: {
+            "upstream": pipeline.source,
+            "kafka": "local",
+            "tables": {TABLE: {"where": '"Qty Ordered" > 5', "columns": COLUMNS}},
+        },
+        whole: {"upstream": pipeline.source, "kafka": "local"},
+    }
     data["distributors"] = {pipeline.distributor: {"routes": [route, whole]}}
     data["subscribers"][second]["route"] = whole
     pipeline.reconfigure(data)
@@ -48,18 +53,25 @@ def test_quoted_table_and_column_names_replicate(pipeline):
             action = rng.random()
             with conn.transaction():
                 if action < 0.4:
-                    conn.execute("""INSERT INTO "Sales"."Order Lines" VALUES (%s, %s, %s, 'new')
+                    conn.execute(
+                        """INSERT INTO "Sales"."Order Lines" VALUES (%s, %s, %s, 'new')
                                     ON CONFLICT ("Order No", "Line") DO UPDATE SET "Qty Ordered" = excluded."Qty Ordered\"""",
-                                 (order, line, rng.randint(0, 10)))
+                        (order, line, rng.randint(0, 10)),
+                    )
                 elif action < 0.8:  # moves rows in and out of the filter
-                    conn.execute("""UPDATE "Sales"."Order Lines" SET "Qty Ordered" = %s, "Note" = 'changed'
-                                    WHERE "Order No" = %s""", (rng.randint(0, 10), order))
+                    conn.execute(
+                        """UPDATE "Sales"."Order Lines" SET "Qty Ordered" = %s, "Note" = 'changed'
+                                    WHERE "Order No" = %s""",
+                        (rng.randint(0, 10), order),
+                    )
                 elif action < 0.9:  # a key change
-                    conn.execute("""UPDATE "Sales"."Order Lines" SET "Line" = %s
-                                    WHERE "Order No" = %s AND "Line" = %s""", (1000 + n, order, line))
+                    conn.execute(
+                        """UPDATE "Sales"."Order Lines" SET "Line" = %s
+                                    WHERE "Order No" = %s AND "Line" = %s""",
+                        (1000 + n, order, line),
+                    )
                 else:
-                    conn.execute("""DELETE FROM "Sales"."Order Lines" WHERE "Order No" = %s AND "Line" = %s""",
-                                 (order, line))
+                    conn.execute("""DELETE FROM "Sales"."Order Lines" WHERE "Order No" = %s AND "Line" = %s""", (order, line))
     pipeline.wait_caught_up()
 
     query = 'SELECT {} FROM "Sales"."Order Lines" {} ORDER BY "Order No", "Line"'
@@ -67,9 +79,13 @@ def test_quoted_table_and_column_names_replicate(pipeline):
         expected_filtered = conn.execute(query.format(", ".join(COLUMNS), 'WHERE "Qty Ordered" > 5')).fetchall()
         expected_whole = conn.execute(query.format("*", "")).fetchall()
     with pipeline.replica(first) as conn:
-        assert [r[0] for r in conn.execute(
-            """SELECT attname FROM pg_attribute WHERE attrelid = '"Sales"."Order Lines"'::regclass AND attnum > 0
-               AND NOT attisdropped ORDER BY attnum""")] == ["Order No", "Line", "Qty Ordered"]
+        assert [
+            r[0]
+            for r in conn.execute(
+                """SELECT attname FROM pg_attribute WHERE attrelid = '"Sales"."Order Lines"'::regclass AND attnum > 0
+               AND NOT attisdropped ORDER BY attnum"""
+            )
+        ] == ["Order No", "Line", "Qty Ordered"]
         assert conn.execute(query.format(", ".join(COLUMNS), "")).fetchall() == expected_filtered
     with pipeline.replica(second) as conn:
         assert conn.execute(query.format("*", "")).fetchall() == expected_whole
@@ -78,8 +94,9 @@ def test_quoted_table_and_column_names_replicate(pipeline):
     status = pipeline.command("status")
     assert status.returncode == 0, status.stderr
     resync = pipeline.command("subscriber", "resync", first, "--table", 'SALES."Order Lines"')
-    assert resync.returncode != 0 and "not published to subscriber" in resync.stderr, \
+    assert resync.returncode != 0 and "not published to subscriber" in resync.stderr, (
         "an unquoted schema folds to lower case: another table"
+    )
     resync = pipeline.command("subscriber", "resync", first, "--table", TABLE)
     assert resync.returncode == 0, resync.stderr
     assert f"table {TABLE} of subscriber {first} copied again" in resync.stdout

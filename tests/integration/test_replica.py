@@ -15,15 +15,18 @@ def test_local_writes_to_a_replica_are_refused_while_the_applier_still_writes(pi
     pipeline.wait_caught_up(timeout=60)
     sub = pipeline.subscribers[0]
     with pipeline.replica(sub) as conn:
-        for statement in ("INSERT INTO public.accounts VALUES (999, 1)",
-                          "UPDATE public.accounts SET balance = 0 WHERE id = 1",
-                          "DELETE FROM public.accounts WHERE id = 1",
-                          "TRUNCATE public.accounts CASCADE"):
+        for statement in (
+            "INSERT INTO public.accounts VALUES (999, 1)",
+            "UPDATE public.accounts SET balance = 0 WHERE id = 1",
+            "DELETE FROM public.accounts WHERE id = 1",
+            "TRUNCATE public.accounts CASCADE",
+        ):
             with pytest.raises(psycopg.errors.ReadOnlySqlTransaction) as err:
                 conn.execute(statement)
             assert f"public.accounts is a pgfanout replica of source {pipeline.source}" in str(err.value)
-        protected = conn.execute("SELECT count(DISTINCT tgrelid) FROM pg_trigger "
-                                 "WHERE tgname LIKE 'pgfanout_replica_deny_writes%'").fetchone()[0]
+        protected = conn.execute(
+            "SELECT count(DISTINCT tgrelid) FROM pg_trigger WHERE tgname LIKE 'pgfanout_replica_deny_writes%'"
+        ).fetchone()[0]
     assert protected == len(SAMPLE_TABLES)
     with pipeline.primary() as conn:
         conn.execute("UPDATE public.accounts SET balance = balance + 1 WHERE id = 1")

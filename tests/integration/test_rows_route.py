@@ -53,8 +53,10 @@ def condition(pg_type: str, value) -> tuple[str, dict]:
     if pg_type.startswith("time"):
         return "extract(epoch FROM {c}) * 1000000 = %(v)s", {"v": value}
     if pg_type == "interval":
-        return ("{c}::text = (make_interval(months => %(m)s, days => %(d)s) + %(us)s::bigint * interval '1 microsecond')"
-                "::text", {"m": value["months"], "d": value["days"], "us": value["micros"]})
+        return (
+            "{c}::text = (make_interval(months => %(m)s, days => %(d)s) + %(us)s::bigint * interval '1 microsecond')::text",
+            {"m": value["months"], "d": value["days"], "us": value["micros"]},
+        )
     cast = {"real": "::float4", "double precision": "::float8", "uuid": "::uuid"}.get(pg_type, "")
     if pg_type.startswith("numeric"):
         cast = "::numeric"
@@ -123,8 +125,9 @@ def test_a_rows_route_types_every_value_as_postgresql_holds_it(pipeline):
         for row_id, row in final.items():
             for column, value in row.items():
                 sql, params = condition(types[column], value)
-                holds = conn.execute(f"SELECT {sql.format(c=column)} FROM public.everything WHERE id = %(id)s",
-                                     params | {"id": row_id}).fetchone()[0]
+                holds = conn.execute(
+                    f"SELECT {sql.format(c=column)} FROM public.everything WHERE id = %(id)s", params | {"id": row_id}
+                ).fetchone()[0]
                 assert holds, (row_id, column, types[column], value)
                 checked += 1
     assert checked == 4 * 30

@@ -42,10 +42,10 @@ def test_columns_added_mid_stream_reach_the_replicas_with_their_values(pipeline)
     for sub in pipeline.subscribers:
         with pipeline.replica(sub) as conn:
             assert conn.execute("SELECT id, loyalty FROM public.customers ORDER BY id").fetchall() == expected
-            assert conn.execute("SELECT color, title FROM public.products WHERE sku IN ('SKU-7', 'SKU-8') "
-                                "ORDER BY sku").fetchall() == [("red", "Product 7"), (None, "retitled")]
-        assert "added column loyalty integer to public.customers, as the source did (existing rows get '7')" \
-            in pipeline.log(sub)
+            assert conn.execute(
+                "SELECT color, title FROM public.products WHERE sku IN ('SKU-7', 'SKU-8') ORDER BY sku"
+            ).fetchall() == [("red", "Product 7"), (None, "retitled")]
+        assert "added column loyalty integer to public.customers, as the source did (existing rows get '7')" in pipeline.log(sub)
     for sub in pipeline.subscribers:  # a column dropped on the source stays on replicas until the operator drops it
         with pipeline.replica(sub) as conn:
             conn.execute("ALTER TABLE public.products DROP COLUMN color")

@@ -58,10 +58,11 @@ def test_subscriber_kills_and_a_database_restart_lose_double_and_split_nothing(p
     broken = [s for s in seen if s[0] == ACCOUNTS and s[1] != ACCOUNTS * OPENING_BALANCE]
     assert len(seen) > 500 and not broken, f"a reader saw a half-applied transfer: {broken[:5]}"
     with pipeline.replica(victim) as conn:
-        ranges = conn.execute("SELECT first_position, last_position FROM pgfanout_replica.applied "
-                              "WHERE subscriber = %s ORDER BY first_position", (victim,)).fetchall()
-        position = conn.execute("SELECT position FROM pgfanout_replica.position WHERE subscriber = %s",
-                                (victim,)).fetchone()[0]
+        ranges = conn.execute(
+            "SELECT first_position, last_position FROM pgfanout_replica.applied WHERE subscriber = %s ORDER BY first_position",
+            (victim,),
+        ).fetchall()
+        position = conn.execute("SELECT position FROM pgfanout_replica.position WHERE subscriber = %s", (victim,)).fetchone()[0]
     assert ranges[0][0] == 1 and ranges[-1][1] == position
     for (_, last), (first, _) in zip(ranges, ranges[1:], strict=False):
         assert first == last + 1, f"gap or repeat between {last} and {first}"

@@ -40,8 +40,10 @@ def tree(pipeline, second_kafka) -> dict:
             f"{name}.branch": {"upstream": f"{name}.east", "kafka": "region", "tables": BRANCH},
         },
         # HQ routes in worker processes (one per core), the region in its own process: both paths are tested
-        "distributors": {f"{name}.hq": {"routes": [f"{name}.east"]},
-                         f"{name}.regional": {"routes": [f"{name}.branch"], "workers": 1}},
+        "distributors": {
+            f"{name}.hq": {"routes": [f"{name}.east"]},
+            f"{name}.regional": {"routes": [f"{name}.branch"], "workers": 1},
+        },
         "subscribers": {
             f"{name}.sub1": dict(data["subscribers"][f"{name}.sub1"], route=f"{name}.east"),
             f"{name}.sub2": dict(data["subscribers"][f"{name}.sub2"], route=f"{name}.branch"),
@@ -54,24 +56,36 @@ def expected_rows(pipeline, subscriber: str, table: str) -> tuple[list[str], lis
     share = pipeline.config.share_of(pipeline.config.subscribers[subscriber].route)[table]
     columns, filters = share
     with pipeline.primary() as conn:
-        all_columns = [r[0] for r in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
-            "ORDER BY attnum", (table,))]
+        all_columns = [
+            r[0]
+            for r in conn.execute(
+                "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+                "ORDER BY attnum",
+                (table,),
+            )
+        ]
         kept = [c for c in all_columns if columns is None or c in columns]
-        where = sql.SQL(" AND ").join(sql.SQL("({})").format(sql.SQL(f.sql())) for f in filters) if filters \
-            else sql.SQL("true")
-        rows = conn.execute(sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
-            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in kept),
-            sql.Identifier(*table.split(".")), where,
-            sql.SQL(", ").join(map(sql.Identifier, KEYS[table])))).fetchall()
+        where = sql.SQL(" AND ").join(sql.SQL("({})").format(sql.SQL(f.sql())) for f in filters) if filters else sql.SQL("true")
+        rows = conn.execute(
+            sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {}").format(
+                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in kept),
+                sql.Identifier(*table.split(".")),
+                where,
+                sql.SQL(", ").join(map(sql.Identifier, KEYS[table])),
+            )
+        ).fetchall()
     return kept, rows
 
 
 def replica_rows(pipeline, subscriber: str, table: str, columns: list[str]) -> list[tuple]:
     with pipeline.replica(subscriber) as conn:
-        return conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
-            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
-            sql.Identifier(*table.split(".")), sql.SQL(", ").join(map(sql.Identifier, KEYS[table])))).fetchall()
+        return conn.execute(
+            sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+                sql.Identifier(*table.split(".")),
+                sql.SQL(", ").join(map(sql.Identifier, KEYS[table])),
+            )
+        ).fetchall()
 
 
 def assert_leaves_equal_filtered_primary(pipeline) -> None:
@@ -125,8 +139,10 @@ def test_three_level_tree_across_two_kafka_clusters(pipeline, second_kafka):
 
     # projection reached the replicas' definitions too: no column outside the lists
     with pipeline.replica(pipeline.subscribers[0]) as conn:
-        customer_columns = [r[0] for r in conn.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = 'public.customers'::regclass AND attnum > 0")]
+        customer_columns = [
+            r[0]
+            for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = 'public.customers'::regclass AND attnum > 0")
+        ]
         assert customer_columns == ["id", "name"]
         assert conn.execute("SELECT to_regclass('public.order_lines')").fetchone()[0] is None
 

@@ -46,13 +46,20 @@ def test_every_type_round_trips_through_the_pipeline(pipeline):
             for statement in TYPES_DDL:
                 conn.execute(statement)
     from agent import capture
+
     with pipeline.primary() as conn:
         capture.install(conn, source.model_copy(update={"tables": [*source.tables, "public.everything"]}))
     pipeline.start()
     with pipeline.primary() as conn:
         # the writer's own settings must not leak into what is captured
-        for setting in ("DateStyle = 'SQL, DMY'", "IntervalStyle = 'sql_standard'", "TimeZone = 'Pacific/Chatham'",
-                        "extra_float_digits = -15", "bytea_output = 'escape'", "lc_monetary = 'C'"):
+        for setting in (
+            "DateStyle = 'SQL, DMY'",
+            "IntervalStyle = 'sql_standard'",
+            "TimeZone = 'Pacific/Chatham'",
+            "extra_float_digits = -15",
+            "bytea_output = 'escape'",
+            "lc_monetary = 'C'",
+        ):
             conn.execute(f"SET {setting}")
         with conn.transaction():
             for row in ROWS:
@@ -69,5 +76,8 @@ def test_every_type_round_trips_through_the_pipeline(pipeline):
             assert table_digest(conn, "public", "everything", ["id"]) == expected, sub
             assert conn.execute("SELECT md5(string_agg(e::text, '|' ORDER BY id)) FROM public.everything e").fetchone() == exact
             # values compare equal as values too, not only as text
-            assert conn.execute("SELECT f8::text, n::text, f4::text FROM public.everything WHERE id = 6").fetchone() == \
-                ("NaN", "NaN", "-Infinity")
+            assert conn.execute("SELECT f8::text, n::text, f4::text FROM public.everything WHERE id = 6").fetchone() == (
+                "NaN",
+                "NaN",
+                "-Infinity",
+            )

@@ -16,8 +16,12 @@ def test_nulls_are_restored_from_their_indexes():
 
 
 def test_consecutive_alike_changes_share_a_run_in_order():
-    changes = [change("INSERT", ["1", "a"]), change("INSERT", ["2", "b"]), change("UPDATE", ["1", "c"]),
-               change("INSERT", ["3", "d"])]
+    changes = [
+        change("INSERT", ["1", "a"]),
+        change("INSERT", ["2", "b"]),
+        change("UPDATE", ["1", "c"]),
+        change("INSERT", ["3", "d"]),
+    ]
     runs = list(plan(changes, T, "w"))
     assert [r.shape.op for r in runs] == ["INSERT", "UPDATE", "INSERT"]
     assert runs[0].params == [("1", "a"), ("2", "b")]
@@ -46,12 +50,15 @@ def test_truncates_are_never_merged():
     assert len(list(plan([change("TRUNCATE"), change("TRUNCATE")], T, "w"))) == 2
 
 
-@pytest.mark.parametrize("bad, words", [
-    (change("INSERT", ["1"]), "1 values for 2 columns"),
-    (change("UPDATE"), "no values"),
-    (change("DELETE"), "lacks its key"),
-    (change("INSERT", ["1", "a"], table=7), "refers to table 7"),
-])
+@pytest.mark.parametrize(
+    "bad, words",
+    [
+        (change("INSERT", ["1"]), "1 values for 2 columns"),
+        (change("UPDATE"), "no values"),
+        (change("DELETE"), "lacks its key"),
+        (change("INSERT", ["1", "a"], table=7), "refers to table 7"),
+    ],
+)
 def test_malformed_changes_are_poison(bad, words):
     with pytest.raises(PoisonMessage, match=words):
         list(plan([bad], T, "topic[0]@5"))

@@ -9,12 +9,15 @@ def row(xid, seq, op, new=None, old=None, table=1):
 
 
 def test_change_of_each_operation():
-    assert change_of(row(1, 1, "I", ["1", "a"])) == {"table": 1, "op": "INSERT", "values": ["1", "a"], "nulls": (),
-                                                     "old_key": ()}
-    assert change_of(row(1, 2, "U", ["2", None], ["1"])) == {"table": 1, "op": "UPDATE", "values": ["2", ""],
-                                                             "nulls": [1], "old_key": ["1"]}
-    assert change_of(row(1, 3, "D", None, ["2"])) == {"table": 1, "op": "DELETE", "values": (), "nulls": (),
-                                                      "old_key": ["2"]}
+    assert change_of(row(1, 1, "I", ["1", "a"])) == {"table": 1, "op": "INSERT", "values": ["1", "a"], "nulls": (), "old_key": ()}
+    assert change_of(row(1, 2, "U", ["2", None], ["1"])) == {
+        "table": 1,
+        "op": "UPDATE",
+        "values": ["2", ""],
+        "nulls": [1],
+        "old_key": ["1"],
+    }
+    assert change_of(row(1, 3, "D", None, ["2"])) == {"table": 1, "op": "DELETE", "values": (), "nulls": (), "old_key": ["2"]}
     assert change_of(row(1, 4, "T"))["op"] == "TRUNCATE"
 
 
@@ -34,14 +37,19 @@ def test_transactions_are_numbered_consecutively_and_kept_whole():
     rows = [row(7, 1, "I", ["1", "a"]), row(7, 4, "I", ["2", "b"]), row(5, 2, "I", ["3", "c"]), row(5, 6, "D", None, ["3"])]
     parts = list(split_transactions(rows, 100, max_changes=10, max_bytes=10_000))
     assert [(p.position, p.xid, p.chunk, p.last_chunk, len(p.changes)) for p in parts] == [
-        (100, 7, 0, True, 2), (101, 5, 0, True, 2)]
+        (100, 7, 0, True, 2),
+        (101, 5, 0, True, 2),
+    ]
 
 
 def test_large_transactions_are_chunked_by_count_and_by_size():
     rows = [row(9, i, "I", [str(i), "x" * 10]) for i in range(7)]
     by_count = list(split_transactions(rows, 1, max_changes=3, max_bytes=10**9))
     assert [(p.position, p.chunk, p.last_chunk, len(p.changes)) for p in by_count] == [
-        (1, 0, False, 3), (1, 1, False, 3), (1, 2, True, 1)]
+        (1, 0, False, 3),
+        (1, 1, False, 3),
+        (1, 2, True, 1),
+    ]
     one = rows[0].size
     by_size = list(split_transactions(rows, 1, max_changes=100, max_bytes=2 * one))
     assert [len(p.changes) for p in by_size] == [2, 2, 2, 1]

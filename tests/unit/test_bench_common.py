@@ -52,6 +52,8 @@ def test_scheduler_autogroups_are_switched_for_the_run_and_put_back(tmp_path):
 
 
 def test_scheduler_autogroups_that_cannot_be_switched_stop_the_benchmark_with_a_reason(tmp_path):
-    with (pytest.raises(SystemExit, match="cannot turn scheduler autogroups off .*--autogroups as-is"),
-          scheduler_autogroups("off", tmp_path / "no-such-switch")):
+    with (
+        pytest.raises(SystemExit, match="cannot turn scheduler autogroups off .*--autogroups as-is"),
+        scheduler_autogroups("off", tmp_path / "no-such-switch"),
+    ):
         pass

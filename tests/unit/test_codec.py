@@ -5,19 +5,47 @@ import pytest
 from pgfanout.core.codec import HEADER_SIZE, MAGIC, Codec, default_codec
 from pgfanout.core.errors import PoisonMessage
 
-CHANGES = {"changes": [
-    {"table": 3, "op": "INSERT", "values": ["1", "ünïcode 'quoted'", ""], "nulls": [2], "old_key": [],
-     "old_values": [], "old_nulls": []},
-    {"table": 3, "op": "UPDATE", "values": ["2", "", "x" * 100_000], "nulls": [], "old_key": ["1"],
-     "old_values": ["before", ""], "old_nulls": [1]},
-    {"table": 3, "op": "DELETE", "values": [], "nulls": [], "old_key": ["2"], "old_values": ["", ""], "old_nulls": []},
-    {"table": 3, "op": "TRUNCATE", "values": [], "nulls": [], "old_key": [], "old_values": [], "old_nulls": []},
-]}
+CHANGES = {
+    "changes": [
+        {
+            "table": 3,
+            "op": "INSERT",
+            "values": ["1", "ünïcode 'quoted'", ""],
+            "nulls": [2],
+            "old_key": [],
+            "old_values": [],
+            "old_nulls": [],
+        },
+        {
+            "table": 3,
+            "op": "UPDATE",
+            "values": ["2", "", "x" * 100_000],
+            "nulls": [],
+            "old_key": ["1"],
+            "old_values": ["before", ""],
+            "old_nulls": [1],
+        },
+        {"table": 3, "op": "DELETE", "values": [], "nulls": [], "old_key": ["2"], "old_values": ["", ""], "old_nulls": []},
+        {"table": 3, "op": "TRUNCATE", "values": [], "nulls": [], "old_key": [], "old_values": [], "old_nulls": []},
+    ]
+}
 TX = {
-    "source": "shop", "tick_id": 7, "tick_time": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC), "batch_end": True,
-    "tables": [{"table_id": 3, "schema_name": "public", "table_name": "t", "columns": ["id", "name", "note"],
-                "key_columns": ["id"], "column_types": ["integer", "text", "text"], "missing_values": {"note": "n/a"},
-                "old_columns": ["name", "note"]}],
+    "source": "shop",
+    "tick_id": 7,
+    "tick_time": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+    "batch_end": True,
+    "tables": [
+        {
+            "table_id": 3,
+            "schema_name": "public",
+            "table_name": "t",
+            "columns": ["id", "name", "note"],
+            "key_columns": ["id"],
+            "column_types": ["integer", "text", "text"],
+            "missing_values": {"note": "n/a"},
+            "old_columns": ["name", "note"],
+        }
+    ],
     "transactions": [
         {"position": 42, "xid": 1234, "chunk": 0, "last_chunk": True, **CHANGES},
         {"position": 43, "xid": 1240, "chunk": 0, "last_chunk": False, "changes": []},
@@ -43,15 +71,17 @@ def test_messages_written_with_an_older_schema_stay_readable():
     older = json.loads((schema_dir() / "history" / "Batch-e9dd0aa706b65861.avsc").read_text())
     assert "column_types" not in json.dumps(older)
     old_tables = [{k: v for k, v in TX["tables"][0].items() if k not in ("column_types", "missing_values", "old_columns")}]
-    old_transactions = [dict(t, changes=[{k: v for k, v in c.items() if not k.startswith("old_") or k == "old_key"}
-                                         for c in t["changes"]]) for t in TX["transactions"]]
+    old_transactions = [
+        dict(t, changes=[{k: v for k, v in c.items() if not k.startswith("old_") or k == "old_key"} for c in t["changes"]])
+        for t in TX["transactions"]
+    ]
     body = io.BytesIO()
-    fastavro.schemaless_writer(body, fastavro.parse_schema(older), dict(TX, tables=old_tables,
-                                                                        transactions=old_transactions))
+    fastavro.schemaless_writer(body, fastavro.parse_schema(older), dict(TX, tables=old_tables, transactions=old_transactions))
     data = MAGIC + fingerprint(older) + body.getvalue()
     kind, message = default_codec().decode(data, "t[0]@0")
     assert kind == "Batch" and message["transactions"] == [
-        dict(t, changes=[dict(c, old_values=[], old_nulls=[]) for c in t["changes"]]) for t in old_transactions]
+        dict(t, changes=[dict(c, old_values=[], old_nulls=[]) for c in t["changes"]]) for t in old_transactions
+    ]
     assert message["tables"] == [dict(old_tables[0], column_types=[], missing_values={}, old_columns=[])]
 
 
@@ -79,18 +109,23 @@ def test_heartbeat_round_trip():
 
 def test_fingerprints_differ_per_schema_and_are_stable():
     first, second = Codec(), Codec()
-    assert first.encode("Heartbeat", {"source": "s", "position": 1, "tick_id": 1, "tick_time": TX["tick_time"]})[:HEADER_SIZE] \
+    assert (
+        first.encode("Heartbeat", {"source": "s", "position": 1, "tick_id": 1, "tick_time": TX["tick_time"]})[:HEADER_SIZE]
         == second.encode("Heartbeat", {"source": "s", "position": 1, "tick_id": 1, "tick_time": TX["tick_time"]})[:HEADER_SIZE]
+    )
     tx = first.encode("Batch", TX)[:HEADER_SIZE]
     beat = first.encode("Heartbeat", {"source": "s", "position": 1, "tick_id": 1, "tick_time": TX["tick_time"]})[:HEADER_SIZE]
     assert tx != beat
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "bad header"),
-    (b"not pgfanout at all", "bad header"),
-    (MAGIC + b"\x00" * 8 + b"\x00", "unknown schema"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "bad header"),
+        (b"not pgfanout at all", "bad header"),
+        (MAGIC + b"\x00" * 8 + b"\x00", "unknown schema"),
+    ],
+)
 def test_malformed_messages_are_refused_with_their_place(data, reason):
     with pytest.raises(PoisonMessage, match=reason) as err:
         default_codec().decode(data, "topic-x[0]@17")

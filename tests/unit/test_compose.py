@@ -121,8 +121,9 @@ def test_a_replica_without_the_sample_schema_is_initialized_before_its_subscribe
             host = psycopg.conninfo.conninfo_to_dict(subscriber.dsn)["host"]
             mounts = " ".join(SERVICES[host].get("volumes", []))
             if "sample-schema.sql" not in mounts:
-                assert any(SERVICES[d]["command"][:2] == ["subscriber", "init"] for d in service["depends_on"]
-                           if d in PGFANOUT_SERVICES), f"{name}: nothing creates {host}'s tables"
+                assert any(
+                    SERVICES[d]["command"][:2] == ["subscriber", "init"] for d in service["depends_on"] if d in PGFANOUT_SERVICES
+                ), f"{name}: nothing creates {host}'s tables"
 
 
 def test_the_image_contains_every_package():

@@ -67,8 +67,9 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_route_loop_is_refused():
-    data = variant(routes={"a": {"upstream": "b", "kafka": "hq"}, "b": {"upstream": "a", "kafka": "hq"}},
-                   distributors={}, subscribers={})
+    data = variant(
+        routes={"a": {"upstream": "b", "kafka": "hq"}, "b": {"upstream": "a", "kafka": "hq"}}, distributors={}, subscribers={}
+    )
     found = problems(data)
     assert any("loop" in p for p in found)
 
@@ -126,24 +127,40 @@ def test_unsupported_filter_is_refused_with_expression_and_reason():
 
 
 def test_next_tier_can_only_subscribe_to_what_its_upstream_carries():
-    data = variant(routes={
-        "east": {"upstream": "shop", "kafka": "hq",
-                 "tables": {"public.orders": {"columns": ["id", "status"]}}},
-        "branch": {"upstream": "east", "kafka": "hq",
-                   "tables": {"public.orders": {"where": "total > 5"}, "public.lines": {}}},
-    }, distributors={"d1": {"routes": ["east"]}, "d2": {"routes": ["branch"]}}, subscribers={})
+    data = variant(
+        routes={
+            "east": {"upstream": "shop", "kafka": "hq", "tables": {"public.orders": {"columns": ["id", "status"]}}},
+            "branch": {
+                "upstream": "east",
+                "kafka": "hq",
+                "tables": {"public.orders": {"where": "total > 5"}, "public.lines": {}},
+            },
+        },
+        distributors={"d1": {"routes": ["east"]}, "d2": {"routes": ["branch"]}},
+        subscribers={},
+    )
     found = problems(data)
     assert "routes.branch.tables.public.orders: uses columns the upstream route does not carry: total" in found
     assert any(p.startswith("routes.branch.tables.public.lines: the upstream route does not carry") for p in found)
 
 
 def test_share_of_a_route_combines_every_tier():
-    data = variant(routes={
-        "east": {"upstream": "shop", "kafka": "hq",
-                 "tables": {"public.orders": {"where": "region = 'east'", "columns": ["id", "region", "total"]}}},
-        "branch": {"upstream": "east", "kafka": "hq",
-                   "tables": {"public.orders": {"where": "total > 5", "columns": ["id", "total"]}}},
-    }, distributors={"d1": {"routes": ["east"]}, "d2": {"routes": ["branch"]}}, subscribers={})
+    data = variant(
+        routes={
+            "east": {
+                "upstream": "shop",
+                "kafka": "hq",
+                "tables": {"public.orders": {"where": "region = 'east'", "columns": ["id", "region", "total"]}},
+            },
+            "branch": {
+                "upstream": "east",
+                "kafka": "hq",
+                "tables": {"public.orders": {"where": "total > 5", "columns": ["id", "total"]}},
+            },
+        },
+        distributors={"d1": {"routes": ["east"]}, "d2": {"routes": ["branch"]}},
+        subscribers={},
+    )
     config = parse_config(data)
     columns, filters = config.share_of("branch")["public.orders"]
     assert columns == {"id", "total"}
@@ -158,11 +175,14 @@ def test_busy_ticks_cannot_be_faster_than_normal_ones():
 
 
 def test_table_and_column_names_are_read_as_postgresql_reads_them():
-    data = variant(sources__shop__tables=['"Sales"."Order Lines"', "Public.Orders", "app.*"],
-                   sources__shop__keys={'"Sales"."Order Lines"': ['"Order No"', "Line"]},
-                   sources__shop__exclude=['APP."Audit"'],
-                   routes__all__tables={'"Sales"."Order Lines"': {"where": '"Qty Ordered" > 0',
-                                                                   "columns": ['"Order No"', "line", '"Qty Ordered"']}})
+    data = variant(
+        sources__shop__tables=['"Sales"."Order Lines"', "Public.Orders", "app.*"],
+        sources__shop__keys={'"Sales"."Order Lines"': ['"Order No"', "Line"]},
+        sources__shop__exclude=['APP."Audit"'],
+        routes__all__tables={
+            '"Sales"."Order Lines"': {"where": '"Qty Ordered" > 0', "columns": ['"Order No"', "line", '"Qty Ordered"']}
+        },
+    )
     config = parse_config(data)
     source = config.sources["shop"]
     assert source.tables == ['"Sales"."Order Lines"', "public.orders", "app.*"]
@@ -174,8 +194,12 @@ def test_table_and_column_names_are_read_as_postgresql_reads_them():
 
 
 def test_bad_names_and_one_table_twice_are_refused():
-    found = problems(variant(sources__shop__tables=["Sales.Order Lines", "public.orders", '"public".orders'],
-                             routes__all__tables={"public.x": {"columns": ["Qty Ordered"]}}))
+    found = problems(
+        variant(
+            sources__shop__tables=["Sales.Order Lines", "public.orders", '"public".orders'],
+            routes__all__tables={"public.x": {"columns": ["Qty Ordered"]}},
+        )
+    )
     assert any(p.startswith("sources.shop.tables:") and "'Sales.Order Lines' is not a valid name" in p for p in found)
     found = problems(variant(sources__shop__tables=["public.orders", '"public".orders']))
     assert found == ["sources.shop.tables: Value error, listed twice: public.orders"]
@@ -185,8 +209,11 @@ def test_bad_names_and_one_table_twice_are_refused():
 
 def test_a_tier_below_sees_the_same_table_however_it_is_spelled():
     data = variant(routes__all__tables={'"Sales"."Order Lines"': {"columns": ['"Order No"', "qty"]}})
-    data["routes"]["branch"] = {"upstream": "all", "kafka": "hq",
-                                "tables": {'"Sales"."Order Lines"': {"columns": ['"Order No"', "QTY"]}}}
+    data["routes"]["branch"] = {
+        "upstream": "all",
+        "kafka": "hq",
+        "tables": {'"Sales"."Order Lines"': {"columns": ['"Order No"', "QTY"]}},
+    }
     assert parse_config(data).routes["branch"].tables is not None
     data["routes"]["branch"]["tables"] = {'"Sales"."Order Lines"': {"columns": ['"Order No"', '"QTY"']}}
     found = problems(data)

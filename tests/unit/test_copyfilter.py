@@ -17,8 +17,10 @@ def test_snapshot_text_round_trips_and_bad_text_is_refused():
             parse_snapshot(bad)
 
 
-@pytest.mark.parametrize(("xid", "seen"), [(99, True), (100, True), (103, False), (104, True), (105, False),
-                                           (109, True), (110, False), (10**12, False)])
+@pytest.mark.parametrize(
+    ("xid", "seen"),
+    [(99, True), (100, True), (103, False), (104, True), (105, False), (109, True), (110, False), (10**12, False)],
+)
 def test_visibility_follows_postgresql_rules(xid, seen):
     assert visible(xid, parse_snapshot("100:110:103,105")) is seen
 
@@ -57,14 +59,26 @@ def test_only_the_changes_to_tables_whose_copy_holds_the_transaction_are_dropped
 
 def test_replica_tables_get_columns_first_and_keys_and_indexes_after_the_copy():
     definition = TableDefinition(
-        "app", "Orders", (Column("id", "bigint", True, None, None), Column("note", "text", False, '"C"', None),
-                          Column("total", "numeric(10,2)", False, None, "(id * 2)")),
-        (("orders_pkey", "PRIMARY KEY (id)"),), ("CREATE INDEX o_note ON app.\"Orders\" USING btree (note)",),
-        (), False, 0, 0)
+        "app",
+        "Orders",
+        (
+            Column("id", "bigint", True, None, None),
+            Column("note", "text", False, '"C"', None),
+            Column("total", "numeric(10,2)", False, None, "(id * 2)"),
+        ),
+        (("orders_pkey", "PRIMARY KEY (id)"),),
+        ('CREATE INDEX o_note ON app."Orders" USING btree (note)',),
+        (),
+        False,
+        0,
+        0,
+    )
     assert create_table(definition).as_string(None) == (
         'CREATE TABLE "app"."Orders" ("id" bigint NOT NULL, "note" text COLLATE "C", '
-        '"total" numeric(10,2) GENERATED ALWAYS AS ((id * 2)) STORED)')
+        '"total" numeric(10,2) GENERATED ALWAYS AS ((id * 2)) STORED)'
+    )
     assert definition.copied_columns == ("id", "note")
     assert [s.as_string(None) for s in after_copy(definition)] == [
         'ALTER TABLE "app"."Orders" ADD CONSTRAINT "orders_pkey" PRIMARY KEY (id)',
-        'CREATE INDEX o_note ON app."Orders" USING btree (note)']
+        'CREATE INDEX o_note ON app."Orders" USING btree (note)',
+    ]

@@ -21,8 +21,13 @@ AT = StreamPlace("pgfanout.route.all", 0, 41)
 
 
 def part(position, chunk=0, last_chunk=True, tables=(1,)):
-    return {"position": position, "xid": 900 + position, "chunk": chunk, "last_chunk": last_chunk,
-            "changes": [{"table": t, "op": "INSERT", "values": ["1"], "nulls": [], "old_key": []} for t in tables]}
+    return {
+        "position": position,
+        "xid": 900 + position,
+        "chunk": chunk,
+        "last_chunk": last_chunk,
+        "changes": [{"table": t, "op": "INSERT", "values": ["1"], "nulls": [], "old_key": []} for t in tables],
+    }
 
 
 def test_each_part_is_applied_skipped_or_a_duplicate():

@@ -33,11 +33,12 @@ def test_a_switch_is_due_when_the_table_is_full_or_old_and_not_empty():
 
 
 def test_the_operator_is_told_which_sessions_hold_the_log_and_what_to_do():
-    held = Held(2, 96 * MB,
-                (Holder(4242, "idle in transaction", 3600.4), Holder(4343, None, None)))
+    held = Held(2, 96 * MB, (Holder(4242, "idle in transaction", 3600.4), Holder(4343, None, None)))
     message = held_message(held)
-    assert message.startswith("log table pgfanout.log_1 cannot be emptied: pid 4242 (idle in transaction, "
-                              "its transaction open for 3,600 s), pid 4343 wrote into it and are still open")
+    assert message.startswith(
+        "log table pgfanout.log_1 cannot be emptied: pid 4242 (idle in transaction, "
+        "its transaction open for 3,600 s), pid 4343 wrote into it and are still open"
+    )
     assert "pgfanout.log_2 cannot be switched away from and keeps growing (96.0 MB)" in message
     assert "pg_terminate_backend(4242)" in message and "nothing committed is lost" in message
     one = held_message(Held(1, MB, (Holder(7, "active", None),)))

@@ -4,15 +4,18 @@ from pgfanout.core.errors import NameSyntaxError
 from pgfanout.core.names import ALL_TABLES, canonical_table, parse_column, parse_table, quote
 
 
-@pytest.mark.parametrize(("written", "schema", "table", "canonical"), [
-    ("public.orders", "public", "orders", "public.orders"),
-    ("Public.Orders", "public", "orders", "public.orders"),  # unquoted names fold to lower case
-    ('"Sales"."Order Lines"', "Sales", "Order Lines", '"Sales"."Order Lines"'),
-    ('"public"."orders"', "public", "orders", "public.orders"),  # quotes only where psql needs them
-    ('"a""b"."c.d"', 'a"b', "c.d", '"a""b"."c.d"'),  # doubled quotes and dots inside quotes
-    (' s.t2$ ', "s", "t2$", "s.t2$"),
-    ('"1st".x', "1st", "x", '"1st".x'),
-])
+@pytest.mark.parametrize(
+    ("written", "schema", "table", "canonical"),
+    [
+        ("public.orders", "public", "orders", "public.orders"),
+        ("Public.Orders", "public", "orders", "public.orders"),  # unquoted names fold to lower case
+        ('"Sales"."Order Lines"', "Sales", "Order Lines", '"Sales"."Order Lines"'),
+        ('"public"."orders"', "public", "orders", "public.orders"),  # quotes only where psql needs them
+        ('"a""b"."c.d"', 'a"b', "c.d", '"a""b"."c.d"'),  # doubled quotes and dots inside quotes
+        (" s.t2$ ", "s", "t2$", "s.t2$"),
+        ('"1st".x', "1st", "x", '"1st".x'),
+    ],
+)
 def test_tables_are_read_as_postgresql_reads_them(written, schema, table, canonical):
     assert parse_table(written) == (schema, table)
     assert canonical_table(written) == canonical
@@ -28,15 +31,18 @@ def test_a_schemas_tables():
         parse_table("s.*")
 
 
-@pytest.mark.parametrize(("written", "reason"), [
-    ("Sales.Order Lines", "double quotes"),
-    ("orders", "schema.table"),
-    ("a.b.c", "schema.table"),
-    ('"unclosed.x', "expected a name"),
-    ("s.", "expected a name at the end"),
-    ("", "expected a name"),
-    ('"".x', "expected a name"),
-])
+@pytest.mark.parametrize(
+    ("written", "reason"),
+    [
+        ("Sales.Order Lines", "double quotes"),
+        ("orders", "schema.table"),
+        ("a.b.c", "schema.table"),
+        ('"unclosed.x', "expected a name"),
+        ("s.", "expected a name at the end"),
+        ("", "expected a name"),
+        ('"".x', "expected a name"),
+    ],
+)
 def test_bad_table_names_say_what_is_wrong(written, reason):
     with pytest.raises(NameSyntaxError, match=reason) as err:
         parse_table(written)

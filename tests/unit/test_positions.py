@@ -34,11 +34,17 @@ def test_gap_names_expected_and_found():
 
 def test_marks_grow_along_the_stream():
     def batch(tick, *parts):
-        return mark_of("Batch", {"tick_id": tick, "transactions": [
-            {"position": p, "chunk": c, "last_chunk": last} for p, c, last in parts]})
+        return mark_of(
+            "Batch", {"tick_id": tick, "transactions": [{"position": p, "chunk": c, "last_chunk": last} for p, c, last in parts]}
+        )
 
-    stream = [batch(5, (10, 0, True)), batch(5, (11, 0, False)), batch(5, (11, 1, True), (12, 0, True)),
-              mark_of("Heartbeat", {"tick_id": 6, "position": 12}), batch(7, (13, 0, True))]
+    stream = [
+        batch(5, (10, 0, True)),
+        batch(5, (11, 0, False)),
+        batch(5, (11, 1, True), (12, 0, True)),
+        mark_of("Heartbeat", {"tick_id": 6, "position": 12}),
+        batch(7, (13, 0, True)),
+    ]
     assert stream == sorted(stream) and len(set(stream)) == len(stream)
     assert stream[1] == Mark(5, 11, 0) and stream[2] == Mark(5, 12, WHOLE)
 
@@ -61,12 +67,15 @@ def test_resume_after_crash_between_publish_and_record():
     assert plan_resume(AgentState(9, 43), TopicTail(10, 42, WHOLE, True), "t") == Resume(10, Progress(42), True)
 
 
-@pytest.mark.parametrize("state, tail, words", [
-    (AgentState(9, 43), None, "is empty"),
-    (AgentState(9, 43), TopicTail(9, 40, WHOLE, True), "lost or gained"),
-    (AgentState(9, 43), TopicTail(9, 42, 2, False), "lost or gained"),
-    (AgentState(9, 43), TopicTail(10, 30, WHOLE, True), "behind"),
-])
+@pytest.mark.parametrize(
+    "state, tail, words",
+    [
+        (AgentState(9, 43), None, "is empty"),
+        (AgentState(9, 43), TopicTail(9, 40, WHOLE, True), "lost or gained"),
+        (AgentState(9, 43), TopicTail(9, 42, 2, False), "lost or gained"),
+        (AgentState(9, 43), TopicTail(10, 30, WHOLE, True), "behind"),
+    ],
+)
 def test_resume_refuses_a_topic_that_lost_data(state, tail, words):
     with pytest.raises(PositionError, match=words):
         plan_resume(state, tail, "pgfanout.source.x")

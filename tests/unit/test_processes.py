@@ -9,8 +9,9 @@ def test_a_process_whose_command_line_is_not_readable_yet_is_still_running(tmp_p
     """Right after exec, /proc/PID/cmdline reads empty until the new image's arguments are mapped (3-4% of
     immediate reads after spawning `sleep` here; longer under load). Taken for "not ours", it made a Kafka
     broker that had just started look as if it had exited while starting."""
-    pid = processes.spawn([sys.executable, "-c", "import time; time.sleep(5)", "marker-for-this-test"],
-                          tmp_path / "out.log", tmp_path / "it.pid")
+    pid = processes.spawn(
+        [sys.executable, "-c", "import time; time.sleep(5)", "marker-for-this-test"], tmp_path / "out.log", tmp_path / "it.pid"
+    )
     real_cmdline = processes.cmdline
     reads = []
 
@@ -28,8 +29,11 @@ def test_a_process_whose_command_line_is_not_readable_yet_is_still_running(tmp_p
 
 def test_processes_are_found_at_once_and_only_while_they_are_ours(tmp_path):
     for n in range(20):
-        pid = processes.spawn([sys.executable, "-c", "import time; time.sleep(5)", "marker-for-this-test"],
-                              tmp_path / "out.log", tmp_path / f"{n}.pid")
+        pid = processes.spawn(
+            [sys.executable, "-c", "import time; time.sleep(5)", "marker-for-this-test"],
+            tmp_path / "out.log",
+            tmp_path / f"{n}.pid",
+        )
         try:
             assert processes.running(tmp_path / f"{n}.pid", "marker-for-this-test") == pid
             assert processes.running(tmp_path / f"{n}.pid", "kafka.Kafka") is None

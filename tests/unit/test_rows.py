@@ -20,8 +20,16 @@ from pgfanout.core.sqlvalues import days_from_civil
 EPOCH = datetime.date(1970, 1, 1)
 
 
-@pytest.mark.parametrize("day", [datetime.date(1, 1, 1), datetime.date(1969, 12, 31), datetime.date(2000, 2, 29),
-                                 datetime.date(2024, 3, 1), datetime.date(9999, 12, 31)])
+@pytest.mark.parametrize(
+    "day",
+    [
+        datetime.date(1, 1, 1),
+        datetime.date(1969, 12, 31),
+        datetime.date(2000, 2, 29),
+        datetime.date(2024, 3, 1),
+        datetime.date(9999, 12, 31),
+    ],
+)
 def test_days_agree_with_python_where_python_reaches(day):
     assert days_from_civil(day.year, day.month, day.day) == (day - EPOCH).days
 
@@ -46,25 +54,31 @@ def test_timestamps_in_microseconds_utc():
     assert parse_timestamp("294246-01-01 00:00:00+00") > 0
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("00:00:00", (0, 0, 0)),
-    ("1 year 2 mons 3 days 04:05:06.7", (14, 3, 14_706_700_000)),
-    ("-1 years -2 days -03:04:05.678901", (-12, -2, -11_045_678_901)),
-    ("1 mon -1 days +00:00:00.000001", (1, -1, 1)),
-    ("178000000 years", (2_136_000_000, 0, 0)),
-    ("-00:00:01", (0, 0, -1_000_000)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("00:00:00", (0, 0, 0)),
+        ("1 year 2 mons 3 days 04:05:06.7", (14, 3, 14_706_700_000)),
+        ("-1 years -2 days -03:04:05.678901", (-12, -2, -11_045_678_901)),
+        ("1 mon -1 days +00:00:00.000001", (1, -1, 1)),
+        ("178000000 years", (2_136_000_000, 0, 0)),
+        ("-00:00:01", (0, 0, -1_000_000)),
+    ],
+)
 def test_intervals_keep_months_days_and_microseconds_apart(text, expected):
     assert tuple(parse_interval(text).values()) == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("{}", []),
-    ("{1,NULL,3}", ["1", None, "3"]),
-    ('{"a,b","",NULL,"NULL","q\\"uote","back\\\\slash"}', ["a,b", "", None, "NULL", 'q"uote', "back\\slash"]),
-    ("{{1,2},{3,4}}", None),
-    ("[0:1]={1,2}", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("{}", []),
+        ("{1,NULL,3}", ["1", None, "3"]),
+        ('{"a,b","",NULL,"NULL","q\\"uote","back\\\\slash"}', ["a,b", "", None, "NULL", 'q"uote', "back\\slash"]),
+        ("{{1,2},{3,4}}", None),
+        ("[0:1]={1,2}", None),
+    ],
+)
 def test_one_dimensional_arrays_parse_and_others_do_not(text, expected):
     assert parse_array(text) == expected
 
@@ -83,13 +97,18 @@ def test_values_by_type():
 
 
 def test_a_generated_schema_encodes_and_decodes_edge_values():
-    table = {"table_id": 7, "schema_name": "public", "table_name": "odd-name", "key_columns": ["id"],
-             "columns": ["id", "1st col", "n", "iv", "ivs", "d"],
-             "column_types": ["bigint", "text", "numeric(5,2)", "interval", "interval[]", "date"]}
+    table = {
+        "table_id": 7,
+        "schema_name": "public",
+        "table_name": "odd-name",
+        "key_columns": ["id"],
+        "columns": ["id", "1st col", "n", "iv", "ivs", "d"],
+        "column_types": ["bigint", "text", "numeric(5,2)", "interval", "interval[]", "date"],
+    }
     schemas = table_schemas(table)
     assert schemas.row["namespace"] == "pgfanout.rows.public.odd_name"
     assert schemas.field_names == ["id", "_1st_col", "n", "iv", "ivs", "d"]
-    texts = ["1", "x", "NaN", "-1 days", "{\"1 mon\",NULL}", "-infinity"]
+    texts = ["1", "x", "NaN", "-1 days", '{"1 mon",NULL}', "-infinity"]
     row = {name: convert(text) for name, convert, text in zip(schemas.field_names, schemas.converters, texts, strict=True)}
     buffer = io.BytesIO()
     fastavro.schemaless_writer(buffer, fastavro.parse_schema(schemas.row), row)

@@ -12,8 +12,14 @@ from tests.unit.test_routing import ACCOUNTS, EAST, OTHER, change
 
 
 def batch(changes):
-    return {"source": "s", "tick_id": 1, "tick_time": 0, "batch_end": True, "tables": [ACCOUNTS, OTHER],
-            "transactions": [{"position": 10, "xid": 5, "chunk": 0, "last_chunk": True, "changes": changes}]}
+    return {
+        "source": "s",
+        "tick_id": 1,
+        "tick_time": 0,
+        "batch_end": True,
+        "tables": [ACCOUNTS, OTHER],
+        "transactions": [{"position": 10, "xid": 5, "chunk": 0, "last_chunk": True, "changes": changes}],
+    }
 
 
 def decode(learned, fingerprint, data):
@@ -23,9 +29,17 @@ def decode(learned, fingerprint, data):
 
 def test_the_share_is_typed_with_schemas_of_the_projected_columns_only():
     rows = RowsRoute("east.rows", RouteFilter("east.rows", EAST))
-    out = rows.batch(batch([change("INSERT", ["1", "east", "5.5", "pw"]), change("INSERT", ["2", "west", "5", "pw"]),
-                            change("UPDATE", ["3", "east", "1", "pw"], old_key=["1"], old_values=["east"]),
-                            change("INSERT", ["9"], table=2)]), "topic[0]@3")
+    out = rows.batch(
+        batch(
+            [
+                change("INSERT", ["1", "east", "5.5", "pw"]),
+                change("INSERT", ["2", "west", "5", "pw"]),
+                change("UPDATE", ["3", "east", "1", "pw"], old_key=["1"], old_values=["east"]),
+                change("INSERT", ["9"], table=2),
+            ]
+        ),
+        "topic[0]@3",
+    )
     learned = dict(rows.take_learned())
     assert rows.take_learned() == [], "each schema is handed over once"
     changes = out["transactions"][0]["changes"]
