@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help deps capture-lib venv jars up down demo test unit lint bench clean
+.PHONY: help deps browser capture-lib venv jars up down demo test unit lint bench clean
 
 help:
 	@echo "make demo   install what is missing, start the local stack, replicate a workload, prove equality"
@@ -16,6 +16,10 @@ help:
 
 deps:
 	@scripts/install-deps.sh
+
+# Debian's Chromium, for the test that opens `pgfanout web` in a headless browser (skipped without it)
+browser:
+	@scripts/install-browser.sh
 
 # the C capture trigger, installed into the local PostgreSQL (agent/capture_c; optional in production)
 capture-lib: deps
@@ -41,7 +45,7 @@ down: venv
 demo: deps capture-lib venv
 	$(BIN)/python -m devstack demo
 
-test: lint deps capture-lib venv jars
+test: lint deps capture-lib venv jars browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime
+from typing import NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -28,8 +29,10 @@ from pgfanout.core.config import Config
 from pgfanout.core.errors import CaptureFault, FatalError, KafkaUnavailable, PositionError
 from pgfanout.core.messages import TableLayout
 from pgfanout.core.positions import AgentState, Mark, Progress, Resume, TopicTail, mark_header, mark_of, part_mark, plan_resume
+from pgfanout.core.trace import Stamp, is_trace, stamped
 from pgfanout.runtime import kafka as kafkautil
 from pgfanout.runtime import registry
+from pgfanout.runtime.metrics import AgentMetrics
 from pgfanout.runtime.pg import connect
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,21 @@ LARGEST_ROW_QUERY = (
     "(SELECT count(*) || '/' || coalesce(sum(xmin::text::bigint), 0) FROM pgfanout.tables), "
     f"{faults.COUNT_IN_BATCH} {BATCH_ROWS}"
 )
+
+
+# For the metrics, once a second: the log tables' size, the changes not published yet, and how long since
+# the published tick was taken (the oldest of them has waited at most that long).
+LOG_FACTS = sql.SQL(
+    "SELECT pg_total_relation_size('pgfanout.log_1') + pg_total_relation_size('pgfanout.log_2'), {}, "
+    "extract(epoch FROM clock_timestamp() - t.tick_time)::float8 "
+    "FROM pgfanout.agent_state s JOIN pgfanout.tick t ON t.tick_id = s.published_tick"
+).format(logtables.UNPUBLISHED_CHANGES)
+
+
+class Tick(NamedTuple):
+    tick_id: int
+    tick_time: datetime
+    snapshot: str  # pg_snapshot text: what the tick's batch completes (read-your-writes tokens)
 
 
 class Agent:
@@ -162,6 +180,10 @@ class AgentSession:
         self.last_log_check = 0.0
         self.held_warned_at: float | None = None  # when the agent last warned that the old log table is held
         self.unacked = 0  # bytes sent since the last flush
+        self.metrics = AgentMetrics(self.source, lambda: self.last_tick_at)
+        self.trace_ids: set[int] = set()  # the table ids of pgfanout.trace's layouts
+        self.last_trace = time.monotonic()
+        self.published_by = f"published by agent {agent.source}"
 
     def resume(self) -> None:
         """Reconcile the primary's record with the topic's tail (positions.plan_resume)."""
@@ -187,6 +209,9 @@ class AgentSession:
     # -- one cycle -----------------------------------------------------------------
 
     def work(self) -> bool:
+        if self.settings.trace_interval_seconds and time.monotonic() - self.last_trace >= self.settings.trace_interval_seconds:
+            self.conn.execute("INSERT INTO pgfanout.trace DEFAULT VALUES")  # a marker, published like any transaction
+            self.last_trace = time.monotonic()
         heartbeat_due = time.monotonic() - self.last_sent >= self.settings.heartbeat_interval_ms / 1000
         tick = self._next_tick(heartbeat_due)
         if tick is None:
@@ -205,26 +230,27 @@ class AgentSession:
         self._maintain_log()
         return False  # ticks are paced (tick_pause), busy or idle: that sizes the batches
 
-    def _next_tick(self, heartbeat_due: bool) -> tuple[int, datetime] | None:
+    def _next_tick(self, heartbeat_due: bool) -> Tick | None:
         """The tick after the published one: left over from a crash, or taken now if there is work."""
         # Each statement on its own (autocommit): round trips are most of the agent's cost at a tick every
         # 50 ms. The log's sequence is read before the tick is taken, so a tick never claims to cover more.
-        tick_id, tick_time, *logged = self.conn.execute(
-            "SELECT t.tick_id, t.tick_time, s.last_value, s.is_called FROM pgfanout.log_seq s LEFT JOIN LATERAL "
-            "(SELECT tick_id, tick_time FROM pgfanout.tick WHERE tick_id > %s ORDER BY tick_id LIMIT 1) t ON true",
+        tick_id, tick_time, snapshot, *logged = self.conn.execute(
+            "SELECT t.tick_id, t.tick_time, t.snapshot::text, s.last_value, s.is_called FROM pgfanout.log_seq s "
+            "LEFT JOIN LATERAL (SELECT tick_id, tick_time, snapshot FROM pgfanout.tick WHERE tick_id > %s "
+            "ORDER BY tick_id LIMIT 1) t ON true",
             (self.state.published_tick,),
         ).fetchone()
         if tick_id is not None:
-            return tick_id, tick_time
+            return Tick(tick_id, tick_time, snapshot)
         if not heartbeat_due and not self._may_have_work(tuple(logged)):
             return None
-        tick_id, tick_time, others_running = self.conn.execute(
+        tick_id, tick_time, snapshot, others_running = self.conn.execute(
             "INSERT INTO pgfanout.tick (tick_id, snapshot, tick_time) "
             "VALUES (nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()) "
-            "RETURNING tick_id, tick_time, pg_snapshot_xmin(snapshot) <> pg_snapshot_xmax(snapshot)"
+            "RETURNING tick_id, tick_time, snapshot::text, pg_snapshot_xmin(snapshot) <> pg_snapshot_xmax(snapshot)"
         ).fetchone()
         self.logged_at_last_tick, self.running_at_last_tick = tuple(logged), others_running
-        return tick_id, tick_time
+        return Tick(tick_id, tick_time, snapshot)
 
     def _may_have_work(self, logged: tuple[int, bool]) -> bool:
         known = tick_needed(logged, self.logged_at_last_tick, self.running_at_last_tick)
@@ -238,6 +264,7 @@ class AgentSession:
             return
         self.last_log_check = time.monotonic()
         held = logswitch.maintain(self.conn, self.settings.log_switch_bytes, self.settings.log_switch_seconds)
+        self.metrics.log(*self.conn.execute(LOG_FACTS).fetchone())
         if held is None:
             if self.held_warned_at is not None:
                 log.info("the old log table is no longer held by an open transaction")
@@ -246,13 +273,14 @@ class AgentSession:
             log.warning("%s", logswitch.held_message(held))
             self.held_warned_at = self.last_log_check
 
-    def _publish_batch(self, tick: tuple[int, datetime], after: Progress, heartbeat: bool, must_publish: bool = False) -> int:
+    def _publish_batch(self, tick: Tick, after: Progress, heartbeat: bool, must_publish: bool = False) -> int:
         """Stream the batch of ``tick`` to Kafka (parts after ``after`` only), flush, then record it; returns how
         many transactions the batch held."""
-        tick_id, tick_time = tick
+        tick_id, tick_time, snapshot = tick
         first_position = self.state.next_position
         last: Part | None = None
-        sent = 0
+        sent = changes = sent_bytes = 0
+        started = time.perf_counter()
 
         def unpublished(parts: Iterator[Part]) -> Iterator[Part]:
             nonlocal last
@@ -274,6 +302,7 @@ class AgentSession:
                 raise CaptureFault(self.source, tick_id, first_position, faults.in_batch(self.conn, batch["prev"], tick_id))
             if tables_version != self.tables_version:  # capture installed on more tables, or ALTER TABLE
                 self.tables, self.tables_version = self._read_tables(), tables_version
+                self.trace_ids = {i for i, t in self.tables.items() if is_trace(t["schema_name"], t["table_name"])}
             rows = self._batch_rows(cur, batch["prev"], tick_id, stream_rows(largest, FETCH_ROWS, FETCH_BYTES))
             # closing() ends the stream even when sending fails: a suspended stream holds the connection's
             # lock, and the next statement would wait for it forever
@@ -295,24 +324,37 @@ class AgentSession:
                             "source": self.source,
                             "tick_id": tick_id,
                             "tick_time": tick_time,
+                            "snapshot": snapshot,
                             "batch_end": batch_end,
                             "tables": self._tables_of(package),
                             "transactions": [p.record() for p in package],
                         },
                     )
-                    self._send(value, part_mark(tick_id, last.position, last.chunk, last.last_chunk))
+                    traced = bool(self.trace_ids) and any(p.tables & self.trace_ids for p in package)
+                    self._send(value, part_mark(tick_id, last.position, last.chunk, last.last_chunk), traced)
                     sent += 1
+                    sent_bytes += len(value)
+                    changes += sum(p.count for p in package)
         if must_publish and sent == 0:
             raise PositionError(
                 f"topic {self.topic} holds {after} of tick {tick_id} without its batch's end, but the primary's batch "
                 f"for that tick has nothing after it; the topic and the primary disagree"
             )
         if last is None and heartbeat:
-            beat = {"source": self.source, "position": first_position - 1, "tick_id": tick_id, "tick_time": tick_time}
+            beat = {
+                "source": self.source,
+                "position": first_position - 1,
+                "tick_id": tick_id,
+                "tick_time": tick_time,
+                "snapshot": snapshot,
+            }
             self._send(self.codec.encode("Heartbeat", beat), mark_of("Heartbeat", beat))
         self._flush()
         next_position = last.position + 1 if last is not None else first_position
         self._record(tick_id, next_position)
+        self.metrics.published(
+            next_position - 1, next_position - first_position, changes, sent_bytes, sent, time.perf_counter() - started
+        )
         if sent:
             log.debug("tick %d: published positions %d..%d in %d messages", tick_id, first_position, next_position - 1, sent)
         return next_position - first_position
@@ -359,14 +401,17 @@ class AgentSession:
             for r in rows
         }
 
-    def _send(self, value: bytes, mark: Mark) -> None:
+    def _send(self, value: bytes, mark: Mark, traced: bool = False) -> None:
         if len(value) > self.settings.max_message_bytes:
             raise FatalError(
                 f"a message holding position {mark.position} (tick {mark.tick_id}) encodes to {len(value)} bytes, "
                 f"over sources.{self.source}.max_message_bytes={self.settings.max_message_bytes}: a single row is "
                 "that large; raise that limit (and the consumers' fetch sizes)"
             )
-        self.producer.send(self.topic, value=value, headers=mark_header(mark))
+        headers = mark_header(mark)
+        if traced:  # it carries a trace marker: the first stamp after its commit
+            headers = stamped(headers, Stamp(self.published_by, time.time()))
+        self.producer.send(self.topic, value=value, headers=headers)
         self.last_sent = time.monotonic()
         self.unacked += len(value)
         if self.unacked >= UNACKED_BYTES:  # a batch of large rows must not pile up in the producer
@@ -407,7 +452,7 @@ class AgentSession:
         assert resume.tick_id is not None
         with self.conn.transaction():
             row = self.conn.execute(
-                "SELECT tick_id, tick_time FROM pgfanout.tick WHERE tick_id = %s", (resume.tick_id,)
+                "SELECT tick_id, tick_time, snapshot::text FROM pgfanout.tick WHERE tick_id = %s", (resume.tick_id,)
             ).fetchone()
         if row is None:
             raise PositionError(
@@ -417,7 +462,7 @@ class AgentSession:
         if resume.batch_complete:
             self._record(resume.tick_id, resume.after.position + 1)
         else:
-            self._publish_batch((row[0], row[1]), resume.after, heartbeat=False, must_publish=True)
+            self._publish_batch(Tick(*row), resume.after, heartbeat=False, must_publish=True)
 
 
 def tick_pause(transactions: int, seconds: float, tick_ms: int, busy_tick_ms: int, busy_tps: int) -> float:

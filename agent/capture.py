@@ -22,9 +22,10 @@ from psycopg import sql
 from agent import ctrigger, partitions
 from agent.logtables import LOG_TABLES, SCHEMA, current_log, log_table
 from agent.sqlfiles import pin_all_settings, script
-from agent.tables import PublishedTable, Subscriptions, describe_tables, filtered_columns, subscription_problems
+from agent.tables import PublishedTable, Subscriptions, describe_tables, filtered_columns, subscription_problems, trace_table
 from pgfanout.core.config import Source
 from pgfanout.core.errors import CaptureError
+from pgfanout.core.trace import is_trace
 
 log = logging.getLogger(__name__)
 TRIGGER = "pgfanout_capture"
@@ -64,7 +65,10 @@ def table_statements(table: PublishedTable, log_number: int, c_trigger: bool = F
                 settings,
             )
         )
-    for name, events, level in ((TRIGGER, "INSERT OR UPDATE OR DELETE", "ROW"), (TRIGGER + "_truncate", "TRUNCATE", "STATEMENT")):
+    triggers = [(TRIGGER, "INSERT OR UPDATE OR DELETE", "ROW"), (TRIGGER + "_truncate", "TRUNCATE", "STATEMENT")]
+    if is_trace(table.schema_name, table.table_name):
+        triggers = [(TRIGGER, "INSERT", "ROW")]  # markers are published once; deleting old ones publishes nothing
+    for name, events, level in triggers:
         statements += [
             sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), target),
             sql.SQL("CREATE TRIGGER {} AFTER {} ON {} FOR EACH {} EXECUTE FUNCTION {}()").format(
@@ -97,7 +101,7 @@ def plan_install(conn: psycopg.Connection, source: Source, subscriptions: Subscr
         *(ctrigger.pinned_settings_function(), *pin_all_settings('pgfanout.log_rows(regclass, regclass, "char")')),
         *([script("c_functions")] if c_trigger else []),
     ]
-    for table in tables:
+    for table in [*tables, trace_table(conn, tables)]:
         statements += table_statements(table, log_number, c_trigger)
     partitioned = [t for t in tables if t.partitions is not None]
     statements += partitions.publish_statements([t.qualified for t in partitioned])

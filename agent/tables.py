@@ -21,6 +21,7 @@ from pgfanout.core import names
 from pgfanout.core.config import TableSubscription
 from pgfanout.core.errors import CaptureError, FilterError
 from pgfanout.core.rowfilter import compile_filter
+from pgfanout.core.trace import TRACE_SCHEMA, TRACE_TABLE
 from pgfanout.runtime.pg import primary_key
 
 
@@ -255,3 +256,23 @@ def subscription_problems(tables: list[PublishedTable], subscriptions: Subscript
                 except FilterError as exc:
                     problems.append(f"routes.{route}.tables.{name}.where: {exc}")
     return problems
+
+
+TRACE_COLUMNS = ("trace_id", "committed_at", "requested_by")
+TRACE_TYPES = ("bigint", "timestamp with time zone", "text")
+
+
+def trace_table(conn: psycopg.Connection, published: list[PublishedTable]) -> PublishedTable:
+    """The layout of pgfanout.trace (agent/sql/schema.sql), which every source publishes: its id from an earlier
+    install, else the next one after every layout there is and every one this install makes."""
+    existing, highest = None, 0
+    if conn.execute("SELECT to_regclass('pgfanout.tables')").fetchone()[0]:
+        existing, highest = conn.execute(
+            "SELECT max(table_id) FILTER (WHERE schema_name = %s AND table_name = %s AND columns = %s), "
+            "coalesce(max(table_id), 0) FROM pgfanout.tables",
+            (TRACE_SCHEMA, TRACE_TABLE, list(TRACE_COLUMNS)),
+        ).fetchone()
+    table_id = existing if existing is not None else max([highest, *(t.table_id for t in published)]) + 1
+    return PublishedTable(
+        table_id, TRACE_SCHEMA, TRACE_TABLE, TRACE_COLUMNS, ("trace_id",), frozenset({"DateStyle", "TimeZone"}), TRACE_TYPES
+    )

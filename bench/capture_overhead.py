@@ -47,6 +47,7 @@ from bench.common import (
 from bench.publish_throughput import TABLES, prepare_pgbench_db
 from devstack import processes
 from devstack.demo import daemon_argv, reset_streams, start_daemon, write_config
+from devstack.stack import free_port
 from pgfanout.core.config import parse_config
 from pgfanout.runtime.pg import connect
 
@@ -180,6 +181,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the kernel's scheduler autogroups during the benchmark, restored after "
         "(off: as PostgreSQL servers are commonly tuned; needs root)",
     )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="also alternate a run with the agent serving metrics and putting a trace marker in every second; "
+        "writes capture_overhead_metrics",
+    )
     return parser.parse_args(argv)
 
 
@@ -197,6 +204,11 @@ def measure(args: argparse.Namespace) -> None:
     source = config.sources[DB]
     figures: dict[str, object] = {}
     runs: dict[str, list[float]] = {"without_capture": [], "c_trigger_and_agent": [], "plpgsql_triggers_and_agent": []}
+    captured = [("c_trigger_and_agent", "c", data), ("plpgsql_triggers_and_agent", "plpgsql", data)]
+    if args.metrics:  # the same C trigger and agent, serving metrics and tracing every second
+        observed = {**data, "sources": {DB: {**data["sources"][DB], "metrics_port": free_port(), "trace_interval_seconds": 1}}}
+        runs["c_trigger_agent_metrics_tracing"] = []
+        captured.insert(1, ("c_trigger_agent_metrics_tracing", "c", observed))
     cpu: dict[str, list[dict[str, float]]] = {mode: [] for mode in runs}
     samples: list[int] = []
     broker = {"kafka_broker": [stack.kafka("main").pid() or 0]}
@@ -212,9 +224,9 @@ def measure(args: argparse.Namespace) -> None:
         tps, account = run_pgbench_accounted(primary.port, measured_run, broker)
         runs["without_capture"].append(tps)
         cpu["without_capture"].append(account)
-        for mode, trigger in (("c_trigger_and_agent", "c"), ("plpgsql_triggers_and_agent", "plpgsql")):
+        for mode, trigger, mode_data in captured:
             (stack.log_dir / f"{DB}-agent.log").unlink(missing_ok=True)
-            agent = start_capture(stack, data, config, trigger)
+            agent = start_capture(stack, mode_data, config, trigger)
             with connect(source, "bench") as conn:
                 quiesce(conn)
             stop = threading.Event()
@@ -236,8 +248,13 @@ def measure(args: argparse.Namespace) -> None:
     # shows how much of the spread is drift rather than capture.
     figures["capture_tps_ratios_paired"] = {
         mode: [round(tps / without, 3) for tps, without in zip(runs[mode], runs["without_capture"], strict=True)]
-        for mode in ("c_trigger_and_agent", "plpgsql_triggers_and_agent")
+        for mode, _, _ in captured
     }
+    if args.metrics:
+        figures["capture_tps_ratio_metrics_tracing"] = round(statistics.median(runs["c_trigger_agent_metrics_tracing"]) / base, 3)
+        figures["metrics_tracing_over_plain_agent"] = round(
+            statistics.median(runs["c_trigger_agent_metrics_tracing"]) / statistics.median(runs["c_trigger_and_agent"]), 3
+        )
     # CPU milliseconds per 1,000 transactions (medians): "machine" is every process and the kernel
     cpu_medians = {
         mode: {name: round(statistics.median(account[name] for account in accounts), 1) for name in accounts[0]}
@@ -245,8 +262,7 @@ def measure(args: argparse.Namespace) -> None:
     }
     figures["cpu_ms_per_1000_transactions"] = cpu_medians
     figures["cpu_per_transaction_ratio"] = {  # uncaptured over captured: what the TPS ratio is when CPU-bound
-        mode: round(cpu_medians["without_capture"]["machine"] / cpu_medians[mode]["machine"], 3)
-        for mode in ("c_trigger_and_agent", "plpgsql_triggers_and_agent")
+        mode: round(cpu_medians["without_capture"]["machine"] / cpu_medians[mode]["machine"], 3) for mode, _, _ in captured
     }
     figures["log_size_bytes_during_captured_runs"] = {"min": min(samples), "max": max(samples), "samples": len(samples)}
 
@@ -275,7 +291,7 @@ def measure(args: argparse.Namespace) -> None:
         figures["bulk_update_1m_rows_seconds_statement_triggers"] = round(bulk_update_seconds(conn), 2)
         capture.uninstall(conn)
     write_result(
-        result_name(args.jobs, autogroups()),
+        result_name(args.jobs, autogroups()) + ("_metrics" if args.metrics else ""),
         figures,
         notes=(
             f"pgbench {figures['pgbench_arguments']}, scale 10, runs alternating without capture, with the C trigger and "

@@ -23,6 +23,7 @@ from agent import capture
 from bench.common import bench_stack, pgbench, pgbench_database, write_result
 from devstack import processes
 from devstack.demo import daemon_argv, reset_streams, start_daemon, wait_caught_up, write_config
+from devstack.stack import free_port
 from pgfanout.core.config import parse_config
 from pgfanout.runtime.pg import connect
 
@@ -48,7 +49,7 @@ TABLES = [
 ]
 
 
-def prepare(stack, name: str, tiers: int = 1, filtered: bool = False) -> dict:
+def prepare(stack, name: str, tiers: int = 1, filtered: bool = False, metrics: bool = False) -> dict:
     """A chain of ``tiers`` distributors; with ``filtered``, each route has a subscription with a row filter
     (that keeps every row, so the replica still equals the primary) and runs the routing code path."""
     primary, replica = stack.postgres("primary"), stack.postgres("replica")
@@ -61,21 +62,31 @@ def prepare(stack, name: str, tiers: int = 1, filtered: bool = False) -> dict:
     for tier in range(1, tiers + 1):
         routes[f"{name}-route{tier}"] = {"upstream": upstream, "kafka": "local", **({"tables": subscription} if filtered else {})}
         upstream = f"{name}-route{tier}"
+    # with metrics: every daemon serves them, and the agent puts a trace marker in every second
+    observed = (lambda: {"metrics_port": free_port()}) if metrics else dict
     return {
         "kafka": {"local": {"bootstrap_servers": [kafka]}},
-        "sources": {name: {"dsn": primary.dsn(name), "kafka": "local", "tables": TABLES}},
+        "sources": {
+            name: {
+                "dsn": primary.dsn(name),
+                "kafka": "local",
+                "tables": TABLES,
+                **observed(),
+                **({"trace_interval_seconds": 1} if metrics else {}),
+            }
+        },
         "routes": routes,
-        "distributors": {f"{name}-dist{tier}": {"routes": [f"{name}-route{tier}"]} for tier in range(1, tiers + 1)},
-        "subscribers": {f"{name}-sub": {"route": upstream, "dsn": replica.dsn(name)}},
+        "distributors": {f"{name}-dist{tier}": {"routes": [f"{name}-route{tier}"], **observed()} for tier in range(1, tiers + 1)},
+        "subscribers": {f"{name}-sub": {"route": upstream, "dsn": replica.dsn(name), **observed()}},
     }
 
 
 class BenchPipeline:
     """A pgbench database on the primary and the replica, capture installed, topics fresh, and its daemons."""
 
-    def __init__(self, stack, name: str, tiers: int = 1, filtered: bool = False):
+    def __init__(self, stack, name: str, tiers: int = 1, filtered: bool = False, metrics: bool = False):
         self.stack, self.name = stack, name
-        self.data = prepare(stack, name, tiers, filtered)
+        self.data = prepare(stack, name, tiers, filtered, metrics)
         self.config = parse_config(self.data)
         reset_streams(self.config)
         self.config_path = write_config(stack.home / f"{name}.yaml", self.data)
@@ -125,10 +136,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=30)
     parser.add_argument("--tiers", type=int, default=1, help="distributors chained between agent and subscriber")
     parser.add_argument("--filtered", action="store_true", help="every route has a subscription with a row filter")
+    parser.add_argument("--metrics", action="store_true", help="every daemon serves metrics, and the agent traces every second")
     args = parser.parse_args()
     stack = bench_stack()
     name = "bench_lag"
-    pipeline = BenchPipeline(stack, name, args.tiers, args.filtered)
+    pipeline = BenchPipeline(stack, name, args.tiers, args.filtered, args.metrics)
     config = pipeline.config
     pipeline.start("agent", "distributor", "subscriber")
     time.sleep(3)  # let every daemon connect
@@ -166,6 +178,7 @@ def main() -> None:
         "duration_s": args.duration,
         "tiers": args.tiers,
         "filtered": args.filtered,
+        "metrics_and_tracing": args.metrics,
         "pgbench_tps": tps,
         "probes": len(millis),
         "lag_ms": {
@@ -176,6 +189,7 @@ def main() -> None:
         },
     }
     suffix = f"-tiers{args.tiers}{'-filtered' if args.filtered else ''}" if args.tiers != 1 or args.filtered else ""
+    suffix += "-metrics" if args.metrics else ""
     write_result(
         f"lag{suffix}",
         figures,

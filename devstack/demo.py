@@ -17,6 +17,7 @@ from devstack import processes
 from devstack.compare import primary_keys, table_digest
 from devstack.sample import SAMPLE_TABLES, create_schema, run_workload, seed
 from devstack.stack import Stack
+from pgfanout.cli import status
 from pgfanout.cli.status import source_position, subscriber_position
 from pgfanout.core.config import Config, load_config
 from pgfanout.core.errors import PgfanoutError
@@ -31,10 +32,21 @@ def demo_config(stack: Stack, route_upstream: str = "shop") -> dict:
     primary, replica, kafka = stack.postgres("primary"), stack.postgres("replica"), stack.kafka("main")
     return {
         "kafka": {"local": {"bootstrap_servers": [kafka.bootstrap]}},
-        "sources": {"shop": {"dsn": primary.dsn("shop"), "kafka": "local", "tables": SAMPLE_TABLES}},
+        "sources": {
+            "shop": {
+                "dsn": primary.dsn("shop"),
+                "kafka": "local",
+                "tables": SAMPLE_TABLES,
+                "trace_interval_seconds": 10,
+                "metrics_port": stack.port("metrics.agent.shop"),
+            }
+        },
         "routes": {"all": {"upstream": route_upstream, "kafka": "local"}},
-        "distributors": {"hq": {"routes": ["all"]}},
-        "subscribers": {name: {"route": "all", "dsn": replica.dsn(name)} for name in SUBSCRIBERS},
+        "distributors": {"hq": {"routes": ["all"], "metrics_port": stack.port("metrics.distributor.hq")}},
+        "subscribers": {
+            name: {"route": "all", "dsn": replica.dsn(name), "metrics_port": stack.port(f"metrics.subscriber.{name}")}
+            for name in SUBSCRIBERS
+        },
     }
 
 
@@ -61,7 +73,7 @@ def reset_streams(config: Config) -> None:
         kafkautil.delete_groups(cluster, [f"pgfanout-distributor-{d}" for d in config.distributors])
 
 
-SINGLE_WORD_COMMANDS = ("status", "export", "import")
+SINGLE_WORD_COMMANDS = ("status", "export", "import", "trace", "web")
 
 
 def daemon_argv(config_path: Path, *command: str) -> list[str]:
@@ -111,6 +123,21 @@ def wait_caught_up(config: Config, timeout: float = 120.0) -> dict[str, float]:
                 time.sleep(0.02)
         drained[name] = time.monotonic() - start
     return drained
+
+
+def trace_and_wait(config: Config, timeout: float = 30.0) -> None:
+    """A trace marker through the pipeline, applied by every subscriber, so that status shows its hops."""
+    with connect(config.sources["shop"], "pgfanout-demo") as conn:
+        trace_id = conn.execute("INSERT INTO pgfanout.trace DEFAULT VALUES RETURNING trace_id").fetchone()[0]
+    deadline = time.monotonic() + timeout
+    for sub in config.subscribers.values():
+        with connect(sub, "pgfanout-demo") as conn:
+            while not conn.execute(
+                "SELECT EXISTS (SELECT FROM pgfanout_replica.trace WHERE trace_id = %s)", (trace_id,)
+            ).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise PgfanoutError(f"trace marker {trace_id} was not applied everywhere in {timeout:.0f}s")
+                time.sleep(0.05)
 
 
 def proof(config: Config, tables: list[str] = SAMPLE_TABLES) -> tuple[bool, list[str]]:
@@ -182,9 +209,18 @@ def run_demo(seconds: float, writers: int) -> int:
     for name, seconds_after in drained.items():
         say(f"    {name}: caught up {seconds_after:.2f}s after the workload stopped")
     say("==> " + ("EQUAL: every subscriber matches the primary, table by table" if equal else "MISMATCH: see above"))
+    say("==> the topology, as `pgfanout status` draws it (a trace marker went through every hop)")
+    trace_and_wait(config)
+    say("\n".join("    " + line for line in status.lines(status.gather(config))))
+    metrics = ", ".join(
+        f"http://127.0.0.1:{port}/metrics" for key, port in sorted(stack.ports.items()) if key.startswith("metrics.")
+    )
     say(f"""
 The stack keeps running. Look at it with:
-    .venv/bin/pgfanout status --config {config_path}
+    .venv/bin/pgfanout status --config {config_path} [--watch] [--json]
+    .venv/bin/pgfanout web --config {config_path}        (a live page on http://127.0.0.1:8080/)
+    .venv/bin/pgfanout trace --config {config_path}      (per-hop latency of a marker)
+    Prometheus metrics: {metrics}
     .venv/bin/python -m devstack local status
     tail -f {stack.log_dir}/*.log
 Stop it with:

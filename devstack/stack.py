@@ -88,7 +88,8 @@ class Stack:
         saved = {"ports": self.ports} | ({"pg_home": str(self.pg_home)} if self.pg_home else {})
         (self.home / "stack.json").write_text(json.dumps(saved, indent=2) + "\n")
 
-    def _port(self, key: str) -> int:
+    def port(self, key: str) -> int:
+        """A free loopback port for ``key``, the same one each time (remembered in stack.json)."""
         if key not in self.ports:
             taken = set(self.ports.values())
             port = free_port()
@@ -107,10 +108,10 @@ class Stack:
         return self.pg_home
 
     def postgres(self, name: str) -> PgCluster:
-        return PgCluster(name, self.clusters / name, self._port(f"pg.{name}"))
+        return PgCluster(name, self.clusters / name, self.port(f"pg.{name}"))
 
     def kafka(self, name: str) -> KafkaNode:
-        return KafkaNode(name, self.home / "kafka" / name, self._port(f"kafka.{name}"), self._port(f"kafka.{name}.controller"))
+        return KafkaNode(name, self.home / "kafka" / name, self.port(f"kafka.{name}"), self.port(f"kafka.{name}.controller"))
 
     @property
     def run_dir(self) -> Path:

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from kafka.structs import OffsetAndMetadata
 
@@ -27,15 +27,24 @@ from kafka import KafkaConsumer, KafkaProducer
 from pgfanout.core.codec import default_codec
 from pgfanout.core.config import Config, KafkaCluster
 from pgfanout.core.errors import KafkaUnavailable, StreamPlace, Where
-from pgfanout.core.positions import Mark, mark_from_headers, mark_header, mark_of
+from pgfanout.core.positions import WHOLE, Mark, mark_from_headers, mark_header, mark_of
+from pgfanout.core.trace import STAMPS_HEADER, Stamp, carries_trace, stamped
 from pgfanout.runtime import kafka as kafkautil
 from pgfanout.runtime import registry
+from pgfanout.runtime.metrics import CONSUMER_LAG, ROUTE_SECONDS, RouteMetrics
 from pgfanout.runtime.registry import RegistryDecoder
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 COMMIT_SECONDS = 0.2
 NOTHING = Mark(-1, -1, -1)
+
+
+class Inflight(NamedTuple):
+    record: Any  # as the consumer polled it
+    pending: Any  # its routing (distributor.executors)
+    polled: float  # perf_counter() when it was polled
+    received_at: float  # and the clock then, for a trace marker's stamp
 
 
 @dataclass
@@ -46,6 +55,12 @@ class RouteOut:
     topic: str
     subscription: Shaping = None  # None: the route takes everything, bytes as they are
     last: Mark = NOTHING
+    metrics: RouteMetrics | None = None
+
+    @staticmethod
+    def completed(mark: Mark) -> int:
+        """The last position a route holds whole once it holds ``mark`` (0 for none)."""
+        return max(0, mark.position if mark.chunk == WHOLE else mark.position - 1)
 
 
 class Distributor:
@@ -93,10 +108,15 @@ class DistributorSession:
         self.d, self.consumer, self.producers, self.executor = distributor, consumer, producers, executor
         self.codec, self.routes, self.up_topic = distributor.codec, distributor.routes, distributor.up_topic
         self.partition = kafkautil.partition(self.up_topic)
-        self.inflight: deque[tuple[int, bytes, Any]] = deque()  # (offset, value, pending routing), in stream order
+        self.inflight: deque[Inflight] = deque()  # in stream order
+        self.received_by, self.forwarded_by = f"received by {distributor.name}", f"forwarded by {distributor.name}"
         self.uncommitted: int | None = None  # the upstream offset to commit once the routes have acked
         self.committed_at = 0.0
         self.registered = 0  # how many schemas the route clusters' registries were given
+        self.route_seconds = ROUTE_SECONDS.labels(distributor.name)
+        self.unread = CONSUMER_LAG.labels(distributor.name, self.up_topic)
+        for route in self.routes:
+            route.metrics = RouteMetrics(route.name)
 
     @classmethod
     def open(cls, d: Distributor) -> DistributorSession:
@@ -156,15 +176,20 @@ class DistributorSession:
             where = StreamPlace(self.up_topic, 0, record.offset)
             if not self.codec.knows(record.value):
                 self.mark(record, where)  # learns the schema here, and registers it downstream
-            self.inflight.append((record.offset, record.value, self.executor.submit(record, where)))
+            self.inflight.append(Inflight(record, self.executor.submit(record, where), time.perf_counter(), time.time()))
         # forward from the front only, so the routes get the stream's order; wait for the oldest when
         # nothing new came or the queue is full
-        while self.inflight and (self.inflight[0][2].ready() or not records or len(self.inflight) >= self.executor.capacity):
-            offset, value, pending = self.inflight.popleft()
-            routed = pending.result()
+        while self.inflight and (self.inflight[0].pending.ready() or not records or len(self.inflight) >= self.executor.capacity):
+            item = self.inflight.popleft()
+            routed = item.pending.result()
             self.learn(routed.learned)
-            self.forward(routed, value)
-            self.uncommitted = offset + 1
+            self.forward(routed, item)
+            self.route_seconds.observe(time.perf_counter() - item.polled)
+            self.uncommitted = item.record.offset + 1
+        if records:
+            highwater = self.consumer.highwater(self.partition)
+            if highwater is not None:
+                self.unread.set(max(0, highwater - records[-1].offset - 1))
         if not records and not self.inflight:
             self.flush_and_commit()
             return False
@@ -179,12 +204,22 @@ class DistributorSession:
         """No route has a subscription: every route gets the message as it is, known by its mark."""
         return Routed(self.mark(record, where), [None] * len(self.routes), [])
 
-    def forward(self, routed: Routed, value: bytes) -> None:
-        """Send a message to every route that does not hold it yet: its own share, or (None) the message as is."""
+    def forward(self, routed: Routed, item: Inflight) -> None:
+        """Send a message to every route that does not hold it yet: its own share, or (None) the message as is.
+        One that carries a trace marker gets this hop's stamps added to the upstream's."""
+        headers = mark_header(routed.mark)
+        if carries_trace(item.record.headers):
+            upstream = [(key, value) for key, value in item.record.headers if key == STAMPS_HEADER]
+            headers = stamped(
+                [*headers, *upstream], Stamp(self.received_by, item.received_at), Stamp(self.forwarded_by, time.time())
+            )
         for route, output in zip(self.routes, routed.outputs, strict=True):
             if routed.mark > route.last:
-                self.producers[route.cluster_name].send(
-                    route.topic, value=value if output is None else output, headers=mark_header(routed.mark)
+                sent = item.record.value if output is None else output
+                self.producers[route.cluster_name].send(route.topic, value=sent, headers=headers)
+                assert route.metrics is not None
+                route.metrics.forwarded(
+                    routed.mark.position, route.completed(routed.mark) - route.completed(route.last), len(sent)
                 )
                 route.last = routed.mark
 

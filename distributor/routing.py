@@ -24,8 +24,10 @@ from pgfanout.core.errors import FilterError, RouteError, Where
 from pgfanout.core.messages import Batch, Change, Op, TableLayout
 from pgfanout.core.names import qualified
 from pgfanout.core.rowfilter import Evaluate, compile_filter
+from pgfanout.core.trace import is_trace
 
 EMPTY: tuple = ()
+WHOLE_TABLE = TableSubscription()
 
 
 def _project(values: Sequence[str], nulls: Sequence[int], keep: list[int] | None) -> tuple[Any, Any]:
@@ -205,6 +207,8 @@ class RouteFilter:
         table_id = table["table_id"]
         if table_id not in self.plans:
             subscription = self.tables.get(qualified(table["schema_name"], table["table_name"]))
+            if is_trace(table["schema_name"], table["table_name"]):
+                subscription = WHOLE_TABLE  # every route carries trace markers
             self.plans[table_id] = None if subscription is None else plan_table(self.route, table, subscription)
         return self.plans[table_id]
 

@@ -19,6 +19,7 @@ from pgfanout.core.errors import RouteError, Where
 from pgfanout.core.messages import Batch, Change, RowBatch, RowChange, RowRecord, TableLayout
 from pgfanout.core.names import qualified
 from pgfanout.core.rows import TableSchemas, schema_text, table_schemas
+from pgfanout.core.trace import is_trace
 
 
 class _Layout:
@@ -82,7 +83,10 @@ class RowsRoute:
     def batch(self, message: Batch, where: Where) -> RowBatch:
         if self.share is not None:
             message = self.share.batch(message, where)
-        layouts = {t["table_id"]: self._layout(t, where) for t in message["tables"]}
+        # trace markers are pgfanout's own: consumers outside it get none
+        layouts = {
+            t["table_id"]: self._layout(t, where) for t in message["tables"] if not is_trace(t["schema_name"], t["table_name"])
+        }
         return {
             "source": message["source"],
             "tick_id": message["tick_id"],
@@ -94,7 +98,7 @@ class RowsRoute:
                     "xid": t["xid"],
                     "chunk": t["chunk"],
                     "last_chunk": t["last_chunk"],
-                    "changes": [self._change(layouts[c["table"]], c) for c in t["changes"]],
+                    "changes": [self._change(layouts[c["table"]], c) for c in t["changes"] if c["table"] in layouts],
                 }
                 for t in message["transactions"]
             ],

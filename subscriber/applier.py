@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import psycopg
@@ -21,6 +21,8 @@ from pgfanout.core.config import Config
 from pgfanout.core.errors import ApplierBusy, PoisonMessage, StreamGap, StreamPlace, Where
 from pgfanout.core.messages import Batch, Message, Transaction
 from pgfanout.core.positions import Progress
+from pgfanout.core.trace import Stamp, stamps_of
+from pgfanout.runtime.metrics import SubscriberMetrics
 from pgfanout.runtime.pg import connect
 from subscriber.apply import TableInfo, apply_changes, forget_staging, tables_of
 from subscriber.columns import NewColumns, tables_to_extend
@@ -35,6 +37,8 @@ from subscriber.state import (
     protected_tables,
     read_copy_filters,
 )
+from subscriber.traces import Marker, take_markers, trace_ids
+from subscriber.traces import record as record_markers
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,9 @@ class ReplicaSession:
         self.collected_changes = 0
         self.collected_tables: dict[int, TableInfo] = {}
         self.commits = 0
+        self.metrics = SubscriberMetrics(subscriber, self.topic)
+        self.markers: list[Marker] = []  # trace markers of the open replica transaction
+        self.received_by = f"received by subscriber {subscriber}"
         conn.autocommit = False  # one replica transaction may span several messages and polls
 
     @classmethod
@@ -94,6 +101,7 @@ class ReplicaSession:
                 )
             # The applier's own changes must not fire user triggers or re-check foreign keys.
             conn.execute("SET session_replication_role = replica")
+            conn.execute("DELETE FROM pgfanout_replica.stopped WHERE subscriber = %s", (subscriber,))
             row = conn.execute(
                 "SELECT position, tick_id, kafka_offset, topic FROM pgfanout_replica.position WHERE subscriber = %s",
                 (subscriber,),
@@ -116,22 +124,34 @@ class ReplicaSession:
 
     # -- taking messages -------------------------------------------------------------
 
-    def take(self, kind: str, message: Message, where: Where, stored_offset: int) -> None:
-        """Apply (or collect) what a message holds beyond the applied position."""
+    def take(
+        self, kind: str, message: Message, where: Where, stored_offset: int, headers: Sequence[tuple[str, bytes]] | None = None
+    ) -> None:
+        """Apply (or collect) what a message holds beyond the applied position; ``headers``: its record's."""
         if self.group.started is None:
             self.group.started = time.monotonic()
             self.read_copy_filters(wait_for_resync=True)
         if kind == "Batch":
-            self._take_batch(message, where)  # type: ignore[arg-type]
+            self._take_batch(message, where, headers)  # type: ignore[arg-type]
+            if message["transactions"]:  # type: ignore[typeddict-item]
+                self.metrics.seen(message["transactions"][-1]["position"])  # type: ignore[typeddict-item]
+        elif kind == "Heartbeat":
+            self.metrics.seen(message["position"])  # type: ignore[typeddict-item]
         self.group.tick_id, self.group.source_time = message["tick_id"], message["tick_time"]
+        if (kind == "Heartbeat" or message.get("batch_end")) and message.get("snapshot"):
+            self.group.visible = message["snapshot"]  # type: ignore[typeddict-item]
         self.group.offset = stored_offset
 
-    def _take_batch(self, message: Batch, where: Where) -> None:
+    def _take_batch(self, message: Batch, where: Where, headers: Sequence[tuple[str, bytes]] | None) -> None:
+        markers = trace_ids(message["tables"])
         tables = tables_of(message)
+        if markers:  # trace markers are recorded, not applied as rows
+            tables = {table_id: info for table_id, info in tables.items() if table_id not in markers}
+            stamps = [*stamps_of(headers), Stamp(self.received_by, time.time())]
         self._protect(tables.values(), message["source"])
         if described_differently(self.collected_tables, tables):
             self.flush()  # a table described differently than in what was collected: apply that first
-        needs = self.columns.needed(message["tables"], where)
+        needs = self.columns.needed([t for t in message["tables"] if t["table_id"] not in markers], where)
         for part in message["transactions"]:
             try:
                 action = action_for(self.group.pending, part, self.skips, where)
@@ -145,6 +165,9 @@ class ReplicaSession:
             if action is Action.SKIP:
                 self._skip(part, where)
                 continue
+            if markers:
+                part, found = take_markers(part, markers, stamps)
+                self.markers += found
             if self.copy_filters:
                 part = dict(part, changes=self.copy_filters.changes_to_apply(part, tables))  # type: ignore[assignment]
             for table_id in tables_to_extend(part, needs):
@@ -154,6 +177,7 @@ class ReplicaSession:
                 self.flush()  # keep source order: what was collected goes first
             self.collected.append(Collected(part, tables, message["source"], where))
             self.collected_changes += len(part["changes"])
+            self.group.changes += len(part["changes"])
             self.collected_tables.update(tables)
             if apply_now(part, self.collected_changes):
                 self.flush()
@@ -258,6 +282,9 @@ class ReplicaSession:
                     "AND committed_at < clock_timestamp() - interval '7 days'",
                     (self.subscriber,),
                 )
+        if self.markers:
+            record_markers(self.conn, self.subscriber, self.source, self.markers)
+            self.markers = []
         self.conn.execute(
             SAVE_POSITION,
             {
@@ -268,6 +295,7 @@ class ReplicaSession:
                 "topic": self.topic,
                 "offset": group.offset,
                 "source_time": group.source_time,
+                "visible": group.visible,
             },
         )
         self.conn.commit()
@@ -275,4 +303,11 @@ class ReplicaSession:
             log.debug("%s: committed %d transactions up to position %d", self.label, group.transactions, group.pending.position)
         self.applied = group.pending
         self.committed_offset = group.offset
+        self.metrics.committed(
+            group.pending.position,
+            group.source_time.timestamp() if group.source_time else None,
+            group.transactions,
+            group.changes,
+            time.monotonic() - group.started if group.started is not None else 0.0,
+        )
         self.group = group.successor()

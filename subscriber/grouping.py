@@ -30,7 +30,9 @@ class Group:
     tick_id: int
     source_time: datetime | None
     offset: int  # the stream offset stored with the position: where the next run continues
+    visible: str | None = None  # the snapshot of the last tick whose batch it applied to the end
     transactions: int = 0
+    changes: int = 0
     started: float | None = None  # monotonic seconds when its first message arrived
 
     def advance(self, part: Transaction) -> None:

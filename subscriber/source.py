@@ -59,5 +59,10 @@ class RouteReader:
         """The records that arrived (waits up to 100 ms for some)."""
         return self.consumer.poll(timeout_ms=100, max_records=POLL_MESSAGES).get(self.partition, [])
 
+    def unread_after(self, offset: int) -> int:
+        """How many messages the topic holds after ``offset``, as the last fetch saw it."""
+        highwater = self.consumer.highwater(self.partition)
+        return max(0, highwater - offset - 1) if highwater is not None else 0
+
     def close(self) -> None:
         self.consumer.close()

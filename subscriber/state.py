@@ -71,6 +71,40 @@ STATE_DDL = [
         kafka_offset bigint NOT NULL,
         source_time timestamptz,
         applied_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
+    # The txid snapshot of the last tick whose batch the subscriber applied to its end: every primary transaction
+    # visible in it is applied here (read-your-writes, below).
+    "ALTER TABLE pgfanout_replica.position ADD COLUMN IF NOT EXISTS visible text",
+    # Read-your-writes: an application that wrote on the primary takes its transaction's id there
+    # (SELECT pg_current_xact_id(), before COMMIT) as a token; a replica has it once it applied the position
+    # that carried it, rows filtered out by its route or not. `source` names the source where a replica
+    # database applies several.
+    """CREATE OR REPLACE FUNCTION pgfanout_replica.has(token text, source text DEFAULT NULL) RETURNS boolean
+        LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+        SELECT coalesce(bool_and(p.visible <> '' AND pg_visible_in_snapshot(token::xid8, p.visible::pg_snapshot)), false)
+          FROM pgfanout_replica.position p WHERE has.source IS NULL OR p.source = has.source
+    $$""",
+    # Waits until the replica has the token (true), or `timeout` seconds passed (false). Call it outside a
+    # REPEATABLE READ transaction: each look takes a new snapshot.
+    """CREATE OR REPLACE FUNCTION pgfanout_replica.wait_for(token text, timeout double precision,
+                                                            source text DEFAULT NULL) RETURNS boolean
+        LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    DECLARE
+        deadline timestamptz := clock_timestamp() + make_interval(secs => timeout);
+    BEGIN
+        LOOP
+            IF pgfanout_replica.has(token, source) THEN
+                RETURN true;
+            END IF;
+            IF clock_timestamp() >= deadline THEN
+                RETURN false;
+            END IF;
+            PERFORM pg_sleep(0.002);
+        END LOOP;
+    END $$""",
+    "GRANT USAGE ON SCHEMA pgfanout_replica TO PUBLIC",
+    "GRANT EXECUTE ON FUNCTION pgfanout_replica.has(text, text), pgfanout_replica.wait_for(text, double precision, text) "
+    "TO PUBLIC",
+    "GRANT SELECT (subscriber, source, position, visible) ON pgfanout_replica.position TO PUBLIC",
     # An audit trail: the range of positions each replica transaction applied. Consecutive rows must
     # join up exactly; a gap or an overlap would mean a lost or doubled transaction.
     """CREATE TABLE IF NOT EXISTS pgfanout_replica.applied (
@@ -95,6 +129,27 @@ STATE_DDL = [
         copied_from text NOT NULL,
         copied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
         PRIMARY KEY (subscriber, schema_name, table_name))""",
+    # Why a subscriber stopped on a fatal error (a poison message, a gap...), for `pgfanout status`; its row
+    # goes when it starts again.
+    """CREATE TABLE IF NOT EXISTS pgfanout_replica.stopped (
+        subscriber text PRIMARY KEY,
+        error text NOT NULL,
+        position bigint,
+        topic text,
+        kafka_offset bigint,
+        stopped_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
+    # Trace markers (pgfanout.core.trace) this subscriber applied: every hop's stamp, from the commit on the
+    # primary (its clock) to the commit here (this server's clock), written in the replica transaction that
+    # applied the marker.
+    """CREATE TABLE IF NOT EXISTS pgfanout_replica.trace (
+        subscriber text NOT NULL,
+        trace_id bigint NOT NULL,
+        source text NOT NULL,
+        position bigint NOT NULL,
+        committed_at timestamptz NOT NULL,
+        stamps jsonb NOT NULL,
+        applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (subscriber, trace_id))""",
     # Replicated tables refuse writes from anyone but the applier. The applier runs with
     # session_replication_role = replica, in which ordinary triggers like this one do not fire.
     """CREATE OR REPLACE FUNCTION pgfanout_replica.deny_writes() RETURNS trigger LANGUAGE plpgsql
@@ -110,11 +165,12 @@ DENY_TRIGGER = "pgfanout_replica_deny_writes"
 
 SAVE_POSITION = """
 INSERT INTO pgfanout_replica.position AS p
-    (subscriber, source, position, tick_id, topic, kafka_offset, source_time, applied_at)
-VALUES (%(subscriber)s, %(source)s, %(position)s, %(tick_id)s, %(topic)s, %(offset)s, %(source_time)s, clock_timestamp())
+    (subscriber, source, position, tick_id, topic, kafka_offset, source_time, visible, applied_at)
+VALUES (%(subscriber)s, %(source)s, %(position)s, %(tick_id)s, %(topic)s, %(offset)s, %(source_time)s, %(visible)s,
+        clock_timestamp())
 ON CONFLICT (subscriber) DO UPDATE SET position = EXCLUDED.position, tick_id = EXCLUDED.tick_id,
     topic = EXCLUDED.topic, kafka_offset = EXCLUDED.kafka_offset, source_time = EXCLUDED.source_time,
-    applied_at = EXCLUDED.applied_at
+    visible = coalesce(EXCLUDED.visible, p.visible), applied_at = EXCLUDED.applied_at
 """
 
 

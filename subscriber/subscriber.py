@@ -16,6 +16,7 @@ from pgfanout.core.config import Config
 from pgfanout.core.errors import StreamGap, StreamPlace
 from pgfanout.core.positions import last_position
 from pgfanout.runtime import registry
+from pgfanout.runtime.pg import connect
 from pgfanout.runtime.registry import RegistryDecoder
 from subscriber.applier import ReplicaSession
 from subscriber.grouping import commit_due
@@ -34,9 +35,12 @@ class SubscriberSession:
     def work(self) -> bool:
         replica = self.replica
         records = self.route.poll()
+        if records:
+            replica.metrics.bytes.inc(sum(len(record.value) for record in records))
+            replica.metrics.unread(self.route.unread_after(records[-1].offset))
         for record in records:
             where = StreamPlace(self.route.topic, 0, record.offset)
-            replica.take(*self.decoder.decode(record.value, where), where, record.offset)
+            replica.take(*self.decoder.decode(record.value, where), where, record.offset, record.headers)
             if replica.group.whole and replica.group_full():
                 replica.commit()
         if commit_due(replica.group, replica.committed_offset):
@@ -88,6 +92,23 @@ class Subscriber:
             Materializer(self.config, self.subscriber).resync()
             self.connect()
             return True
+
+    def stopped(self, error: BaseException) -> None:
+        """Leave word in the replica of why the subscriber stops (`pgfanout status` shows it)."""
+        at = getattr(error, "at", None)
+        with connect(self.config.subscribers[self.subscriber], f"pgfanout-subscriber-{self.subscriber}") as conn:
+            conn.execute(
+                "INSERT INTO pgfanout_replica.stopped (subscriber, error, position, topic, kafka_offset) "
+                "VALUES (%(s)s, %(e)s, %(p)s, %(t)s, %(o)s) ON CONFLICT (subscriber) DO UPDATE SET error = %(e)s, "
+                "position = %(p)s, topic = %(t)s, kafka_offset = %(o)s, stopped_at = clock_timestamp()",
+                {
+                    "s": self.subscriber,
+                    "e": str(error),
+                    "p": getattr(error, "position", None),
+                    "t": at.topic if at else None,
+                    "o": at.offset if at else None,
+                },
+            )
 
     def close(self) -> None:
         if self.session is not None:

@@ -50,6 +50,14 @@ CREATE TABLE IF NOT EXISTS pgfanout.capture_fault (
     reason text NOT NULL,
     noticed_at timestamptz NOT NULL DEFAULT clock_timestamp());
 
+-- Trace markers (pgfanout.core.trace): a row inserted here is published in order like any transaction, and
+-- each hop stamps the message that carries it. Its capture trigger fires on INSERT only.
+CREATE SEQUENCE IF NOT EXISTS pgfanout.trace_seq;
+CREATE TABLE IF NOT EXISTS pgfanout.trace (
+    trace_id bigint PRIMARY KEY DEFAULT nextval('pgfanout.trace_seq'),
+    committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),  -- in the marker's own transaction, at its end
+    requested_by text NOT NULL DEFAULT current_user);
+
 CREATE SEQUENCE IF NOT EXISTS pgfanout.tick_seq;
 CREATE TABLE IF NOT EXISTS pgfanout.tick (
     tick_id bigint PRIMARY KEY,

@@ -13,9 +13,11 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pgfanout import __version__
-from pgfanout.core.config import Config, load_config
+from pgfanout.cli import logs
+from pgfanout.core.config import Config, Serves, load_config
 from pgfanout.core.errors import ConfigError, NameSyntaxError, PgfanoutError
 from pgfanout.core.names import canonical_table
 
@@ -37,12 +39,22 @@ def _pick(kind: str, names: Sequence[str], chosen: str | None) -> str:
     raise ConfigError("command line", [f"name the {kind} to use, one of: {', '.join(names) or 'none'}"])
 
 
-def _run_daemon(worker: object) -> int:
-    from pgfanout.runtime import daemon
+def _run_daemon(worker: Any, serves: Serves) -> int:
+    from pgfanout.runtime import daemon, metrics
 
     stop = threading.Event()
     daemon.install_signal_handlers(stop)
-    return daemon.run(worker, stop)  # type: ignore[arg-type]
+    logs.name_daemon(worker.name)
+    health = metrics.Health(worker.name)
+    if serves.metrics_port is not None:
+        try:
+            metrics.serve(serves.metrics_address, serves.metrics_port, health)
+        except OSError as exc:
+            raise ConfigError(
+                "configuration",
+                [f"{worker.name}: cannot serve metrics on {serves.metrics_address}:{serves.metrics_port}: {exc.strerror}"],
+            ) from None
+    return daemon.run(worker, stop, health)
 
 
 # -- commands ------------------------------------------------------------------------
@@ -121,21 +133,23 @@ def cmd_agent_run(args: argparse.Namespace) -> int:
     config = _config(args)
     source = _pick("source", list(config.sources), args.source)
     lower_priority(config.sources[source].agent_nice)  # sharing a host with the primary, the application comes first
-    return _run_daemon(Agent(config, source))
+    return _run_daemon(Agent(config, source), config.sources[source])
 
 
 def cmd_distributor_run(args: argparse.Namespace) -> int:
     from distributor.distributor import Distributor
 
     config = _config(args)
-    return _run_daemon(Distributor(config, _pick("distributor", list(config.distributors), args.name)))
+    name = _pick("distributor", list(config.distributors), args.name)
+    return _run_daemon(Distributor(config, name), config.distributors[name])
 
 
 def cmd_subscriber_run(args: argparse.Namespace) -> int:
     from subscriber.subscriber import Subscriber
 
     config = _config(args)
-    return _run_daemon(Subscriber(config, _pick("subscriber", list(config.subscribers), args.name)))
+    name = _pick("subscriber", list(config.subscribers), args.name)
+    return _run_daemon(Subscriber(config, name), config.subscribers[name])
 
 
 def cmd_subscriber_skip(args: argparse.Namespace) -> int:
@@ -200,10 +214,39 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from pgfanout.cli.status import status_lines
+    import json
+    import time
 
-    print("\n".join(status_lines(_config(args))))
-    return 0
+    from pgfanout.cli import status
+
+    config = _config(args)
+    while True:
+        trees = status.gather(config)
+        if args.json:
+            print(json.dumps(status.as_json(trees), indent=2))
+        else:
+            if args.watch:
+                print("\x1b[2J\x1b[H", end="")  # the terminal cleared, the tree drawn in place
+            print("\n".join(status.lines(trees)))
+        if not args.watch:
+            return 0 if status.reachable(trees) else 1
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    from pgfanout.cli.web import serve
+
+    return serve(_config(args), args.address, args.port, args.interval)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from pgfanout.cli.tracing import trace
+
+    config = _config(args)
+    return trace(config, _pick("source", list(config.sources), args.source), args.wait)
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -226,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pgfanout {__version__}")
     parser.add_argument(
         "--log-level", default=os.environ.get("PGFANOUT_LOG_LEVEL", "INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("PGFANOUT_LOG_FORMAT", "text"),
+        choices=["text", "json"],
+        help="text lines, or one JSON object a line (time, level, daemon, message, and position/topic/offset)",
     )
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -278,7 +327,39 @@ def build_parser() -> argparse.ArgumentParser:
     skip.add_argument("name", nargs="?")
     skip.add_argument("--position", type=int, required=True, help="the position of the transaction to skip")
 
-    _add(top, "status", cmd_status, "positions and lag of every source and subscriber")
+    show = _add(
+        top,
+        "status",
+        cmd_status,
+        "the topology as a tree: every node's position, lag and state (exit status 1 when a node cannot be reached)",
+    )
+    show.add_argument("--json", action="store_true", help="as JSON (schemas/status.schema.json)")
+    show.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="draw it again every SECONDS (default 2) until interrupted",
+    )
+    web = _add(top, "web", cmd_web, "serve one page: the topology tree and each subscriber's lag over the last hour")
+    web.add_argument("--address", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    web.add_argument("--port", type=int, default=8080, help="the port (default 8080; 0: any free one)")
+    web.add_argument("--interval", type=float, default=5.0, metavar="SECONDS", help="how often to look (default 5)")
+    trace = _add(
+        top,
+        "trace",
+        cmd_trace,
+        "put a trace marker into a source's stream and show how long each hop took it to every subscriber",
+    )
+    trace.add_argument("--source", help="the source (default: the only one)")
+    trace.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to wait for every subscriber to apply it (0: do not wait)",
+    )
 
     ship = _add(
         top,
@@ -315,9 +396,7 @@ def table_argument(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("kafka", "kafka.conn", "kafka.client"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if args.log_level != "DEBUG" else logging.INFO)
+    logs.configure(args.log_level, args.log_format)
     try:
         return int(args.func(args))
     except PgfanoutError as exc:

@@ -83,7 +83,16 @@ class Database(Strict):
         return dsn
 
 
-class Source(Database):
+class Serves(Strict):
+    """Where a daemon serves its Prometheus metrics, /healthz and /readyz (docs/operations.md)."""
+
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="serve metrics and health on this port; off when not set"
+    )
+    metrics_address: str = Field(default="127.0.0.1", description="the address the metrics port listens on")
+
+
+class Source(Database, Serves):
     kafka: Name
     topic: str | None = None
     tables: list[str] = Field(min_length=1, description="schema-qualified tables to publish; schema.* for all of a schema")
@@ -110,6 +119,12 @@ class Source(Database):
         "first; it still uses every idle cycle",
     )
     heartbeat_interval_ms: int = Field(default=1000, ge=50, le=3_600_000)
+    trace_interval_seconds: float = Field(
+        default=0,
+        ge=0,
+        le=86_400,
+        description="the agent puts a trace marker into the stream this often (0: only `pgfanout trace` does)",
+    )
     message_bytes: int = Field(
         default=1024 * 1024,
         ge=1024,
@@ -218,7 +233,7 @@ class Route(Strict):
         return table_keyed(tables) if tables is not None else None
 
 
-class Distributor(Strict):
+class Distributor(Serves):
     routes: list[Name] = Field(min_length=1)
     workers: int | None = Field(
         default=None,
@@ -228,7 +243,7 @@ class Distributor(Strict):
     )
 
 
-class Subscriber(Database):
+class Subscriber(Database, Serves):
     route: Name
     group_max_transactions: int = Field(
         default=5000, ge=1, le=100_000, description="source transactions applied in one replica transaction at most"

@@ -59,6 +59,7 @@ class Batch(TypedDict):
     tick_id: int
     tick_time: datetime
     batch_end: bool
+    snapshot: str  # the tick's txid snapshot: what a replica holds once it applied the batch to its end
     tables: Sequence[TableLayout]
     transactions: Sequence[Transaction]
 
@@ -70,6 +71,7 @@ class Heartbeat(TypedDict):
     position: int
     tick_id: int
     tick_time: datetime
+    snapshot: str
 
 
 class RowChange(TypedDict):

@@ -20,6 +20,7 @@ import kafka.errors
 import psycopg
 
 from pgfanout.core.errors import FatalError, PgfanoutError, TransientError
+from pgfanout.runtime.metrics import ERRORS, RECONNECTS, Health
 
 log = logging.getLogger(__name__)
 
@@ -99,33 +100,61 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def run(worker: Worker, stop: threading.Event) -> int:
+def run(worker: Worker, stop: threading.Event, health: Health | None = None) -> int:
     """Run until ``stop`` is set (exit 0) or a fatal error (its exit code)."""
     tune_garbage_collector()
-    failures = 0
+    health = health or Health(worker.name)
+    failures = connects = 0
     while not stop.is_set():
         try:
             worker.connect()
+            if connects:
+                RECONNECTS.labels(worker.name).inc()
+            connects += 1
+            health.set_ready()
             while not stop.is_set():
+                health.beat()
                 more = worker.work()
                 failures = 0
                 if not more:
                     stop.wait(worker.idle_seconds)
         except FatalError as exc:
-            log.error("%s stopped: %s", worker.name, exc)
+            _count(worker, health, exc)
+            log.error("%s stopped: %s", worker.name, exc, extra=_where(exc))
             return exc.exit_code
         except (TransientError, psycopg.OperationalError, kafka.errors.KafkaError) as exc:
+            _count(worker, health, exc)
             failures += 1
             delay = backoff(failures)
             log.warning("%s: %s; retrying in %.1fs (attempt %d)", worker.name, _one_line(exc), delay, failures)
+            health.beat()
             stop.wait(delay)
         except PgfanoutError as exc:
+            _count(worker, health, exc)
             log.error("%s stopped: %s", worker.name, exc)
             return exc.exit_code
         finally:
             _close_quietly(worker)
     log.info("%s stopped", worker.name)
     return 0
+
+
+def _where(exc: FatalError) -> dict[str, object]:
+    """Where in a stream a fatal error happened, as fields of its log record (for --log-format json)."""
+    fields = {"position": exc.position, "topic": exc.topic, "partition": exc.partition, "offset": exc.offset}
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def _count(worker: Worker, health: Health, exc: BaseException) -> None:
+    ERRORS.labels(worker.name, type(exc).__name__).inc()
+    health.set_unready(_one_line(exc))
+    if not isinstance(exc, TransientError | psycopg.OperationalError | kafka.errors.KafkaError):
+        stopped = getattr(worker, "stopped", None)  # a worker may leave word of why it stops, for `pgfanout status`
+        if stopped is not None:
+            try:
+                stopped(exc)
+            except Exception:  # saying why must not hide why
+                log.debug("%s could not record why it stops", worker.name, exc_info=True)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from devstack.processes import alive
@@ -95,8 +96,24 @@ def test_the_demo_runs_from_a_private_directory(private_dir):
         assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
         assert "EQUAL: every subscriber matches the primary" in demo.stdout
         assert "Traceback" not in demo.stderr
+        for node in ("source shop", "distributor hq", "route all", "subscriber sub1", "subscriber sub2", "last trace"):
+            assert node in demo.stdout, f"the demo's status tree lacks {node}"
+        status = subprocess.run(
+            [sys.executable, "-m", "pgfanout", "status", "--json", "--config", str(home / "demo.yaml")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        tree = json.loads(status.stdout)
+        jsonschema.validate(tree, json.loads((REPO / "schemas" / "status.schema.json").read_text()))
+        assert {n["state"] for n in walk(tree["sources"][0])} == {"running", "ok"}, "every daemon of the demo serves /readyz"
     finally:
         cli(home, "down", "--purge")
+
+
+def walk(node: dict) -> list[dict]:
+    return [node] + [n for child in node["children"] for n in walk(child)]
 
 
 def test_an_initdb_failure_shows_initdbs_message_and_exits_4(private_dir):

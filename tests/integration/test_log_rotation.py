@@ -8,7 +8,7 @@ import pytest
 
 from devstack.demo import wait_caught_up
 from devstack.sample import run_workload
-from pgfanout.cli.status import status_lines
+from pgfanout.cli.status import gather, lines
 from tests.integration.pipeline import logged, read_topic, transactions
 
 
@@ -54,7 +54,7 @@ def test_log_tables_switch_and_empty_without_losing_an_open_transaction(pipeline
         # the operator is told what holds the log, by the agent and by `pgfanout status`
         warning = pipeline.wait_for_log("agent", f"{held} cannot be emptied", timeout=10)
         assert f"pid {late.info.backend_pid} (idle in transaction" in warning
-        status = "\n".join(status_lines(pipeline.config))
+        status = "\n".join(lines(gather(pipeline.config)))
         assert f"{held} waiting to be emptied, held by pid {late.info.backend_pid} (idle in transaction" in status
         late.execute("INSERT INTO public.accounts VALUES (9002, -5)")
         late.execute("COMMIT")

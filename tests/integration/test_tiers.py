@@ -7,14 +7,18 @@ of the filters (balances, order status, prices, key changes), each replica must 
 primary's rows as selected by the same filters in SQL.
 """
 
+import json
 import re
 import time
+from pathlib import Path
 
+import jsonschema
 from psycopg import sql
 
 from pgfanout.core.rowfilter import parse_filter
 from tests.integration.pipeline import read_raw, read_topic, transaction_positions
 
+REPO = Path(__file__).resolve().parents[2]
 REGION = {
     "public.accounts": {"where": "balance >= 1000"},
     "public.customers": {"where": "email IS NOT NULL", "columns": ["id", "name"]},
@@ -153,6 +157,28 @@ def test_three_level_tree_across_two_kafka_clusters(pipeline, second_kafka):
     # the raw route topics hold nothing a route did not subscribe to
     assert_route_topic_holds_only_its_share(pipeline, f"{name}.east")
     assert_route_topic_holds_only_its_share(pipeline, f"{name}.branch")
+
+    # `pgfanout status` draws the three levels, across both clusters, everything caught up
+    status = pipeline.command("status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    drawn = json.loads(status.stdout)
+    jsonschema.validate(drawn, json.loads((REPO / "schemas" / "status.schema.json").read_text()))
+    [source] = drawn["sources"]
+    [hq] = source["children"]
+    [east] = hq["children"]
+    region_sub, regional = east["children"]
+    [branch] = regional["children"]
+    [branch_sub] = branch["children"]
+    assert (source["name"], hq["name"], east["name"], regional["name"], branch["name"]) == (
+        name,
+        f"{name}.hq",
+        f"{name}.east",
+        f"{name}.regional",
+        f"{name}.branch",
+    )
+    assert "kafka region" in east["where"] and "kafka hq" in source["where"]
+    for node in (region_sub, branch_sub):
+        assert node["state"] == "running" and node["lag_transactions"] == 0 and node["position"] == source["position"]
 
 
 def assert_route_topic_holds_only_its_share(pipeline, route: str) -> None:

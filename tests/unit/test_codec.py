@@ -34,6 +34,7 @@ TX = {
     "tick_id": 7,
     "tick_time": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
     "batch_end": True,
+    "snapshot": "1000:1005:1001,1003",
     "tables": [
         {
             "table_id": 3,
@@ -103,8 +104,10 @@ def test_a_schema_learned_from_the_registry_becomes_readable():
 
 def test_heartbeat_round_trip():
     codec = default_codec()
-    beat = {"source": "shop", "position": 42, "tick_id": 8, "tick_time": TX["tick_time"]}
+    beat = {"source": "shop", "position": 42, "tick_id": 8, "tick_time": TX["tick_time"], "snapshot": "1006:1006:"}
     assert codec.decode(codec.encode("Heartbeat", beat), "here") == ("Heartbeat", beat)
+    older = {key: value for key, value in beat.items() if key != "snapshot"}  # from an agent before snapshots
+    assert codec.decode(codec.encode("Heartbeat", older), "here") == ("Heartbeat", {**older, "snapshot": ""})
 
 
 def test_fingerprints_differ_per_schema_and_are_stable():

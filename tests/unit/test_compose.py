@@ -159,3 +159,32 @@ def test_local_build_products_stay_out_of_the_images():
     ignored = (REPO / ".dockerignore").read_text().split()
     for pattern in ("**/*.so", "**/*.o", ".venv", ".git"):
         assert pattern in ignored, f".dockerignore lacks {pattern}"
+
+
+def test_prometheus_scrapes_every_daemon_on_its_metrics_port():
+    """Each daemon service of the compose file serves metrics where the config says, and Prometheus scrapes
+    exactly those."""
+    prometheus = yaml.safe_load((REPO / "docker" / "prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    expected = set()
+    for name, service in PGFANOUT_SERVICES.items():
+        command = service["command"]
+        if command[1] != "run":
+            continue
+        kind, daemon = command[0], command[-1]
+        settings = {"agent": CONFIG.sources, "distributor": CONFIG.distributors, "subscriber": CONFIG.subscribers}[kind][daemon]
+        assert settings.metrics_port is not None, f"{name} serves no metrics"
+        assert settings.metrics_address == "0.0.0.0", f"{name}: metrics must listen beyond the container"
+        expected.add(f"{name}:{settings.metrics_port}")
+    assert targets == expected
+    assert SERVICES["grafana"]["depends_on"] == ["prometheus"]
+
+
+def test_grafana_gets_the_dashboard_and_prometheus():
+    volumes = {v.split(":")[1]: v.split(":")[0] for v in SERVICES["grafana"]["volumes"]}  # where -> from
+    assert (REPO / volumes["/var/lib/grafana/dashboards"].lstrip("./") / "pgfanout.json").exists()
+    provisioning = REPO / volumes["/etc/grafana/provisioning"].lstrip("./")
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    dashboards = yaml.safe_load((provisioning / "dashboards" / "pgfanout.yml").read_text())["providers"][0]
+    assert dashboards["options"]["path"] == "/var/lib/grafana/dashboards"

@@ -1,0 +1,48 @@
+"""How the `pgfanout` command logs: readable lines, or with ``--log-format json`` one JSON object a line
+(time, level, daemon, logger, message, and where a stream error happened: position, topic, partition, offset)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+QUIET = ("kafka", "kafka.conn", "kafka.client")
+
+
+class DaemonName(logging.Filter):
+    """Names the daemon this process runs in every record (``daemon``), once it is known."""
+
+    daemon = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "daemon"):
+            record.daemon = self.daemon
+        return True
+
+
+NAMED = DaemonName()
+
+
+def configure(level: str, form: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(NAMED)
+    if form == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "{asctime}{levelname}{daemon}{name}{message}",
+                style="{",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter(TEXT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    for noisy in QUIET:
+        logging.getLogger(noisy).setLevel(logging.ERROR if level != "DEBUG" else logging.INFO)
+
+
+def name_daemon(name: str) -> None:
+    NAMED.daemon = name
