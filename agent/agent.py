@@ -32,6 +32,7 @@ from pgfanout.core.positions import AgentState, Mark, Progress, Resume, TopicTai
 from pgfanout.core.trace import Stamp, is_trace, stamped
 from pgfanout.runtime import kafka as kafkautil
 from pgfanout.runtime import registry
+from pgfanout.runtime.daemon import SessionDaemon
 from pgfanout.runtime.metrics import AgentMetrics
 from pgfanout.runtime.pg import connect
 
@@ -114,7 +115,7 @@ class Tick(NamedTuple):
     snapshot: str  # pg_snapshot text: what the tick's batch completes (read-your-writes tokens)
 
 
-class Agent:
+class Agent(SessionDaemon["AgentSession"]):
     """The agent of one source; ``connect()`` gives the session that publishes."""
 
     def __init__(self, config: Config, source: str):
@@ -151,15 +152,6 @@ class Agent:
             self.session = None
             raise
         return self.session
-
-    def work(self) -> bool:
-        assert self.session is not None, "connect() first"
-        return self.session.work()
-
-    def close(self) -> None:
-        if self.session is not None:
-            session, self.session = self.session, None
-            session.close()
 
 
 class AgentSession:

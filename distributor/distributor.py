@@ -31,6 +31,7 @@ from pgfanout.core.positions import WHOLE, Mark, mark_from_headers, mark_header,
 from pgfanout.core.trace import STAMPS_HEADER, Stamp, carries_trace, stamped
 from pgfanout.runtime import kafka as kafkautil
 from pgfanout.runtime import registry
+from pgfanout.runtime.daemon import SessionDaemon
 from pgfanout.runtime.metrics import CONSUMER_LAG, ROUTE_SECONDS, RouteMetrics
 from pgfanout.runtime.registry import RegistryDecoder
 
@@ -63,7 +64,7 @@ class RouteOut:
         return max(0, mark.position if mark.chunk == WHOLE else mark.position - 1)
 
 
-class Distributor:
+class Distributor(SessionDaemon["DistributorSession"]):
     idle_seconds = 0.0  # poll() itself waits for data
 
     def __init__(self, config: Config, name: str):
@@ -84,15 +85,6 @@ class Distributor:
     def connect(self) -> DistributorSession:
         self.session = DistributorSession.open(self)
         return self.session
-
-    def work(self) -> bool:
-        assert self.session is not None, "connect() first"
-        return self.session.work()
-
-    def close(self) -> None:
-        if self.session is not None:
-            session, self.session = self.session, None
-            session.close()
 
 
 class DistributorSession:

@@ -16,6 +16,7 @@ from pgfanout.core.config import Config
 from pgfanout.core.errors import StreamGap, StreamPlace
 from pgfanout.core.positions import last_position
 from pgfanout.runtime import registry
+from pgfanout.runtime.daemon import SessionDaemon
 from pgfanout.runtime.pg import connect
 from pgfanout.runtime.registry import RegistryDecoder
 from subscriber.applier import ReplicaSession
@@ -54,7 +55,7 @@ class SubscriberSession:
             self.replica.close()
 
 
-class Subscriber:
+class Subscriber(SessionDaemon[SubscriberSession]):
     idle_seconds = 0.0  # polling waits for data
 
     def __init__(self, config: Config, name: str):
@@ -80,9 +81,8 @@ class Subscriber:
         return self.session
 
     def work(self) -> bool:
-        assert self.session is not None, "connect() first"
         try:
-            return self.session.work()
+            return super().work()
         except StreamGap as gap:
             if self.config.subscribers[self.subscriber].on_gap != "resync":
                 raise
@@ -109,11 +109,6 @@ class Subscriber:
                     "o": at.offset if at else None,
                 },
             )
-
-    def close(self) -> None:
-        if self.session is not None:
-            session, self.session = self.session, None
-            session.close()
 
     def _last_position(self, value: bytes, offset: int) -> int | None:
         return last_position(*self.decoder.decode(value, StreamPlace(self.topic, 0, offset)))

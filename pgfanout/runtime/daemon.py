@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import kafka.errors
 import psycopg
@@ -23,6 +23,31 @@ from pgfanout.core.errors import FatalError, PgfanoutError, TransientError
 from pgfanout.runtime.metrics import ERRORS, RECONNECTS, Health
 
 log = logging.getLogger(__name__)
+
+
+class Session(Protocol):
+    """A daemon's connections, all open, and the work it does with them."""
+
+    def work(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Session)
+
+
+class SessionDaemon(Generic[S]):
+    """A daemon whose ``connect()`` opens a session (never a connection that is None) that does its work."""
+
+    session: S | None = None
+
+    def work(self) -> bool:
+        assert self.session is not None, "connect() first"
+        return self.session.work()
+
+    def close(self) -> None:
+        if self.session is not None:
+            session, self.session = self.session, None
+            session.close()
 
 
 class Worker(Protocol):

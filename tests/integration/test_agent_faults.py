@@ -105,11 +105,11 @@ def test_crash_in_the_middle_of_a_batch_publishes_the_rest_once(pipeline, monkey
     session = agent.connect()
     original, sent = session._send, []
 
-    def send_then_die(value, mark):
+    def send_then_die(value, mark, traced=False):
         if len(sent) == 3:
             session.producer.flush(timeout=30)
             raise Crash()
-        original(value, mark)
+        original(value, mark, traced)
         sent.append(mark.position)
 
     monkeypatch.setattr(session, "_send", send_then_die)

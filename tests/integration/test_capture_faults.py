@@ -139,3 +139,23 @@ def test_the_agent_stops_before_a_faulty_transaction_until_it_is_accepted(pipeli
     with pipeline.primary() as primary, pipeline.replica(first) as replica:
         query = "SELECT * FROM public.accounts ORDER BY id"
         assert replica.execute(query).fetchall() == primary.execute(query).fetchall()
+
+
+@C_ONLY
+def test_a_table_created_again_under_the_same_name_is_written_and_captured_with_its_new_layout(pipeline):
+    """The C trigger caches layouts per relation and backend: a published table dropped and created again
+    (another relation, other columns) must neither fail the writes nor be logged with the old layout."""
+    pipeline.prepare()
+    with psycopg.connect(pipeline.primary_dsn, autocommit=True) as writer, pipeline.primary() as conn:
+        writer.execute("INSERT INTO public.accounts VALUES (1, 1)")  # the writer caches the layout
+        conn.execute("DROP TABLE public.accounts")
+        conn.execute("CREATE TABLE public.accounts (id integer PRIMARY KEY, balance numeric, opened date)")
+        writer.execute("INSERT INTO public.accounts VALUES (2, 2, '2026-01-01')")  # no trigger yet: written
+        capture.install(conn, pipeline.config.sources[pipeline.source])
+        writer.execute("INSERT INTO public.accounts VALUES (3, 3, '2026-01-02')")
+        assert faults(conn) == []
+        table_ids = [
+            r[0] for r in conn.execute("SELECT table_id FROM pgfanout.tables WHERE table_name = 'accounts' ORDER BY table_id")
+        ]
+        assert len(table_ids) == 2, "the table created again has a layout of its own"
+        assert [(op, row) for op, row, _ in logged(conn)] == [("I", ["1", "1.00"]), ("I", ["3", "3", "2026-01-02"])]
