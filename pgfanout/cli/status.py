@@ -170,10 +170,11 @@ def _subscriber(config: Config, name: str, route_position: int | None) -> Node:
         node.state = "running" if running else (f"stopped: {stopped}" if stopped else "stopped")
         if trace is not None:
             trace_id, stamps = trace
-            parts = ", ".join(
-                f"{hop.name} {hop.seconds * 1000:.1f} ms" + (" (two clocks)" if hop.two_clocks else "") for hop in hops(stamps)
-            )
-            node.notes.append(f"last trace {trace_id}: {(stamps[-1].at - stamps[0].at) * 1000:.1f} ms end to end: {parts}")
+            node.notes.append(f"last trace {trace_id}: {(stamps[-1].at - stamps[0].at) * 1000:.1f} ms end to end")
+            node.notes += [
+                f"  {hop.seconds * 1000:7.1f} ms  {hop.name}" + ("  (two clocks)" if hop.two_clocks else "")
+                for hop in hops(stamps)
+            ]
     except (PgfanoutError, psycopg.Error) as exc:
         node.state = f"{UNREACHABLE}: {exc}"
     return node
