@@ -21,13 +21,13 @@ from typing import NamedTuple
 import psycopg
 from psycopg import sql
 
-from agent import capture, faults, logswitch, logtables
+from agent import capture, faults, logswitch, logtables, snapshot_requests
 from agent.batch import Part, pack, split_transactions, stream_rows, with_last
 from kafka import KafkaProducer
 from pgfanout.core.codec import decode_changes, default_codec, encode_batch
 from pgfanout.core.config import Config
 from pgfanout.core.errors import CaptureFault, FatalError, KafkaUnavailable, PositionError
-from pgfanout.core.messages import TableLayout
+from pgfanout.core.messages import SnapshotRequest, TableLayout
 from pgfanout.core.positions import AgentState, Mark, Progress, Resume, TopicTail, mark_header, mark_of, part_mark, plan_resume
 from pgfanout.core.trace import Stamp, is_trace, stamped
 from pgfanout.runtime import kafka as kafkautil
@@ -113,6 +113,7 @@ class Tick(NamedTuple):
     tick_id: int
     tick_time: datetime
     snapshot: str  # pg_snapshot text: what the tick's batch completes (read-your-writes tokens)
+    requests: tuple[SnapshotRequest, ...] = ()  # subscribers a compare asked to export a snapshot here
 
 
 class Agent(SessionDaemon["AgentSession"]):
@@ -226,14 +227,24 @@ class AgentSession:
         """The tick after the published one: left over from a crash, or taken now if there is work."""
         # Each statement on its own (autocommit): round trips are most of the agent's cost at a tick every
         # 50 ms. The log's sequence is read before the tick is taken, so a tick never claims to cover more.
-        tick_id, tick_time, snapshot, *logged = self.conn.execute(
-            "SELECT t.tick_id, t.tick_time, t.snapshot::text, s.last_value, s.is_called FROM pgfanout.log_seq s "
+        tick_id, tick_time, snapshot, asked, *logged = self.conn.execute(
+            "SELECT t.tick_id, t.tick_time, t.snapshot::text, "
+            + snapshot_requests.PENDING
+            + ", s.last_value, s.is_called FROM pgfanout.log_seq s "
             "LEFT JOIN LATERAL (SELECT tick_id, tick_time, snapshot FROM pgfanout.tick WHERE tick_id > %s "
             "ORDER BY tick_id LIMIT 1) t ON true",
             (self.state.published_tick,),
         ).fetchone()
         if tick_id is not None:
-            return Tick(tick_id, tick_time, snapshot)
+            return Tick(tick_id, tick_time, snapshot, snapshot_requests.requested_at(self.conn, tick_id))
+        if asked:
+            # a compare's snapshot, older than the log sequence just read: the next round looks at the log again
+            tick_id, tick_time, snapshot, others_running, pairs = self.conn.execute(
+                snapshot_requests.REQUESTED_TICK, {"published": self.state.published_tick}
+            ).fetchone()
+            self.logged_at_last_tick, self.running_at_last_tick = None, others_running
+            self.conn.execute(snapshot_requests.FORGET_OLD)
+            return Tick(tick_id, tick_time, snapshot, snapshot_requests.requests_of(pairs))
         if not heartbeat_due and not self._may_have_work(tuple(logged)):
             return None
         tick_id, tick_time, snapshot, others_running = self.conn.execute(
@@ -268,7 +279,7 @@ class AgentSession:
     def _publish_batch(self, tick: Tick, after: Progress, heartbeat: bool, must_publish: bool = False) -> int:
         """Stream the batch of ``tick`` to Kafka (parts after ``after`` only), flush, then record it; returns how
         many transactions the batch held."""
-        tick_id, tick_time, snapshot = tick
+        tick_id, tick_time, snapshot, requests = tick
         first_position = self.state.next_position
         last: Part | None = None
         sent = changes = sent_bytes = 0
@@ -317,6 +328,7 @@ class AgentSession:
                             "tick_id": tick_id,
                             "tick_time": tick_time,
                             "snapshot": snapshot,
+                            "snapshot_requests": requests if batch_end else (),
                             "batch_end": batch_end,
                             "tables": self._tables_of(package),
                             "transactions": [p.record() for p in package],
@@ -332,13 +344,14 @@ class AgentSession:
                 f"topic {self.topic} holds {after} of tick {tick_id} without its batch's end, but the primary's batch "
                 f"for that tick has nothing after it; the topic and the primary disagree"
             )
-        if last is None and heartbeat:
+        if last is None and (heartbeat or requests):  # a compare's tick ends at a heartbeat when its batch is empty
             beat = {
                 "source": self.source,
                 "position": first_position - 1,
                 "tick_id": tick_id,
                 "tick_time": tick_time,
                 "snapshot": snapshot,
+                "snapshot_requests": requests,
             }
             self._send(self.codec.encode("Heartbeat", beat), mark_of("Heartbeat", beat))
         self._flush()
@@ -454,7 +467,8 @@ class AgentSession:
         if resume.batch_complete:
             self._record(resume.tick_id, resume.after.position + 1)
         else:
-            self._publish_batch(Tick(*row), resume.after, heartbeat=False, must_publish=True)
+            requests = snapshot_requests.requested_at(self.conn, resume.tick_id)
+            self._publish_batch(Tick(*row, requests), resume.after, heartbeat=False, must_publish=True)
 
 
 def tick_pause(transactions: int, seconds: float, tick_ms: int, busy_tick_ms: int, busy_tps: int) -> float:

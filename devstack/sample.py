@@ -147,9 +147,10 @@ def run_workload(
     seed_value: int = 1,
     record_xids: bool = False,
     pause_seconds: float = 0.0,
+    stop: threading.Event | None = None,
 ) -> WorkloadStats:
-    """Run ``writers`` concurrent connections for ``seconds`` (and at most ``max_transactions`` each), each
-    pausing ``pause_seconds`` after every transaction."""
+    """Run ``writers`` concurrent connections for ``seconds`` (and at most ``max_transactions`` each, and
+    until ``stop`` is set), each pausing ``pause_seconds`` after every transaction."""
     stats = WorkloadStats()
     deadline = time.monotonic() + seconds
 
@@ -158,7 +159,11 @@ def run_workload(
         counter = [0]
         with psycopg.connect(dsn, autocommit=True) as conn:
             done = 0
-            while time.monotonic() < deadline and (max_transactions is None or done < max_transactions):
+            while (
+                time.monotonic() < deadline
+                and (max_transactions is None or done < max_transactions)
+                and not (stop and stop.is_set())
+            ):
                 try:
                     xid = _one_transaction(conn, rng, index, counter, record_xids)
                     done += 1

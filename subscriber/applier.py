@@ -24,6 +24,7 @@ from pgfanout.core.positions import Progress
 from pgfanout.core.trace import Stamp, stamps_of
 from pgfanout.runtime.metrics import SubscriberMetrics
 from pgfanout.runtime.pg import connect
+from subscriber import exporter
 from subscriber.apply import TableInfo, apply_changes, forget_staging, tables_of
 from subscriber.columns import NewColumns, tables_to_extend
 from subscriber.copyfilter import CopyFilters
@@ -85,6 +86,7 @@ class ReplicaSession:
         self.commits = 0
         self.metrics = SubscriberMetrics(subscriber, self.topic)
         self.markers: list[Marker] = []  # trace markers of the open replica transaction
+        self.serves_snapshots = True  # for `pgfanout compare` (import does not)
         self.received_by = f"received by subscriber {subscriber}"
         conn.autocommit = False  # one replica transaction may span several messages and polls
 
@@ -141,6 +143,17 @@ class ReplicaSession:
         if (kind == "Heartbeat" or message.get("batch_end")) and message.get("snapshot"):
             self.group.visible = message["snapshot"]  # type: ignore[typeddict-item]
         self.group.offset = stored_offset
+        asked = [r for r in message.get("snapshot_requests") or () if r["subscriber"] == self.subscriber]
+        if asked and self.serves_snapshots and self.group.whole:  # a compare's tick ends here
+            self.commit()
+            exporter.serve(
+                self.settings,
+                self.conn,
+                self.subscriber,
+                message["tick_id"],
+                self.applied.position,
+                hold=any(r["hold"] for r in asked),
+            )
 
     def _take_batch(self, message: Batch, where: Where, headers: Sequence[tuple[str, bytes]] | None) -> None:
         markers = trace_ids(message["tables"])

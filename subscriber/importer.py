@@ -30,6 +30,7 @@ def import_file(config: Config, subscriber: str, path: Path) -> str:
             f"{path} holds route {shipment.route}, but subscriber {subscriber} takes route {route}; nothing was applied"
         )
     replica = ReplicaSession.open(config, subscriber)
+    replica.serves_snapshots = False  # a compare asks the running subscriber, not an import
     try:
         applied = replica.applied.position
         if shipment.last_position <= applied:

@@ -138,6 +138,25 @@ STATE_DDL = [
         topic text,
         kafka_offset bigint,
         stopped_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
+    # A snapshot of the replica exported at the end of a tick for `pgfanout compare` (subscriber.compare): the
+    # subscriber writes it there, the compare marks it imported (and, for a repair, released).
+    """CREATE TABLE IF NOT EXISTS pgfanout_replica.snapshot_request (
+        subscriber text NOT NULL,
+        tick_id bigint NOT NULL,
+        exported text NOT NULL,
+        position bigint NOT NULL,
+        hold boolean NOT NULL,
+        imported boolean NOT NULL DEFAULT false,
+        released boolean NOT NULL DEFAULT false,
+        exported_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (subscriber, tick_id))""",
+    # What `pgfanout repair` changed, and at which position.
+    """CREATE TABLE IF NOT EXISTS pgfanout_replica.repaired (
+        subscriber text NOT NULL,
+        table_name text NOT NULL,
+        position bigint NOT NULL,
+        rows bigint NOT NULL,
+        repaired_at timestamptz NOT NULL DEFAULT clock_timestamp())""",
     # Trace markers (pgfanout.core.trace) this subscriber applied: every hop's stamp, from the commit on the
     # primary (its clock) to the commit here (this server's clock), written in the replica transaction that
     # applied the marker.

@@ -71,6 +71,19 @@ ALTER TABLE pgfanout.agent_state ADD COLUMN IF NOT EXISTS current_log smallint N
     CHECK (current_log IN (1, 2));
 ALTER TABLE pgfanout.agent_state ADD COLUMN IF NOT EXISTS log_switched_at timestamptz NOT NULL DEFAULT now();
 
+-- `pgfanout compare` asks here for a tick taken with its own snapshot (subscriber/compare.py): the agent takes
+-- it as its next tick when it is later than the last one (tick_id), or refuses it (refused).
+CREATE TABLE IF NOT EXISTS pgfanout.snapshot_request (
+    request_id bigserial PRIMARY KEY,
+    subscriber text NOT NULL,
+    snapshot pg_snapshot NOT NULL,
+    hold boolean NOT NULL DEFAULT false,
+    requested_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    tick_id bigint,
+    refused timestamptz);
+CREATE INDEX IF NOT EXISTS snapshot_request_pending ON pgfanout.snapshot_request (request_id)
+    WHERE tick_id IS NULL AND refused IS NULL;
+
 -- The first tick marks where capture starts: everything committed before it is not published.
 INSERT INTO pgfanout.tick (tick_id, snapshot, tick_time)
     SELECT nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()

@@ -249,6 +249,20 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return trace(config, _pick("source", list(config.sources), args.source), args.wait)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pgfanout.cli import verify
+
+    config = _config(args)
+    return verify.run(config, args.subscriber, args.table, args.timeout, args.examples, args.json, args.repair)
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from pgfanout.cli import verify
+
+    config = _config(args)
+    return verify.run(config, args.subscriber, args.table, args.timeout, args.examples, args.json, repair=True)
+
+
 # -- parser ----------------------------------------------------------------------------
 
 
@@ -360,6 +374,42 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to wait for every subscriber to apply it (0: do not wait)",
     )
+
+    for name, func, text in (
+        (
+            "compare",
+            cmd_compare,
+            "compare a subscriber's tables with its share of the primary, both at one stream position, "
+            "while everything runs (exit status 0 equal, 1 different, 2 no verdict)",
+        ),
+        (
+            "repair",
+            cmd_repair,
+            "compare, then make the rows that differ equal to the primary's at one stream position, and compare again",
+        ),
+    ):
+        check = _add(top, name, func, text)
+        check.add_argument("subscriber")
+        check.add_argument(
+            "--table",
+            action="append",
+            type=table_argument,
+            metavar="SCHEMA.TABLE",
+            help="only this table (again for more; default: every table the subscriber receives)",
+        )
+        check.add_argument("--json", action="store_true", help="the report as JSON")
+        check.add_argument("--examples", type=int, default=10, metavar="N", help="keys listed per kind of difference (10)")
+        check.add_argument(
+            "--timeout",
+            type=float,
+            default=60.0,
+            metavar="SECONDS",
+            help="how long to wait for the agent's tick and for the subscriber to reach it (60)",
+        )
+        if name == "compare":
+            check.add_argument("--repair", action="store_true", help="repair what differs (as `pgfanout repair`)")
+        else:
+            check.set_defaults(repair=True)
 
     ship = _add(
         top,

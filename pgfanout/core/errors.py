@@ -165,5 +165,13 @@ class ShipFileError(FatalError):
     """A log shipping file is unreadable, incomplete or not the one asked for."""
 
 
+class CompareError(PgfanoutError):
+    """`pgfanout compare` or `repair` cannot give a verdict as asked (an unknown table, a table without a key,
+    a subscriber that does not reach the compare's position in time); nothing was changed. Exit status 2:
+    1 means the replica differs."""
+
+    exit_code = 2
+
+
 class LocalStackError(PgfanoutError):
     exit_code = 4

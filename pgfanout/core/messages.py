@@ -52,6 +52,13 @@ class Transaction(TypedDict):
     changes: Sequence[Change]
 
 
+class SnapshotRequest(TypedDict):
+    """A subscriber asked by `pgfanout compare` to export a snapshot of its replica at the end of a tick."""
+
+    subscriber: str
+    hold: bool  # for a repair: it waits there until released
+
+
 class Batch(TypedDict):
     """A Kafka message of whole transactions (or chunks) of one tick's batch (schemas/batch.avsc)."""
 
@@ -60,6 +67,7 @@ class Batch(TypedDict):
     tick_time: datetime
     batch_end: bool
     snapshot: str  # the tick's txid snapshot: what a replica holds once it applied the batch to its end
+    snapshot_requests: NotRequired[Sequence[SnapshotRequest]]  # on the batch's last message
     tables: Sequence[TableLayout]
     transactions: Sequence[Transaction]
 
@@ -72,6 +80,7 @@ class Heartbeat(TypedDict):
     tick_id: int
     tick_time: datetime
     snapshot: str
+    snapshot_requests: NotRequired[Sequence[SnapshotRequest]]
 
 
 class RowChange(TypedDict):

@@ -17,7 +17,7 @@ from agent.agent import LOG_ORDER
 from devstack import processes
 from devstack.demo import daemon_argv, proof, reset_streams, start_daemon, wait_caught_up, write_config
 from devstack.sample import SAMPLE_TABLES, WorkloadStats, create_schema, run_workload, seed
-from devstack.stack import Stack
+from devstack.stack import Stack, free_port
 from pgfanout.core.codec import decode_changes, default_codec
 from pgfanout.core.config import Config, load_config
 from pgfanout.runtime.pg import connect
@@ -221,3 +221,29 @@ def transactions(messages: list[tuple[int, str, dict]]) -> list[dict]:
 def transaction_positions(messages: list[tuple[int, str, dict]]) -> list[int]:
     """Positions of whole transactions (their last chunks), in stream order."""
     return [part["position"] for part in transactions(messages) if part["last_chunk"]]
+
+
+BRANCH = {"public.accounts": {"where": "id <= 10"}, "public.customers": {"columns": ["id", "name"]}}
+
+
+def two_tiers(pipeline: Pipeline) -> dict[str, int]:
+    """hq routes everything to sub1, and a region distributor a filtered share of that route to sub2;
+    every daemon serves metrics. Returns each daemon's metrics port."""
+    name, data = pipeline.name, pipeline.data
+    first, second = pipeline.subscribers
+    ports = {role: free_port() for role in ("agent", "hq", "region", first, second)}
+    data["sources"][name].update(metrics_port=ports["agent"])
+    data["routes"][f"{name}.branch"] = {"upstream": pipeline.route, "kafka": "local", "tables": BRANCH}
+    data["distributors"] = {
+        f"{name}.hq": {"routes": [pipeline.route], "metrics_port": ports["hq"]},
+        f"{name}.region": {"routes": [f"{name}.branch"], "metrics_port": ports["region"]},
+    }
+    data["subscribers"][first]["metrics_port"] = ports[first]
+    data["subscribers"][second].update(route=f"{name}.branch", metrics_port=ports[second])
+    pipeline.reconfigure(data)
+    pipeline.prepare()
+    pipeline.seed()
+    pipeline.start("agent", f"{name}.hq", f"{name}.region", first, second)
+    for role in ("agent", f"{name}.hq", f"{name}.region", first, second):
+        pipeline.wait_for_log(role, "ready")
+    return ports

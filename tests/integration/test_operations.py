@@ -18,35 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from devstack.demo import daemon_argv
 from devstack.processes import spawn, stop
 from devstack.stack import free_port
-from tests.integration.pipeline import Pipeline
+from tests.integration.pipeline import Pipeline, two_tiers
 
 REPO = Path(__file__).resolve().parents[2]
 STATUS_SCHEMA = json.loads((REPO / "schemas" / "status.schema.json").read_text())
 DASHBOARD = json.loads((REPO / "grafana" / "pgfanout.json").read_text())
-BRANCH = {"public.accounts": {"where": "id <= 10"}, "public.customers": {"columns": ["id", "name"]}}
-
-
-def two_tiers(pipeline: Pipeline) -> dict[str, int]:
-    """hq routes everything to sub1, and a region distributor a filtered share of that route to sub2;
-    every daemon serves metrics. Returns each daemon's metrics port."""
-    name, data = pipeline.name, pipeline.data
-    first, second = pipeline.subscribers
-    ports = {role: free_port() for role in ("agent", "hq", "region", first, second)}
-    data["sources"][name].update(metrics_port=ports["agent"])
-    data["routes"][f"{name}.branch"] = {"upstream": pipeline.route, "kafka": "local", "tables": BRANCH}
-    data["distributors"] = {
-        f"{name}.hq": {"routes": [pipeline.route], "metrics_port": ports["hq"]},
-        f"{name}.region": {"routes": [f"{name}.branch"], "metrics_port": ports["region"]},
-    }
-    data["subscribers"][first]["metrics_port"] = ports[first]
-    data["subscribers"][second].update(route=f"{name}.branch", metrics_port=ports[second])
-    pipeline.reconfigure(data)
-    pipeline.prepare()
-    pipeline.seed()
-    pipeline.start("agent", f"{name}.hq", f"{name}.region", first, second)
-    for role in ("agent", f"{name}.hq", f"{name}.region", first, second):
-        pipeline.wait_for_log(role, "ready")
-    return ports
 
 
 def scrape(port: int) -> dict[str, float]:

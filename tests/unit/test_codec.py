@@ -35,6 +35,7 @@ TX = {
     "tick_time": datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
     "batch_end": True,
     "snapshot": "1000:1005:1001,1003",
+    "snapshot_requests": [{"subscriber": "report1", "hold": False}, {"subscriber": "branch7", "hold": True}],
     "tables": [
         {
             "table_id": 3,
@@ -84,6 +85,30 @@ def test_messages_written_with_an_older_schema_stay_readable():
         dict(t, changes=[dict(c, old_values=[], old_nulls=[]) for c in t["changes"]]) for t in old_transactions
     ]
     assert message["tables"] == [dict(old_tables[0], column_types=[], missing_values={}, old_columns=[])]
+    assert message["snapshot_requests"] == []
+
+
+def test_batches_and_heartbeats_before_snapshot_requests_read_as_asking_nothing():
+    import io
+    import json
+
+    import fastavro
+
+    from pgfanout.core.codec import fingerprint, schema_dir
+
+    for name, record in (
+        ("Batch-3a82a0c15b3331f1", {k: v for k, v in TX.items() if k != "snapshot_requests"}),
+        (
+            "Heartbeat-5a671b4a29a51550",
+            {"source": "s", "position": 1, "tick_id": 2, "tick_time": TX["tick_time"], "snapshot": ""},
+        ),
+    ):
+        older = json.loads((schema_dir() / "history" / f"{name}.avsc").read_text())
+        assert "snapshot_requests" not in json.dumps(older)
+        body = io.BytesIO()
+        fastavro.schemaless_writer(body, fastavro.parse_schema(older), record)
+        kind, message = default_codec().decode(MAGIC + fingerprint(older) + body.getvalue(), "t[0]@0")
+        assert kind == name.split("-")[0] and message == {**record, "snapshot_requests": []}
 
 
 def test_a_schema_learned_from_the_registry_becomes_readable():
@@ -104,10 +129,20 @@ def test_a_schema_learned_from_the_registry_becomes_readable():
 
 def test_heartbeat_round_trip():
     codec = default_codec()
-    beat = {"source": "shop", "position": 42, "tick_id": 8, "tick_time": TX["tick_time"], "snapshot": "1006:1006:"}
+    beat = {
+        "source": "shop",
+        "position": 42,
+        "tick_id": 8,
+        "tick_time": TX["tick_time"],
+        "snapshot": "1006:1006:",
+        "snapshot_requests": [{"subscriber": "report1", "hold": True}],
+    }
     assert codec.decode(codec.encode("Heartbeat", beat), "here") == ("Heartbeat", beat)
-    older = {key: value for key, value in beat.items() if key != "snapshot"}  # from an agent before snapshots
-    assert codec.decode(codec.encode("Heartbeat", older), "here") == ("Heartbeat", {**older, "snapshot": ""})
+    older = {key: value for key, value in beat.items() if key not in ("snapshot", "snapshot_requests")}  # older agents
+    assert codec.decode(codec.encode("Heartbeat", older), "here") == (
+        "Heartbeat",
+        {**older, "snapshot": "", "snapshot_requests": []},
+    )
 
 
 def test_fingerprints_differ_per_schema_and_are_stable():
