@@ -49,12 +49,12 @@ TABLES = [
 ]
 
 
-def prepare(stack, name: str, tiers: int = 1, filtered: bool = False, metrics: bool = False) -> dict:
+def prepare(stack, name: str, tiers: int = 1, filtered: bool = False, metrics: bool = False, scale: int = 10) -> dict:
     """A chain of ``tiers`` distributors; with ``filtered``, each route has a subscription with a row filter
     (that keeps every row, so the replica still equals the primary) and runs the routing code path."""
     primary, replica = stack.postgres("primary"), stack.postgres("replica")
     for cluster in (primary, replica):  # both start equal
-        pgbench_database(cluster, name, probe=True)
+        pgbench_database(cluster, name, scale=scale, probe=True)
     kafka = stack.kafka("main").bootstrap
     subscription = {table: {} for table in TABLES}
     subscription["public.pgbench_accounts"] = {"where": "aid > 0 AND bid IS NOT NULL"}
@@ -84,9 +84,9 @@ def prepare(stack, name: str, tiers: int = 1, filtered: bool = False, metrics: b
 class BenchPipeline:
     """A pgbench database on the primary and the replica, capture installed, topics fresh, and its daemons."""
 
-    def __init__(self, stack, name: str, tiers: int = 1, filtered: bool = False, metrics: bool = False):
+    def __init__(self, stack, name: str, tiers: int = 1, filtered: bool = False, metrics: bool = False, scale: int = 10):
         self.stack, self.name = stack, name
-        self.data = prepare(stack, name, tiers, filtered, metrics)
+        self.data = prepare(stack, name, tiers, filtered, metrics, scale)
         self.config = parse_config(self.data)
         reset_streams(self.config)
         self.config_path = write_config(stack.home / f"{name}.yaml", self.data)

@@ -87,6 +87,7 @@ class ReplicaSession:
         self.metrics = SubscriberMetrics(subscriber, self.topic)
         self.markers: list[Marker] = []  # trace markers of the open replica transaction
         self.serves_snapshots = True  # for `pgfanout compare` (import does not)
+        self.exporter = exporter.Exporter(self.settings, subscriber)
         self.received_by = f"received by subscriber {subscriber}"
         conn.autocommit = False  # one replica transaction may span several messages and polls
 
@@ -118,6 +119,7 @@ class ReplicaSession:
         self.group.offset = self.committed_offset = offset
 
     def close(self) -> None:
+        self.exporter.close()
         forget_staging(self.conn)
         self.conn.close()  # an open replica transaction is rolled back: it holds no whole group
 
@@ -146,14 +148,7 @@ class ReplicaSession:
         asked = [r for r in message.get("snapshot_requests") or () if r["subscriber"] == self.subscriber]
         if asked and self.serves_snapshots and self.group.whole:  # a compare's tick ends here
             self.commit()
-            exporter.serve(
-                self.settings,
-                self.conn,
-                self.subscriber,
-                message["tick_id"],
-                self.applied.position,
-                hold=any(r["hold"] for r in asked),
-            )
+            self.exporter.serve(self.conn, message["tick_id"], self.applied.position, hold=any(r["hold"] for r in asked))
 
     def _take_batch(self, message: Batch, where: Where, headers: Sequence[tuple[str, bytes]] | None) -> None:
         markers = trace_ids(message["tables"])

@@ -1,9 +1,11 @@
-"""The SQL of `pgfanout compare`: bucket summaries of a table's share, and the rows of chosen buckets.
+"""The SQL of `pgfanout compare`: key ranges of a table, a range's checksum, a range's rows.
 
-A row is compared by its text: every compared column cast to text, with the session settings that
-shape a value's text pinned alike on both servers (pgfanout.runtime.pg.SESSION_SETTINGS). Keys are
-compared by their columns' texts too, in the C collation's order on both sides, which is also
-Python's order of those strings (subscriber.diff.merge relies on it).
+A row is compared by its text: every compared column cast to text, with the session settings that shape
+a value's text pinned alike on both servers (pgfanout.runtime.pg.SESSION_SETTINGS). Ranges are ranges
+of the first key column's values, in its type's order, with bounds given as text literals that each
+server reads as that type: a range is an index range scan of the primary key on both sides. Rows are
+listed in the order of their keys' texts in the C collation on both sides, which is also Python's order
+of those strings (subscriber.diff.merge relies on it).
 """
 
 from __future__ import annotations
@@ -12,61 +14,56 @@ from collections.abc import Sequence
 
 from psycopg import sql
 
-MIN_BUCKETS, MAX_BUCKETS, ROWS_PER_BUCKET = 64, 65_536, 1_000
+from subscriber.diff import KeyRange
 
 
-def bucket_count(estimated_rows: int) -> int:
-    """A power of two near a thousand rows per bucket, between 64 and 65,536."""
-    buckets = MIN_BUCKETS
-    while buckets < MAX_BUCKETS and buckets * ROWS_PER_BUCKET < estimated_rows:
-        buckets *= 2
-    return buckets
+def _texts(columns: Sequence[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns)
 
 
-def _row(columns: Sequence[str]) -> sql.Composable:
-    return sql.SQL("ROW({})::text").format(sql.SQL(", ").join(map(sql.Identifier, columns)))
+def _where(key: str, bounds: KeyRange, filters: Sequence[str]) -> sql.Composable:
+    """The range's bounds, and the route's row filters (PostgreSQL SQL regenerated from their parse trees)."""
+    low, high = bounds
+    parts = [sql.SQL("({})").format(sql.SQL(f)) for f in filters]
+    if low is not None:
+        parts.append(sql.SQL("{} >= {}").format(sql.Identifier(key), sql.Literal(low)))
+    if high is not None:
+        parts.append(sql.SQL("{} < {}").format(sql.Identifier(key), sql.Literal(high)))
+    return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
 
 
-def _where(filters: Sequence[str]) -> sql.Composable:
-    """The route's row filters (already PostgreSQL SQL, regenerated from their parse trees)."""
-    if not filters:
-        return sql.SQL("true")
-    return sql.SQL(" AND ").join(sql.SQL("({})").format(sql.SQL(f)) for f in filters)
-
-
-def _bucket(keys: Sequence[str], buckets: int) -> sql.Composable:
-    return sql.SQL("(hashtext({}) & {})").format(_row(keys), sql.Literal(buckets - 1))
-
-
-def summary(
-    table: sql.Identifier, keys: Sequence[str], columns: Sequence[str], filters: Sequence[str], buckets: int
-) -> sql.Composable:
-    """bucket, rows, sum of one hash of the rows' texts, xor of another: one scan of the table."""
+def sampled_bounds(table: sql.Identifier, key: str) -> sql.Composable:
+    """The first key column's values at %(fractions)s of a sample of %(percent)s of the table's pages."""
     return sql.SQL(
-        "SELECT {bucket} AS bucket, count(*), coalesce(sum(hashtext(r)::bigint), 0), "
-        "coalesce(bit_xor(hashtextextended(r, 7)), 0) "
-        "FROM (SELECT {row} AS r, {keys} FROM {table} WHERE {where}) s GROUP BY 1"
-    ).format(
-        bucket=_bucket(keys, buckets),
-        row=_row(columns),
-        table=table,
-        where=_where(filters),
-        keys=sql.SQL(", ").join(map(sql.Identifier, keys)),
-    )
+        "SELECT percentile_disc(%(fractions)s::float8[]) WITHIN GROUP (ORDER BY {key})::text[] "
+        "FROM {table} TABLESAMPLE SYSTEM (%(percent)s)"
+    ).format(key=sql.Identifier(key), table=table)
+
+
+def bounds_within(table: sql.Identifier, key: str, bounds: KeyRange) -> sql.Composable:
+    """The first key column's values at %(fractions)s of the rows of a range (on the primary, to split it)."""
+    return sql.SQL(
+        "SELECT percentile_disc(%(fractions)s::float8[]) WITHIN GROUP (ORDER BY {key})::text[] FROM {table} WHERE {where}"
+    ).format(key=sql.Identifier(key), table=table, where=_where(key, bounds, ()))
+
+
+def checksum(table: sql.Identifier, key: str, columns: Sequence[str], filters: Sequence[str], bounds: KeyRange) -> sql.Composable:
+    """A range's row count and the xor of a 64-bit hash of each row's text. Rows are unique by key on both
+    sides, so different sets of rows give a different xor but for a 2^-64 chance."""
+    return sql.SQL(
+        "SELECT count(*), coalesce(bit_xor(hashtextextended(ROW({columns})::text, 0)), 0) FROM {table} WHERE {where}"
+    ).format(columns=sql.SQL(", ").join(map(sql.Identifier, columns)), table=table, where=_where(key, bounds, filters))
 
 
 def rows(
-    table: sql.Identifier, keys: Sequence[str], columns: Sequence[str], filters: Sequence[str], buckets: int
+    table: sql.Identifier, keys: Sequence[str], columns: Sequence[str], filters: Sequence[str], bounds: KeyRange
 ) -> sql.Composable:
-    """The keys' and columns' texts of the rows in the buckets %(buckets)s, in key order (C collation)."""
-    return sql.SQL(
-        "SELECT {keys}, {columns} FROM {table} WHERE {where} AND {bucket} = ANY (%(buckets)s::integer[]) ORDER BY {order}"
-    ).format(
-        keys=sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in keys),
-        columns=sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+    """The keys' and columns' texts of a range's rows, in the order of the keys' texts (C collation)."""
+    return sql.SQL("SELECT {keys}, {columns} FROM {table} WHERE {where} ORDER BY {order}").format(
+        keys=_texts(keys),
+        columns=_texts(columns),
         table=table,
-        where=_where(filters),
-        bucket=_bucket(keys, buckets),
+        where=_where(keys[0], bounds, filters),
         order=sql.SQL(", ").join(sql.SQL('{}::text COLLATE "C"').format(sql.Identifier(k)) for k in keys),
     )
 
@@ -75,12 +72,30 @@ def keyed_rows(table: sql.Identifier, keys: Sequence[str], columns: Sequence[str
     """The same texts for the rows whose keys' texts are in %(keys)s (a jsonb array of text arrays)."""
     match = sql.SQL(
         "ARRAY[{}] IN (SELECT ARRAY(SELECT jsonb_array_elements_text(k)) FROM jsonb_array_elements(%(keys)s::jsonb) k)"
-    ).format(sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in keys))
+    ).format(_texts(keys))
     return sql.SQL("SELECT {keys}, {columns} FROM {table} WHERE {where} AND {match} ORDER BY {order}").format(
-        keys=sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(k)) for k in keys),
-        columns=sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in columns),
+        keys=_texts(keys),
+        columns=_texts(columns),
         table=table,
-        where=_where(filters),
+        where=_where(keys[0], (None, None), filters),
         match=match,
         order=sql.SQL(", ").join(sql.SQL('{}::text COLLATE "C"').format(sql.Identifier(k)) for k in keys),
     )
+
+
+# How a column's values sort: its collation as each server defines it (the database's for the default
+# collation). Key ranges are cut by the primary's order and read by the replica's: they must agree.
+KEY_COLLATION = """
+SELECT CASE
+    WHEN a.attcollation = 0 THEN '{}'::jsonb
+    WHEN a.attcollation = (SELECT oid FROM pg_collation WHERE collname = 'default' AND collnamespace = 'pg_catalog'::regnamespace)
+        THEN (SELECT jsonb_object_agg(key, value) FROM pg_database d, jsonb_each(to_jsonb(d))
+              WHERE d.datname = current_database()
+              AND key IN ('datcollate', 'datctype', 'datlocprovider', 'daticulocale', 'datlocale', 'daticurules'))
+    ELSE (SELECT jsonb_object_agg(key, value) FROM pg_collation c, jsonb_each(to_jsonb(c))
+          WHERE c.oid = a.attcollation
+          AND key IN ('collprovider', 'collcollate', 'collctype', 'colliculocale', 'colllocale', 'collicurules',
+                      'collisdeterministic'))
+    END
+FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attname = %s
+"""

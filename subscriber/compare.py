@@ -1,35 +1,22 @@
-"""`pgfanout compare` and `pgfanout repair`: a replica against its share of the primary, both read at one
-stream position, while writers and the pipeline go on.
+"""`pgfanout compare`: a replica against its share of the primary, each key range read on both sides at
+one stream position (subscriber.alignment), while writers and the pipeline go on.
 
-The two sides at one position (docs/compare.md): the compare opens a REPEATABLE READ transaction on the
-primary and asks the agent to take its next tick with that very snapshot (pgfanout.snapshot_request);
-the agent does so only if the snapshot is later than its last tick, so the tick order stays a valid
-one. A tick's batch is every transaction visible in its snapshot and not in the one before: once a
-replica has applied that batch to its end, it holds exactly what the snapshot sees. The agent names the
-subscriber in the batch's last message (or a heartbeat), and the subscriber, there, commits, exports a
-snapshot of its replica (pg_export_snapshot) and waits an instant until the compare has imported it.
-Both sides are then read in their snapshots, as long as the compare needs, without holding anyone.
-
-Reading: each side sums its rows in buckets in one scan (subscriber.checksums); buckets that differ
-are read again in key order from both sides and merged (subscriber.diff). Memory holds the bucket
-sums and the rows of one merge step, whatever the table's size.
-
-Repair: after a compare, the subscriber is asked to stop at the end of another such tick and to wait
-there; the rows that differed are read again on both sides, there, and the replica's are made equal
-to the primary's in one replica transaction, as the applier, with the subscriber's resync lock held;
-then the subscriber goes on, exactly after that position.
+A table is cut into ranges of its first key column (bounds sampled from the primary, about 50,000 rows
+each); each side sums a range in SQL, and a range that differs is cut again, down to ranges small
+enough to read row by row and merge (subscriber.diff). The reading goes in segments: both sides are
+aligned at a position, read for at most SEGMENT_SECONDS, and let go, so that no snapshot lives long on
+the primary (a long one would keep VACUUM from cleaning hot rows, which slows their writers), and
+--pace pauses between segments. Memory holds one fetch of rows, whatever the table's size.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -40,15 +27,26 @@ from pgfanout.core.errors import CompareError
 from pgfanout.core.names import parse_table, qualified
 from pgfanout.runtime.pg import connect
 from subscriber import checksums
-from subscriber.diff import BucketSums, Difference, Row, TableReport, differing_buckets, merge
+from subscriber.alignment import Aligned, Aligner
+from subscriber.diff import (
+    LEAF_ROWS,
+    SPLIT,
+    Difference,
+    KeyRange,
+    Row,
+    TableReport,
+    fractions,
+    merge,
+    range_count,
+    ranges_between,
+    sample_percent,
+)
 from subscriber.exporter import compare_application_name
-from subscriber.state import resync_lock_key
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 0.005
-TICK_ATTEMPTS = 5
 MAX_REPAIR_KEYS = 100_000
 FETCH_ROWS = 2_000
+SEGMENT_SECONDS = 1.0  # how long both sides stay at one position (and a snapshot stays open)
 _cursor_numbers = itertools.count()
 
 
@@ -74,18 +72,8 @@ class Target:
 @dataclass
 class Comparison:
     reports: list[TableReport]
-    position: int  # the stream position both sides were read at
-    differences: dict[str, list[Difference]]  # per table (at most MAX_REPAIR_KEYS each)
-
-
-@dataclass
-class Aligned:
-    """Both sides open in snapshots of one stream position."""
-
-    primary: psycopg.Connection  # in a REPEATABLE READ transaction: the tick's snapshot
-    replica: psycopg.Connection  # in a REPEATABLE READ transaction: the replica at the end of that tick
-    tick_id: int
-    position: int
+    positions: list[int] = field(default_factory=list)  # the stream positions both sides were read at, in order
+    differences: dict[str, list[Difference]] = field(default_factory=dict)  # per table, at most MAX_REPAIR_KEYS
 
 
 # -- the tables ---------------------------------------------------------------------
@@ -148,112 +136,37 @@ def _not_carried(primary: psycopg.Connection, subscriber: str, table: str, carri
     return f"subscriber {subscriber} does not receive table {table} (it receives {', '.join(carried) or 'nothing'})"
 
 
-# -- one stream position on both sides ----------------------------------------------
+# -- segments -----------------------------------------------------------------------
 
 
-@contextmanager
-def aligned(config: Config, subscriber: str, timeout: float, hold: bool = False) -> Iterator[Aligned]:
-    """Both sides in snapshots of the end of one tick (see the module's docstring). With ``hold``, the
-    subscriber waits there until release() (for a repair)."""
-    settings = config.subscribers[subscriber]
-    source = config.origin_source(settings.route)
-    name = compare_application_name(subscriber)
-    with ExitStack() as stack:
-        replica_control = stack.enter_context(connect(settings, name))  # before asking: the subscriber looks for it
-        replica = stack.enter_context(connect(settings, name))
-        control = stack.enter_context(connect(config.sources[source], name))
-        primary, tick_id = _primary_at_a_tick(config, source, subscriber, control, hold, timeout, stack)
-        exported, position = _wait_for_export(replica_control, control, subscriber, tick_id, timeout)
-        replica.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        replica.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(exported)))
-        replica_control.execute(
-            "UPDATE pgfanout_replica.snapshot_request SET imported = true WHERE subscriber = %s AND tick_id = %s",
-            (subscriber, tick_id),
-        )
-        log.info("compare: primary and subscriber %s at the end of tick %d (position %d)", subscriber, tick_id, position)
-        try:
-            yield Aligned(primary, replica, tick_id, position)
-        finally:
-            for conn in (primary, replica):
-                if not conn.closed:
-                    conn.rollback()
+class Segments:
+    """Both sides at one position for SEGMENT_SECONDS at most, then at a later one; with ``pace`` below 1,
+    a pause between segments so that the compare works that fraction of the time."""
 
+    def __init__(self, aligner: Aligner, pace: float):
+        self.aligner, self.pace = aligner, pace
+        self.current: Aligned | None = None
+        self.began = 0.0
+        self.positions: list[int] = []
 
-def _primary_at_a_tick(
-    config: Config, source: str, subscriber: str, control: psycopg.Connection, hold: bool, timeout: float, stack: ExitStack
-) -> tuple[psycopg.Connection, int]:
-    """A primary connection in a REPEATABLE READ snapshot that the agent took as a tick's; the tick."""
-    deadline = time.monotonic() + timeout
-    for _attempt in range(TICK_ATTEMPTS):
-        primary = stack.enter_context(connect(config.sources[source], compare_application_name(subscriber)))
-        primary.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        snapshot = primary.execute("SELECT pg_current_snapshot()::text").fetchone()[0]
-        request = control.execute(
-            "INSERT INTO pgfanout.snapshot_request (subscriber, snapshot, hold) VALUES (%s, %s, %s) RETURNING request_id",
-            (subscriber, snapshot, hold),
-        ).fetchone()[0]
-        while True:
-            tick_id, refused = control.execute(
-                "SELECT tick_id, refused FROM pgfanout.snapshot_request WHERE request_id = %s", (request,)
-            ).fetchone()
-            if tick_id is not None:
-                return primary, tick_id
-            if refused is not None:
-                log.info("compare: the agent ticked after this snapshot was taken; taking another")
-                primary.close()
-                break
-            if time.monotonic() > deadline:
-                control.execute("DELETE FROM pgfanout.snapshot_request WHERE request_id = %s", (request,))
-                raise CompareError(
-                    f"the agent of source {source} took no tick within {timeout:g}s; is it running? (pgfanout status)"
-                )
-            time.sleep(POLL_SECONDS)
-    raise CompareError(f"the agent of source {source} ticked after each of {TICK_ATTEMPTS} snapshots; run the compare again")
+    def sides(self) -> Aligned:
+        """Both sides, aligned again if the segment is over."""
+        if self.current is not None and time.monotonic() - self.began < SEGMENT_SECONDS:
+            return self.current
+        if self.current is not None:
+            worked = time.monotonic() - self.began
+            self.end()
+            if self.pace < 1:
+                time.sleep(worked * (1 / self.pace - 1))
+        self.current = self.aligner.align()
+        self.began = time.monotonic()
+        self.positions.append(self.current.position)
+        return self.current
 
-
-def _wait_for_export(
-    replica: psycopg.Connection, primary: psycopg.Connection, subscriber: str, tick_id: int, timeout: float
-) -> tuple[str, int]:
-    """The replica snapshot the subscriber exported at the end of the tick, and its position."""
-    deadline = time.monotonic() + timeout
-    while True:
-        row = (
-            replica.execute(
-                "SELECT exported, position FROM pgfanout_replica.snapshot_request WHERE subscriber = %s AND tick_id = %s",
-                (subscriber, tick_id),
-            ).fetchone()
-            if _has_state(replica)
-            else None
-        )
-        if row is not None:
-            return row[0], row[1]
-        if time.monotonic() > deadline:
-            published = primary.execute("SELECT next_position - 1 FROM pgfanout.agent_state").fetchone()[0]
-            applied = (
-                replica.execute("SELECT position FROM pgfanout_replica.position WHERE subscriber = %s", (subscriber,)).fetchone()
-                if _has_state(replica)
-                else None
-            )
-            at = applied[0] if applied else 0
-            raise CompareError(
-                f"subscriber {subscriber} did not reach the compare's position within {timeout:g}s: "
-                f"it is at position {at}, {max(0, published - at)} transactions behind its source "
-                f"(published up to {published}); is it running (pgfanout status)? Let it catch up, or give --timeout more"
-            )
-        time.sleep(POLL_SECONDS * 4)
-
-
-def _has_state(conn: psycopg.Connection) -> bool:
-    return conn.execute("SELECT to_regclass('pgfanout_replica.snapshot_request') IS NOT NULL").fetchone()[0]
-
-
-def release(config: Config, subscriber: str, tick_id: int) -> None:
-    with connect(config.subscribers[subscriber], compare_application_name(subscriber)) as conn:
-        conn.execute(
-            "UPDATE pgfanout_replica.snapshot_request SET imported = true, released = true "
-            "WHERE subscriber = %s AND tick_id = %s",
-            (subscriber, tick_id),
-        )
+    def end(self) -> None:
+        if self.current is not None:
+            self.aligner.end()
+            self.current = None
 
 
 # -- comparing ----------------------------------------------------------------------
@@ -279,64 +192,100 @@ def _both(primary: Callable[[], Any], replica: Callable[[], Any]) -> tuple[Any, 
     return results["primary"], results["replica"]
 
 
-def _summary(conn: psycopg.Connection, target: Target, buckets: int, filters: tuple[str, ...]) -> BucketSums:
-    query = checksums.summary(target.identifier, target.keys, target.columns, filters, buckets)
-    return {b: (n, s, x) for b, n, s, x in conn.execute(query)}
-
-
-def _rows(conn: psycopg.Connection, query: sql.Composable, params: dict, keys: int) -> Iterator[Row]:
-    """Rows through a server-side cursor: memory holds FETCH_ROWS of them, whatever the buckets hold."""
+def _rows(conn: psycopg.Connection, query: sql.Composable, keys: int) -> Iterator[Row]:
+    """Rows through a server-side cursor: memory holds FETCH_ROWS of them, whatever the range holds."""
     with conn.cursor(name=f"pgfanout_compare_{next(_cursor_numbers)}") as cur:
         cur.itersize = FETCH_ROWS
-        cur.execute(query, params)
+        cur.execute(query)
         for row in cur:
             yield Row(tuple(row[:keys]), tuple(row[keys:]))
 
 
-def compare_table(
-    sides: Aligned, target: Target, examples: int, keep: bool = False, progress: Callable[[int], None] | None = None
-) -> tuple[TableReport, list[Difference]]:
-    """The report of one table, and with ``keep`` its differences (at most MAX_REPAIR_KEYS, for a repair).
-    The primary's side is cut to the route's rows by its filters; the replica's is read whole: a row the
-    filters exclude is extra there."""
-    report = TableReport(target.name)
-    estimated = sides.primary.execute(
-        "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)", (target.name,)
-    ).fetchone()[0]
-    report.buckets = buckets = checksums.bucket_count(estimated)
-    primary, replica = _both(
-        lambda: _summary(sides.primary, target, buckets, target.filters), lambda: _summary(sides.replica, target, buckets, ())
-    )
-    report.rows_primary = sum(v[0] for v in primary.values())
-    report.rows_replica = sum(v[0] for v in replica.values())
-    if progress:
-        progress(1)
-    differing = differing_buckets(primary, replica)
-    report.differing_buckets = len(differing)
-    kept: list[Difference] = []
-    if differing:
-        params = {"buckets": differing}
+class TableCompare:
+    """One table: its top-level ranges, each summed on both sides and cut again where they differ."""
+
+    def __init__(self, segments: Segments, target: Target, examples: int, keep: bool, whole: bool):
+        self.segments, self.target, self.examples, self.keep = segments, target, examples, keep
+        self.report = TableReport(target.name, whole=whole)
+        self.kept: list[Difference] = []
+        self.key = target.keys[0]
+
+    def top_ranges(self, sides: Aligned) -> list[KeyRange]:
+        if self.report.whole:
+            return [(None, None)]
+        estimated, pages = sides.primary.execute(
+            "SELECT greatest(reltuples, 0)::bigint, relpages FROM pg_class WHERE oid = to_regclass(%s)", (self.target.name,)
+        ).fetchone()
+        count = range_count(estimated)
+        if count == 1:
+            return [(None, None)]
+        bounds = sides.primary.execute(
+            checksums.sampled_bounds(self.target.identifier, self.key),
+            {"fractions": fractions(count), "percent": sample_percent(pages, count)},
+        ).fetchone()[0]
+        return ranges_between(bounds or [])
+
+    def run(self, progress: Callable[[int], None] | None) -> None:
+        top = self.top_ranges(self.segments.sides())
+        self.report.ranges = len(top)
+        for bounds in top:
+            sides = self.segments.sides()
+            primary, replica = self._checksums(sides, bounds)
+            self.report.rows_primary += primary[0]
+            self.report.rows_replica += replica[0]
+            if primary != replica:
+                self.report.differing_ranges += 1
+                self._drill(sides, bounds, primary[0], replica[0])
+            if progress:
+                progress(primary[0])
+
+    def _checksums(self, sides: Aligned, bounds: KeyRange) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The range's (rows, xor) on each side: the primary's cut to the route's rows, the replica's whole."""
+        t = self.target
+        return _both(
+            lambda: sides.primary.execute(checksums.checksum(t.identifier, self.key, t.columns, t.filters, bounds)).fetchone(),
+            lambda: sides.replica.execute(checksums.checksum(t.identifier, self.key, t.columns, (), bounds)).fetchone(),
+        )
+
+    def _drill(self, sides: Aligned, bounds: KeyRange, primary_rows: int, replica_rows: int) -> None:
+        """A range that differs: cut into SPLIT ranges by the primary's keys and each compared, or, small
+        (or uncuttable) as it is, read row by row."""
+        if max(primary_rows, replica_rows) > LEAF_ROWS and not self.report.whole:
+            cuts = sides.primary.execute(
+                checksums.bounds_within(self.target.identifier, self.key, bounds), {"fractions": fractions(SPLIT)}
+            ).fetchone()[0]
+            parts = ranges_between(cuts or [], *bounds)
+            if len(parts) > 1:
+                for part in parts:
+                    primary, replica = self._checksums(sides, part)
+                    if primary != replica:
+                        self._drill(sides, part, primary[0], replica[0])
+                return
+        t = self.target
         for difference in merge(
-            _rows(
-                sides.primary,
-                checksums.rows(target.identifier, target.keys, target.columns, target.filters, buckets),
-                params,
-                len(target.keys),
-            ),
-            _rows(
-                sides.replica,
-                checksums.rows(target.identifier, target.keys, target.columns, (), buckets),
-                params,
-                len(target.keys),
-            ),
-            target.columns,
+            _rows(sides.primary, checksums.rows(t.identifier, t.keys, t.columns, t.filters, bounds), len(t.keys)),
+            _rows(sides.replica, checksums.rows(t.identifier, t.keys, t.columns, (), bounds), len(t.keys)),
+            t.columns,
         ):
-            report.add(difference, examples)
-            if keep and len(kept) < MAX_REPAIR_KEYS:
-                kept.append(difference)
-    if progress:
-        progress(1)
-    return report, kept
+            self.report.add(difference, self.examples)
+            if self.keep and len(self.kept) < MAX_REPAIR_KEYS:
+                self.kept.append(difference)
+
+
+def _collations_agree(aligner: Aligner, target: Target) -> bool:
+    """Whether the first key column sorts alike on both servers (key ranges are cut by one, read by the other)."""
+    args = (target.name, target.keys[0])
+    ours = aligner.primary.execute(checksums.KEY_COLLATION, args).fetchone()[0]
+    theirs = aligner.replica.execute(checksums.KEY_COLLATION, args).fetchone()[0]
+    if ours != theirs:
+        log.warning(
+            "compare: %s: its key %s sorts by %s on the primary and by %s on the replica; read whole, in one snapshot",
+            target.name,
+            target.keys[0],
+            ours,
+            theirs,
+        )
+    return ours == theirs
 
 
 def compare(
@@ -347,103 +296,33 @@ def compare(
     examples: int,
     progress: Callable[[str, int], None] | None = None,
     keep: bool = False,
+    pace: float = 1.0,
 ) -> Comparison:
-    """Each target table of the subscriber against its share of the primary, both at one stream position;
+    """Each target table of the subscriber against its share of the primary, each range at one position;
     with ``keep``, the differences too (for a repair)."""
-    result = Comparison([], 0, {})
-    with aligned(config, subscriber, timeout) as sides:
-        result.position = sides.position
-        for target in found:
-            step = (lambda n, t=target.name: progress(t, n)) if progress else None
-            report, kept = compare_table(sides, target, examples, keep, step)
-            result.reports.append(report)
-            result.differences[target.name] = kept
+    result = Comparison([])
+    with Aligner(config, subscriber, timeout) as aligner:
+        whole = {t.name: not _collations_agree(aligner, t) for t in found}  # before any segment's snapshot
+        segments = Segments(aligner, pace)
+        try:
+            for target in found:
+                table = TableCompare(segments, target, examples, keep, whole[target.name])
+                table.run((lambda n, t=target.name: progress(t, n)) if progress else None)
+                result.reports.append(table.report)
+                result.differences[target.name] = table.kept
+        finally:
+            segments.end()
+        result.positions = segments.positions
     return result
 
 
-# -- repairing ----------------------------------------------------------------------
-
-
-def repair(
-    config: Config, subscriber: str, found: list[Target], differences: dict[str, list[Difference]], timeout: float
-) -> dict[str, int]:
-    """Make the rows that differed equal to the primary's, at a position where the subscriber waits; per table,
-    how many rows were changed."""
-    wanted = {t.name: t for t in found if differences.get(t.name)}
-    if not wanted:
-        return {}
-    changed: dict[str, int] = {}
-    settings = config.subscribers[subscriber]
-    with aligned(config, subscriber, timeout, hold=True) as sides:
-        try:
-            with connect(settings, compare_application_name(subscriber)) as writer:
-                writer.autocommit = False
-                writer.execute("SET session_replication_role = replica")  # as the applier: past the deny triggers
-                writer.execute("SELECT pg_advisory_xact_lock(%s, %s)", resync_lock_key(subscriber))
-                at = writer.execute(
-                    "SELECT position FROM pgfanout_replica.position WHERE subscriber = %s", (subscriber,)
-                ).fetchone()[0]
-                if at != sides.position:
-                    raise CompareError(
-                        f"subscriber {subscriber} went on from position {sides.position} (now {at}) "
-                        "before the repair could be made; nothing was changed, run it again"
-                    )
-                for name, target in wanted.items():
-                    changed[name] = _repair_table(sides.primary, writer, target, differences[name])
-                writer.execute(
-                    "INSERT INTO pgfanout_replica.repaired (subscriber, table_name, position, rows) "
-                    "SELECT %s, t, %s, n FROM unnest(%s::text[], %s::bigint[]) r(t, n)",
-                    (subscriber, at, list(changed), list(changed.values())),
-                )
-                writer.commit()
-                log.warning(
-                    "subscriber %s: repaired at position %d: %s",
-                    subscriber,
-                    at,
-                    ", ".join(f"{t} ({n} rows)" for t, n in changed.items()),
-                )
-        finally:
-            release(config, subscriber, sides.tick_id)
-    return changed
-
-
-def _repair_table(primary: psycopg.Connection, writer: psycopg.Connection, target: Target, differences: list[Difference]) -> int:
-    """The keys that differed, read again on both sides at the repair's position; the replica's rows made equal
-    to the primary's share (a key that no longer differs is left alone). How many rows were changed."""
-    keys = json.dumps([list(d.key) for d in differences])
-    width = len(target.keys)
-    primary_rows = [
-        Row(tuple(r[:width]), tuple(r[width:]))
-        for r in primary.execute(
-            checksums.keyed_rows(target.identifier, target.keys, target.columns, target.filters), {"keys": keys}
+def estimated_rows(config: Config, subscriber: str, found: list[Target]) -> int:
+    """The primary's estimate of the rows of the tables (the progress bar's measure)."""
+    source = config.sources[config.origin_source(config.subscribers[subscriber].route)]
+    with connect(source, compare_application_name(subscriber)) as conn:
+        return int(
+            conn.execute(
+                "SELECT coalesce(sum(greatest(reltuples, 0)), 0) FROM pg_class WHERE oid = ANY (%s::regclass[])",
+                ([t.name for t in found],),
+            ).fetchone()[0]
         )
-    ]
-    replica_rows = [
-        Row(tuple(r[:width]), tuple(r[width:]))
-        for r in writer.execute(checksums.keyed_rows(target.identifier, target.keys, target.columns, ()), {"keys": keys})
-    ]
-    # values travel as text of unknown type: the server reads them as the column's type, as the applier does
-    key_match = sql.SQL(" AND ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in target.keys)
-    insert = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-        target.identifier,
-        sql.SQL(", ").join(map(sql.Identifier, target.columns)),
-        sql.SQL(", ").join(sql.Placeholder() * len(target.columns)),
-    )
-    count = 0
-    for difference in merge(primary_rows, replica_rows, target.columns):
-        if difference.kind == "extra":
-            writer.execute(sql.SQL("DELETE FROM {} WHERE {}").format(target.identifier, key_match), difference.key)
-        elif difference.kind == "missing":
-            writer.execute(insert, difference.primary)
-        else:
-            changed = [(c, v) for c, v in zip(target.columns, difference.primary or (), strict=True) if c in difference.columns]
-            writer.execute(
-                sql.SQL("UPDATE {} SET {} WHERE {}").format(
-                    target.identifier,
-                    sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c, _ in changed),
-                    key_match,
-                ),
-                [*(v for _, v in changed), *difference.key],
-            )
-        count += 1
-    return count

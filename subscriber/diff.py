@@ -1,24 +1,51 @@
-"""Pure logic of `pgfanout compare`: which buckets differ, which rows differ in them, and the report.
+"""Pure logic of `pgfanout compare`: key ranges, the merge of two key-ordered row streams, the report.
 
-Each side summarizes a table as buckets of rows (the key's hash picks the bucket): a row count and two
-sums of the rows' hashes per bucket. Buckets that summarize alike hold the same rows (up to a hash
-collision in both sums at once); only the rows of the other buckets are read again, in key order from
-both sides, and merged here: a key on the primary only is missing on the replica, a key on the replica
+Each side sums a range of keys in SQL (a row count and the xor of a 64-bit hash of each row's text).
+Ranges summed alike hold the same rows (but for a 2^-64 chance); a range that differs is cut into
+smaller ranges, and those that differ again, down to a few thousand rows, are read in key order from
+both sides and merged here: a key on the primary only is missing on the replica, a key on the replica
 only is extra, a key on both with other values is different, column by column.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-BucketSums = dict[int, tuple[int, int, int]]  # bucket -> (rows, sum of one hash, xor of another)
+KeyRange = tuple[str | None, str | None]  # [low, high) of the first key column, as text; None: unbounded
+ROWS_PER_RANGE = 50_000  # rows a top-level range holds, about
+MAX_RANGES = 10_000
+SAMPLED_PAGES_PER_RANGE = 4  # pages the bounds are sampled from, per range
+SPLIT = 32  # sub-ranges a differing range is cut into
+LEAF_ROWS = 2_000  # a differing range this small is read row by row
 
 
-def differing_buckets(primary: BucketSums, replica: BucketSums) -> list[int]:
-    """Buckets summarized otherwise on the two sides (a bucket present on one side only included)."""
-    return sorted(b for b in primary.keys() | replica.keys() if primary.get(b) != replica.get(b))
+def range_count(estimated_rows: int) -> int:
+    """How many top-level ranges a table of about ``estimated_rows`` rows is cut into."""
+    return max(1, min(MAX_RANGES, math.ceil(estimated_rows / ROWS_PER_RANGE)))
+
+
+def fractions(parts: int) -> list[float]:
+    """The inner cut points of ``parts`` equal parts, as fractions."""
+    return [i / parts for i in range(1, parts)]
+
+
+def sample_percent(pages: int, ranges: int) -> float:
+    """The share of a table's pages (in percent) to sample the top-level bounds from."""
+    return min(100.0, 100.0 * SAMPLED_PAGES_PER_RANGE * ranges / max(pages, 1))
+
+
+def ranges_between(bounds: Iterable[str | None], low: str | None = None, high: str | None = None) -> list[KeyRange]:
+    """Consecutive ranges from ``low`` to ``high`` cut at ``bounds`` (ascending in the key's order, as
+    percentiles come): repeated bounds, and a bound equal to ``low``, cut nothing."""
+    cuts: list[str] = []
+    for bound in bounds:
+        if bound is not None and bound != low and (not cuts or bound != cuts[-1]):
+            cuts.append(bound)
+    edges = [low, *cuts, high]
+    return list(zip(edges, edges[1:], strict=False))
 
 
 class Row(NamedTuple):
@@ -61,8 +88,9 @@ class TableReport:
     table: str
     rows_primary: int = 0
     rows_replica: int = 0
-    buckets: int = 0
-    differing_buckets: int = 0
+    ranges: int = 0  # top-level key ranges
+    differing_ranges: int = 0
+    whole: bool = False  # read whole, not by key ranges (the key's collation differs between the servers)
     counts: dict[str, int] = field(default_factory=lambda: {"missing": 0, "extra": 0, "different": 0})
     examples: list[Difference] = field(default_factory=list)  # the first ones of each kind
     columns: dict[str, int] = field(default_factory=dict)  # differing rows per column
@@ -80,7 +108,8 @@ class TableReport:
 
     def lines(self, key_columns: Sequence[str]) -> list[str]:
         if self.equal:
-            return [f"{self.table}: equal ({self.rows_primary} rows in the share, {self.buckets} buckets)"]
+            read = "read whole" if self.whole else f"{self.ranges} key ranges"
+            return [f"{self.table}: equal ({self.rows_primary} rows in the share, {read})"]
         counts = ", ".join(f"{n} {kind}" for kind, n in self.counts.items() if n)
         out = [f"{self.table}: DIFFERENT: {counts} (primary {self.rows_primary} rows, replica {self.rows_replica})"]
         if self.columns:
@@ -97,8 +126,9 @@ class TableReport:
             "equal": self.equal,
             "rows_primary": self.rows_primary,
             "rows_replica": self.rows_replica,
-            "buckets": self.buckets,
-            "differing_buckets": self.differing_buckets,
+            "ranges": self.ranges,
+            "differing_ranges": self.differing_ranges,
+            "read_whole": self.whole,
             "counts": self.counts,
             "columns": self.columns,
             "examples": [

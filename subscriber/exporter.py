@@ -24,19 +24,53 @@ def compare_application_name(subscriber: str) -> str:
     return f"pgfanout-compare-{subscriber}"
 
 
-def serve(settings: Subscriber, conn: psycopg.Connection, subscriber: str, tick_id: int, position: int, hold: bool) -> None:
-    """Export the replica as it is now (the subscriber just committed the tick) and wait for the compare."""
-    started = time.monotonic()
-    with connect(settings, f"pgfanout-subscriber-{subscriber}-export") as exporter:
-        exporter.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        name = exporter.execute("SELECT pg_export_snapshot()").fetchone()[0]
+class Exporter:
+    """The subscriber's exports for compares, on a connection of their own kept open between them."""
+
+    def __init__(self, settings: Subscriber, subscriber: str):
+        self.settings, self.subscriber = settings, subscriber
+        self.exporting: psycopg.Connection | None = None
+
+    def close(self) -> None:
+        if self.exporting is not None:
+            self.exporting.close()
+
+    def serve(self, conn: psycopg.Connection, tick_id: int, position: int, hold: bool) -> None:
+        """Export the replica as it is now (the subscriber just committed the tick) and wait for the compare."""
+        started = time.monotonic()
+        subscriber = self.subscriber
+        if self.exporting is None or self.exporting.closed:
+            self.exporting = connect(self.settings, f"pgfanout-subscriber-{subscriber}-export")
+        try:
+            self.exporting.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            name = self.exporting.execute("SELECT pg_export_snapshot()").fetchone()[0]
+            conn.execute(
+                "INSERT INTO pgfanout_replica.snapshot_request (subscriber, tick_id, exported, position, hold) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (subscriber, tick_id, name, position, hold),
+            )
+            conn.commit()
+            self._wait(conn, tick_id, hold, started + (HOLD_SECONDS if hold else IMPORT_SECONDS))
+        finally:
+            self.exporting.rollback()
         conn.execute(
-            "INSERT INTO pgfanout_replica.snapshot_request (subscriber, tick_id, exported, position, hold) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (subscriber, tick_id, name, position, hold),
+            "DELETE FROM pgfanout_replica.snapshot_request WHERE subscriber = %s AND tick_id = %s "
+            "OR exported_at < clock_timestamp() - interval '1 hour'",
+            (subscriber, tick_id),
         )
         conn.commit()
-        deadline = started + (HOLD_SECONDS if hold else IMPORT_SECONDS)
+        log.info(
+            "subscriber %s: exported the replica at position %d (tick %d) for a compare%s, %.3fs",
+            subscriber,
+            position,
+            tick_id,
+            " and a repair" if hold else "",
+            time.monotonic() - started,
+        )
+
+    def _wait(self, conn: psycopg.Connection, tick_id: int, hold: bool, deadline: float) -> None:
+        """Until the compare imported the snapshot (or, ``hold``, released the subscriber), or is gone."""
+        subscriber = self.subscriber
         while time.monotonic() < deadline:
             row = conn.execute(
                 "SELECT imported, released, EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = %s) "
@@ -45,31 +79,15 @@ def serve(settings: Subscriber, conn: psycopg.Connection, subscriber: str, tick_
             ).fetchone()
             conn.rollback()
             if row is None or (row[1] if hold else row[0]):
-                break
+                return
             if not row[2]:
                 log.warning(
                     "subscriber %s: the compare that asked for a snapshot at tick %d is gone; going on", subscriber, tick_id
                 )
-                break
+                return
             time.sleep(POLL_SECONDS)
-        else:
-            log.warning(
-                "subscriber %s: the compare that asked for a snapshot at tick %d did not take it within %.0fs; going on",
-                subscriber,
-                tick_id,
-                deadline - started,
-            )
-    conn.execute(
-        "DELETE FROM pgfanout_replica.snapshot_request WHERE subscriber = %s AND tick_id = %s "
-        "OR exported_at < clock_timestamp() - interval '1 hour'",
-        (subscriber, tick_id),
-    )
-    conn.commit()
-    log.info(
-        "subscriber %s: exported the replica at position %d (tick %d) for a compare%s, %.3fs",
-        subscriber,
-        position,
-        tick_id,
-        " and a repair" if hold else "",
-        time.monotonic() - started,
-    )
+        log.warning(
+            "subscriber %s: the compare that asked for a snapshot at tick %d did not take it in time; going on",
+            subscriber,
+            tick_id,
+        )

@@ -22,6 +22,7 @@ from pgfanout.runtime.registry import RegistryDecoder
 from subscriber.applier import ReplicaSession
 from subscriber.grouping import commit_due
 from subscriber.materialize import Materializer
+from subscriber.scheduled import ScheduledCompare
 from subscriber.source import RouteReader
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Subscriber(SessionDaemon[SubscriberSession]):
         self.codec = default_codec()
         self.decoder = RegistryDecoder(self.codec, self.cluster)
         self.session: SubscriberSession | None = None
+        self.scheduled = ScheduledCompare(config, name) if config.subscribers[name].compare else None
 
     def connect(self) -> SubscriberSession:
         replica = ReplicaSession.open(self.config, self.subscriber)
@@ -78,6 +80,8 @@ class Subscriber(SessionDaemon[SubscriberSession]):
         replica.start_at(route.offset)
         self.session = SubscriberSession(replica, route, self.decoder)
         log.info("%s ready: position %d, reading %s", self.name, replica.applied.position, self.topic)
+        if self.scheduled is not None and not self.scheduled.is_alive():
+            self.scheduled.start()  # once the applier runs: the compare needs it to reach the compare's ticks
         return self.session
 
     def work(self) -> bool:

@@ -253,14 +253,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pgfanout.cli import verify
 
     config = _config(args)
-    return verify.run(config, args.subscriber, args.table, args.timeout, args.examples, args.json, args.repair)
+    return verify.run(config, args.subscriber, args.table, args.timeout, args.examples, args.json, args.repair, args.pace)
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
     from pgfanout.cli import verify
 
     config = _config(args)
-    return verify.run(config, args.subscriber, args.table, args.timeout, args.examples, args.json, repair=True)
+    return verify.run(config, args.subscriber, args.table, args.timeout, args.examples, args.json, True, args.pace)
 
 
 # -- parser ----------------------------------------------------------------------------
@@ -406,6 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="SECONDS",
             help="how long to wait for the agent's tick and for the subscriber to reach it (60)",
         )
+        check.add_argument(
+            "--pace",
+            type=pace_argument,
+            default=1.0,
+            metavar="FRACTION",
+            help="work this fraction of the time on each server and pause the rest (1: full speed, the default; "
+            "0.1 on a busy primary takes a tenth of a core there)",
+        )
         if name == "compare":
             check.add_argument("--repair", action="store_true", help="repair what differs (as `pgfanout repair`)")
         else:
@@ -433,6 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
     land.add_argument("--subscriber", help="the subscriber to apply to (default: the only one)")
 
     return parser
+
+
+def pace_argument(text: str) -> float:
+    try:
+        pace = float(text)
+    except ValueError:
+        pace = 0.0
+    if not 0 < pace <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction above 0 and at most 1")
+    return pace
 
 
 def table_argument(text: str) -> str:

@@ -243,6 +243,22 @@ class Distributor(Serves):
     )
 
 
+class ScheduledCompare(Strict):
+    """`pgfanout compare` run by the subscriber daemon itself, its result in the metrics (docs/compare.md)."""
+
+    every_minutes: float = Field(gt=0, description="compare every this many minutes")
+    tables: list[str] = Field(default_factory=list, description="the tables to compare; default: every table it receives")
+    pace: float = Field(
+        default=0.1, gt=0, le=1, description="the fraction of the time the compare works (pgfanout compare --pace)"
+    )
+    timeout_seconds: float = Field(default=60, gt=0, description="how long to wait for the agent's tick and for the applier")
+
+    @field_validator("tables")
+    @classmethod
+    def _tables(cls, tables: list[str]) -> list[str]:
+        return table_names(tables)
+
+
 class Subscriber(Database, Serves):
     route: Name
     group_max_transactions: int = Field(
@@ -260,6 +276,9 @@ class Subscriber(Database, Serves):
     on_gap: Literal["stop", "resync"] = Field(
         default="stop",
         description="when positions the subscriber needs were deleted by retention: stop with an error, or resync by itself",
+    )
+    compare: ScheduledCompare | None = Field(
+        default=None, description="compare this replica with its share of the primary on a schedule, the result in the metrics"
     )
 
 

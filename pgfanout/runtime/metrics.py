@@ -99,6 +99,18 @@ SUBSCRIBER_COMMIT_SECONDS = _histogram(
 SUBSCRIBER_GROUP = _histogram(
     "pgfanout_subscriber_group_transactions", "source transactions per replica transaction", ["subscriber"], COUNT_BUCKETS
 )
+COMPARE_DIFFERENCES = _gauge(
+    "pgfanout_compare_differences",
+    "rows that differ from the primary's share (kind: missing, extra, different) at the last scheduled compare",
+    ["subscriber", "table", "kind"],
+)
+COMPARE_FINISHED = _gauge(
+    "pgfanout_compare_last_finished_timestamp_seconds", "when the last scheduled compare finished (epoch)", ["subscriber"]
+)
+COMPARE_SECONDS = _gauge("pgfanout_compare_duration_seconds", "how long the last scheduled compare took", ["subscriber"])
+COMPARE_FAILURES = _counter(
+    "pgfanout_compare_failures", "scheduled compares without a verdict (the agent or the applier not reached)", ["subscriber"]
+)
 
 # -- traces (pgfanout trace) ----------------------------------------------------------
 TRACE_HOP_SECONDS = _gauge(

@@ -6,11 +6,13 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent import capture
 from agent.agent import LOG_ORDER
@@ -226,10 +228,13 @@ def transaction_positions(messages: list[tuple[int, str, dict]]) -> list[int]:
 BRANCH = {"public.accounts": {"where": "id <= 10"}, "public.customers": {"columns": ["id", "name"]}}
 
 
-def two_tiers(pipeline: Pipeline) -> dict[str, int]:
+def two_tiers(pipeline: Pipeline, more_tables: dict[str, str] | None = None, settings: dict | None = None) -> dict[str, int]:
     """hq routes everything to sub1, and a region distributor a filtered share of that route to sub2;
-    every daemon serves metrics. Returns each daemon's metrics port."""
+    every daemon serves metrics. ``more_tables``: tables published besides the sample's (name: CREATE
+    TABLE), created on every database; ``settings``: more settings of sub2. Returns each daemon's metrics port."""
     name, data = pipeline.name, pipeline.data
+    more_tables = more_tables or {}
+    data["sources"][name]["tables"] = [*SAMPLE_TABLES, *more_tables]
     first, second = pipeline.subscribers
     ports = {role: free_port() for role in ("agent", "hq", "region", first, second)}
     data["sources"][name].update(metrics_port=ports["agent"])
@@ -239,11 +244,44 @@ def two_tiers(pipeline: Pipeline) -> dict[str, int]:
         f"{name}.region": {"routes": [f"{name}.branch"], "metrics_port": ports["region"]},
     }
     data["subscribers"][first]["metrics_port"] = ports[first]
-    data["subscribers"][second].update(route=f"{name}.branch", metrics_port=ports[second])
+    data["subscribers"][second].update(route=f"{name}.branch", metrics_port=ports[second], **(settings or {}))
     pipeline.reconfigure(data)
-    pipeline.prepare()
+    pipeline.prepare(install=False)
+    for db in [pipeline.config.sources[name], *pipeline.config.subscribers.values()]:
+        with connect(db, "pgfanout-test") as conn:
+            for statement in more_tables.values():
+                conn.execute(statement)
+    with pipeline.primary() as conn:
+        capture.install(conn, pipeline.config.sources[name], pipeline.config.subscriptions_of(name))
     pipeline.seed()
     pipeline.start("agent", f"{name}.hq", f"{name}.region", first, second)
     for role in ("agent", f"{name}.hq", f"{name}.region", first, second):
         pipeline.wait_for_log(role, "ready")
     return ports
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample of a daemon's /metrics, parsed by prometheus-client: 'name{labels}' -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def value(samples: dict[str, float], prefix: str) -> float:
+    found = [v for k, v in samples.items() if k.startswith(prefix)]
+    assert len(found) == 1, f"{prefix}: {found} in {sorted(samples)[:50]}"
+    return found[0]
+
+
+def eventually(check, timeout: float = 60.0, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(every)

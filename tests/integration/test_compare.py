@@ -11,7 +11,7 @@ import psycopg
 
 from pgfanout.core.errors import CompareError
 from subscriber import compare as comparing
-from tests.integration.pipeline import Pipeline, two_tiers
+from tests.integration.pipeline import Pipeline, eventually, scrape, two_tiers
 
 RUNS = 20
 CUSTOMERS = 5  # customers the workload never changes (it only inserts new ones): the tampering's targets
@@ -53,7 +53,7 @@ def with_customers(pipeline: Pipeline) -> None:
         )
 
 
-def test_compare_under_a_running_workload_finds_no_difference_on_either_replica(pipeline):
+def test_compare_under_a_running_workload_finds_no_difference_on_either_replica(pipeline, monkeypatch):
     two_tiers(pipeline)
     first, second = pipeline.subscribers
     with_customers(pipeline)
@@ -64,11 +64,17 @@ def test_compare_under_a_running_workload_finds_no_difference_on_either_replica(
         for run in range(RUNS):
             for subscriber in (first, second):
                 found = comparing.targets(pipeline.config, subscriber, None)
-                result = comparing.compare(pipeline.config, subscriber, found, timeout=30, examples=5)
+                # every other run in many segments: each table at a position of its own, and paced
+                segment = 0 if run % 2 else 1.0
+                with monkeypatch.context() as patch:
+                    patch.setattr(comparing, "SEGMENT_SECONDS", segment)
+                    result = comparing.compare(pipeline.config, subscriber, found, timeout=30, examples=5, pace=0.5 + segment / 2)
                 assert [r.table for r in result.reports] == [t.name for t in found]
                 for report in result.reports:
                     assert report.equal, f"run {run}, {subscriber}: {report.lines(['key'])}"
-                positions[subscriber].append(result.position)
+                assert (len(result.positions) == 1) if segment else (len(result.positions) > len(found)), result.positions
+                assert result.positions == sorted(result.positions)
+                positions[subscriber] += result.positions
             assert thread.is_alive(), "the workload ended before the compares did"
         # the compares ran against a stream that kept moving: each at a later position than the one before
         for subscriber, seen in positions.items():
@@ -90,9 +96,19 @@ def test_compare_under_a_running_workload_finds_no_difference_on_either_replica(
 
 
 def test_tampered_replicas_are_reported_by_key_and_column_then_repaired_while_the_stream_goes_on(pipeline):
-    two_tiers(pipeline)
+    # the filtered replica also compares its accounts by itself every 3 seconds, the result in its metrics
+    schedule = {"compare": {"every_minutes": 0.05, "tables": ["public.accounts"], "pace": 0.5}}
+    ports = two_tiers(pipeline, {"public.big": "CREATE TABLE public.big (id integer PRIMARY KEY, v text NOT NULL)"}, schedule)
     first, second = pipeline.subscribers
+    extra_accounts = "pgfanout_compare_differences{kind=extra,subscriber=" + second + ",table=public.accounts}"
+
+    def scheduled_extra() -> float | None:
+        return scrape(ports[second]).get(extra_accounts)
+
     with_customers(pipeline)
+    with pipeline.primary() as conn:  # three key ranges: each summed, the ones that differ cut down to rows
+        conn.execute("INSERT INTO public.big SELECT i, 'value ' || i FROM generate_series(1, 120000) i")
+        conn.execute("ANALYZE public.big")
     stop = threading.Event()
     thread, _ = pipeline.workload_in_background(seconds=300, writers=1, pause_seconds=0.01, stop=stop)
     try:
@@ -105,6 +121,7 @@ def test_tampered_replicas_are_reported_by_key_and_column_then_repaired_while_th
         code, report = compare_json(pipeline, second)
         assert code == 0, report
         assert all(t["equal"] for t in report["tables"])
+        assert eventually(lambda: scheduled_extra() == 0, timeout=30), pipeline.log(second)[-2000:]
 
         tamper(
             pipeline,
@@ -113,7 +130,15 @@ def test_tampered_replicas_are_reported_by_key_and_column_then_repaired_while_th
             "INSERT INTO public.customers (id, name) VALUES (999999999, 'Extra')",  # an extra row
             "INSERT INTO public.accounts (id, balance) VALUES (15, 1)",  # a row the route's filter excludes
         )
+        assert eventually(lambda: scheduled_extra() == 1, timeout=30), scheduled_extra()
         tamper(pipeline, first, "DELETE FROM public.customers WHERE id = 4")  # a deleted row
+        tamper(
+            pipeline,
+            first,
+            "UPDATE public.big SET v = 'changed' WHERE id = 77777",
+            "DELETE FROM public.big WHERE id = 5",
+            "INSERT INTO public.big VALUES (200000, 'extra')",
+        )
         code, report = compare_json(pipeline, second)
         assert code == 1
         tables = {t["table"]: t for t in report["tables"]}
@@ -124,6 +149,12 @@ def test_tampered_replicas_are_reported_by_key_and_column_then_repaired_while_th
         assert customers["columns"] == {"name": 1}
         assert accounts["counts"] == {"missing": 0, "extra": 1, "different": 0}
         assert accounts["examples"] == [{"kind": "extra", "key": {"id": "15"}, "columns": []}]
+        code, report = compare_json(pipeline, first, "--table", "public.big")
+        big = report["tables"][0]
+        assert code == 1 and big["counts"] == {"missing": 1, "extra": 1, "different": 1}, big
+        assert big["ranges"] == 3 and 1 <= big["differing_ranges"] <= 3
+        assert big["rows_primary"] == 120000 and big["rows_replica"] == 120000
+        assert {"kind": "different", "key": {"id": "77777"}, "columns": ["v"]} in big["examples"]
         text = pipeline.command("compare", first)
         assert text.returncode == 1
         assert "public.customers: DIFFERENT: 1 missing" in text.stdout and "missing (id=4)" in text.stdout
@@ -137,6 +168,7 @@ def test_tampered_replicas_are_reported_by_key_and_column_then_repaired_while_th
         assert "repaired public.customers: 2 rows" in repaired[second].stdout
         assert "repaired public.accounts: 1 row made" in repaired[second].stdout
         assert "repaired public.customers: 1 row made" in repaired[first].stdout
+        assert "repaired public.big: 3 rows made" in repaired[first].stdout
         with pipeline.replica(second) as conn:
             repaired_row = conn.execute("SELECT name, email FROM public.customers WHERE id = 3").fetchone()
             assert repaired_row == ("Customer 3", None)  # email: not carried by the route, so never touched
@@ -148,6 +180,8 @@ def test_tampered_replicas_are_reported_by_key_and_column_then_repaired_while_th
             assert audit == [("public.accounts", 1), ("public.customers", 2)]
         with pipeline.replica(first) as conn:
             assert conn.execute("SELECT name FROM public.customers WHERE id = 4").fetchone() == ("Customer 4",)
+        assert eventually(lambda: scheduled_extra() == 0, timeout=30)
+        assert "scheduled compare: public.accounts: DIFFERENT: 1 extra" in pipeline.log(second)
         # the stream went on applying after the repairs, from exactly where they were made
         with pipeline.primary() as conn:
             conn.execute("UPDATE public.customers SET name = 'After' WHERE id = 4")

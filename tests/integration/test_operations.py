@@ -13,34 +13,15 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.demo import daemon_argv
 from devstack.processes import spawn, stop
 from devstack.stack import free_port
-from tests.integration.pipeline import Pipeline, two_tiers
+from tests.integration.pipeline import Pipeline, eventually, scrape, two_tiers, value
 
 REPO = Path(__file__).resolve().parents[2]
 STATUS_SCHEMA = json.loads((REPO / "schemas" / "status.schema.json").read_text())
 DASHBOARD = json.loads((REPO / "grafana" / "pgfanout.json").read_text())
-
-
-def scrape(port: int) -> dict[str, float]:
-    """Every sample of a daemon's /metrics, parsed by prometheus-client: 'name{labels}' -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}"] = sample.value
-    return samples
-
-
-def value(samples: dict[str, float], prefix: str) -> float:
-    found = [v for k, v in samples.items() if k.startswith(prefix)]
-    assert len(found) == 1, f"{prefix}: {found} in {sorted(samples)[:50]}"
-    return found[0]
 
 
 def health(port: int, path: str) -> int:
@@ -49,15 +30,6 @@ def health(port: int, path: str) -> int:
             return answer.status
     except urllib.error.HTTPError as exc:
         return exc.code
-
-
-def eventually(check, timeout: float = 60.0, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(every)
 
 
 def test_every_daemon_serves_metrics_that_advance_and_readiness_that_follows_its_database(pipeline, stack):

@@ -1,4 +1,4 @@
-"""Pure logic of `pgfanout compare`: differing buckets, the merge of two key-ordered row streams, the report."""
+"""Pure logic of `pgfanout compare`: key ranges, the merge of two key-ordered row streams, the report; its SQL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 from psycopg import sql
 
 from subscriber import checksums
-from subscriber.diff import Difference, Row, TableReport, differing_buckets, merge
+from subscriber.diff import Difference, Row, TableReport, fractions, merge, range_count, ranges_between, sample_percent
 
 COLUMNS = ("id", "name", "amount")
 
@@ -16,15 +16,22 @@ def rows(*items: tuple[str, str | None, str | None]) -> list[Row]:
     return [Row((i,), (i, n, a)) for i, n, a in items]
 
 
-def test_equal_bucket_sums_differ_nowhere() -> None:
-    sums = {0: (3, 10, 7), 5: (1, -4, 2)}
-    assert differing_buckets(sums, dict(sums)) == []
+def test_ranges_run_from_the_lowest_key_to_past_the_highest_cut_at_each_distinct_bound() -> None:
+    assert ranges_between([]) == [(None, None)]
+    assert ranges_between(["10", "20"]) == [(None, "10"), ("10", "20"), ("20", None)]
+    # percentiles of a key with repeated values repeat: a repeated bound cuts nothing
+    assert ranges_between(["10", "10", "20", "20", None]) == [(None, "10"), ("10", "20"), ("20", None)]
+    # a sub-range of [10, 50): its first percentile may be its low bound
+    assert ranges_between(["10", "30"], "10", "50") == [("10", "30"), ("30", "50")]
+    assert ranges_between(["10"], "10", "50") == [("10", "50")]
 
 
-def test_a_bucket_on_one_side_only_or_summed_otherwise_differs() -> None:
-    primary = {0: (3, 10, 7), 2: (1, 1, 1), 5: (1, -4, 2)}
-    replica = {0: (3, 10, 7), 3: (1, 1, 1), 5: (1, -4, 3)}
-    assert differing_buckets(primary, replica) == [2, 3, 5]
+def test_a_table_is_cut_into_ranges_of_about_fifty_thousand_rows_sampled_from_enough_pages() -> None:
+    assert range_count(0) == 1 and range_count(50_000) == 1 and range_count(50_001) == 2
+    assert range_count(5_000_000) == 100 and range_count(10**12) == 10_000
+    assert fractions(4) == [0.25, 0.5, 0.75]
+    assert sample_percent(83_280, 100) == 100 * 400 / 83_280
+    assert sample_percent(10, 100) == 100.0
 
 
 def test_merge_names_missing_extra_and_different_rows_with_their_columns() -> None:
@@ -91,24 +98,20 @@ def test_report_counts_exactly_but_keeps_only_the_first_examples_of_each_kind() 
 
 
 def test_an_equal_report_says_so_in_one_line() -> None:
-    report = TableReport("public.accounts", rows_primary=7, rows_replica=7, buckets=64)
+    report = TableReport("public.accounts", rows_primary=7, rows_replica=7, ranges=3)
     assert report.equal
-    assert report.lines(["id"]) == ["public.accounts: equal (7 rows in the share, 64 buckets)"]
+    assert report.lines(["id"]) == ["public.accounts: equal (7 rows in the share, 3 key ranges)"]
+    assert TableReport("public.t", whole=True).lines(["id"]) == ["public.t: equal (0 rows in the share, read whole)"]
 
 
-def test_bucket_count_is_a_power_of_two_near_a_thousand_rows_a_bucket_within_bounds() -> None:
-    assert checksums.bucket_count(0) == 64
-    assert checksums.bucket_count(5_000_000) == 8192
-    assert checksums.bucket_count(10**12) == 65_536
-    for rows_estimate in (1, 10**5, 3 * 10**6):
-        count = checksums.bucket_count(rows_estimate)
-        assert count & (count - 1) == 0
-
-
-def test_checksum_queries_quote_every_name_and_carry_the_route_filters() -> None:
+def test_range_queries_quote_every_name_bound_the_first_key_column_and_carry_the_route_filters() -> None:
     table = sql.Identifier("Sales", "order lines")
-    summary = checksums.summary(table, ["Id"], ["Id", "total"], ["(total > 10)"], 128).as_string(None)
-    assert '"Sales"."order lines"' in summary and 'ROW("Id")::text' in summary and "& 127" in summary
-    assert "WHERE ((total > 10))" in summary
-    chosen = checksums.rows(table, ["Id"], ["Id", "total"], [], 64).as_string(None)
-    assert 'ORDER BY "Id"::text COLLATE "C"' in chosen and "WHERE true AND" in chosen
+    checked = checksums.checksum(table, "Id", ["Id", "total"], ["(total > 10)"], ("5", "it's")).as_string(None)
+    assert 'FROM "Sales"."order lines"' in checked
+    assert 'hashtextextended(ROW("Id", "total")::text, 0)' in checked
+    assert """WHERE ((total > 10)) AND "Id" >= '5' AND "Id" < 'it''s'""" in checked
+    assert checksums.checksum(table, "Id", ["Id"], [], (None, None)).as_string(None).endswith("WHERE true")
+    listed = checksums.rows(table, ["Id", "line"], ["Id", "line", "total"], [], ("5", None)).as_string(None)
+    assert listed.endswith("""WHERE "Id" >= '5' ORDER BY "Id"::text COLLATE "C", "line"::text COLLATE "C\"""")
+    sampled = checksums.sampled_bounds(table, "Id").as_string(None)
+    assert 'WITHIN GROUP (ORDER BY "Id")::text[] FROM "Sales"."order lines" TABLESAMPLE SYSTEM' in sampled

@@ -218,3 +218,13 @@ def test_a_tier_below_sees_the_same_table_however_it_is_spelled():
     data["routes"]["branch"]["tables"] = {'"Sales"."Order Lines"': {"columns": ['"Order No"', '"QTY"']}}
     found = problems(data)
     assert found == ['routes.branch.tables."Sales"."Order Lines": uses columns the upstream route does not carry: QTY']
+
+
+def test_a_scheduled_compare_names_its_tables_canonically_and_refuses_a_pace_out_of_range():
+    config = parse_config(variant(subscribers__reporting__compare={"every_minutes": 30, "tables": ['Public."Orders"']}))
+    schedule = config.subscribers["reporting"].compare
+    assert schedule.tables == ['public."Orders"'] and schedule.pace == 0.1 and schedule.timeout_seconds == 60
+    assert parse_config(GOOD).subscribers["reporting"].compare is None
+    found = problems(variant(subscribers__reporting__compare={"every_minutes": 0, "pace": 1.5}))
+    assert any("subscribers.reporting.compare.every_minutes" in p for p in found), found
+    assert any("subscribers.reporting.compare.pace" in p for p in found), found
