@@ -41,7 +41,7 @@ WRAPPED = (
     "print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     "sys.exit(code)\n"
 )
-PAUSE = re.compile(r"exported the replica at position \d+ \(tick \d+\) for a compare(?: and a repair)?, ([0-9.]+)s")
+PAUSE = re.compile(r"exported the replica at position \d+ \(tick \d+\) for a compare( and a repair)?, ([0-9.]+)s")
 LOCK_WAITS = """
 SELECT a.application_name, coalesce(b.application_name, '')
 FROM pg_stat_activity a LEFT JOIN LATERAL unnest(pg_blocking_pids(a.pid)) blocker ON true
@@ -104,9 +104,24 @@ def compares_until(pipeline: BenchPipeline, stop: threading.Event, seconds: list
         seconds.append(elapsed)
 
 
-def pauses(pipeline: BenchPipeline) -> list[float]:
+def pauses(pipeline: BenchPipeline, repair: bool) -> list[float]:
+    """How long the subscriber stopped applying for each compare (or each repair's held position)."""
     log = pipeline.stack.log_dir / f"{pipeline.subscriber}.log"
-    return [float(m.group(1)) for m in PAUSE.finditer(log.read_text())]
+    return [float(m.group(2)) for m in PAUSE.finditer(log.read_text()) if bool(m.group(1)) == repair]
+
+
+def pause_summary(seen: list[float]) -> dict:
+    return {
+        "count": len(seen),
+        "median": round(statistics.median(seen) * 1000, 1) if seen else None,
+        "max": round(max(seen) * 1000, 1) if seen else None,
+    }
+
+
+def paired_ratios(tps: dict[str, list[float]], which: str) -> list[float]:
+    """Each repetition's run beside a compare over the run alone of the same repetition: the TPS of this
+    machine drifts over a benchmark's minutes, so neighbours are compared, not medians of all."""
+    return [round(beside / alone, 3) for beside, alone in zip(tps[which], tps["alone"], strict=True)]
 
 
 def main() -> None:
@@ -179,11 +194,11 @@ def main() -> None:
                 tps[which].append(round(tps_of(out), 1))
                 print(f"repetition {repetition + 1}: {which} {tps[which][-1]} tps", flush=True)
         alone = statistics.median(tps["alone"])
-        seen = pauses(pipeline)
         figures["writers"] = {
             "pgbench_arguments": f"-c 4 -j 1 -T {args.duration} -n",
             "tps": tps,
             "tps_ratio_medians": {f"pace_{p:g}": round(statistics.median(tps[f"pace_{p:g}"]) / alone, 3) for p in paces},
+            "tps_ratios_paired": {f"pace_{p:g}": paired_ratios(tps, f"pace_{p:g}") for p in paces},
             "compares_during_pgbench": {f"pace_{p:g}": len(during[p]) for p in paces},
             "compare_seconds_under_load_median": {
                 f"pace_{p:g}": round(statistics.median(during[p]), 2) if during[p] else None for p in paces
@@ -191,11 +206,7 @@ def main() -> None:
             "lock_waits_sampled": {f"pace_{p:g}": waits[p]["all"] for p in paces},
             "lock_waits_behind_a_compare": {f"pace_{p:g}": waits[p]["compare"] for p in paces},
             "lock_samples": {f"pace_{p:g}": waits[p]["samples"] for p in paces},
-            "subscriber_pause_ms": {
-                "count": len(seen),
-                "median": round(statistics.median(seen) * 1000, 1) if seen else None,
-                "max": round(max(seen) * 1000, 1) if seen else None,
-            },
+            "subscriber_pause_ms": pause_summary(pauses(pipeline, repair=False)),
         }
 
         # 3. a replica that differs
@@ -219,6 +230,7 @@ def main() -> None:
             "repair_seconds_compare_repair_compare": round(repair_seconds, 2),
             "repair_peak_rss_mb": repair_peak,
             "compare_after_repair_seconds": round(after_seconds, 2),
+            "subscriber_hold_for_repair_ms": pause_summary(pauses(pipeline, repair=True)),
         }
     finally:
         pipeline.stop()
