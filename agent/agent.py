@@ -29,6 +29,7 @@ from pgfanout.core.config import Config
 from pgfanout.core.errors import CaptureFault, FatalError, KafkaUnavailable, PositionError
 from pgfanout.core.messages import SnapshotRequest, TableLayout
 from pgfanout.core.positions import AgentState, Mark, Progress, Resume, TopicTail, mark_header, mark_of, part_mark, plan_resume
+from pgfanout.core.schemachange import wire_definition
 from pgfanout.core.trace import Stamp, is_trace, stamped
 from pgfanout.runtime import kafka as kafkautil
 from pgfanout.runtime import registry
@@ -389,8 +390,8 @@ class AgentSession:
 
     def _read_tables(self) -> dict[int, TableLayout]:
         rows = self.conn.execute(
-            "SELECT table_id, schema_name, table_name, columns, key_columns, column_types, missing_values, old_columns "
-            "FROM pgfanout.tables"
+            "SELECT table_id, schema_name, table_name, columns, key_columns, column_types, missing_values, old_columns, "
+            "definition FROM pgfanout.tables"
         ).fetchall()
         return {
             r[0]: {
@@ -402,6 +403,7 @@ class AgentSession:
                 "column_types": r[5],
                 "missing_values": r[6],
                 "old_columns": r[7],
+                "definition": wire_definition(r[8]),
             }
             for r in rows
         }

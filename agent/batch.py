@@ -14,7 +14,7 @@ from typing import NamedTuple, TypeVar
 from pgfanout.core.codec import SplicedTransaction
 from pgfanout.core.messages import Change, Transaction
 
-OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE"}
+OPS = {"I": "INSERT", "U": "UPDATE", "D": "DELETE", "T": "TRUNCATE", "S": "SCHEMA"}
 T = TypeVar("T")
 
 

@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 TRIGGER = "pgfanout_capture"
 
 
-def table_statements(table: PublishedTable, log_number: int, c_trigger: bool = False) -> list[sql.Composable]:
-    """A table's layout row, its capture function (PL/pgSQL) and its triggers."""
+def table_statements(
+    table: PublishedTable, log_number: int, c_trigger: bool = False, follow_schema: bool = False
+) -> list[sql.Composable]:
+    """A table's layout row, its capture function (PL/pgSQL) and its triggers. ``follow_schema``: the event
+    triggers put schema changes in the stream, and the layout records the table's definition for them."""
     target = sql.Identifier(table.schema_name, table.table_name)
     function = sql.Identifier(SCHEMA, ctrigger.FUNCTION if c_trigger else f"capture_{table.table_id}")
     settings = sql.Literal(ctrigger.settings_pairs(table.settings))
@@ -51,7 +54,15 @@ def table_statements(table: PublishedTable, log_number: int, c_trigger: bool = F
             sql.Literal(json.dumps(dict(table.missing_values))),
             sql.Literal(list(table.old_columns)),
             settings,
-        )
+        ),
+        # the table it follows through renames, and its definition as replicas build it, as of now
+        sql.SQL("UPDATE pgfanout.tables SET relid = {0}::regclass, definition = {1} WHERE table_id = {2}").format(
+            sql.Literal(target.as_string(None)),
+            sql.SQL("pgfanout.table_definition({}::regclass)" if follow_schema else "NULL").format(
+                sql.Literal(target.as_string(None))
+            ),
+            sql.Literal(table.table_id),
+        ),
     ]
     if not c_trigger:
         statements.append(
@@ -95,6 +106,7 @@ def plan_install(conn: psycopg.Connection, source: Source, subscriptions: Subscr
     superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]
     statements: list[sql.Composable] = [
         script("schema"),
+        script("definitions"),
         script("capture_function"),
         script("capture_c"),
         script("partitions"),
@@ -102,7 +114,7 @@ def plan_install(conn: psycopg.Connection, source: Source, subscriptions: Subscr
         *([script("c_functions")] if c_trigger else []),
     ]
     for table in [*tables, trace_table(conn, tables)]:
-        statements += table_statements(table, log_number, c_trigger)
+        statements += table_statements(table, log_number, c_trigger, follow_schema=superuser)
     partitioned = [t for t in tables if t.partitions is not None]
     statements += partitions.publish_statements([t.qualified for t in partitioned])
     notes = [line for t in partitioned for line in partitions.plan_lines(t.qualified, t.partitions or (), superuser)]

@@ -166,6 +166,9 @@ class DistributorSession:
         records = self.consumer.poll(timeout_ms=0 if self.inflight else 100, max_records=max(room, 1)).get(self.partition, [])
         for record in records:
             where = StreamPlace(self.up_topic, 0, record.offset)
+            if not self.inflight and self.held_by_every_route(record):
+                self.uncommitted = record.offset + 1  # forwarded before a restart: not routed again
+                continue
             if not self.codec.knows(record.value):
                 self.mark(record, where)  # learns the schema here, and registers it downstream
             self.inflight.append(Inflight(record, self.executor.submit(record, where), time.perf_counter(), time.time()))
@@ -188,6 +191,12 @@ class DistributorSession:
         if time.monotonic() - self.committed_at >= COMMIT_SECONDS:
             self.flush_and_commit()
         return True
+
+    def held_by_every_route(self, record: Any) -> bool:
+        """Whether every route holds this message already (by its mark's header). Such a message is not routed
+        again: with a configuration changed since (a renamed column), it might no longer route."""
+        mark = mark_from_headers(record.headers)
+        return mark is not None and all(not mark > route.last for route in self.routes)
 
     def route(self, record: Any, where: Where) -> Routed:
         return route_message(self.codec, self.d.decoder, [r.subscription for r in self.routes], record.value, where)

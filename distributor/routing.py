@@ -24,6 +24,7 @@ from pgfanout.core.errors import FilterError, RouteError, Where
 from pgfanout.core.messages import Batch, Change, Op, TableLayout
 from pgfanout.core.names import qualified
 from pgfanout.core.rowfilter import Evaluate, compile_filter
+from pgfanout.core.schemachange import previous_name, project_definition, renames_of
 from pgfanout.core.trace import is_trace
 
 EMPTY: tuple = ()
@@ -95,7 +96,7 @@ class TablePlan:
     def route_change(self, change: Change, where: Callable[[], str]) -> Change | None:
         """The change as the route receives it, or None; ``where`` names it, for error messages only."""
         op = change["op"]
-        if op == "TRUNCATE" or self.passes_whole:
+        if op == "TRUNCATE" or op == "SCHEMA" or self.passes_whole:
             return change
         if self.evaluate is None:
             return self.projected(change, op)
@@ -132,24 +133,40 @@ class TablePlan:
         }
 
 
-def plan_table(route: str, table: TableLayout, subscription: TableSubscription) -> TablePlan:
-    """Check a subscription against a table layout and prepare its projection and filter."""
+def plan_table(
+    route: str, table: TableLayout, subscription: TableSubscription, aliases: dict[str, str] | None = None
+) -> TablePlan:
+    """Check a subscription against a table layout and prepare its projection and filter. ``aliases``: the
+    names the subscription knows some of the layout's columns by, when a later layout renamed them."""
     name = qualified(table["schema_name"], table["table_name"])
     columns, keys = list(table["columns"]), list(table["key_columns"])
     types = list(table.get("column_types") or ())
     old_columns = list(table.get("old_columns") or ())
     prefix = f"route {route}, table {name} (layout {table['table_id']})"
     keep = None
+    row_filter = subscription.row_filter()
+    used = {*(subscription.columns or ()), *(row_filter.columns if row_filter is not None else ())}
+    renamed = renames_of(table.get("definition"), used)
+    if renamed:
+        listed = ", ".join(f"{old} -> {new}" for old, new in sorted(renamed.items()))
+        raise RouteError(
+            f"{prefix}: the source renamed columns that this route's filter or column list names ({listed}); "
+            f"name them so in routes.{route}.tables, then start the distributor again"
+        )
+    if not aliases or not used & (set(aliases.values()) - set(columns)):
+        aliases = {}  # the subscription still knows the columns by the names this layout has
+    names = [aliases.get(c, c) for c in columns]  # as the subscription names them
+    key_names = [aliases.get(k, k) for k in keys]
+    old_names = [aliases.get(c, c) for c in old_columns]
     if subscription.columns is not None:
-        unknown = [c for c in subscription.columns if c not in columns]
+        unknown = [c for c in subscription.columns if c not in names]
         if unknown:
             raise RouteError(f"{prefix}: the column list names columns the table does not have: {', '.join(unknown)}")
-        missing_key = [k for k in keys if k not in subscription.columns]
+        missing_key = [k for k in key_names if k not in subscription.columns]
         if missing_key:
             raise RouteError(f"{prefix}: the column list must include the key ({', '.join(missing_key)})")
-        keep = [i for i, c in enumerate(columns) if c in subscription.columns]  # in the table's column order
+        keep = [i for i, c in enumerate(names) if c in subscription.columns]  # in the table's column order
     evaluate, needs_old = None, False
-    row_filter = subscription.row_filter()
     if row_filter is not None:
         if len(types) != len(columns):
             raise RouteError(
@@ -157,10 +174,10 @@ def plan_table(route: str, table: TableLayout, subscription: TableSubscription) 
                 "upgrade the agent that publishes this source"
             )
         try:
-            evaluate = compile_filter(row_filter, columns, types)
+            evaluate = compile_filter(row_filter, names, types)
         except FilterError as exc:
             raise RouteError(f"{prefix}: {exc}") from None
-        uncaptured = sorted(row_filter.columns - set(keys) - set(old_columns))
+        uncaptured = sorted(row_filter.columns - set(key_names) - set(old_names))
         if uncaptured:
             raise RouteError(
                 f"{prefix}: the filter reads {', '.join(uncaptured)}, whose values before an UPDATE or DELETE capture "
@@ -168,7 +185,7 @@ def plan_table(route: str, table: TableLayout, subscription: TableSubscription) 
                 "with this configuration (it records the old values of every filtered column), then resync this "
                 "route's subscribers"
             )
-        needs_old = bool(row_filter.columns - set(keys))
+        needs_old = bool(row_filter.columns - set(key_names))
     kept = set(columns if keep is None else (columns[i] for i in keep))
     old_keep = None if all(c in kept for c in old_columns) else [j for j, c in enumerate(old_columns) if c in kept]
     projected = dict(table)
@@ -179,6 +196,8 @@ def plan_table(route: str, table: TableLayout, subscription: TableSubscription) 
             missing_values={c: v for c, v in (table.get("missing_values") or {}).items() if c in kept},
             old_columns=[c for c in old_columns if c in kept],
         )
+        if table.get("definition"):
+            projected["definition"] = project_definition(table["definition"], kept)
     return TablePlan(
         route,
         projected,
@@ -193,6 +212,33 @@ def plan_table(route: str, table: TableLayout, subscription: TableSubscription) 
     )
 
 
+def renamed_later(tables: Sequence[TableLayout]) -> dict[int, dict[str, str]]:
+    """For layouts of a message that a later layout of the same table in it renamed columns of: old name -> new.
+
+    A distributor stopped at a rename of a column its subscription names starts again with the new name in
+    its configuration, and reads that message again: its transactions before the rename still use the old
+    layout, whose columns the configuration now knows by their new names.
+    """
+    aliases: dict[int, dict[str, str]] = {}
+    for later in tables:
+        definition = later.get("definition")
+        if not definition or not definition["renamed_columns"]:
+            continue
+        names = {(later["schema_name"], later["table_name"]), previous_name(definition)}
+        renamed = {old: new for new, old in definition["renamed_columns"].items()}
+        for earlier in tables:
+            if earlier["table_id"] < later["table_id"] and (earlier["schema_name"], earlier["table_name"]) in names:
+                aliases.setdefault(earlier["table_id"], {}).update(renamed)
+    return aliases
+
+
+def _shape(layout: TableLayout) -> tuple:
+    definition = dict(layout.get("definition") or {})
+    for what_changed in ("renamed_columns", "previous_schema", "previous_table"):
+        definition.pop(what_changed, None)
+    return tuple(layout["columns"]), tuple(layout["key_columns"]), tuple(layout.get("column_types") or ()), repr(definition)
+
+
 class RouteFilter:
     """One route's subscription, applied to whole batches; table layouts are planned once each."""
 
@@ -202,20 +248,42 @@ class RouteFilter:
         self.route = route
         self.tables = tables
         self.plans: dict[int, TablePlan | None] = {}
+        self.shapes: dict[str, dict[int, tuple]] = {}  # per table: what this route carries of each layout seen
 
-    def plan(self, table: TableLayout) -> TablePlan | None:
+    def plan(self, table: TableLayout, aliases: dict[str, str] | None = None) -> TablePlan | None:
         table_id = table["table_id"]
         if table_id not in self.plans:
             subscription = self.tables.get(qualified(table["schema_name"], table["table_name"]))
             if is_trace(table["schema_name"], table["table_name"]):
                 subscription = WHOLE_TABLE  # every route carries trace markers
-            self.plans[table_id] = None if subscription is None else plan_table(self.route, table, subscription)
+            previous = previous_name(table.get("definition"))
+            if subscription is None and previous is not None and qualified(*previous) in self.tables:
+                raise RouteError(
+                    f"route {self.route}: the source renamed table {qualified(*previous)} to "
+                    f"{qualified(table['schema_name'], table['table_name'])} (layout {table_id}); name it so in "
+                    f"routes.{self.route}.tables, then start the distributor again"
+                )
+            self.plans[table_id] = None if subscription is None else plan_table(self.route, table, subscription, aliases)
+            if self.plans[table_id] is not None:
+                shaped = self.plans[table_id].table  # type: ignore[union-attr]
+                self.shapes.setdefault(qualified(shaped["schema_name"], shaped["table_name"]), {})[table_id] = _shape(shaped)
         return self.plans[table_id]
+
+    def carries_no_change(self, table_id: int) -> bool:
+        """Whether a SCHEMA change to this layout leaves what the route carries as it was with the previous
+        layout it saw of the table (a change to a column it does not carry): then it is not sent."""
+        plan = self.plans.get(table_id)
+        if plan is None or not plan.table.get("definition"):
+            return False
+        seen = self.shapes.get(qualified(plan.table["schema_name"], plan.table["table_name"]), {})
+        earlier = [i for i in seen if i < table_id]
+        return bool(earlier) and seen[max(earlier)] == seen[table_id]
 
     def batch(self, message: Batch, where: Where) -> Batch:
         """The route's copy of a Batch message: same transactions, in the same order, each with its share."""
         try:
-            plans = {t["table_id"]: self.plan(t) for t in message["tables"]}
+            aliases = renamed_later(message["tables"])
+            plans = {t["table_id"]: self.plan(t, aliases.get(t["table_id"])) for t in message["tables"]}
         except RouteError as exc:
             exc.locate(where, None)
             raise
@@ -227,7 +295,7 @@ class RouteFilter:
             try:
                 for change in transaction["changes"]:
                     plan = plans[change["table"]]
-                    if plan is None:
+                    if plan is None or (change["op"] == "SCHEMA" and self.carries_no_change(change["table"])):
                         continue
                     routed = plan.route_change(change, here)
                     if routed is not None:

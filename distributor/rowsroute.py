@@ -98,7 +98,12 @@ class RowsRoute:
                     "xid": t["xid"],
                     "chunk": t["chunk"],
                     "last_chunk": t["last_chunk"],
-                    "changes": [self._change(layouts[c["table"]], c) for c in t["changes"] if c["table"] in layouts],
+                    # a schema change reaches these consumers as its table's new row schemas, on the changes after it
+                    "changes": [
+                        self._change(layouts[c["table"]], c)
+                        for c in t["changes"]
+                        if c["table"] in layouts and c["op"] != "SCHEMA"
+                    ],
                 }
                 for t in message["transactions"]
             ],

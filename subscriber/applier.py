@@ -29,6 +29,7 @@ from subscriber.apply import TableInfo, apply_changes, forget_staging, tables_of
 from subscriber.columns import NewColumns, tables_to_extend
 from subscriber.copyfilter import CopyFilters
 from subscriber.grouping import Action, Group, action_for, apply_now, described_differently, group_full, is_whole
+from subscriber.schema import SchemaChanges, renamed_table
 from subscriber.state import (
     SAVE_POSITION,
     UNKNOWN_OFFSET,
@@ -78,6 +79,7 @@ class ReplicaSession:
             r[0] for r in conn.execute("SELECT position FROM pgfanout_replica.skip WHERE subscriber = %s", (subscriber,))
         }
         self.columns = NewColumns(conn, self.label)
+        self.schema = SchemaChanges(conn, subscriber, self.label)
         self.copy_filters = CopyFilters({})
         self.read_copy_filters()
         self.collected: list[Collected] = []
@@ -156,7 +158,8 @@ class ReplicaSession:
         if markers:  # trace markers are recorded, not applied as rows
             tables = {table_id: info for table_id, info in tables.items() if table_id not in markers}
             stamps = [*stamps_of(headers), Stamp(self.received_by, time.time())]
-        self._protect(tables.values(), message["source"])
+        renaming = {(t["schema_name"], t["table_name"]) for t in message["tables"] if renamed_table(t)}  # once renamed
+        self._protect([t for t in tables.values() if (t.schema_name, t.table_name) not in renaming], message["source"])
         if described_differently(self.collected_tables, tables):
             self.flush()  # a table described differently than in what was collected: apply that first
         needs = self.columns.needed([t for t in message["tables"] if t["table_id"] not in markers], where)
@@ -181,6 +184,11 @@ class ReplicaSession:
             for table_id in tables_to_extend(part, needs):
                 self.flush()  # older changes first: rows that existed get the added column's value, not NULL
                 self.columns.add(*needs.pop(table_id), where)
+            if any(change["op"] == "SCHEMA" for change in part["changes"]):
+                self.flush()  # what was collected goes first, with the layouts it was written with
+                self._apply_in_order(part, tables, message, where)
+                self.group.changes += len(part["changes"])
+                continue
             if not is_whole(part):
                 self.flush()  # keep source order: what was collected goes first
             self.collected.append(Collected(part, tables, message["source"], where))
@@ -189,6 +197,22 @@ class ReplicaSession:
             self.collected_tables.update(tables)
             if apply_now(part, self.collected_changes):
                 self.flush()
+
+    def _apply_in_order(self, part: Transaction, tables: dict[int, TableInfo], message: Batch, where: Where) -> None:
+        """A part with schema changes, applied at once in its own order: rows, the schema change, rows."""
+        layouts = {t["table_id"]: t for t in message["tables"]}
+        rows: list = []
+        with self.conn.cursor() as cur:
+            for change in [*part["changes"], None]:
+                if change is not None and change["op"] != "SCHEMA":
+                    rows.append(change)
+                    continue
+                if rows:
+                    self._apply_part(cur, dict(part, changes=rows), tables, message["source"], where)  # type: ignore[arg-type]
+                    rows = []
+                if change is not None and self.schema.apply(layouts[change["table"]], where, part["position"]):
+                    self._protect([tables[change["table"]]], message["source"])  # renamed: the trigger went along
+                    self.read_copy_filters()
 
     def _protect(self, tables: Iterable[TableInfo], source: str) -> None:
         """Make each replicated table read-only for everyone but the applier, the first time it is seen."""
@@ -249,26 +273,32 @@ class ReplicaSession:
             cur.execute("ROLLBACK TO SAVEPOINT pgfanout_message")  # replay in source order to name the culprit
             forget_staging(self.conn)  # staging tables created since the savepoint are gone
         for part, part_tables, source, part_where in collected:
-            here = f"{part_where} position {part['position']} chunk {part['chunk']} (source {source} xid {part['xid']})"
-            try:
-                apply_changes(cur, list(part["changes"]), part_tables, here)
-            except PoisonMessage as exc:
-                exc.locate(part_where, part["position"])
-                raise
-            except psycopg.OperationalError:
-                raise
-            except psycopg.Error as exc:
-                raise PoisonMessage(
-                    f"transaction at {here} failed to apply, nothing of it was committed: "
-                    f"{type(exc).__name__}: {str(exc).strip()}. To go on without it, run "
-                    f"`pgfanout subscriber skip {self.subscriber} --position {part['position']}`",
-                    at=part_where,
-                    position=part["position"],
-                ) from exc
+            self._apply_part(cur, part, part_tables, source, part_where)
         raise PoisonMessage(
             f"the transactions of the messages at {where} failed together but not one by one; stop and inspect the replica",
             at=collected[0].where,
         )
+
+    def _apply_part(
+        self, cur: psycopg.Cursor, part: Transaction, tables: dict[int, TableInfo], source: str, where: Where
+    ) -> None:
+        """One part's changes in source order; a failure names the transaction and how to go on without it."""
+        here = f"{where} position {part['position']} chunk {part['chunk']} (source {source} xid {part['xid']})"
+        try:
+            apply_changes(cur, list(part["changes"]), tables, here)
+        except PoisonMessage as exc:
+            exc.locate(where, part["position"])
+            raise
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            raise PoisonMessage(
+                f"transaction at {here} failed to apply, nothing of it was committed: "
+                f"{type(exc).__name__}: {str(exc).strip()}. To go on without it, run "
+                f"`pgfanout subscriber skip {self.subscriber} --position {part['position']}`",
+                at=where,
+                position=part["position"],
+            ) from exc
 
     def group_full(self) -> bool:
         return group_full(self.group, time.monotonic(), self.settings.group_max_transactions, self.settings.group_max_ms / 1000)

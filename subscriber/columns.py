@@ -37,6 +37,8 @@ class NewColumns:
         """The layouts of a message with columns the replica lacks."""
         needs = {}
         for layout in layouts:
+            if layout.get("definition"):
+                continue  # an agent that follows schema changes: SCHEMA changes alter the table (subscriber.schema)
             key = (layout["schema_name"], layout["table_name"], tuple(layout["columns"]))
             if key in self.checked:
                 continue

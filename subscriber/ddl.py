@@ -13,7 +13,6 @@ comes back schema-qualified from ``format_type`` and ``pg_get_*def``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import psycopg
@@ -21,6 +20,7 @@ from psycopg import sql
 
 from pgfanout.core.errors import MaterializeError
 from pgfanout.core.names import qualified
+from pgfanout.core.schemachange import mentions
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class TableDefinition:
     table_name: str
     columns: tuple[Column, ...]
     constraints: tuple[tuple[str, str], ...]  # (name, definition) of PRIMARY KEY, UNIQUE, CHECK, EXCLUDE
-    indexes: tuple[str, ...]  # CREATE INDEX statements of indexes that back no constraint
+    indexes: tuple[tuple[str, str], ...]  # (name, CREATE INDEX statement) of indexes that back no constraint
     user_types: tuple[UserType, ...]
     is_partitioned: bool
     estimated_rows: int  # from the catalog's statistics; 0 when unknown
@@ -66,13 +66,6 @@ class TableDefinition:
         return sql.Identifier(self.schema_name, self.table_name)
 
 
-def _mentions(text: str, names: set[str]) -> bool:
-    """Whether SQL text (a constraint, index or expression definition) names any of these columns."""
-    words = set(re.findall(r'"((?:[^"]|"")+)"|([A-Za-z_][A-Za-z0-9_$]*)', text))
-    found = {quoted.replace('""', '"') if quoted else plain for quoted, plain in words}
-    return bool(found & names)
-
-
 def project(definition: TableDefinition, kept: frozenset[str] | None) -> TableDefinition:
     """The definition with only the ``kept`` columns, for a route with a column list.
 
@@ -82,14 +75,14 @@ def project(definition: TableDefinition, kept: frozenset[str] | None) -> TableDe
         return definition
     dropped = {c.name for c in definition.columns if c.name not in kept and c.generated is None}
     columns = tuple(
-        c for c in definition.columns if c.name in kept or (c.generated is not None and not _mentions(c.generated, dropped))
+        c for c in definition.columns if c.name in kept or (c.generated is not None and not mentions(c.generated, dropped))
     )
     return TableDefinition(
         definition.schema_name,
         definition.table_name,
         columns,
-        tuple(c for c in definition.constraints if not _mentions(c[1], dropped)),
-        tuple(i for i in definition.indexes if not _mentions(i.split(" USING ", 1)[-1], dropped)),
+        tuple(c for c in definition.constraints if not mentions(c[1], dropped)),
+        tuple(i for i in definition.indexes if not mentions(i[1].split(" USING ", 1)[-1], dropped)),
         definition.user_types,
         definition.is_partitioned,
         definition.estimated_rows,
@@ -133,11 +126,11 @@ def read_definition(conn: psycopg.Connection, schema_name: str, table_name: str)
         )
     )
     indexes = tuple(
-        r[0]
+        (r[0], r[1])
         for r in conn.execute(
-            """SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i
+            """SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
            WHERE i.indrelid = %s AND NOT EXISTS (
-               SELECT 1 FROM pg_constraint c WHERE c.conrelid = i.indrelid AND c.conindid = i.indexrelid)
+               SELECT 1 FROM pg_constraint k WHERE k.conrelid = i.indrelid AND k.conindid = i.indexrelid)
            ORDER BY i.indexrelid""",
             (oid,),
         )
@@ -183,7 +176,7 @@ def after_copy(definition: TableDefinition) -> list[sql.Composable]:
         sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(definition.identifier, sql.Identifier(name), sql.SQL(text))
         for name, text in definition.constraints
     ]
-    statements += [sql.SQL(text) for text in definition.indexes]
+    statements += [sql.SQL(text) for _, text in definition.indexes]
     return statements
 
 

@@ -85,6 +85,7 @@ PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(pgfanout_capture);
 PG_FUNCTION_INFO_V1(pgfanout_capture_rows);
+PG_FUNCTION_INFO_V1(pgfanout_capture_event);
 
 void		_PG_init(void);
 
@@ -93,7 +94,7 @@ void		_PG_init(void);
 /* Change.op symbols, in schema order */
 enum
 {
-	OP_INSERT, OP_UPDATE, OP_DELETE, OP_TRUNCATE
+	OP_INSERT, OP_UPDATE, OP_DELETE, OP_TRUNCATE, OP_SCHEMA
 };
 
 typedef enum
@@ -1206,4 +1207,36 @@ pgfanout_capture_rows(PG_FUNCTION_ARGS)
 	MemoryContextDelete(per_row);
 	table_close(relation, AccessShareLock);
 	PG_RETURN_INT64(rows);
+}
+
+/*
+ * pgfanout.capture_event(table_id, op): a change without values in this transaction's buffer, in order
+ * with its rows: 'S' (the table's layout table_id takes effect here: a schema change) or 'T' (the table
+ * emptied, before a rewritten table's rows are recorded again). Called by the schema-change event
+ * trigger (agent/sql/follow_ddl.sql).
+ */
+Datum
+pgfanout_capture_event(PG_FUNCTION_ARGS)
+{
+	int32		table_id = PG_GETARG_INT32(0);
+	char		op = PG_GETARG_CHAR(1);
+	Segment    *segment;
+	int			before;
+
+	if (op != 'S' && op != 'T')
+		elog(ERROR, "pgfanout.capture_event: op must be S or T");
+	set_capture_owner(fcinfo->flinfo->fn_oid);
+	segment = segment_for_change(table_id);
+	before = buffer->len;
+	put_long(buffer, table_id);
+	put_long(buffer, op == 'S' ? OP_SCHEMA : OP_TRUNCATE);
+	put_long(buffer, 0);		/* values */
+	put_long(buffer, 0);		/* nulls */
+	put_long(buffer, 0);		/* old_key */
+	put_long(buffer, 0);		/* old_values */
+	put_long(buffer, 0);		/* old_nulls */
+	segment->length += buffer->len - before;
+	segment->count++;
+	next_ordinal++;
+	PG_RETURN_VOID();
 }

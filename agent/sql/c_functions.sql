@@ -7,3 +7,8 @@ CREATE OR REPLACE FUNCTION pgfanout.capture_packed() RETURNS trigger LANGUAGE c
 CREATE OR REPLACE FUNCTION pgfanout.capture_rows(relation oid, published oid, op "char") RETURNS bigint
     LANGUAGE c STRICT AS '$libdir/pgfanout_capture', 'pgfanout_capture_rows';
 REVOKE ALL ON FUNCTION pgfanout.capture_rows(oid, oid, "char") FROM PUBLIC;
+
+-- A schema change (or the emptying before a rewritten table's rows) in the transaction's buffer (definitions.sql).
+CREATE OR REPLACE FUNCTION pgfanout.capture_event(table_id integer, op "char") RETURNS void
+    LANGUAGE c STRICT AS '$libdir/pgfanout_capture', 'pgfanout_capture_event';
+REVOKE ALL ON FUNCTION pgfanout.capture_event(integer, "char") FROM PUBLIC;

@@ -16,6 +16,10 @@ ALTER TABLE pgfanout.tables ADD COLUMN IF NOT EXISTS column_types text[] NOT NUL
 ALTER TABLE pgfanout.tables ADD COLUMN IF NOT EXISTS missing_values jsonb NOT NULL DEFAULT '{}';
 ALTER TABLE pgfanout.tables ADD COLUMN IF NOT EXISTS old_columns text[] NOT NULL DEFAULT '{}';
 ALTER TABLE pgfanout.tables ADD COLUMN IF NOT EXISTS settings text[] NOT NULL DEFAULT '{}';
+-- The table itself (a layout follows it through renames), and its definition as replicas build it
+-- (definitions.sql; NULL for layouts of an agent that did not follow schema changes).
+ALTER TABLE pgfanout.tables ADD COLUMN IF NOT EXISTS relid oid;
+ALTER TABLE pgfanout.tables ADD COLUMN IF NOT EXISTS definition jsonb;
 
 -- The log: a row per change (PL/pgSQL triggers: new_row, old_key, old_values), or a row of a transaction's
 -- changes Avro-encoded from its change number `ordinal` on (the C trigger: op 'P', table_id 0).

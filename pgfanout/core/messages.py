@@ -12,9 +12,37 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal, NotRequired, TypedDict
 
-Op = Literal["INSERT", "UPDATE", "DELETE", "TRUNCATE"]
+Op = Literal["INSERT", "UPDATE", "DELETE", "TRUNCATE", "SCHEMA"]
 AvroSchema = dict[str, Any]  # a schema document (JSON): schemas/*.avsc, or a table's typed row schemas
 RowRecord = dict[str, Any]  # one row of a table's own Key or Row schema (format: rows), by Avro field name
+
+
+class ColumnDefinition(TypedDict):
+    name: str
+    type: str  # format_type(): qualified where not built in, with its modifiers
+    not_null: bool
+    collation: str  # qualified, only where it differs from the type's default; "" otherwise
+    generated: str  # a STORED generated column's expression; "" otherwise
+
+
+class NamedDefinition(TypedDict):
+    name: str
+    definition: str  # pg_get_constraintdef() or pg_get_indexdef(), names qualified
+
+
+class TableDefinition(TypedDict):
+    """What a replica builds of a table (schemas/table.avsc): columns, constraints, indexes; and what the
+    schema change that made this layout renamed."""
+
+    columns: Sequence[ColumnDefinition]
+    constraints: Sequence[NamedDefinition]  # PRIMARY KEY, UNIQUE, CHECK, EXCLUDE; never FOREIGN KEY
+    indexes: Sequence[NamedDefinition]  # indexes that back no constraint
+    renamed_columns: dict[str, str]  # new name -> old name
+    dropped_columns: Sequence[str]  # what the change dropped, by name: a replica's own stay
+    dropped_constraints: Sequence[str]
+    dropped_indexes: Sequence[str]
+    previous_schema: str  # the table's schema and name before a rename; "" otherwise
+    previous_table: str
 
 
 class TableLayout(TypedDict):
@@ -28,6 +56,7 @@ class TableLayout(TypedDict):
     column_types: Sequence[str]  # format_type() of each column; empty from agents older than types
     missing_values: dict[str, str]  # columns added with a constant default: the value existing rows hold
     old_columns: Sequence[str]  # non-key columns whose values before UPDATE and DELETE changes carry
+    definition: NotRequired[TableDefinition | None]  # from agents that follow schema changes
 
 
 class Change(TypedDict):

@@ -24,7 +24,7 @@ from pgfanout.core.codec import decode_changes, default_codec
 from pgfanout.core.config import Config, load_config
 from pgfanout.runtime.pg import connect
 
-OPS = {"INSERT": "I", "UPDATE": "U", "DELETE": "D", "TRUNCATE": "T"}
+OPS = {"INSERT": "I", "UPDATE": "U", "DELETE": "D", "TRUNCATE": "T", "SCHEMA": "S"}
 # a test run once with each capture trigger (the default, auto, is the C one where it is installed)
 BOTH_TRIGGERS = pytest.mark.parametrize("pipeline", ["c", "plpgsql"], indirect=True)
 

@@ -199,11 +199,13 @@ def test_alter_table_inside_a_transaction_and_under_repeatable_read(pipeline):
         layouts = dict(conn.execute("SELECT table_id, columns FROM pgfanout.tables WHERE table_name = 'accounts'"))
         rows = []
         for (encoded,) in conn.execute("SELECT changes FROM pgfanout.log WHERE changes IS NOT NULL ORDER BY seq"):
-            rows += [(layouts[c["table"]], c["values"]) for c, _ in decode_changes(default_codec(), encoded)]
-    assert rows == [
-        (["id", "balance"], ["1", "1.00"]),
-        (["id", "balance", "note"], ["2", "2.00", "two"]),
-        (["id", "balance", "note", "extra"], ["3", "3.00", "three", "33"]),
+            rows += [(c["op"], layouts[c["table"]], c["values"]) for c, _ in decode_changes(default_codec(), encoded)]
+    assert rows == [  # each ALTER in the stream where it happened, among the rows
+        ("INSERT", ["id", "balance"], ["1", "1.00"]),
+        ("SCHEMA", ["id", "balance", "note"], []),
+        ("INSERT", ["id", "balance", "note"], ["2", "2.00", "two"]),
+        ("SCHEMA", ["id", "balance", "note", "extra"], []),
+        ("INSERT", ["id", "balance", "note", "extra"], ["3", "3.00", "three", "33"]),
     ]
 
 

@@ -32,9 +32,13 @@ PATHS = {
         "public.accounts",
         "no layout in pgfanout.tables",
     ),
-    # a published table renamed (the layout is found by name)
+    # a published table renamed where the event trigger did not fire (the layout is found by name)
     "renamed table": (
-        ["ALTER TABLE public.accounts RENAME TO ledger"],
+        [
+            "SET session_replication_role = replica",
+            "ALTER TABLE public.accounts RENAME TO ledger",
+            "RESET session_replication_role",
+        ],
         "INSERT INTO public.ledger VALUES (102, 1)",
         "public.ledger",
         "no layout in pgfanout.tables",
@@ -92,9 +96,9 @@ def test_a_capture_fault_never_fails_the_write(pipeline, path):
     pipeline.prepare()
     pipeline.seed()
     with pipeline.primary() as conn:
-        conn.execute("TRUNCATE pgfanout.log_1, pgfanout.log_2")
         for step in setup:
             conn.execute(step)
+        conn.execute("TRUNCATE pgfanout.log_1, pgfanout.log_2")  # the setup's schema changes are logged
     warnings = write(pipeline, statement)
     assert any("in this transaction are not captured" in w and reason in w for w in warnings), warnings
     with pipeline.primary() as conn:

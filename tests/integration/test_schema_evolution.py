@@ -1,9 +1,7 @@
-"""ALTER TABLE on the primary mid-stream: new columns reach the replicas; rewrites are refused; schemas registered."""
+"""ALTER TABLE on the primary mid-stream: added and dropped columns reach the replicas at their place; schemas registered.
+(Every other kind of schema change: test_schema_changes.py.)"""
 
 import time
-
-import psycopg
-import pytest
 
 from pgfanout.core.codec import default_codec
 from pgfanout.runtime.registry import REGISTRY_TOPIC
@@ -24,16 +22,8 @@ def test_columns_added_mid_stream_reach_the_replicas_with_their_values(pipeline)
         time.sleep(0.5)
         conn.execute("INSERT INTO public.customers (id, name, loyalty) VALUES (-1, 'after the change', 99)")
         conn.execute("UPDATE public.products SET color = 'red' WHERE sku = 'SKU-7'")
-        conn.execute("ALTER TABLE public.products DROP COLUMN color")  # replicas keep it
+        conn.execute("ALTER TABLE public.products DROP COLUMN color")  # and so do the replicas, there
         conn.execute("UPDATE public.products SET title = 'retitled' WHERE sku = 'SKU-8'")
-        with pytest.raises(psycopg.errors.RaiseException, match="changing a column's type"):
-            conn.execute("ALTER TABLE public.accounts ALTER COLUMN balance TYPE numeric(16,2)")  # no rewrite
-        with pytest.raises(psycopg.errors.RaiseException, match="would rewrite every row"):
-            conn.execute("ALTER TABLE public.accounts ALTER COLUMN balance TYPE float8")
-        with pytest.raises(psycopg.errors.RaiseException, match="would rewrite every row"):
-            conn.execute("ALTER TABLE public.customers ADD COLUMN luck float8 DEFAULT random()")
-        with pytest.raises(psycopg.errors.RaiseException, match="renaming a column"):
-            conn.execute("ALTER TABLE public.customers RENAME COLUMN email TO mail")
     workload.join()
     pipeline.wait_caught_up(timeout=120)
     with pipeline.primary() as conn:
@@ -42,13 +32,15 @@ def test_columns_added_mid_stream_reach_the_replicas_with_their_values(pipeline)
     for sub in pipeline.subscribers:
         with pipeline.replica(sub) as conn:
             assert conn.execute("SELECT id, loyalty FROM public.customers ORDER BY id").fetchall() == expected
+            assert conn.execute("SELECT title FROM public.products WHERE sku IN ('SKU-7', 'SKU-8') ORDER BY sku").fetchall() == [
+                ("Product 7",),
+                ("retitled",),
+            ]
             assert conn.execute(
-                "SELECT color, title FROM public.products WHERE sku IN ('SKU-7', 'SKU-8') ORDER BY sku"
-            ).fetchall() == [("red", "Product 7"), (None, "retitled")]
-        assert "added column loyalty integer to public.customers, as the source did (existing rows get '7')" in pipeline.log(sub)
-    for sub in pipeline.subscribers:  # a column dropped on the source stays on replicas until the operator drops it
-        with pipeline.replica(sub) as conn:
-            conn.execute("ALTER TABLE public.products DROP COLUMN color")
+                "SELECT to_regclass('public.products') IS NOT NULL AND NOT EXISTS (SELECT FROM pg_attribute "
+                "WHERE attrelid = 'public.products'::regclass AND attname = 'color' AND NOT attisdropped)"
+            ).fetchone()[0]
+        assert "add column loyalty integer (existing rows: '7')" in pipeline.log(sub)
     equal, lines = pipeline.proof()
     assert equal, "\n".join(lines)
 

@@ -27,7 +27,23 @@ CHANGES = {
         },
         {"table": 3, "op": "DELETE", "values": [], "nulls": [], "old_key": ["2"], "old_values": ["", ""], "old_nulls": []},
         {"table": 3, "op": "TRUNCATE", "values": [], "nulls": [], "old_key": [], "old_values": [], "old_nulls": []},
+        {"table": 4, "op": "SCHEMA", "values": [], "nulls": [], "old_key": [], "old_values": [], "old_nulls": []},
     ]
+}
+DEFINITION = {
+    "columns": [
+        {"name": "id", "type": "integer", "not_null": True, "collation": "", "generated": ""},
+        {"name": "label", "type": "text", "not_null": False, "collation": '"C"', "generated": ""},
+        {"name": "note", "type": "text", "not_null": False, "collation": "", "generated": ""},
+    ],
+    "constraints": [{"name": "t_pkey", "definition": "PRIMARY KEY (id)"}],
+    "indexes": [{"name": "t_label", "definition": "CREATE INDEX t_label ON public.t USING btree (label)"}],
+    "renamed_columns": {"label": "name"},
+    "dropped_columns": ["gone"],
+    "dropped_constraints": [],
+    "dropped_indexes": ["t_name"],
+    "previous_schema": "",
+    "previous_table": "",
 }
 TX = {
     "source": "shop",
@@ -46,7 +62,19 @@ TX = {
             "column_types": ["integer", "text", "text"],
             "missing_values": {"note": "n/a"},
             "old_columns": ["name", "note"],
-        }
+            "definition": None,
+        },
+        {
+            "table_id": 4,
+            "schema_name": "public",
+            "table_name": "t",
+            "columns": ["id", "label", "note"],
+            "key_columns": ["id"],
+            "column_types": ["integer", "text", "text"],
+            "missing_values": {},
+            "old_columns": [],
+            "definition": DEFINITION,
+        },
     ],
     "transactions": [
         {"position": 42, "xid": 1234, "chunk": 0, "last_chunk": True, **CHANGES},
@@ -72,9 +100,18 @@ def test_messages_written_with_an_older_schema_stay_readable():
 
     older = json.loads((schema_dir() / "history" / "Batch-e9dd0aa706b65861.avsc").read_text())
     assert "column_types" not in json.dumps(older)
-    old_tables = [{k: v for k, v in TX["tables"][0].items() if k not in ("column_types", "missing_values", "old_columns")}]
+    old_tables = [
+        {k: v for k, v in TX["tables"][0].items() if k not in ("column_types", "missing_values", "old_columns", "definition")}
+    ]
     old_transactions = [
-        dict(t, changes=[{k: v for k, v in c.items() if not k.startswith("old_") or k == "old_key"} for c in t["changes"]])
+        dict(
+            t,
+            changes=[
+                {k: v for k, v in c.items() if not k.startswith("old_") or k == "old_key"}
+                for c in t["changes"]
+                if c["op"] != "SCHEMA"
+            ],
+        )
         for t in TX["transactions"]
     ]
     body = io.BytesIO()
@@ -84,7 +121,7 @@ def test_messages_written_with_an_older_schema_stay_readable():
     assert kind == "Batch" and message["transactions"] == [
         dict(t, changes=[dict(c, old_values=[], old_nulls=[]) for c in t["changes"]]) for t in old_transactions
     ]
-    assert message["tables"] == [dict(old_tables[0], column_types=[], missing_values={}, old_columns=[])]
+    assert message["tables"] == [dict(old_tables[0], column_types=[], missing_values={}, old_columns=[], definition=None)]
     assert message["snapshot_requests"] == []
 
 
@@ -96,8 +133,12 @@ def test_batches_and_heartbeats_before_snapshot_requests_read_as_asking_nothing(
 
     from pgfanout.core.codec import fingerprint, schema_dir
 
+    before_definitions = dict(TX, tables=[{k: v for k, v in TX["tables"][0].items() if k != "definition"}])
+    before_definitions["transactions"] = [
+        dict(t, changes=[c for c in t["changes"] if c["op"] != "SCHEMA"]) for t in TX["transactions"]
+    ]
     for name, record in (
-        ("Batch-3a82a0c15b3331f1", {k: v for k, v in TX.items() if k != "snapshot_requests"}),
+        ("Batch-3a82a0c15b3331f1", {k: v for k, v in before_definitions.items() if k != "snapshot_requests"}),
         (
             "Heartbeat-5a671b4a29a51550",
             {"source": "s", "position": 1, "tick_id": 2, "tick_time": TX["tick_time"], "snapshot": ""},
@@ -108,7 +149,28 @@ def test_batches_and_heartbeats_before_snapshot_requests_read_as_asking_nothing(
         body = io.BytesIO()
         fastavro.schemaless_writer(body, fastavro.parse_schema(older), record)
         kind, message = default_codec().decode(MAGIC + fingerprint(older) + body.getvalue(), "t[0]@0")
-        assert kind == name.split("-")[0] and message == {**record, "snapshot_requests": []}
+        expected = {**record, "snapshot_requests": []}
+        if kind == "Batch":
+            expected["tables"] = [dict(t, definition=None) for t in record["tables"]]
+        assert kind == name.split("-")[0] and message == expected
+
+
+def test_batches_before_schema_changes_read_as_layouts_without_a_definition():
+    import io
+    import json
+
+    import fastavro
+
+    from pgfanout.core.codec import fingerprint, schema_dir
+
+    older = json.loads((schema_dir() / "history" / "Batch-26cb2e1493d1ae74.avsc").read_text())
+    assert "renamed_columns" not in json.dumps(older) and "SCHEMA" not in json.dumps(older)
+    record = dict(TX, tables=[{k: v for k, v in TX["tables"][0].items() if k != "definition"}])
+    record["transactions"] = [dict(t, changes=[c for c in t["changes"] if c["op"] != "SCHEMA"]) for t in TX["transactions"]]
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(older), record)
+    kind, message = default_codec().decode(MAGIC + fingerprint(older) + body.getvalue(), "t[0]@0")
+    assert kind == "Batch" and message == dict(record, tables=[dict(record["tables"][0], definition=None)])
 
 
 def test_a_schema_learned_from_the_registry_becomes_readable():

@@ -67,7 +67,7 @@ def test_replica_tables_get_columns_first_and_keys_and_indexes_after_the_copy():
             Column("total", "numeric(10,2)", False, None, "(id * 2)"),
         ),
         (("orders_pkey", "PRIMARY KEY (id)"),),
-        ('CREATE INDEX o_note ON app."Orders" USING btree (note)',),
+        (("o_note", 'CREATE INDEX o_note ON app."Orders" USING btree (note)'),),
         (),
         False,
         0,

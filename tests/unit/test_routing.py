@@ -112,3 +112,84 @@ def test_column_list_without_the_key_is_refused():
 def test_old_values_missing_from_an_older_capture_stop_loudly():
     with pytest.raises(RouteError, match=r"topic\[0\]@3, position 10.*lacks the old values"):
         route([change("UPDATE", ["1", "east", "6", "pw"])])
+
+
+def definition_of(columns, renamed=None, previous=("", "")):
+    return {
+        "columns": [{"name": c, "type": "text", "not_null": False, "collation": "", "generated": ""} for c in columns],
+        "constraints": [{"name": "accounts_pkey", "definition": "PRIMARY KEY (id)"}],
+        "indexes": [
+            {"name": "accounts_secret", "definition": "CREATE INDEX accounts_secret ON public.accounts USING btree (secret)"}
+        ],
+        "renamed_columns": renamed or {},
+        "dropped_columns": [],
+        "dropped_constraints": [],
+        "dropped_indexes": [],
+        "previous_schema": previous[0],
+        "previous_table": previous[1],
+    }
+
+
+def schema_message(*layouts, changes):
+    return {
+        "source": "s",
+        "tick_id": 1,
+        "tick_time": 0,
+        "batch_end": True,
+        "tables": list(layouts),
+        "transactions": [{"position": 10, "xid": 5, "chunk": 0, "last_chunk": True, "changes": changes}],
+    }
+
+
+def test_a_schema_change_goes_to_a_route_cut_to_its_columns_unless_it_changes_nothing_there():
+    before = dict(ACCOUNTS, definition=definition_of(ACCOUNTS["columns"]))
+    added = dict(ACCOUNTS, table_id=3, columns=[*ACCOUNTS["columns"], "note"], column_types=[*ACCOUNTS["column_types"], "text"])
+    added["definition"] = definition_of(added["columns"])
+    east = RouteFilter("east", EAST)
+    routed = plain(east.batch(schema_message(before, added, changes=[change("SCHEMA", table=3)]), "t[0]@1"))
+    assert routed["transactions"][0]["changes"] == []  # a column the route does not carry: not sent
+    indexed = dict(added, table_id=4)
+    indexed["definition"] = dict(added["definition"], indexes=[])  # the index on secret went: not carried either
+    assert (
+        plain(east.batch(schema_message(indexed, changes=[change("SCHEMA", table=4)]), "t[0]@2"))["transactions"][0]["changes"]
+        == []
+    )
+    whole = RouteFilter("all", {"public.accounts": TableSubscription()})
+    whole.batch(schema_message(before, changes=[]), "t[0]@1")
+    sent = plain(whole.batch(schema_message(added, changes=[change("SCHEMA", table=3)]), "t[0]@2"))
+    assert [c["op"] for c in sent["transactions"][0]["changes"]] == ["SCHEMA"]
+    assert [c["name"] for c in sent["tables"][0]["definition"]["columns"]] == [*ACCOUNTS["columns"], "note"]
+    cut = east.plans[3].table["definition"]  # what the route carries of the table: its columns only
+    assert [c["name"] for c in cut["columns"]] == ["id", "region", "balance"] and cut["indexes"] == []
+
+
+def test_a_rename_of_a_column_a_route_names_stops_it_and_its_new_name_in_the_config_goes_on():
+    renamed = dict(ACCOUNTS, table_id=3, columns=["id", "area", "balance", "secret"], old_columns=["area"], key_columns=["id"])
+    renamed["definition"] = definition_of(renamed["columns"], {"area": "region"})
+    message = schema_message(
+        ACCOUNTS,
+        renamed,
+        changes=[
+            change("UPDATE", ["1", "east", "5", "s"], old_values=["east"]),
+            change("SCHEMA", table=3),
+            change("UPDATE", ["1", "east", "6", "s"], old_values=["east"], table=3),
+        ],
+    )
+    with pytest.raises(RouteError, match=r"renamed columns .* \(region -> area\); name them so in routes.east.tables"):
+        RouteFilter("east", EAST).batch(message, "t[0]@1")
+    # started again with the new name: the changes before the rename, in the same message, still route
+    renamed_config = {"public.accounts": TableSubscription(where="area = 'east'", columns=["id", "area", "balance"])}
+    routed = plain(RouteFilter("east", renamed_config).batch(message, "t[0]@1"))
+    assert [(c["op"], c["values"]) for c in routed["transactions"][0]["changes"]] == [
+        ("UPDATE", ["1", "east", "5"]),
+        ("SCHEMA", []),
+        ("UPDATE", ["1", "east", "6"]),
+    ]
+    assert [t["columns"] for t in routed["tables"]] == [["id", "region", "balance"], ["id", "area", "balance"]]
+
+
+def test_a_table_renamed_under_a_route_that_names_it_stops_it():
+    moved = dict(ACCOUNTS, table_id=3, table_name="ledger")
+    moved["definition"] = definition_of(ACCOUNTS["columns"], previous=("public", "accounts"))
+    with pytest.raises(RouteError, match=r"renamed table public.accounts to public.ledger \(layout 3\)"):
+        RouteFilter("east", EAST).batch(schema_message(moved, changes=[change("SCHEMA", table=3)]), "t[0]@1")

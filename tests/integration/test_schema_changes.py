@@ -1,0 +1,178 @@
+"""Schema changes of published tables through two distributor tiers: each one in the stream at its
+transaction's place, applied by every replica there (within its share of columns), while writers run."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+from psycopg import sql
+
+from devstack.sample import run_workload
+from subscriber import ddl
+from tests.integration.pipeline import BOTH_TRIGGERS, Pipeline, eventually, two_tiers
+
+LEDGER = "CREATE TABLE public.ledger (id integer PRIMARY KEY, account integer NOT NULL, amount integer, memo text)"
+
+# Run in this order on the primary, each in its own transaction unless a list; rows are written between them.
+SCRIPT: list[str | list[str]] = [
+    "ALTER TABLE public.customers ADD COLUMN tier integer DEFAULT 1",
+    "ALTER TABLE public.customers ALTER COLUMN tier SET NOT NULL",
+    "CREATE INDEX customers_tier ON public.customers (tier)",
+    "ALTER TABLE public.customers RENAME COLUMN tier TO level",
+    "ALTER TABLE public.customers ALTER COLUMN level TYPE bigint",  # a rewrite: the table is sent again
+    "ALTER TABLE public.customers ADD CONSTRAINT level_positive CHECK (level > 0)",
+    "ALTER TABLE public.customers ALTER COLUMN level DROP NOT NULL",
+    "ALTER TABLE public.customers ALTER COLUMN level SET DEFAULT 5",  # defaults stay on the primary
+    "DROP INDEX public.customers_tier",
+    "ALTER TABLE public.customers ADD COLUMN secret text",  # not on the branch's column list
+    "ALTER TABLE public.products ADD COLUMN weight numeric(8,3)",
+    "ALTER TABLE public.products ADD CONSTRAINT weight_ok CHECK (weight >= 0)",
+    "ALTER TABLE public.accounts ADD COLUMN opened date NOT NULL DEFAULT '2020-01-01'",
+    "CREATE UNIQUE INDEX accounts_opened_id ON public.accounts (opened, id)",
+    "ALTER TABLE public.ledger RENAME TO journal",
+    "ALTER TABLE public.journal RENAME COLUMN memo TO note",
+    [  # rows, a change, rows: in one transaction
+        "INSERT INTO public.journal VALUES (1000, 1, 5, 'before')",
+        "ALTER TABLE public.journal ALTER COLUMN amount TYPE numeric(12,2) USING amount / 4.0",  # a rewrite
+        "INSERT INTO public.journal VALUES (1001, 1, 2.5, 'after')",
+    ],
+    "ALTER TABLE public.journal ADD COLUMN stamp timestamptz DEFAULT now()",
+    "ALTER TABLE public.journal DROP COLUMN note",
+    "ALTER TABLE public.journal ADD COLUMN luck float8 DEFAULT random()",  # volatile: a rewrite
+    "ALTER TABLE public.journal DROP CONSTRAINT ledger_pkey, ADD PRIMARY KEY (id, account)",
+    "ALTER TABLE public.journal ALTER COLUMN luck SET NOT NULL",
+]
+
+
+def journal_rows(conn: psycopg.Connection, step: int) -> None:
+    """Rows written between the changes, by whatever names the table and its columns have then."""
+    name = "journal" if conn.execute("SELECT to_regclass('public.journal')").fetchone()[0] else "ledger"
+    table = sql.Identifier("public", name)
+    base = 10 * step
+    with conn.transaction():
+        conn.execute(
+            sql.SQL("INSERT INTO {} (id, account, amount) SELECT g, g %% 3, g FROM generate_series(%s::int, %s::int) g").format(
+                table
+            ),
+            (base, base + 4),
+        )
+        conn.execute(sql.SQL("UPDATE {} SET amount = amount + 1 WHERE id = %s").format(table), (base - 9,))
+        conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(table), (base - 8,))
+
+
+def rows(conn: psycopg.Connection, table: str, columns: str = "*", where: str = "true") -> list[tuple]:
+    return conn.execute(f"SELECT {columns} FROM {table} WHERE {where} ORDER BY 1, 2").fetchall()
+
+
+def definition(conn: psycopg.Connection, table: str) -> tuple:
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = pg_catalog")
+        found = ddl.read_definition(conn, "public", table)
+    columns = tuple((c.name, c.type_sql, c.not_null, c.collation, c.generated) for c in found.columns)
+    return columns, tuple(sorted(found.constraints)), tuple(sorted(found.indexes))
+
+
+def published_definition(conn: psycopg.Connection, table: str, columns: set[str] | None = None) -> tuple:
+    """The primary's definition as replicas build it: no foreign keys (read_definition leaves them out), and
+    for a route with a column list, what is built on its columns only."""
+    with conn.transaction():
+        conn.execute("SET LOCAL search_path = pg_catalog")
+        found = ddl.read_definition(conn, "public", table)
+    if columns is not None:
+        found = ddl.project(found, frozenset(columns))
+    return (
+        tuple((c.name, c.type_sql, c.not_null, c.collation, c.generated) for c in found.columns),
+        tuple(sorted(found.constraints)),
+        tuple(sorted(found.indexes)),
+    )
+
+
+@BOTH_TRIGGERS
+def test_a_script_of_schema_changes_reaches_every_tier_in_order_while_writers_run(pipeline: Pipeline):
+    two_tiers(pipeline, more_tables={"public.ledger": LEDGER})
+    first, second = pipeline.subscribers
+    stop = threading.Event()
+    workload = threading.Thread(target=run_workload, args=(pipeline.primary_dsn, 120, 2), kwargs={"stop": stop, "seed_value": 27})
+    workload.start()
+    try:
+        with pipeline.primary() as conn:
+            conn.autocommit = True
+            for step, change in enumerate(SCRIPT, start=1):
+                journal_rows(conn, step)
+                if isinstance(change, list):
+                    with conn.transaction():
+                        for statement in change:
+                            conn.execute(statement)
+                else:
+                    conn.execute(change)
+            journal_rows(conn, len(SCRIPT) + 1)
+    finally:
+        stop.set()
+        workload.join()
+    pipeline.wait_caught_up(timeout=180)
+
+    with pipeline.primary() as primary, pipeline.replica(first) as sub1, pipeline.replica(second) as sub2:
+        for table in ("customers", "products", "orders", "order_lines", "accounts", "journal"):
+            assert definition(sub1, table) == published_definition(primary, table), table
+            assert rows(sub1, f"public.{table}") == rows(primary, f"public.{table}"), table
+        assert definition(sub2, "accounts") == published_definition(primary, "accounts")
+        assert rows(sub2, "public.accounts") == rows(primary, "public.accounts", where="id <= 10")
+        # the branch's customers table was created whole (its own email and created_at stay); it gets nothing
+        # of the columns its route does not carry, nor what is built on them
+        columns, constraints, indexes = definition(sub2, "customers")
+        own = {"email", "created_at"}
+        assert (tuple(c for c in columns if c[0] not in own), constraints, indexes) == published_definition(
+            primary, "customers", {"id", "name"}
+        )
+        assert rows(sub2, "public.customers", "id, name") == rows(primary, "public.customers", "id, name")
+        # what the changes did, seen on the replica
+        assert rows(sub1, "public.journal", "id, amount", "id IN (1000, 1001)") == [(1000, 1.25), (1001, 2.5)]
+        assert sub1.execute("SELECT count(*) FROM public.customers WHERE level IS NULL").fetchone()[0] == 0
+        assert sub1.execute("SELECT to_regclass('public.ledger')").fetchone()[0] is None
+    log = pipeline.log(first)
+    assert "schema change of public.customers" in log and "rename column tier to level" in log
+    assert "rename to journal" in log
+
+
+def test_a_rename_under_a_route_filter_stops_its_distributor_and_a_refused_change_stops_its_subscriber(pipeline: Pipeline):
+    two_tiers(pipeline)
+    first, second = pipeline.subscribers
+    region = f"{pipeline.name}.region"
+    with pipeline.replica(first) as conn:  # a view of the replica's own on a column the primary will drop
+        conn.execute("CREATE VIEW public.mail_list AS SELECT id, email FROM public.customers")
+    with pipeline.primary() as conn:
+        conn.execute("INSERT INTO public.customers (id, name, email) VALUES (1, 'one', 'one@example.org')")
+        conn.execute("UPDATE public.accounts SET balance = balance + 1 WHERE id = 3")  # old layout, same message
+        conn.execute("ALTER TABLE public.accounts RENAME COLUMN id TO account_id")
+        conn.execute("UPDATE public.accounts SET balance = balance + 1 WHERE account_id IN (4, 14)")
+        conn.execute("ALTER TABLE public.customers DROP COLUMN email")
+        conn.execute("INSERT INTO public.customers (id, name) VALUES (2, 'two')")
+
+    # the branch's filter names accounts.id: its distributor stops, naming the route and what to change
+    assert eventually(lambda: pipeline.pid(region) is None, timeout=60), "the region distributor goes on"
+    log = pipeline.wait_for_log(region, "renamed columns that this route's filter or column list names (id -> account_id)")
+    assert f"routes.{pipeline.name}.branch.tables" in log
+    data = pipeline.data
+    data["routes"][f"{pipeline.name}.branch"]["tables"] = {
+        "public.accounts": {"where": "account_id <= 10"},
+        "public.customers": {"columns": ["id", "name"]},
+    }
+    pipeline.reconfigure(data)
+    pipeline.start(region)
+
+    # sub1 cannot drop the column its view reads: it stops before the transaction, naming the statement
+    log = pipeline.wait_for_log(first, 'failed on the replica: `ALTER TABLE "public"."customers" DROP COLUMN "email"`', 60)
+    assert eventually(lambda: pipeline.pid(first) is None, timeout=30), "the subscriber goes on"
+    assert "DependentObjectsStillExist" in log and "Nothing of this transaction was committed" in log
+    with pipeline.replica(first) as conn:
+        assert conn.execute("SELECT count(*) FROM public.customers WHERE id = 2").fetchone()[0] == 0
+        conn.execute("DROP VIEW public.mail_list")
+    pipeline.start(first)
+    pipeline.wait_caught_up(timeout=120)
+    with pipeline.primary() as primary, pipeline.replica(first) as sub1, pipeline.replica(second) as sub2:
+        for table in ("customers", "accounts"):
+            assert definition(sub1, table) == published_definition(primary, table)
+            assert rows(sub1, f"public.{table}") == rows(primary, f"public.{table}")
+        assert rows(sub2, "public.accounts") == rows(primary, "public.accounts", where="account_id <= 10")
+        assert rows(sub2, "public.customers", "id, name") == rows(primary, "public.customers", "id, name")
