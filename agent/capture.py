@@ -22,7 +22,16 @@ from psycopg import sql
 from agent import ctrigger, partitions
 from agent.logtables import LOG_TABLES, SCHEMA, current_log, log_table
 from agent.sqlfiles import pin_all_settings, script
-from agent.tables import PublishedTable, Subscriptions, describe_tables, filtered_columns, subscription_problems, trace_table
+from agent.tables import (
+    PublishedTable,
+    Subscriptions,
+    describe_tables,
+    filtered_columns,
+    patterns,
+    subscription_problems,
+    trace_table,
+)
+from pgfanout.core import names
 from pgfanout.core.config import Source
 from pgfanout.core.errors import CaptureError
 from pgfanout.core.trace import is_trace
@@ -95,6 +104,29 @@ class InstallPlan:
     notes: list[str]  # what install does beyond the obvious, for the operator
 
 
+def published_patterns(source: Source) -> list[sql.Composable]:
+    """What tables created later are published by: the source's schema.* and schema.prefix* entries, less
+    its exclude list (agent/sql/new_tables.sql)."""
+    statements: list[sql.Composable] = [
+        sql.SQL("DELETE FROM pgfanout.publish_pattern"),
+        sql.SQL("DELETE FROM pgfanout.publish_exclude"),
+    ]
+    for schema_name, prefix in patterns(source.tables):
+        statements.append(
+            sql.SQL("INSERT INTO pgfanout.publish_pattern (schema_name, prefix) VALUES ({}, {})").format(
+                sql.Literal(schema_name), sql.Literal(prefix)
+            )
+        )
+    for entry in source.exclude or ():
+        schema_name, table_name = names.parse_table(entry)
+        statements.append(
+            sql.SQL("INSERT INTO pgfanout.publish_exclude (schema_name, table_name) VALUES ({}, {})").format(
+                sql.Literal(schema_name), sql.Literal(table_name)
+            )
+        )
+    return statements
+
+
 def plan_install(conn: psycopg.Connection, source: Source, subscriptions: Subscriptions | None = None) -> InstallPlan:
     subscriptions = subscriptions or {}
     tables = describe_tables(conn, source.tables, source.exclude, source.keys, filtered_columns(subscriptions))
@@ -119,7 +151,12 @@ def plan_install(conn: psycopg.Connection, source: Source, subscriptions: Subscr
     statements += partitions.publish_statements([t.qualified for t in partitioned])
     notes = [line for t in partitioned for line in partitions.plan_lines(t.qualified, t.partitions or (), superuser)]
     if superuser:
-        statements += [script("follow_ddl"), *pin_all_settings("pgfanout.follow_alter_table()")]
+        statements += [
+            script("new_tables"),
+            *published_patterns(source),
+            script("follow_ddl"),
+            *pin_all_settings("pgfanout.follow_alter_table()"),
+        ]
     else:
         notes.append(
             "not a superuser: no event triggers, so ALTER TABLE on published tables is not followed; "

@@ -44,12 +44,13 @@ class PublishedTable:
 
 
 def expand(conn: psycopg.Connection, tables: list[str], exclude: list[str]) -> tuple[list[str], list[str]]:
-    """(tables, missing): ``schema.*`` entries become every table of the schema, minus ``exclude``."""
+    """(tables, missing): ``schema.*`` and ``schema.prefix*`` entries become the schema's tables they match,
+    minus ``exclude``."""
     found: list[str] = []
     missing: list[str] = []
     for entry in tables:
         schema_name, table_name = names.parse_table(entry, wildcard=True)
-        if table_name is not names.ALL_TABLES:
+        if table_name is not names.ALL_TABLES and not isinstance(table_name, names.TablePattern):
             found.append(entry)
             continue
         in_schema = [
@@ -59,8 +60,9 @@ def expand(conn: psycopg.Connection, tables: list[str], exclude: list[str]) -> t
                WHERE n.nspname = %s AND c.relkind IN ('r', 'p') AND NOT c.relispartition ORDER BY c.relname""",
                 (schema_name,),
             )
+            if table_name is names.ALL_TABLES or table_name.matches(r[0])
         ]
-        if not in_schema:
+        if not in_schema and table_name is names.ALL_TABLES:  # a pattern may match only tables created later
             missing.append(entry)
         found += [names.qualified(schema_name, name) for name in in_schema]
     excluded = set(exclude)
@@ -276,3 +278,14 @@ def trace_table(conn: psycopg.Connection, published: list[PublishedTable]) -> Pu
     return PublishedTable(
         table_id, TRACE_SCHEMA, TRACE_TABLE, TRACE_COLUMNS, ("trace_id",), frozenset({"DateStyle", "TimeZone"}), TRACE_TYPES
     )
+
+
+def patterns(tables: list[str]) -> list[tuple[str, str]]:
+    """(schema, table name prefix) of each ``schema.*`` ("" prefix) and ``schema.prefix*`` entry: what tables
+    created later are published by (agent/sql/new_tables.sql)."""
+    found = []
+    for entry in tables:
+        schema_name, table_name = names.parse_table(entry, wildcard=True)
+        if table_name is names.ALL_TABLES or isinstance(table_name, names.TablePattern):
+            found.append((schema_name, table_name or ""))
+    return found

@@ -29,7 +29,7 @@ from subscriber.apply import TableInfo, apply_changes, forget_staging, tables_of
 from subscriber.columns import NewColumns, tables_to_extend
 from subscriber.copyfilter import CopyFilters
 from subscriber.grouping import Action, Group, action_for, apply_now, described_differently, group_full, is_whole
-from subscriber.schema import SchemaChanges, renamed_table
+from subscriber.schema import SchemaChanges, comes_later
 from subscriber.state import (
     SAVE_POSITION,
     UNKNOWN_OFFSET,
@@ -79,7 +79,7 @@ class ReplicaSession:
             r[0] for r in conn.execute("SELECT position FROM pgfanout_replica.skip WHERE subscriber = %s", (subscriber,))
         }
         self.columns = NewColumns(conn, self.label)
-        self.schema = SchemaChanges(conn, subscriber, self.label)
+        self.schema = SchemaChanges(conn, subscriber, self.label, self.settings.on_drop)
         self.copy_filters = CopyFilters({})
         self.read_copy_filters()
         self.collected: list[Collected] = []
@@ -158,7 +158,7 @@ class ReplicaSession:
         if markers:  # trace markers are recorded, not applied as rows
             tables = {table_id: info for table_id, info in tables.items() if table_id not in markers}
             stamps = [*stamps_of(headers), Stamp(self.received_by, time.time())]
-        renaming = {(t["schema_name"], t["table_name"]) for t in message["tables"] if renamed_table(t)}  # once renamed
+        renaming = {(t["schema_name"], t["table_name"]) for t in message["tables"] if comes_later(t)}  # protected then
         self._protect([t for t in tables.values() if (t.schema_name, t.table_name) not in renaming], message["source"])
         if described_differently(self.collected_tables, tables):
             self.flush()  # a table described differently than in what was collected: apply that first
@@ -211,7 +211,7 @@ class ReplicaSession:
                     self._apply_part(cur, dict(part, changes=rows), tables, message["source"], where)  # type: ignore[arg-type]
                     rows = []
                 if change is not None and self.schema.apply(layouts[change["table"]], where, part["position"]):
-                    self._protect([tables[change["table"]]], message["source"])  # renamed: the trigger went along
+                    self._protect([tables[change["table"]]], message["source"])  # created, or renamed
                     self.read_copy_filters()
 
     def _protect(self, tables: Iterable[TableInfo], source: str) -> None:

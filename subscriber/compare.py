@@ -28,6 +28,7 @@ from pgfanout.core.names import parse_table, qualified
 from pgfanout.runtime.pg import connect
 from subscriber import checksums
 from subscriber.alignment import Aligned, Aligner
+from subscriber.ddl import PUBLISHED_TABLES
 from subscriber.diff import (
     LEAF_ROWS,
     SPLIT,
@@ -88,13 +89,7 @@ def targets(config: Config, subscriber: str, tables: list[str] | None) -> list[T
     share = config.share_of(settings.route)
     name = compare_application_name(subscriber)
     with connect(config.sources[source], name) as primary, connect(settings, name) as replica:
-        layouts = {
-            qualified(s, t): (s, t, cols, keys)
-            for s, t, cols, keys in primary.execute(
-                "SELECT DISTINCT ON (schema_name, table_name) schema_name, table_name, columns, key_columns "
-                "FROM pgfanout.tables WHERE schema_name <> 'pgfanout' ORDER BY schema_name, table_name, table_id DESC"
-            )
-        }
+        layouts = {qualified(s, t): (s, t, cols, keys) for s, t, cols, keys in primary.execute(PUBLISHED_TABLES)}
         carried = sorted(layouts if share is None else set(share) & set(layouts))
         wanted = [qualified(*parse_table(t)) for t in tables] if tables else carried
         unknown = [t for t in wanted if t not in carried]

@@ -22,6 +22,19 @@ from pgfanout.core.errors import MaterializeError
 from pgfanout.core.names import qualified
 from pgfanout.core.schemachange import mentions
 
+# The tables a source publishes now, from its primary's layouts: each name's latest layout, unless the table
+# was dropped, or renamed away (no table of that name has a capture trigger), and not pgfanout's own.
+PUBLISHED_TABLES = """
+SELECT latest.schema_name, latest.table_name, latest.columns, latest.key_columns
+FROM (SELECT DISTINCT ON (schema_name, table_name) * FROM pgfanout.tables WHERE schema_name <> 'pgfanout'
+      ORDER BY schema_name, table_name, table_id DESC) latest
+WHERE NOT coalesce((latest.definition->>'dropped_table')::boolean, false)
+  AND EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              JOIN pg_catalog.pg_trigger g ON g.tgrelid = c.oid AND g.tgname = 'pgfanout_capture'
+              WHERE n.nspname = latest.schema_name AND c.relname = latest.table_name)
+ORDER BY latest.table_id
+"""
+
 
 @dataclass(frozen=True)
 class Column:

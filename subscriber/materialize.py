@@ -27,6 +27,7 @@ from pgfanout.core.snapshots import parse_snapshot
 from pgfanout.runtime.pg import connect, describe
 from subscriber.copyfilter import CopyFilter
 from subscriber.ddl import (
+    PUBLISHED_TABLES,
     TableDefinition,
     after_copy,
     create_enum,
@@ -73,12 +74,7 @@ def open_primary(config: Config, source_name: str) -> Iterator[CopySource]:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn.execute("SET LOCAL search_path = pg_catalog")
         snapshot = parse_snapshot(conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0])  # type: ignore[index]
-        tables = [
-            (s, t)
-            for s, t in conn.execute(  # pgfanout's own trace markers are not copied
-                "SELECT schema_name, table_name FROM pgfanout.tables WHERE schema_name <> 'pgfanout' ORDER BY table_id"
-            )
-        ]
+        tables = [(s, t) for s, t, _, _ in conn.execute(PUBLISHED_TABLES)]  # not pgfanout's own trace markers
         log.info(
             "copy source: source %s at %s, published up to position %d, snapshot %s",
             source_name,

@@ -135,26 +135,59 @@ def _add_column(table: sql.Identifier, column: ColumnDefinition, existing_value:
     return steps
 
 
-def renamed_table(layout: TableLayout) -> tuple[str, str] | None:
-    """The replica table's name before this layout's change renamed it, if it did."""
-    return previous_name(layout.get("definition"))
+def create_steps(schema_name: str, table_name: str, target: TableDefinition) -> list[Step]:
+    """A table the source created: its columns, then its constraints and indexes (subscriber/ddl.py)."""
+    definition = ddl.TableDefinition(
+        schema_name,
+        table_name,
+        tuple(
+            ddl.Column(c["name"], c["type"], c["not_null"], c["collation"] or None, c["generated"] or None)
+            for c in target["columns"]
+        ),
+        tuple((c["name"], c["definition"]) for c in target["constraints"]),
+        tuple((i["name"], i["definition"]) for i in target["indexes"]),
+        (),
+        False,
+        0,
+        0,
+    )
+    name = qualified(schema_name, table_name)
+    return [Step(ddl.create_table(definition), f"create table {name}")] + [
+        Step(statement, "its constraints and indexes") for statement in ddl.after_copy(definition)
+    ]
+
+
+def comes_later(layout: TableLayout) -> bool:
+    """Whether the replica's table of this layout may not be there before its schema change: one it renames,
+    creates or drops."""
+    definition = layout.get("definition")
+    return bool(definition and (previous_name(definition) or definition["created"] or definition["dropped_table"]))
 
 
 class SchemaChanges:
     """Applies SCHEMA changes on one replica connection, inside the applier's open transaction."""
 
-    def __init__(self, conn: psycopg.Connection, subscriber: str, label: str):
+    def __init__(self, conn: psycopg.Connection, subscriber: str, label: str, on_drop: str = "keep"):
         self.conn = conn
         self.subscriber = subscriber
         self.label = label
+        self.on_drop = on_drop
 
     def apply(self, layout: TableLayout, where: Where, position: int) -> bool:
-        """Make the replica's table like ``layout``'s definition; True if the table was renamed."""
+        """Make the replica's table like ``layout``'s definition; True if the table is new here or renamed
+        (it must be made read-only for everyone but the applier)."""
         target = layout.get("definition")
         if not target:
             return False
         schema_name, table_name = layout["schema_name"], layout["table_name"]
         name = qualified(schema_name, table_name)
+        if target["dropped_table"]:
+            self._drop(schema_name, table_name, name, where, position)
+            return False
+        if target["created"] and not self._exists(schema_name, table_name):
+            self._run(create_steps(schema_name, table_name, target), name, where, position)
+            log.warning("%s: created %s at position %d, as the source did", self.label, name, position)
+            return True
         steps: list[Step] = []
         previous = previous_name(target)
         if previous is not None and not self._exists(schema_name, table_name) and self._exists(*previous):
@@ -177,6 +210,22 @@ class SchemaChanges:
                 "; ".join(s.what for s in done),
             )
         return bool(steps)
+
+    def _drop(self, schema_name: str, table_name: str, name: str, where: Where, position: int) -> None:
+        if self.on_drop != "drop" or not self._exists(schema_name, table_name):
+            log.warning("%s: %s was dropped on the source at position %d; kept here (on_drop: keep)", self.label, name, position)
+            return
+        steps = [
+            Step(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema_name, table_name)), f"drop table {name}"),
+            Step(
+                sql.SQL(
+                    "DELETE FROM pgfanout_replica.materialized WHERE subscriber = {} AND schema_name = {} AND table_name = {}"
+                ).format(*map(sql.Literal, (self.subscriber, schema_name, table_name))),
+                "its copy's record goes with it",
+            ),
+        ]
+        self._run(steps, name, where, position)
+        log.warning("%s: dropped %s at position %d, as the source did (on_drop: drop)", self.label, name, position)
 
     def _rename_table(self, previous: tuple[str, str], schema_name: str, table_name: str) -> list[Step]:
         old = sql.Identifier(*previous)

@@ -140,6 +140,14 @@ DROP FUNCTION IF EXISTS pgfanout.refuse_rewrite();
 DROP EVENT TRIGGER IF EXISTS pgfanout_note_rewrite;
 CREATE EVENT TRIGGER pgfanout_note_rewrite ON table_rewrite EXECUTE FUNCTION pgfanout.note_rewrite();
 
+-- Tables created that match the source's patterns, and published tables dropped (new_tables.sql).
+DROP EVENT TRIGGER IF EXISTS pgfanout_follow_new_tables;
+CREATE EVENT TRIGGER pgfanout_follow_new_tables ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    EXECUTE FUNCTION pgfanout.follow_new_tables();
+DROP EVENT TRIGGER IF EXISTS pgfanout_follow_dropped_tables;
+CREATE EVENT TRIGGER pgfanout_follow_dropped_tables ON sql_drop WHEN TAG IN ('DROP TABLE')
+    EXECUTE FUNCTION pgfanout.follow_dropped_tables();
+
 -- Partitions created, attached or detached, and partitions dropped undetached (partitions.sql).
 DROP EVENT TRIGGER IF EXISTS pgfanout_follow_partitions;
 CREATE EVENT TRIGGER pgfanout_follow_partitions ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')

@@ -95,8 +95,12 @@ class Serves(Strict):
 class Source(Database, Serves):
     kafka: Name
     topic: str | None = None
-    tables: list[str] = Field(min_length=1, description="schema-qualified tables to publish; schema.* for all of a schema")
-    exclude: list[str] = Field(default_factory=list, description="tables left out of the schema.* entries")
+    tables: list[str] = Field(
+        min_length=1,
+        description="schema-qualified tables to publish; schema.* for all of a schema, schema.prefix* for those "
+        "whose name starts so (tables created later that match are published from their first row)",
+    )
+    exclude: list[str] = Field(default_factory=list, description="tables left out of the schema.* and schema.prefix* entries")
     keys: dict[str, list[str]] = Field(
         default_factory=dict, description="per table without a primary key: the columns of a unique, NOT NULL key"
     )
@@ -279,6 +283,11 @@ class Subscriber(Database, Serves):
     )
     compare: ScheduledCompare | None = Field(
         default=None, description="compare this replica with its share of the primary on a schedule, the result in the metrics"
+    )
+    on_drop: Literal["keep", "drop"] = Field(
+        default="keep",
+        description="when a published table is dropped on the primary: keep the replica's table (its rows stay "
+        "as they were), or drop it too",
     )
 
 

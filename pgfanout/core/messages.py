@@ -43,6 +43,8 @@ class TableDefinition(TypedDict):
     dropped_indexes: Sequence[str]
     previous_schema: str  # the table's schema and name before a rename; "" otherwise
     previous_table: str
+    created: bool  # by a CREATE TABLE that matched a published pattern
+    dropped_table: bool  # by DROP TABLE
 
 
 class TableLayout(TypedDict):

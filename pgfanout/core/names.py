@@ -19,6 +19,13 @@ QUOTED = re.compile(r'"((?:[^"]|"")+)"')
 ALL_TABLES = None  # the table part of ``schema.*``
 
 
+class TablePattern(str):
+    """The table part of ``schema.prefix*``: every table of the schema whose name starts with ``prefix``."""
+
+    def matches(self, table_name: str) -> bool:
+        return table_name.startswith(self)
+
+
 def quote(name: str) -> str:
     """``name`` as psql shows it: quoted (inner quotes doubled) unless it reads back unquoted as itself."""
     return name if PLAIN.fullmatch(name) else '"' + name.replace('"', '""') + '"'
@@ -27,7 +34,11 @@ def quote(name: str) -> str:
 def qualified(schema_name: str, table_name: str | None) -> str:
     """The canonical name of a table (or with None, of all a schema's tables): how pgfanout keys,
     compares and prints it."""
-    return f"{quote(schema_name)}.{'*' if table_name is ALL_TABLES else quote(table_name)}"
+    if table_name is ALL_TABLES:
+        return f"{quote(schema_name)}.*"
+    if isinstance(table_name, TablePattern):
+        return f"{quote(schema_name)}.{table_name}*"
+    return f"{quote(schema_name)}.{quote(table_name)}"
 
 
 def _identifiers(text: str) -> list[str | None]:
@@ -39,8 +50,12 @@ def _identifiers(text: str) -> list[str | None]:
             parts.append(quoted.group(1).replace('""', '"'))
             rest = rest[quoted.end() :]
         elif (plain := UNQUOTED.match(rest)) is not None:
-            parts.append(plain.group(0).lower())
             rest = rest[plain.end() :]
+            if rest.startswith("*") and parts:  # schema.prefix*
+                parts.append(TablePattern(plain.group(0).lower()))
+                rest = rest[1:]
+            else:
+                parts.append(plain.group(0).lower())
         elif rest.startswith("*") and parts:
             parts.append(ALL_TABLES)
             rest = rest[1:]
@@ -58,11 +73,12 @@ def _identifiers(text: str) -> list[str | None]:
 
 
 def parse_table(text: str, wildcard: bool = False) -> tuple[str, str | None]:
-    """(schema, table) of ``schema.table``; with ``wildcard``, ``schema.*`` too (table ALL_TABLES)."""
+    """(schema, table) of ``schema.table``; with ``wildcard``, ``schema.*`` too (table ALL_TABLES) and
+    ``schema.prefix*`` (a TablePattern)."""
     parts = _identifiers(text)
-    if len(parts) != 2 or parts[0] is None:
+    if len(parts) != 2 or parts[0] is None or isinstance(parts[0], TablePattern):
         raise NameSyntaxError(text, "write a table as schema.table")
-    if parts[1] is ALL_TABLES and not wildcard:
+    if (parts[1] is ALL_TABLES or isinstance(parts[1], TablePattern)) and not wildcard:
         raise NameSyntaxError(text, "name one table here, not all of a schema's")
     return parts[0], parts[1]
 

@@ -45,6 +45,8 @@ def wire_definition(stored: Mapping[str, Any] | None) -> TableDefinition | None:
         "dropped_indexes": list(stored.get("dropped_indexes") or ()),
         "previous_schema": stored.get("previous_schema") or "",
         "previous_table": stored.get("previous_table") or "",
+        "created": bool(stored.get("created")),
+        "dropped_table": bool(stored.get("dropped_table")),
     }
 
 

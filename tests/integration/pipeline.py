@@ -228,13 +228,20 @@ def transaction_positions(messages: list[tuple[int, str, dict]]) -> list[int]:
 BRANCH = {"public.accounts": {"where": "id <= 10"}, "public.customers": {"columns": ["id", "name"]}}
 
 
-def two_tiers(pipeline: Pipeline, more_tables: dict[str, str] | None = None, settings: dict | None = None) -> dict[str, int]:
+def two_tiers(
+    pipeline: Pipeline,
+    more_tables: dict[str, str] | None = None,
+    settings: dict | None = None,
+    patterns: tuple[str, ...] = (),
+    first_settings: dict | None = None,
+) -> dict[str, int]:
     """hq routes everything to sub1, and a region distributor a filtered share of that route to sub2;
     every daemon serves metrics. ``more_tables``: tables published besides the sample's (name: CREATE
-    TABLE), created on every database; ``settings``: more settings of sub2. Returns each daemon's metrics port."""
+    TABLE), created on every database; ``patterns``: more entries of the source's tables (schema.prefix*);
+    ``settings``, ``first_settings``: more settings of sub2, of sub1. Returns each daemon's metrics port."""
     name, data = pipeline.name, pipeline.data
     more_tables = more_tables or {}
-    data["sources"][name]["tables"] = [*SAMPLE_TABLES, *more_tables]
+    data["sources"][name]["tables"] = [*SAMPLE_TABLES, *more_tables, *patterns]
     first, second = pipeline.subscribers
     ports = {role: free_port() for role in ("agent", "hq", "region", first, second)}
     data["sources"][name].update(metrics_port=ports["agent"])
@@ -243,7 +250,7 @@ def two_tiers(pipeline: Pipeline, more_tables: dict[str, str] | None = None, set
         f"{name}.hq": {"routes": [pipeline.route], "metrics_port": ports["hq"]},
         f"{name}.region": {"routes": [f"{name}.branch"], "metrics_port": ports["region"]},
     }
-    data["subscribers"][first]["metrics_port"] = ports[first]
+    data["subscribers"][first].update(metrics_port=ports[first], **(first_settings or {}))
     data["subscribers"][second].update(route=f"{name}.branch", metrics_port=ports[second], **(settings or {}))
     pipeline.reconfigure(data)
     pipeline.prepare(install=False)

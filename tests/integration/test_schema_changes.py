@@ -4,6 +4,8 @@ transaction's place, applied by every replica there (within its share of columns
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 
 import psycopg
 from psycopg import sql
@@ -42,6 +44,17 @@ SCRIPT: list[str | list[str]] = [
     "ALTER TABLE public.journal ADD COLUMN luck float8 DEFAULT random()",  # volatile: a rewrite
     "ALTER TABLE public.journal DROP CONSTRAINT ledger_pkey, ADD PRIMARY KEY (id, account)",
     "ALTER TABLE public.journal ALTER COLUMN luck SET NOT NULL",
+    [  # a table created that matches the source's public.report_* is published from its first row
+        "CREATE TABLE public.report_daily (day date PRIMARY KEY, total numeric NOT NULL)",
+        "INSERT INTO public.report_daily VALUES ('2026-01-01', 5), ('2026-01-02', 7)",
+    ],
+    "CREATE INDEX report_daily_total ON public.report_daily (total)",
+    "CREATE TABLE public.report_weekly (week integer PRIMARY KEY, total numeric)",
+    "INSERT INTO public.report_weekly SELECT g, g * 10 FROM generate_series(1, 5) g",
+    "ALTER TABLE public.report_daily ADD COLUMN note text",
+    "UPDATE public.report_daily SET note = 'checked' WHERE day = '2026-01-02'",
+    "DROP TABLE public.report_weekly",  # sub1 drops it too (on_drop: drop); the branch never had it
+    "CREATE TABLE public.notes_unpublished (id integer PRIMARY KEY)",  # matches no pattern
 ]
 
 
@@ -88,12 +101,11 @@ def published_definition(conn: psycopg.Connection, table: str, columns: set[str]
     )
 
 
-@BOTH_TRIGGERS
-def test_a_script_of_schema_changes_reaches_every_tier_in_order_while_writers_run(pipeline: Pipeline):
-    two_tiers(pipeline, more_tables={"public.ledger": LEDGER})
-    first, second = pipeline.subscribers
+def run_script(pipeline: Pipeline, between: Callable[[int], None] = lambda step: None) -> None:
+    """The script on the primary, rows written between its changes, writers running all along;
+    ``between(step)`` runs after each step (to kill daemons)."""
     stop = threading.Event()
-    workload = threading.Thread(target=run_workload, args=(pipeline.primary_dsn, 120, 2), kwargs={"stop": stop, "seed_value": 27})
+    workload = threading.Thread(target=run_workload, args=(pipeline.primary_dsn, 300, 2), kwargs={"stop": stop, "seed_value": 27})
     workload.start()
     try:
         with pipeline.primary() as conn:
@@ -106,14 +118,17 @@ def test_a_script_of_schema_changes_reaches_every_tier_in_order_while_writers_ru
                             conn.execute(statement)
                 else:
                     conn.execute(change)
+                between(step)
             journal_rows(conn, len(SCRIPT) + 1)
     finally:
         stop.set()
         workload.join()
-    pipeline.wait_caught_up(timeout=180)
 
+
+def check_every_replica(pipeline: Pipeline) -> None:
+    first, second = pipeline.subscribers
     with pipeline.primary() as primary, pipeline.replica(first) as sub1, pipeline.replica(second) as sub2:
-        for table in ("customers", "products", "orders", "order_lines", "accounts", "journal"):
+        for table in ("customers", "products", "orders", "order_lines", "accounts", "journal", "report_daily"):
             assert definition(sub1, table) == published_definition(primary, table), table
             assert rows(sub1, f"public.{table}") == rows(primary, f"public.{table}"), table
         assert definition(sub2, "accounts") == published_definition(primary, "accounts")
@@ -130,9 +145,61 @@ def test_a_script_of_schema_changes_reaches_every_tier_in_order_while_writers_ru
         assert rows(sub1, "public.journal", "id, amount", "id IN (1000, 1001)") == [(1000, 1.25), (1001, 2.5)]
         assert sub1.execute("SELECT count(*) FROM public.customers WHERE level IS NULL").fetchone()[0] == 0
         assert sub1.execute("SELECT to_regclass('public.ledger')").fetchone()[0] is None
-    log = pipeline.log(first)
+        for gone in ("report_weekly", "notes_unpublished"):
+            assert sub1.execute("SELECT to_regclass(%s)", (f"public.{gone}",)).fetchone()[0] is None, gone
+            assert sub2.execute("SELECT to_regclass(%s)", (f"public.{gone}",)).fetchone()[0] is None, gone
+        assert sub2.execute("SELECT to_regclass('public.report_daily')").fetchone()[0] is None  # not its route's
+
+
+def contiguous(pipeline: Pipeline, subscriber: str) -> None:
+    """The applied position ranges join up exactly: no transaction applied twice or left out."""
+    with pipeline.replica(subscriber) as conn:
+        ranges = conn.execute(
+            "SELECT first_position, last_position FROM pgfanout_replica.applied WHERE subscriber = %s ORDER BY 1",
+            (subscriber,),
+        ).fetchall()
+    assert ranges and ranges[0][0] == 1
+    for (_, last), (first, _) in zip(ranges, ranges[1:], strict=False):
+        assert first == last + 1, f"{subscriber}: positions {last} then {first}"
+
+
+def tree(pipeline: Pipeline) -> None:
+    two_tiers(pipeline, more_tables={"public.ledger": LEDGER}, patterns=("public.report_*",), first_settings={"on_drop": "drop"})
+
+
+@BOTH_TRIGGERS
+def test_a_script_of_schema_changes_reaches_every_tier_in_order_while_writers_run(pipeline: Pipeline):
+    tree(pipeline)
+    run_script(pipeline)
+    pipeline.wait_caught_up(timeout=180)
+    check_every_replica(pipeline)
+    log = pipeline.log(pipeline.subscribers[0])
     assert "schema change of public.customers" in log and "rename column tier to level" in log
-    assert "rename to journal" in log
+    assert "rename to journal" in log and "created public.report_daily" in log and "dropped public.report_weekly" in log
+    for subscriber in pipeline.subscribers:
+        contiguous(pipeline, subscriber)
+
+
+def test_daemons_killed_in_the_middle_of_the_script_apply_no_change_twice_or_in_part(pipeline: Pipeline):
+    tree(pipeline)
+    name = pipeline.name
+    first, second = pipeline.subscribers
+    victims = ["agent", f"{name}.hq", first, f"{name}.region", second]
+
+    def kill_one(step: int) -> None:
+        time.sleep(0.3)  # the stream is applied while the script goes on: kills land amid its changes
+        if step % 3 == 0:  # every third change, the next daemon in turn: killed, then started again
+            victim = victims[(step // 3) % len(victims)]
+            started = pipeline.log(victim).count(" ready")
+            pipeline.kill(victim)
+            pipeline.start(victim)
+            assert eventually(lambda: pipeline.log(victim).count(" ready") > started, timeout=60), f"{victim} did not start"
+
+    run_script(pipeline, kill_one)
+    pipeline.wait_caught_up(timeout=240)
+    check_every_replica(pipeline)
+    for subscriber in pipeline.subscribers:
+        contiguous(pipeline, subscriber)
 
 
 def test_a_rename_under_a_route_filter_stops_its_distributor_and_a_refused_change_stops_its_subscriber(pipeline: Pipeline):

@@ -44,6 +44,8 @@ DEFINITION = {
     "dropped_indexes": ["t_name"],
     "previous_schema": "",
     "previous_table": "",
+    "created": False,
+    "dropped_table": False,
 }
 TX = {
     "source": "shop",

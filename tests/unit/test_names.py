@@ -1,7 +1,7 @@
 import pytest
 
 from pgfanout.core.errors import NameSyntaxError
-from pgfanout.core.names import ALL_TABLES, canonical_table, parse_column, parse_table, quote
+from pgfanout.core.names import ALL_TABLES, TablePattern, canonical_table, parse_column, parse_table, quote
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,18 @@ def test_a_schemas_tables():
     assert canonical_table('s."*"') == 's."*"'
     with pytest.raises(NameSyntaxError, match="one table"):
         parse_table("s.*")
+
+
+def test_a_schemas_tables_by_the_start_of_their_names():
+    schema, pattern = parse_table("App.Order_*", wildcard=True)
+    assert (schema, pattern) == ("app", "order_") and isinstance(pattern, TablePattern)
+    assert pattern.matches("order_lines") and not pattern.matches("orders")
+    assert canonical_table("App.Order_*", wildcard=True) == "app.order_*"
+    assert parse_table('s."order_*"') == ("s", "order_*"), "quoted, it is a table's name"
+    with pytest.raises(NameSyntaxError, match="one table"):
+        parse_table("s.order_*")
+    with pytest.raises(NameSyntaxError, match="unexpected '\\*'"):
+        parse_table("s*.orders", wildcard=True)
 
 
 @pytest.mark.parametrize(

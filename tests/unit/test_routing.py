@@ -127,6 +127,8 @@ def definition_of(columns, renamed=None, previous=("", "")):
         "dropped_indexes": [],
         "previous_schema": previous[0],
         "previous_table": previous[1],
+        "created": False,
+        "dropped_table": False,
     }
 
 

@@ -3,7 +3,7 @@ statements that make a replica's table like it."""
 
 from pgfanout.core.schemachange import mentions, previous_name, project_definition, renames_of, wire_definition
 from subscriber.ddl import Column, TableDefinition
-from subscriber.schema import plan_alter, plan_renames
+from subscriber.schema import create_steps, plan_alter, plan_renames
 
 STORED = {
     "primary_key": ["id"],
@@ -41,6 +41,8 @@ def test_a_stored_definition_goes_on_the_wire_with_every_field_and_nothing_else(
         "dropped_indexes",
         "previous_schema",
         "previous_table",
+        "created",
+        "dropped_table",
     }
     assert wire["columns"][3] == {"name": "secret", "type": "text", "not_null": False, "collation": '"C"', "generated": ""}
     assert wire["renamed_columns"] == {"amount": "total"} and wire["previous_table"] == ""
@@ -156,4 +158,33 @@ def test_a_replica_table_like_the_definition_needs_nothing():
     assert statements(plan_alter(same, changed_key, {})) == [
         'ALTER TABLE "public"."orders" DROP CONSTRAINT "orders_pkey"',
         'ALTER TABLE "public"."orders" ADD CONSTRAINT "orders_pkey" PRIMARY KEY (id, region)',
+    ]
+
+
+def test_a_table_the_source_created_is_built_whole():
+    created = wire_definition({**STORED, "created": True, "renamed_columns": {}})
+    assert created["created"] and not created["dropped_table"]
+    assert statements(create_steps("public", "orders", created)) == [
+        'CREATE TABLE "public"."orders" ("id" integer NOT NULL, "region" text, "amount" bigint NOT NULL, '
+        '"secret" text COLLATE "C", "twice" bigint GENERATED ALWAYS AS ((amount * 2)) STORED)',
+        'ALTER TABLE "public"."orders" ADD CONSTRAINT "orders_pkey" PRIMARY KEY (id)',
+        'ALTER TABLE "public"."orders" ADD CONSTRAINT "secret_short" CHECK ((length(secret) < 10))',
+        "CREATE INDEX orders_amount ON public.orders USING btree (amount)",
+        "CREATE INDEX orders_secret ON public.orders USING btree (secret)",
+    ]
+
+
+def test_patterns_of_the_source_tables_publish_tables_created_later():
+    from agent.capture import published_patterns
+    from agent.tables import patterns
+    from pgfanout.core.config import Source
+
+    source = Source(dsn="dbname=x", kafka="k", tables=["public.orders", "app.*", "App.Report_*"], exclude=["app.scratch"])
+    assert patterns(source.tables) == [("app", ""), ("app", "report_")]
+    assert [s.as_string(None) for s in published_patterns(source)] == [
+        "DELETE FROM pgfanout.publish_pattern",
+        "DELETE FROM pgfanout.publish_exclude",
+        "INSERT INTO pgfanout.publish_pattern (schema_name, prefix) VALUES ('app', '')",
+        "INSERT INTO pgfanout.publish_pattern (schema_name, prefix) VALUES ('app', 'report_')",
+        "INSERT INTO pgfanout.publish_exclude (schema_name, table_name) VALUES ('app', 'scratch')",
     ]
