@@ -27,14 +27,14 @@ from agent.tables import (
     Subscriptions,
     describe_tables,
     filtered_columns,
+    own_tables,
     patterns,
     subscription_problems,
-    trace_table,
 )
 from pgfanout.core import names
 from pgfanout.core.config import Source
 from pgfanout.core.errors import CaptureError
-from pgfanout.core.trace import is_trace
+from pgfanout.core.scripts import is_own
 
 log = logging.getLogger(__name__)
 TRIGGER = "pgfanout_capture"
@@ -86,8 +86,8 @@ def table_statements(
             )
         )
     triggers = [(TRIGGER, "INSERT OR UPDATE OR DELETE", "ROW"), (TRIGGER + "_truncate", "TRUNCATE", "STATEMENT")]
-    if is_trace(table.schema_name, table.table_name):
-        triggers = [(TRIGGER, "INSERT", "ROW")]  # markers are published once; deleting old ones publishes nothing
+    if is_own(table.schema_name, table.table_name):
+        triggers = [(TRIGGER, "INSERT", "ROW")]  # markers and scripts are published once; deleting old ones publishes nothing
     for name, events, level in triggers:
         statements += [
             sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), target),
@@ -145,7 +145,7 @@ def plan_install(conn: psycopg.Connection, source: Source, subscriptions: Subscr
         *(ctrigger.pinned_settings_function(), *pin_all_settings('pgfanout.log_rows(regclass, regclass, "char")')),
         *([script("c_functions")] if c_trigger else []),
     ]
-    for table in [*tables, trace_table(conn, tables)]:
+    for table in [*tables, *own_tables(conn, tables)]:
         statements += table_statements(table, log_number, c_trigger, follow_schema=superuser)
     partitioned = [t for t in tables if t.partitions is not None]
     statements += partitions.publish_statements([t.qualified for t in partitioned])

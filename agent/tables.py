@@ -21,6 +21,7 @@ from pgfanout.core import names
 from pgfanout.core.config import TableSubscription
 from pgfanout.core.errors import CaptureError, FilterError
 from pgfanout.core.rowfilter import compile_filter
+from pgfanout.core.scripts import SCRIPT_COLUMNS, SCRIPT_SCHEMA, SCRIPT_TABLE, SCRIPT_TYPES
 from pgfanout.core.trace import TRACE_SCHEMA, TRACE_TABLE
 from pgfanout.runtime.pg import primary_key
 
@@ -264,20 +265,30 @@ TRACE_COLUMNS = ("trace_id", "committed_at", "requested_by")
 TRACE_TYPES = ("bigint", "timestamp with time zone", "text")
 
 
-def trace_table(conn: psycopg.Connection, published: list[PublishedTable]) -> PublishedTable:
-    """The layout of pgfanout.trace (agent/sql/schema.sql), which every source publishes: its id from an earlier
-    install, else the next one after every layout there is and every one this install makes."""
-    existing, highest = None, 0
+def own_tables(conn: psycopg.Connection, published: list[PublishedTable]) -> list[PublishedTable]:
+    """The layouts of pgfanout.trace and pgfanout.script (agent/sql/schema.sql), which every source publishes:
+    each one's id from an earlier install, else the next ones after every layout there is and every one this
+    install makes."""
+    own = [
+        (TRACE_SCHEMA, TRACE_TABLE, TRACE_COLUMNS, TRACE_TYPES, frozenset({"DateStyle", "TimeZone"})),
+        (SCRIPT_SCHEMA, SCRIPT_TABLE, SCRIPT_COLUMNS, SCRIPT_TYPES, frozenset()),
+    ]
+    highest = max((t.table_id for t in published), default=0)
     if conn.execute("SELECT to_regclass('pgfanout.tables')").fetchone()[0]:
-        existing, highest = conn.execute(
-            "SELECT max(table_id) FILTER (WHERE schema_name = %s AND table_name = %s AND columns = %s), "
-            "coalesce(max(table_id), 0) FROM pgfanout.tables",
-            (TRACE_SCHEMA, TRACE_TABLE, list(TRACE_COLUMNS)),
-        ).fetchone()
-    table_id = existing if existing is not None else max([highest, *(t.table_id for t in published)]) + 1
-    return PublishedTable(
-        table_id, TRACE_SCHEMA, TRACE_TABLE, TRACE_COLUMNS, ("trace_id",), frozenset({"DateStyle", "TimeZone"}), TRACE_TYPES
-    )
+        highest = max(highest, conn.execute("SELECT coalesce(max(table_id), 0) FROM pgfanout.tables").fetchone()[0])
+    found = []
+    for schema_name, table_name, columns, types, settings in own:
+        existing = None
+        if conn.execute("SELECT to_regclass('pgfanout.tables')").fetchone()[0]:
+            existing = conn.execute(
+                "SELECT max(table_id) FROM pgfanout.tables WHERE schema_name = %s AND table_name = %s AND columns = %s",
+                (schema_name, table_name, list(columns)),
+            ).fetchone()[0]
+        if existing is None:
+            highest += 1
+        table_id = existing if existing is not None else highest
+        found.append(PublishedTable(table_id, schema_name, table_name, columns, (columns[0],), settings, types))
+    return found
 
 
 def patterns(tables: list[str]) -> list[tuple[str, str]]:

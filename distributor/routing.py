@@ -25,7 +25,7 @@ from pgfanout.core.messages import Batch, Change, Op, TableLayout
 from pgfanout.core.names import qualified
 from pgfanout.core.rowfilter import Evaluate, compile_filter
 from pgfanout.core.schemachange import previous_name, project_definition, renames_of
-from pgfanout.core.trace import is_trace
+from pgfanout.core.scripts import is_own
 
 EMPTY: tuple = ()
 WHOLE_TABLE = TableSubscription()
@@ -254,8 +254,8 @@ class RouteFilter:
         table_id = table["table_id"]
         if table_id not in self.plans:
             subscription = self.tables.get(qualified(table["schema_name"], table["table_name"]))
-            if is_trace(table["schema_name"], table["table_name"]):
-                subscription = WHOLE_TABLE  # every route carries trace markers
+            if is_own(table["schema_name"], table["table_name"]):
+                subscription = WHOLE_TABLE  # every route carries trace markers and scripts
             previous = previous_name(table.get("definition"))
             if subscription is None and previous is not None and qualified(*previous) in self.tables:
                 raise RouteError(

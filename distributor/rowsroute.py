@@ -19,7 +19,7 @@ from pgfanout.core.errors import RouteError, Where
 from pgfanout.core.messages import Batch, Change, RowBatch, RowChange, RowRecord, TableLayout
 from pgfanout.core.names import qualified
 from pgfanout.core.rows import TableSchemas, schema_text, table_schemas
-from pgfanout.core.trace import is_trace
+from pgfanout.core.scripts import is_own
 
 
 class _Layout:
@@ -83,9 +83,9 @@ class RowsRoute:
     def batch(self, message: Batch, where: Where) -> RowBatch:
         if self.share is not None:
             message = self.share.batch(message, where)
-        # trace markers are pgfanout's own: consumers outside it get none
+        # trace markers and scripts are pgfanout's own: consumers outside it get none
         layouts = {
-            t["table_id"]: self._layout(t, where) for t in message["tables"] if not is_trace(t["schema_name"], t["table_name"])
+            t["table_id"]: self._layout(t, where) for t in message["tables"] if not is_own(t["schema_name"], t["table_name"])
         }
         return {
             "source": message["source"],

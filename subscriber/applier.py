@@ -21,6 +21,7 @@ from pgfanout.core.config import Config
 from pgfanout.core.errors import ApplierBusy, PoisonMessage, StreamGap, StreamPlace, Where
 from pgfanout.core.messages import Batch, Message, Transaction
 from pgfanout.core.positions import Progress
+from pgfanout.core.scripts import script_ids
 from pgfanout.core.trace import Stamp, stamps_of
 from pgfanout.runtime.metrics import SubscriberMetrics
 from pgfanout.runtime.pg import connect
@@ -80,6 +81,7 @@ class ReplicaSession:
         }
         self.columns = NewColumns(conn, self.label)
         self.schema = SchemaChanges(conn, subscriber, self.label, self.settings.on_drop)
+        self.scripted: int | None = None  # a `pgfanout ddl` transaction whose later chunks are left out
         self.copy_filters = CopyFilters({})
         self.read_copy_filters()
         self.collected: list[Collected] = []
@@ -153,16 +155,16 @@ class ReplicaSession:
             self.exporter.serve(self.conn, message["tick_id"], self.applied.position, hold=any(r["hold"] for r in asked))
 
     def _take_batch(self, message: Batch, where: Where, headers: Sequence[tuple[str, bytes]] | None) -> None:
-        markers = trace_ids(message["tables"])
+        markers, scripts = trace_ids(message["tables"]), script_ids(message["tables"])
         tables = tables_of(message)
-        if markers:  # trace markers are recorded, not applied as rows
-            tables = {table_id: info for table_id, info in tables.items() if table_id not in markers}
+        if markers or scripts:  # trace markers are recorded and scripts run, not applied as rows
+            tables = {table_id: info for table_id, info in tables.items() if table_id not in markers | scripts}
             stamps = [*stamps_of(headers), Stamp(self.received_by, time.time())]
         renaming = {(t["schema_name"], t["table_name"]) for t in message["tables"] if comes_later(t)}  # protected then
         self._protect([t for t in tables.values() if (t.schema_name, t.table_name) not in renaming], message["source"])
         if described_differently(self.collected_tables, tables):
             self.flush()  # a table described differently than in what was collected: apply that first
-        needs = self.columns.needed([t for t in message["tables"] if t["table_id"] not in markers], where)
+        needs = self.columns.needed([t for t in message["tables"] if t["table_id"] not in markers | scripts], where)
         for part in message["transactions"]:
             try:
                 action = action_for(self.group.pending, part, self.skips, where)
@@ -179,6 +181,10 @@ class ReplicaSession:
             if markers:
                 part, found = take_markers(part, markers, stamps)
                 self.markers += found
+            if part["position"] == self.scripted or any(c["table"] in scripts for c in part["changes"]):
+                self.flush()  # a `pgfanout ddl` transaction: its script stands for its changes, every chunk's
+                self._run_script(part, scripts, where)
+                continue
             if self.copy_filters:
                 part = dict(part, changes=self.copy_filters.changes_to_apply(part, tables))  # type: ignore[assignment]
             for table_id in tables_to_extend(part, needs):
@@ -213,6 +219,13 @@ class ReplicaSession:
                 if change is not None and self.schema.apply(layouts[change["table"]], where, part["position"]):
                     self._protect([tables[change["table"]]], message["source"])  # created, or renamed
                     self.read_copy_filters()
+
+    def _run_script(self, part: Transaction, scripts: set[int], where: Where) -> None:
+        for change in part["changes"]:
+            if change["table"] in scripts and change["op"] == "INSERT":
+                self.schema.run_script(change["values"], where, part["position"])
+                self.read_copy_filters()  # the script may have created or renamed tables
+        self.scripted = None if part["last_chunk"] else part["position"]
 
     def _protect(self, tables: Iterable[TableInfo], source: str) -> None:
         """Make each replicated table read-only for everyone but the applier, the first time it is seen."""

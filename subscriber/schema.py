@@ -11,7 +11,7 @@ Column defaults and foreign keys are not replicated (subscriber/ddl.py says why)
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -210,6 +210,30 @@ class SchemaChanges:
                 "; ".join(s.what for s in done),
             )
         return bool(steps)
+
+    def run_script(self, values: Sequence[str], where: Where, position: int) -> None:
+        """A `pgfanout ddl` script (its row's script_id, statements, run_by), run here as on the primary."""
+        script_id, statements, run_by = values[0], values[1], values[2]
+        self.conn.execute("SAVEPOINT pgfanout_script")
+        try:
+            self.conn.execute(statements)  # type: ignore[arg-type]  # the operator's own SQL, run as written
+        except psycopg.OperationalError:
+            raise
+        except psycopg.Error as exc:
+            first = statements.strip().splitlines()[0][:200] if statements.strip() else ""
+            raise PoisonMessage(
+                f"script {script_id} (`pgfanout ddl` by {run_by}, beginning `{first}`) at {where} position {position} "
+                f"failed on the replica: {type(exc).__name__}: {str(exc).strip()}. Nothing of this transaction was "
+                f"committed. Make the replica accept it and start the subscriber again; or run what it needs by hand "
+                f"and skip it (`pgfanout subscriber skip {self.subscriber} --position {position}`)",
+                at=where,
+                position=position,
+            ) from exc
+        self.conn.execute("RELEASE SAVEPOINT pgfanout_script")
+        # a SET in the script must not change the applier's session: back to its own settings
+        self.conn.execute("RESET ALL")
+        self.conn.execute("SET session_replication_role = replica")
+        log.warning("%s: ran script %s of %s at position %d, as the primary did", self.label, script_id, run_by, position)
 
     def _drop(self, schema_name: str, table_name: str, name: str, where: Where, position: int) -> None:
         if self.on_drop != "drop" or not self._exists(schema_name, table_name):

@@ -54,6 +54,14 @@ CREATE TABLE IF NOT EXISTS pgfanout.capture_fault (
     reason text NOT NULL,
     noticed_at timestamptz NOT NULL DEFAULT clock_timestamp());
 
+-- DDL scripts (pgfanout.core.scripts): `pgfanout ddl` inserts a script's text here in the transaction that
+-- runs it; published like any row, each subscriber runs the script at that place in the stream.
+CREATE SEQUENCE IF NOT EXISTS pgfanout.script_seq;
+CREATE TABLE IF NOT EXISTS pgfanout.script (
+    script_id bigint PRIMARY KEY DEFAULT nextval('pgfanout.script_seq'),
+    statements text NOT NULL,
+    run_by text NOT NULL DEFAULT current_user);
+
 -- Trace markers (pgfanout.core.trace): a row inserted here is published in order like any transaction, and
 -- each hop stamps the message that carries it. Its capture trigger fires on INSERT only.
 CREATE SEQUENCE IF NOT EXISTS pgfanout.trace_seq;

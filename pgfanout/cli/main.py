@@ -249,6 +249,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return trace(config, _pick("source", list(config.sources), args.source), args.wait)
 
 
+def cmd_ddl(args: argparse.Namespace) -> int:
+    from pgfanout.cli.ddlscript import run
+
+    config = _config(args)
+    return run(config, _pick("source", list(config.sources), args.source), Path(args.script))
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from pgfanout.cli import verify
 
@@ -366,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_trace,
         "put a trace marker into a source's stream and show how long each hop took it to every subscriber",
     )
+    ddl = _add(
+        top,
+        "ddl",
+        cmd_ddl,
+        "run an SQL script on a source's primary in one transaction, and on every subscriber at that place in its stream",
+    )
+    ddl.add_argument("--source", help="the source (default: the only one)")
+    ddl.add_argument("script", help="the SQL file (no BEGIN or COMMIT: it runs in one transaction)")
     trace.add_argument("--source", help="the source (default: the only one)")
     trace.add_argument(
         "--wait",

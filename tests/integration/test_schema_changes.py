@@ -3,6 +3,7 @@ transaction's place, applied by every replica there (within its share of columns
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -243,3 +244,60 @@ def test_a_rename_under_a_route_filter_stops_its_distributor_and_a_refused_chang
             assert rows(sub1, f"public.{table}") == rows(primary, f"public.{table}")
         assert rows(sub2, "public.accounts") == rows(primary, "public.accounts", where="account_id <= 10")
         assert rows(sub2, "public.customers", "id, name") == rows(primary, "public.customers", "id, name")
+
+
+def test_a_ddl_script_runs_on_the_primary_and_at_its_place_on_every_subscriber(pipeline: Pipeline, tmp_path):
+    two_tiers(pipeline)
+    first, second = pipeline.subscribers
+    script = tmp_path / "grades.sql"
+    script.write_text(
+        "CREATE TYPE public.grade AS ENUM ('low', 'high');\n"
+        "CREATE FUNCTION public.doubled(x integer) RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT x * 2';\n"
+        "ALTER TABLE public.accounts ADD COLUMN grade public.grade;\n"
+        "UPDATE public.accounts SET grade = 'high' WHERE id <= 3;\n"
+    )
+    done = pipeline.command("ddl", str(script))
+    assert done.returncode == 0 and "ran on the primary" in done.stdout, done.stderr
+    with pipeline.primary() as conn:
+        conn.execute("UPDATE public.accounts SET grade = 'low' WHERE id = 4")  # captured as usual, after it
+
+    # one that fails on the primary runs nowhere
+    bad = tmp_path / "bad.sql"
+    bad.write_text("CREATE FUNCTION public.tripled(x integer) RETURNS integer LANGUAGE sql AS 'SELECT x * 3';\nSELECT 1 / 0;\n")
+    failed = pipeline.command("ddl", str(bad))
+    assert failed.returncode == 1 and "division by zero" in failed.stderr and "nothing of it ran" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+    # one that a replica refuses stops that subscriber only, naming the script and its position
+    with pipeline.replica(first) as conn:
+        conn.execute("CREATE FUNCTION public.halved(x integer) RETURNS text LANGUAGE sql AS 'SELECT (x / 2)::text'")
+    halved = tmp_path / "halved.sql"
+    halved.write_text("CREATE FUNCTION public.halved(x integer) RETURNS integer LANGUAGE sql AS 'SELECT x / 2';\n")
+    assert pipeline.command("ddl", str(halved)).returncode == 0
+    log = pipeline.wait_for_log(first, "failed on the replica: DuplicateFunction", 60)
+    assert eventually(lambda: pipeline.pid(first) is None, timeout=30), "the subscriber goes on"
+    position = int(
+        re.search(
+            r"script \d+ \(`pgfanout ddl` by \w+, beginning `CREATE FUNCTION public.halved.*? position (\d+)", log
+        ).group(1)
+    )
+    skipped = pipeline.command("subscriber", "skip", first, "--position", str(position))
+    assert skipped.returncode == 0, skipped.stderr
+    pipeline.start(first)
+    pipeline.wait_caught_up(timeout=120)
+
+    with pipeline.primary() as primary, pipeline.replica(first) as sub1, pipeline.replica(second) as sub2:
+        for replica, where in ((sub1, "true"), (sub2, "id <= 10")):
+            assert replica.execute("SELECT public.doubled(21)").fetchone()[0] == 42
+            assert rows(replica, "public.accounts", "id, balance, grade::text") == rows(
+                primary, "public.accounts", "id, balance, grade::text", where
+            )
+            assert replica.execute("SELECT to_regprocedure('public.tripled(integer)')").fetchone()[0] is None
+        assert rows(sub2, "public.accounts", "id, grade::text", "grade IS NOT NULL") == [
+            (1, "high"),
+            (2, "high"),
+            (3, "high"),
+            (4, "low"),
+        ]
+        assert sub1.execute("SELECT public.halved(9)").fetchone()[0] == "4"  # skipped: its own stays
+        assert sub2.execute("SELECT public.halved(9)").fetchone()[0] == 4
