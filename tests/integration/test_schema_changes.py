@@ -277,9 +277,7 @@ def test_a_ddl_script_runs_on_the_primary_and_at_its_place_on_every_subscriber(p
     log = pipeline.wait_for_log(first, "failed on the replica: DuplicateFunction", 60)
     assert eventually(lambda: pipeline.pid(first) is None, timeout=30), "the subscriber goes on"
     position = int(
-        re.search(
-            r"script \d+ \(`pgfanout ddl` by \w+, beginning `CREATE FUNCTION public.halved.*? position (\d+)", log
-        ).group(1)
+        re.search(r"script \d+ \(`pgfanout ddl` by \w+, beginning `CREATE FUNCTION public.halved.*? position (\d+)", log).group(1)
     )
     skipped = pipeline.command("subscriber", "skip", first, "--position", str(position))
     assert skipped.returncode == 0, skipped.stderr
