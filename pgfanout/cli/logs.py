@@ -26,9 +26,22 @@ class DaemonName(logging.Filter):
 NAMED = DaemonName()
 
 
+class LibraryErrorsInALine(logging.Filter):
+    """kafka-python logs the errors of its network thread with their tracebacks (a socket closed under it, a
+    broker gone): pgfanout handles what they mean itself, so they are kept to one line, the exception's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.startswith("kafka") and logging.getLogger().level > logging.DEBUG:
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(error).__name__}: {error})"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
 def configure(level: str, form: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(NAMED)
+    handler.addFilter(LibraryErrorsInALine())
     if form == "json":
         handler.setFormatter(
             JsonFormatter(

@@ -161,5 +161,9 @@ def test_a_table_created_again_under_the_same_name_is_written_and_captured_with_
         table_ids = [
             r[0] for r in conn.execute("SELECT table_id FROM pgfanout.tables WHERE table_name = 'accounts' ORDER BY table_id")
         ]
-        assert len(table_ids) == 2, "the table created again has a layout of its own"
-        assert [(op, row) for op, row, _ in logged(conn)] == [("I", ["1", "1.00"]), ("I", ["3", "3", "2026-01-02"])]
+        assert len(table_ids) == 3, "the dropped table's last layout says it was dropped; the new one has its own"
+        assert [(op, row) for op, row, _ in logged(conn)] == [
+            ("I", ["1", "1.00"]),
+            ("S", None),  # the DROP TABLE, for the replicas (docs/ddl.md)
+            ("I", ["3", "3", "2026-01-02"]),
+        ]
