@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from devstack.sample import ACCOUNTS, OPENING_BALANCE
+from tests.integration.pipeline import eventually
 
 pytestmark = pytest.mark.fault
 
@@ -47,7 +48,11 @@ def test_subscriber_kills_and_a_database_restart_lose_double_and_split_nothing(p
         if kills == 11 and not restarted:
             stack.postgres("replica").restart()
             restarted = True
+        ready = pipeline.log(victim).count("ready: position")
         pipeline.start(victim)
+        if kills % 2 == 0:  # every other kill lands after its start-up, while it applies; the others anywhere
+            started = eventually(lambda before=ready: pipeline.log(victim).count("ready: position") > before, timeout=60)
+            assert started, f"{victim} did not start"
     workload.join()
     pipeline.wait_caught_up(timeout=120)
     stop.set()
@@ -66,4 +71,4 @@ def test_subscriber_kills_and_a_database_restart_lose_double_and_split_nothing(p
     assert ranges[0][0] == 1 and ranges[-1][1] == position
     for (_, last), (first, _) in zip(ranges, ranges[1:], strict=False):
         assert first == last + 1, f"gap or repeat between {last} and {first}"
-    assert pipeline.log(victim).count("ready: position") >= 15
+    assert pipeline.log(victim).count("ready: position") >= 12
