@@ -221,14 +221,8 @@ class SchemaChanges:
             raise
         except psycopg.Error as exc:
             first = statements.strip().splitlines()[0][:200] if statements.strip() else ""
-            raise PoisonMessage(
-                f"script {script_id} (`pgfanout ddl` by {run_by}, beginning `{first}`) at {where} position {position} "
-                f"failed on the replica: {type(exc).__name__}: {str(exc).strip()}. Nothing of this transaction was "
-                f"committed. Make the replica accept it and start the subscriber again; or run what it needs by hand "
-                f"and skip it (`pgfanout subscriber skip {self.subscriber} --position {position}`)",
-                at=where,
-                position=position,
-            ) from exc
+            what = f"script {script_id} (`pgfanout ddl` by {run_by}, beginning `{first}`) at {where} position {position}"
+            raise self._refused(f"{what} failed on the replica", exc, where, position, "run what it needs by hand") from exc
         self.conn.execute("RELEASE SAVEPOINT pgfanout_script")
         # a SET in the script must not change the applier's session: back to its own settings
         self.conn.execute("RESET ALL")
@@ -277,6 +271,17 @@ class SchemaChanges:
         )
         return steps
 
+    def _refused(self, what: str, exc: psycopg.Error, where: Where, position: int, by_hand: str) -> PoisonMessage:
+        """The error that stops the subscriber at a change its replica refused, and the two ways on."""
+        return PoisonMessage(
+            f"{what}: {type(exc).__name__}: {str(exc).strip()}. Nothing of this transaction was committed. Make the "
+            f"replica accept it (a view or other object there that depends on the table?) and start the subscriber "
+            f"again; or {by_hand} and skip the transaction (`pgfanout subscriber skip {self.subscriber} --position "
+            f"{position}`)",
+            at=where,
+            position=position,
+        )
+
     def _exists(self, schema_name: str, table_name: str) -> bool:
         found = self.conn.execute(
             "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
@@ -309,13 +314,6 @@ class SchemaChanges:
                 raise
             except psycopg.Error as exc:
                 text = step.statement.as_string(self.conn)
-                raise PoisonMessage(
-                    f"schema change of {name} at {where} position {position} failed on the replica: `{text}`: "
-                    f"{type(exc).__name__}: {str(exc).strip()}. Nothing of this transaction was committed. Make the "
-                    f"replica accept it (a view or other object there that depends on the table?) and start the "
-                    f"subscriber again; or apply the change by hand and skip the transaction "
-                    f"(`pgfanout subscriber skip {self.subscriber} --position {position}`)",
-                    at=where,
-                    position=position,
-                ) from exc
+                what = f"schema change of {name} at {where} position {position} failed on the replica: `{text}`"
+                raise self._refused(what, exc, where, position, "apply the change by hand") from exc
             self.conn.execute("RELEASE SAVEPOINT pgfanout_schema_change")

@@ -267,6 +267,19 @@ def two_tiers(
     return ports
 
 
+def contiguous(pipeline: Pipeline, subscriber: str) -> int:
+    """The applied position ranges join up exactly (no gap, no duplicate); the last position."""
+    with pipeline.replica(subscriber) as conn:
+        ranges = conn.execute(
+            "SELECT first_position, last_position FROM pgfanout_replica.applied WHERE subscriber = %s ORDER BY first_position",
+            (subscriber,),
+        ).fetchall()
+    assert ranges and ranges[0][0] == 1
+    for (_, last), (first, _) in zip(ranges, ranges[1:], strict=False):
+        assert first == last + 1, f"{subscriber}: positions {last} then {first}"
+    return ranges[-1][1]
+
+
 def scrape(port: int) -> dict[str, float]:
     """Every sample of a daemon's /metrics, parsed by prometheus-client: 'name{labels}' -> value."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:

@@ -11,23 +11,10 @@ import psycopg
 
 from pgfanout.core.errors import CompareError
 from subscriber import compare as comparing
-from tests.integration.pipeline import Pipeline, eventually, scrape, two_tiers
+from tests.integration.pipeline import Pipeline, contiguous, eventually, scrape, two_tiers
 
 RUNS = 20
 CUSTOMERS = 5  # customers the workload never changes (it only inserts new ones): the tampering's targets
-
-
-def contiguous(pipeline: Pipeline, subscriber: str) -> int:
-    """The applied position ranges join up exactly (no gap, no duplicate); the last position."""
-    with pipeline.replica(subscriber) as conn:
-        ranges = conn.execute(
-            "SELECT first_position, last_position FROM pgfanout_replica.applied WHERE subscriber = %s ORDER BY first_position",
-            (subscriber,),
-        ).fetchall()
-    assert ranges and ranges[0][0] == 1
-    for (_, last), (first, _) in zip(ranges, ranges[1:], strict=False):
-        assert first == last + 1, f"{subscriber}: positions {last} then {first}"
-    return ranges[-1][1]
 
 
 def tamper(pipeline: Pipeline, subscriber: str, *statements: str) -> None:

@@ -15,7 +15,7 @@ from psycopg import sql
 from devstack.postgres import bin_dir
 from devstack.sample import run_workload
 from subscriber import ddl
-from tests.integration.pipeline import BOTH_TRIGGERS, Pipeline, eventually, two_tiers
+from tests.integration.pipeline import BOTH_TRIGGERS, Pipeline, contiguous, eventually, two_tiers
 
 LEDGER = "CREATE TABLE public.ledger (id integer PRIMARY KEY, account integer NOT NULL, amount integer, memo text)"
 
@@ -173,18 +173,6 @@ def check_every_replica(pipeline: Pipeline) -> None:
             assert sub1.execute("SELECT to_regclass(%s)", (f"public.{gone}",)).fetchone()[0] is None, gone
             assert sub2.execute("SELECT to_regclass(%s)", (f"public.{gone}",)).fetchone()[0] is None, gone
         assert sub2.execute("SELECT to_regclass('public.report_daily')").fetchone()[0] is None  # not its route's
-
-
-def contiguous(pipeline: Pipeline, subscriber: str) -> None:
-    """The applied position ranges join up exactly: no transaction applied twice or left out."""
-    with pipeline.replica(subscriber) as conn:
-        ranges = conn.execute(
-            "SELECT first_position, last_position FROM pgfanout_replica.applied WHERE subscriber = %s ORDER BY 1",
-            (subscriber,),
-        ).fetchall()
-    assert ranges and ranges[0][0] == 1
-    for (_, last), (first, _) in zip(ranges, ranges[1:], strict=False):
-        assert first == last + 1, f"{subscriber}: positions {last} then {first}"
 
 
 def tree(pipeline: Pipeline) -> None:
