@@ -273,20 +273,20 @@ def own_tables(conn: psycopg.Connection, published: list[PublishedTable]) -> lis
         (TRACE_SCHEMA, TRACE_TABLE, TRACE_COLUMNS, TRACE_TYPES, frozenset({"DateStyle", "TimeZone"})),
         (SCRIPT_SCHEMA, SCRIPT_TABLE, SCRIPT_COLUMNS, SCRIPT_TYPES, frozenset()),
     ]
+    layouts: dict[tuple[str, str, tuple[str, ...]], int] = {}  # the newest id of each (schema, table, columns)
     highest = max((t.table_id for t in published), default=0)
     if conn.execute("SELECT to_regclass('pgfanout.tables')").fetchone()[0]:
-        highest = max(highest, conn.execute("SELECT coalesce(max(table_id), 0) FROM pgfanout.tables").fetchone()[0])
+        for schema_name, table_name, columns, table_id in conn.execute(
+            "SELECT schema_name, table_name, columns, max(table_id) FROM pgfanout.tables GROUP BY 1, 2, 3"
+        ):
+            layouts[(schema_name, table_name, tuple(columns))] = table_id
+            highest = max(highest, table_id)
     found = []
     for schema_name, table_name, columns, types, settings in own:
-        existing = None
-        if conn.execute("SELECT to_regclass('pgfanout.tables')").fetchone()[0]:
-            existing = conn.execute(
-                "SELECT max(table_id) FROM pgfanout.tables WHERE schema_name = %s AND table_name = %s AND columns = %s",
-                (schema_name, table_name, list(columns)),
-            ).fetchone()[0]
-        if existing is None:
+        table_id = layouts.get((schema_name, table_name, columns))
+        if table_id is None:
             highest += 1
-        table_id = existing if existing is not None else highest
+            table_id = highest
         found.append(PublishedTable(table_id, schema_name, table_name, columns, (columns[0],), settings, types))
     return found
 

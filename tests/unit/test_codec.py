@@ -92,33 +92,48 @@ def test_transaction_round_trip():
     assert codec.decode(data, "t[0]@0") == ("Batch", TX)
 
 
-def test_messages_written_with_an_older_schema_stay_readable():
-    import io
+# TX as written before schema changes travelled: its first layout without a definition, no SCHEMA change
+BEFORE_SCHEMA_CHANGES = dict(
+    TX,
+    tables=[{k: v for k, v in TX["tables"][0].items() if k != "definition"}],
+    transactions=[dict(t, changes=[c for c in t["changes"] if c["op"] != "SCHEMA"]) for t in TX["transactions"]],
+)
+
+
+def older_schema(name: str) -> dict:
     import json
+
+    from pgfanout.core.codec import schema_dir
+
+    return json.loads((schema_dir() / "history" / f"{name}.avsc").read_text())
+
+
+def written_with(older: dict, record: dict) -> bytes:
+    """A message as a writer of that older schema framed it."""
+    import io
 
     import fastavro
 
-    from pgfanout.core.codec import fingerprint, schema_dir
+    from pgfanout.core.codec import fingerprint
 
-    older = json.loads((schema_dir() / "history" / "Batch-e9dd0aa706b65861.avsc").read_text())
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(older), record)
+    return MAGIC + fingerprint(older) + body.getvalue()
+
+
+def test_messages_written_with_an_older_schema_stay_readable():
+    import json
+
+    older = older_schema("Batch-e9dd0aa706b65861")
     assert "column_types" not in json.dumps(older)
     old_tables = [
         {k: v for k, v in TX["tables"][0].items() if k not in ("column_types", "missing_values", "old_columns", "definition")}
     ]
     old_transactions = [
-        dict(
-            t,
-            changes=[
-                {k: v for k, v in c.items() if not k.startswith("old_") or k == "old_key"}
-                for c in t["changes"]
-                if c["op"] != "SCHEMA"
-            ],
-        )
-        for t in TX["transactions"]
+        dict(t, changes=[{k: v for k, v in c.items() if not k.startswith("old_") or k == "old_key"} for c in t["changes"]])
+        for t in BEFORE_SCHEMA_CHANGES["transactions"]
     ]
-    body = io.BytesIO()
-    fastavro.schemaless_writer(body, fastavro.parse_schema(older), dict(TX, tables=old_tables, transactions=old_transactions))
-    data = MAGIC + fingerprint(older) + body.getvalue()
+    data = written_with(older, dict(TX, tables=old_tables, transactions=old_transactions))
     kind, message = default_codec().decode(data, "t[0]@0")
     assert kind == "Batch" and message["transactions"] == [
         dict(t, changes=[dict(c, old_values=[], old_nulls=[]) for c in t["changes"]]) for t in old_transactions
@@ -128,29 +143,18 @@ def test_messages_written_with_an_older_schema_stay_readable():
 
 
 def test_batches_and_heartbeats_before_snapshot_requests_read_as_asking_nothing():
-    import io
     import json
 
-    import fastavro
-
-    from pgfanout.core.codec import fingerprint, schema_dir
-
-    before_definitions = dict(TX, tables=[{k: v for k, v in TX["tables"][0].items() if k != "definition"}])
-    before_definitions["transactions"] = [
-        dict(t, changes=[c for c in t["changes"] if c["op"] != "SCHEMA"]) for t in TX["transactions"]
-    ]
     for name, record in (
-        ("Batch-3a82a0c15b3331f1", {k: v for k, v in before_definitions.items() if k != "snapshot_requests"}),
+        ("Batch-3a82a0c15b3331f1", {k: v for k, v in BEFORE_SCHEMA_CHANGES.items() if k != "snapshot_requests"}),
         (
             "Heartbeat-5a671b4a29a51550",
             {"source": "s", "position": 1, "tick_id": 2, "tick_time": TX["tick_time"], "snapshot": ""},
         ),
     ):
-        older = json.loads((schema_dir() / "history" / f"{name}.avsc").read_text())
+        older = older_schema(name)
         assert "snapshot_requests" not in json.dumps(older)
-        body = io.BytesIO()
-        fastavro.schemaless_writer(body, fastavro.parse_schema(older), record)
-        kind, message = default_codec().decode(MAGIC + fingerprint(older) + body.getvalue(), "t[0]@0")
+        kind, message = default_codec().decode(written_with(older, record), "t[0]@0")
         expected = {**record, "snapshot_requests": []}
         if kind == "Batch":
             expected["tables"] = [dict(t, definition=None) for t in record["tables"]]
@@ -158,20 +162,12 @@ def test_batches_and_heartbeats_before_snapshot_requests_read_as_asking_nothing(
 
 
 def test_batches_before_schema_changes_read_as_layouts_without_a_definition():
-    import io
     import json
 
-    import fastavro
-
-    from pgfanout.core.codec import fingerprint, schema_dir
-
-    older = json.loads((schema_dir() / "history" / "Batch-26cb2e1493d1ae74.avsc").read_text())
+    older = older_schema("Batch-26cb2e1493d1ae74")
     assert "renamed_columns" not in json.dumps(older) and "SCHEMA" not in json.dumps(older)
-    record = dict(TX, tables=[{k: v for k, v in TX["tables"][0].items() if k != "definition"}])
-    record["transactions"] = [dict(t, changes=[c for c in t["changes"] if c["op"] != "SCHEMA"]) for t in TX["transactions"]]
-    body = io.BytesIO()
-    fastavro.schemaless_writer(body, fastavro.parse_schema(older), record)
-    kind, message = default_codec().decode(MAGIC + fingerprint(older) + body.getvalue(), "t[0]@0")
+    kind, message = default_codec().decode(written_with(older, BEFORE_SCHEMA_CHANGES), "t[0]@0")
+    record = BEFORE_SCHEMA_CHANGES
     assert kind == "Batch" and message == dict(record, tables=[dict(record["tables"][0], definition=None)])
 
 
