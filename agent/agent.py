@@ -21,12 +21,13 @@ from typing import NamedTuple
 import psycopg
 from psycopg import sql
 
-from agent import capture, faults, logswitch, logtables, snapshot_requests
+from agent import capture, faults, logswitch, logtables, primary_role, snapshot_requests
 from agent.batch import Part, pack, split_transactions, stream_rows, with_last
 from kafka import KafkaProducer
 from pgfanout.core.codec import decode_changes, default_codec, encode_batch
 from pgfanout.core.config import Config
-from pgfanout.core.errors import CaptureFault, FatalError, KafkaUnavailable, PositionError
+from pgfanout.core.errors import CaptureFault, FatalError, KafkaUnavailable, PositionError, PostgresUnavailable, TransientError
+from pgfanout.core.generations import Generation, Lineage, as_records, first_lineage, generation_header, lineage_of
 from pgfanout.core.messages import SnapshotRequest, TableLayout
 from pgfanout.core.positions import AgentState, Mark, Progress, Resume, TopicTail, mark_header, mark_of, part_mark, plan_resume
 from pgfanout.core.schemachange import wire_definition
@@ -35,7 +36,7 @@ from pgfanout.runtime import kafka as kafkautil
 from pgfanout.runtime import registry
 from pgfanout.runtime.daemon import SessionDaemon
 from pgfanout.runtime.metrics import AgentMetrics
-from pgfanout.runtime.pg import connect
+from pgfanout.runtime.pg import connect, describe
 
 log = logging.getLogger(__name__)
 FETCH_ROWS = 10_000  # rows per round trip of the batch cursor at most...
@@ -122,7 +123,7 @@ class Agent(SessionDaemon["AgentSession"]):
 
     def __init__(self, config: Config, source: str):
         self.name = f"agent {source}"
-        self.source = source
+        self.config, self.source = config, source
         self.settings = config.sources[source]
         self.cluster = config.kafka[self.settings.kafka]
         self.topic = config.source_topic(source)
@@ -134,19 +135,38 @@ class Agent(SessionDaemon["AgentSession"]):
         return self.session.idle_seconds if self.session else self.settings.tick_interval_ms / 1000
 
     def connect(self) -> AgentSession:
-        conn = connect(self.settings, f"pgfanout-agent-{self.source}")
+        """Connect to the database the stream names as the primary (its last message's generation), the
+        source's own until a switchover or failover moved the role (docs/switchover.md)."""
+        registry.register(self.cluster, self.codec)  # before anything is written with them
+        kafkautil.ensure_topic(self.cluster, self.topic, self.settings.max_message_bytes)
+        tail, lineage = self._read_tail()
+        lineage = lineage or first_lineage(self.settings.as_subscriber or "")
+        primary = lineage[-1]
+        database = self.config.primary_database(self.source, primary.primary)
+        if database is None:
+            raise self._fenced(primary)
+        settings = self.settings.model_copy(update={"dsn": database.dsn, "password_env": database.password_env})
+        conn = connect(settings, f"pgfanout-agent-{self.source}")
         producer = None
         try:
+            if not conn.execute("SELECT pg_try_advisory_lock(%s, %s)", primary_role.agent_lock_key(self.source)).fetchone()[0]:
+                raise TransientError(
+                    f"another agent of source {self.source} is connected to {describe(settings.dsn)}, or a switchover "
+                    "is moving the primary role; waiting"
+                )
+            tail, lineage = self._read_tail()  # again: an agent that held the lock may have published since
+            if lineage and lineage[-1].primary != primary.primary:
+                raise primary_role.PrimaryMoved(f"source {self.source}: the primary role moved to {lineage[-1].primary}")
+            lineage = lineage or first_lineage(self.settings.as_subscriber or "")
             if not capture.installed(conn):
                 raise FatalError(
-                    f"capture is not installed on source {self.source}; run `pgfanout agent install --source {self.source}`"
+                    f"capture is not installed on source {self.source} ({describe(settings.dsn)}); "
+                    f"run `pgfanout agent install --source {self.source}`"
                 )
             conn.execute(PREPARE_BATCH)
-            registry.register(self.cluster, self.codec)  # before anything is written with them
-            kafkautil.ensure_topic(self.cluster, self.topic, self.settings.max_message_bytes)
             producer = kafkautil.producer(self.cluster, self.settings.max_message_bytes)
-            self.session = AgentSession(self, conn, producer)
-            self.session.resume()
+            self.session = AgentSession(self, conn, producer, lineage)
+            self.session.resume(tail)
         except BaseException:
             if producer is not None:
                 producer.close(timeout=5)
@@ -155,12 +175,65 @@ class Agent(SessionDaemon["AgentSession"]):
             raise
         return self.session
 
+    def _read_tail(self) -> tuple[TopicTail | None, Lineage]:
+        last = kafkautil.last_message(self.cluster, self.topic, self.codec.decode)
+        if last is None:
+            return None, ()
+        kind, record = last
+        mark, lineage = mark_of(kind, record), lineage_of(record)
+        generation = lineage[-1].generation if lineage else 1
+        return TopicTail(mark.tick_id, mark.position, mark.chunk, kind == "Heartbeat" or record["batch_end"], generation), lineage
+
+    def _fenced(self, primary: Generation) -> FatalError:
+        """This configuration does not name the stream's primary: the database it names as the source was
+        deposed. Guard that database against writes where it can be reached, and say what it holds that was
+        never published."""
+        try:
+            with connect(self.settings, f"pgfanout-agent-{self.source}") as conn:
+                note = fence(conn, self.source, primary)
+        except PostgresUnavailable as exc:
+            note = f"could not reach it to guard it against writes ({exc})"
+        return FatalError(
+            f"source {self.source}: the primary of generation {primary.generation} of topic {self.topic} (since "
+            f"position {primary.first_position}) is subscriber {primary.primary}, which this configuration does not "
+            f"name. This agent refuses to publish from {describe(self.settings.dsn)}: that database is no longer the "
+            f"primary; {note}. Run the agent with the configuration that names the new primary, and make the old "
+            "one a subscriber (`pgfanout subscriber resync NAME`)"
+        )
+
+
+def fence(conn: psycopg.Connection, source: str, primary: Generation) -> str:
+    """Guard a deposed primary against writes (once) and say what it holds that was never published."""
+    if not capture.installed(conn):
+        return "capture is not installed there"
+    generation, handed_to = conn.execute("SELECT generation, handed_to FROM pgfanout.agent_state").fetchone()
+    if generation >= primary.generation:
+        return f"its capture state is of generation {generation}"
+    lost = primary_role.unpublished_transactions(conn)
+    if handed_to is None:
+        primary_role.stop_writes(
+            conn,
+            f"source {source} moved its primary role to subscriber {primary.primary} (generation {primary.generation})",
+            mark=False,
+        )
+        primary_role.hand_over(conn, primary.primary)
+        note = "it is now guarded against writes"
+    else:
+        note = "it was guarded against writes before"
+    if lost:
+        note += (
+            f"; it holds {len(lost)} transactions committed there and never published, which the new primary "
+            f"lacks (xids {', '.join(map(str, lost))})"
+        )
+    return note
+
 
 class AgentSession:
     """A connected agent: its primary connection and its producer, both open."""
 
-    def __init__(self, agent: Agent, conn: psycopg.Connection, producer: KafkaProducer):
+    def __init__(self, agent: Agent, conn: psycopg.Connection, producer: KafkaProducer, lineage: Lineage):
         self.source, self.settings, self.cluster = agent.source, agent.settings, agent.cluster
+        self.lineage, self.generation = as_records(lineage), lineage[-1].generation
         self.topic, self.codec = agent.topic, agent.codec
         self.conn, self.producer = conn, producer
         self.idle_seconds = self.settings.tick_interval_ms / 1000
@@ -179,10 +252,12 @@ class AgentSession:
         self.last_trace = time.monotonic()
         self.published_by = f"published by agent {agent.source}"
 
-    def resume(self) -> None:
+    def resume(self, tail: TopicTail | None) -> None:
         """Reconcile the primary's record with the topic's tail (positions.plan_resume)."""
-        self.state = self._read_state()
-        resume = plan_resume(self.state, self._read_tail(), self.topic)
+        self.state, handed_to = self._read_state()
+        if handed_to is not None:
+            raise primary_role.PrimaryMoved(f"source {self.source}: this database handed the primary role to {handed_to}")
+        resume = plan_resume(self.state, tail, self.topic)
         if resume.tick_id is not None:
             log.info("topic %s is ahead of the primary: finishing tick %d after %s", self.topic, resume.tick_id, resume.after)
             self._finish(resume)
@@ -228,14 +303,16 @@ class AgentSession:
         """The tick after the published one: left over from a crash, or taken now if there is work."""
         # Each statement on its own (autocommit): round trips are most of the agent's cost at a tick every
         # 50 ms. The log's sequence is read before the tick is taken, so a tick never claims to cover more.
-        tick_id, tick_time, snapshot, asked, *logged = self.conn.execute(
+        tick_id, tick_time, snapshot, asked, handed_to, *logged = self.conn.execute(
             "SELECT t.tick_id, t.tick_time, t.snapshot::text, "
             + snapshot_requests.PENDING
-            + ", s.last_value, s.is_called FROM pgfanout.log_seq s "
+            + ", (SELECT handed_to FROM pgfanout.agent_state), s.last_value, s.is_called FROM pgfanout.log_seq s "
             "LEFT JOIN LATERAL (SELECT tick_id, tick_time, snapshot FROM pgfanout.tick WHERE tick_id > %s "
             "ORDER BY tick_id LIMIT 1) t ON true",
             (self.state.published_tick,),
         ).fetchone()
+        if handed_to is not None:  # a switchover: everything was published, the new primary goes on
+            raise primary_role.PrimaryMoved(f"source {self.source}: the primary role moved to {handed_to}; following it")
         if tick_id is not None:
             return Tick(tick_id, tick_time, snapshot, snapshot_requests.requested_at(self.conn, tick_id))
         if asked:
@@ -331,6 +408,8 @@ class AgentSession:
                             "snapshot": snapshot,
                             "snapshot_requests": requests if batch_end else (),
                             "batch_end": batch_end,
+                            "generation": self.generation,
+                            "lineage": self.lineage,
                             "tables": self._tables_of(package),
                             "transactions": [p.record() for p in package],
                         },
@@ -353,6 +432,8 @@ class AgentSession:
                 "tick_time": tick_time,
                 "snapshot": snapshot,
                 "snapshot_requests": requests,
+                "generation": self.generation,
+                "lineage": self.lineage,
             }
             self._send(self.codec.encode("Heartbeat", beat), mark_of("Heartbeat", beat))
         self._flush()
@@ -415,7 +496,7 @@ class AgentSession:
                 f"over sources.{self.source}.max_message_bytes={self.settings.max_message_bytes}: a single row is "
                 "that large; raise that limit (and the consumers' fetch sizes)"
             )
-        headers = mark_header(mark)
+        headers = mark_header(mark) + generation_header(self.generation)
         if traced:  # it carries a trace marker: the first stamp after its commit
             headers = stamped(headers, Stamp(self.published_by, time.time()))
         self.producer.send(self.topic, value=value, headers=headers)
@@ -438,22 +519,16 @@ class AgentSession:
             "UPDATE pgfanout.agent_state SET published_tick = %(tick)s, next_position = %(next)s",
             {"tick": tick_id, "next": next_position},
         )
-        self.state = AgentState(tick_id, next_position)
+        self.state = AgentState(tick_id, next_position, self.state.generation)
 
     # -- reconciliation ------------------------------------------------------------
 
-    def _read_state(self) -> AgentState:
+    def _read_state(self) -> tuple[AgentState, str | None]:
         with self.conn.transaction():
-            row = self.conn.execute("SELECT published_tick, next_position FROM pgfanout.agent_state").fetchone()
-        return AgentState(*row)
-
-    def _read_tail(self) -> TopicTail | None:
-        last = kafkautil.last_message(self.cluster, self.topic, self.codec.decode)
-        if last is None:
-            return None
-        kind, record = last
-        mark = mark_of(kind, record)
-        return TopicTail(mark.tick_id, mark.position, mark.chunk, kind == "Heartbeat" or record["batch_end"])
+            *state, handed_to = self.conn.execute(
+                "SELECT published_tick, next_position, generation, handed_to FROM pgfanout.agent_state"
+            ).fetchone()
+        return AgentState(*state), handed_to
 
     def _finish(self, resume: Resume) -> None:
         assert resume.tick_id is not None

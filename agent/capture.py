@@ -127,9 +127,11 @@ def published_patterns(source: Source) -> list[sql.Composable]:
     return statements
 
 
-def plan_install(conn: psycopg.Connection, source: Source, subscriptions: Subscriptions | None = None) -> InstallPlan:
+def plan_install(
+    conn: psycopg.Connection, source: Source, subscriptions: Subscriptions | None = None, first_table_id: int = 1
+) -> InstallPlan:
     subscriptions = subscriptions or {}
-    tables = describe_tables(conn, source.tables, source.exclude, source.keys, filtered_columns(subscriptions))
+    tables = describe_tables(conn, source.tables, source.exclude, source.keys, filtered_columns(subscriptions), first_table_id)
     problems = subscription_problems(tables, subscriptions)
     if problems:
         raise CaptureError("the routes' subscriptions do not fit the published tables: " + "; ".join(problems))
@@ -145,7 +147,7 @@ def plan_install(conn: psycopg.Connection, source: Source, subscriptions: Subscr
         *(ctrigger.pinned_settings_function(), *pin_all_settings('pgfanout.log_rows(regclass, regclass, "char")')),
         *([script("c_functions")] if c_trigger else []),
     ]
-    for table in [*tables, *own_tables(conn, tables)]:
+    for table in [*tables, *own_tables(conn, tables, first_table_id)]:
         statements += table_statements(table, log_number, c_trigger, follow_schema=superuser)
     partitioned = [t for t in tables if t.partitions is not None]
     statements += partitions.publish_statements([t.qualified for t in partitioned])

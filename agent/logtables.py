@@ -24,7 +24,7 @@ def unpublished(log: sql.Composable = LOG) -> sql.Composable:
     # agent.BATCH_ROWS); visible to this statement: started before its own snapshot's xmax. Two bounds, so
     # that the planner takes the range for the few rows it holds, not for a third of the table.
     return sql.SQL(
-        "SELECT coalesce(l.change_count, 1) AS changes "
+        "SELECT coalesce(l.change_count, 1) AS changes, l.txid "
         "FROM (SELECT snapshot, pg_snapshot_xmax(snapshot) AS xmax, ARRAY("
         "             SELECT x FROM pg_snapshot_xip(snapshot) x "
         "             WHERE pg_visible_in_snapshot(x, pg_current_snapshot())) AS ended "

@@ -117,13 +117,15 @@ def describe_tables(
     exclude: list[str] | None = None,
     keys: dict[str, list[str]] | None = None,
     filtered: dict[str, set[str]] | None = None,
+    first_table_id: int = 1,
 ) -> list[PublishedTable]:
     """Read each table's columns and key from the catalog; refuse missing and keyless tables, all at once.
 
-    ``filtered`` names per table the columns row filters use: their old values are logged too.
+    ``filtered`` names per table the columns row filters use: their old values are logged too. New layouts
+    get ids from ``first_table_id`` on at least (a new primary's: pgfanout.core.generations).
     """
     with catalog_search_path(conn):
-        return _describe_tables(conn, tables, exclude, keys, filtered)
+        return _describe_tables(conn, tables, exclude, keys, filtered, first_table_id)
 
 
 def _describe_tables(
@@ -132,6 +134,7 @@ def _describe_tables(
     exclude: list[str] | None,
     keys: dict[str, list[str]] | None,
     filtered: dict[str, set[str]] | None,
+    first_table_id: int = 1,
 ) -> list[PublishedTable]:
     keys, filtered = keys or {}, filtered or {}
     tables, missing = expand(conn, tables, exclude or [])
@@ -144,7 +147,8 @@ def _describe_tables(
             sql.SQL("old_columns" if _catalog_has(conn, "old_columns") else "'{}'::text[]"),
         )
         latest = {(s, t): (i, (*c, *k), tuple(types), tuple(old)) for i, s, t, c, k, types, old in conn.execute(query)}
-    next_id = max((v[0] for v in latest.values()), default=0) + 1
+    latest = {name: layout for name, layout in latest.items() if layout[0] >= first_table_id}
+    next_id = max(max((v[0] for v in latest.values()), default=0) + 1, first_table_id)
     found, keyless, bad_keys, bad_types = [], [], [], []
     for qualified in tables:
         schema_name, table_name = names.parse_table(qualified)
@@ -265,7 +269,7 @@ TRACE_COLUMNS = ("trace_id", "committed_at", "requested_by")
 TRACE_TYPES = ("bigint", "timestamp with time zone", "text")
 
 
-def own_tables(conn: psycopg.Connection, published: list[PublishedTable]) -> list[PublishedTable]:
+def own_tables(conn: psycopg.Connection, published: list[PublishedTable], first_table_id: int = 1) -> list[PublishedTable]:
     """The layouts of pgfanout.trace and pgfanout.script (agent/sql/schema.sql), which every source publishes:
     each one's id from an earlier install, else the next ones after every layout there is and every one this
     install makes."""
@@ -274,10 +278,11 @@ def own_tables(conn: psycopg.Connection, published: list[PublishedTable]) -> lis
         (SCRIPT_SCHEMA, SCRIPT_TABLE, SCRIPT_COLUMNS, SCRIPT_TYPES, frozenset()),
     ]
     layouts: dict[tuple[str, str, tuple[str, ...]], int] = {}  # the newest id of each (schema, table, columns)
-    highest = max((t.table_id for t in published), default=0)
+    highest = max((t.table_id for t in published), default=first_table_id - 1)
     if conn.execute("SELECT to_regclass('pgfanout.tables')").fetchone()[0]:
         for schema_name, table_name, columns, table_id in conn.execute(
-            "SELECT schema_name, table_name, columns, max(table_id) FROM pgfanout.tables GROUP BY 1, 2, 3"
+            "SELECT schema_name, table_name, columns, max(table_id) FROM pgfanout.tables WHERE table_id >= %s GROUP BY 1, 2, 3",
+            (first_table_id,),
         ):
             layouts[(schema_name, table_name, tuple(columns))] = table_id
             highest = max(highest, table_id)

@@ -73,7 +73,7 @@ def reset_streams(config: Config) -> None:
         kafkautil.delete_groups(cluster, [f"pgfanout-distributor-{d}" for d in config.distributors])
 
 
-SINGLE_WORD_COMMANDS = ("status", "export", "import", "trace", "web", "compare", "repair", "ddl")
+SINGLE_WORD_COMMANDS = ("status", "export", "import", "trace", "web", "compare", "repair", "ddl", "switchover", "failover")
 
 
 def daemon_argv(config_path: Path, *command: str) -> list[str]:

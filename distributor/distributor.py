@@ -9,6 +9,9 @@ message it holds, read from the route topic's tail on start; anything at or belo
 it is a duplicate from a crash between producing and committing the upstream
 offset, and is dropped. The upstream offset is committed only after the route
 producers have flushed.
+
+After a failover, the upstream may hold messages of the deposed primary's generation with positions the
+new generation published again (pgfanout.core.generations): they are dropped here, each one logged.
 """
 
 from __future__ import annotations
@@ -26,8 +29,17 @@ from distributor.shaping import Learned, Routed, Shaping, route_message, shaping
 from kafka import KafkaConsumer, KafkaProducer
 from pgfanout.core.codec import default_codec
 from pgfanout.core.config import Config, KafkaCluster
-from pgfanout.core.errors import KafkaUnavailable, StreamPlace, Where
-from pgfanout.core.positions import WHOLE, Mark, mark_from_headers, mark_header, mark_of
+from pgfanout.core.errors import KafkaUnavailable, PositionError, StreamPlace, Where
+from pgfanout.core.generations import (
+    Lineage,
+    current,
+    generation_from_headers,
+    generation_header,
+    kept_by_later,
+    lineage_of,
+    primary_of,
+)
+from pgfanout.core.positions import WHOLE, Mark, last_position, mark_from_headers, mark_header, mark_of
 from pgfanout.core.trace import STAMPS_HEADER, Stamp, carries_trace, stamped
 from pgfanout.runtime import kafka as kafkautil
 from pgfanout.runtime import registry
@@ -107,6 +119,7 @@ class DistributorSession:
         self.registered = 0  # how many schemas the route clusters' registries were given
         self.route_seconds = ROUTE_SECONDS.labels(distributor.name)
         self.unread = CONSUMER_LAG.labels(distributor.name, self.up_topic)
+        self.lineage: Lineage = ()  # the upstream's generations, as far as this distributor has seen
         for route in self.routes:
             route.metrics = RouteMetrics(route.name)
 
@@ -152,6 +165,12 @@ class DistributorSession:
         )
         session = cls(d, consumer, producers, executor)
         session.registered = registered
+        try:
+            tail = kafkautil.last_message(d.up_cluster, d.up_topic, d.decoder.decode)
+        except BaseException:
+            session.close()
+            raise
+        session.lineage = lineage_of(tail[1]) if tail else ()  # so that a failover's loss window is known at once
         session.learn()
         if isinstance(executor, Inline):
             executor.route = session.route if filtering else session.pass_through
@@ -168,6 +187,10 @@ class DistributorSession:
             where = StreamPlace(self.up_topic, 0, record.offset)
             if not self.inflight and self.held_by_every_route(record):
                 self.uncommitted = record.offset + 1  # forwarded before a restart: not routed again
+                continue
+            if self.superseded(record, where):
+                if not self.inflight:
+                    self.uncommitted = record.offset + 1
                 continue
             if not self.codec.knows(record.value):
                 self.mark(record, where)  # learns the schema here, and registers it downstream
@@ -198,6 +221,45 @@ class DistributorSession:
         mark = mark_from_headers(record.headers)
         return mark is not None and all(not mark > route.last for route in self.routes)
 
+    def superseded(self, record: Any, where: StreamPlace) -> bool:
+        """Whether a message belongs to an older generation and holds only positions a later one published
+        again: a failover's loss window, or what a deposed primary still published. Dropped, and logged."""
+        generation = generation_from_headers(record.headers)
+        if generation > current(self.lineage).generation:  # a switchover or failover: learn where it starts
+            self.lineage = lineage_of(self.d.decoder.decode(record.value, where)[1])
+            return False
+        kept = kept_by_later(self.lineage, generation)
+        mark = mark_from_headers(record.headers)
+        if kept is None or (mark is not None and mark.position <= kept):
+            return False
+        kind, message = self.d.decoder.decode(record.value, where)
+        last = last_position(kind, message)
+        if last is None or last <= kept:
+            return False
+        first = message["position"] if kind == "Heartbeat" else message["transactions"][0]["position"]  # type: ignore[typeddict-item]
+        later = min((g for g in self.lineage if g.generation > generation), key=lambda g: g.generation)
+        if first <= kept:
+            raise PositionError(
+                f"{self.d.name}: the message at {where} (generation {generation}) holds positions {first}..{last}, "
+                f"and generation {later.generation} published those from {kept + 1} on again; a message cannot be "
+                "cut there. Stop and inspect the topic",
+                at=where,
+                position=kept + 1,
+            )
+        log.error(
+            "%s: dropped the message at %s: positions %s..%s of generation %d, which generation %d (primary %s) "
+            "published again from position %d on; a deposed primary published them, and they are lost",
+            self.d.name,
+            where,
+            first,
+            last,
+            generation,
+            later.generation,
+            primary_of(self.lineage, later.generation) or "the source's database",
+            kept + 1,
+        )
+        return True
+
     def route(self, record: Any, where: Where) -> Routed:
         return route_message(self.codec, self.d.decoder, [r.subscription for r in self.routes], record.value, where)
 
@@ -208,7 +270,7 @@ class DistributorSession:
     def forward(self, routed: Routed, item: Inflight) -> None:
         """Send a message to every route that does not hold it yet: its own share, or (None) the message as is.
         One that carries a trace marker gets this hop's stamps added to the upstream's."""
-        headers = mark_header(routed.mark)
+        headers = mark_header(routed.mark) + generation_header(generation_from_headers(item.record.headers))
         if carries_trace(item.record.headers):
             upstream = [(key, value) for key, value in item.record.headers if key == STAMPS_HEADER]
             headers = stamped(

@@ -21,6 +21,7 @@ from psycopg import sql
 from pgfanout.core.config import Config
 from pgfanout.core.errors import CompareError
 from pgfanout.runtime.pg import connect
+from pgfanout.runtime.primaries import current_primary
 from subscriber.exporter import compare_application_name
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,9 @@ class Aligner:
             # the replica's first: the subscriber waits for a compare only while one of them is there
             self.replica_control = self._open(connect(settings, name))
             self.replica = self._open(connect(settings, name))
-            self.control = self._open(connect(config.sources[self.source], name))
-            self.primary = self._open(connect(config.sources[self.source], name))
+            primary = current_primary(config, self.source)[1]  # the database that is the primary now
+            self.control = self._open(connect(primary, name))
+            self.primary = self._open(connect(primary, name))
         except BaseException:
             self.close()
             raise

@@ -18,7 +18,8 @@ from typing import NamedTuple
 import psycopg
 
 from pgfanout.core.config import Config
-from pgfanout.core.errors import ApplierBusy, PoisonMessage, StreamGap, StreamPlace, Where
+from pgfanout.core.errors import ApplierBusy, PoisonMessage, PositionError, StreamGap, StreamPlace, TransientError, Where
+from pgfanout.core.generations import describe_positions, kept_by_later, lineage_of, lost_positions, primary_of
 from pgfanout.core.messages import Batch, Message, Transaction
 from pgfanout.core.positions import Progress
 from pgfanout.core.scripts import script_ids
@@ -36,6 +37,7 @@ from subscriber.state import (
     UNKNOWN_OFFSET,
     applier_lock_key,
     ensure_state,
+    new_generation,
     protect_table,
     protected_tables,
     read_copy_filters,
@@ -53,6 +55,7 @@ class Stored(NamedTuple):
     tick_id: int
     offset: int
     topic: str
+    generation: int = 1
 
 
 class Collected(NamedTuple):
@@ -67,13 +70,16 @@ class ReplicaSession:
 
     def __init__(self, config: Config, subscriber: str, conn: psycopg.Connection, stored: Stored | None):
         self.subscriber, self.label = subscriber, f"subscriber {subscriber}"
-        self.settings = config.subscribers[subscriber]
+        self.config, self.settings = config, config.subscribers[subscriber]
         self.source = config.origin_source(self.settings.route)
         self.topic = config.stream(self.settings.route)[1]
         self.conn = conn
         self.stored = stored
         self.applied = Progress(stored.position if stored else 0)  # committed in the replica
         self.group = Group(self.applied, stored.tick_id if stored else 0, None, UNKNOWN_OFFSET)
+        self.generation = stored.generation if stored else 1  # of the stream (pgfanout.core.generations)
+        self.committed_generation = self.generation
+        self.own: dict[int, bool] = {}  # per generation: whether this replica's database was its primary
         self.committed_offset = UNKNOWN_OFFSET
         self.protected = set(protected_tables(conn))
         self.skips = {
@@ -110,7 +116,7 @@ class ReplicaSession:
             conn.execute("SET session_replication_role = replica")
             conn.execute("DELETE FROM pgfanout_replica.stopped WHERE subscriber = %s", (subscriber,))
             row = conn.execute(
-                "SELECT position, tick_id, kafka_offset, topic FROM pgfanout_replica.position WHERE subscriber = %s",
+                "SELECT position, tick_id, kafka_offset, topic, generation FROM pgfanout_replica.position WHERE subscriber = %s",
                 (subscriber,),
             ).fetchone()
             return cls(config, subscriber, conn, Stored(*row) if row else None)
@@ -136,10 +142,16 @@ class ReplicaSession:
         self, kind: str, message: Message, where: Where, stored_offset: int, headers: Sequence[tuple[str, bytes]] | None = None
     ) -> None:
         """Apply (or collect) what a message holds beyond the applied position; ``headers``: its record's."""
+        generation = message.get("generation", 1)
+        if generation != self.generation and not self._follow_generation(kind, message, generation, where):
+            return
         if self.group.started is None:
             self.group.started = time.monotonic()
             self.read_copy_filters(wait_for_resync=True)
-        if kind == "Batch":
+            self._check_position_row()
+        if kind == "Batch" and self._is_own(message, generation):
+            self._pass_own(message, where)  # type: ignore[arg-type]
+        elif kind == "Batch":
             self._take_batch(message, where, headers)  # type: ignore[arg-type]
             if message["transactions"]:  # type: ignore[typeddict-item]
                 self.metrics.seen(message["transactions"][-1]["position"])  # type: ignore[typeddict-item]
@@ -153,6 +165,74 @@ class ReplicaSession:
         if asked and self.serves_snapshots and self.group.whole:  # a compare's tick ends here
             self.commit()
             self.exporter.serve(self.conn, message["tick_id"], self.applied.position, hold=any(r["hold"] for r in asked))
+
+    # -- generations (docs/switchover.md) ----------------------------------------------
+
+    def _follow_generation(self, kind: str, message: Message, generation: int, where: Where) -> bool:
+        """A message of another generation than the subscriber's: whether to take it.
+
+        A later generation is followed, unless this replica applied positions it does not hold (a failover's
+        loss window): then it stops. A message of an earlier one beyond the applied position was published
+        by a deposed primary: it is left out, and logged.
+        """
+        lineage = lineage_of(message)
+        if generation > self.generation:
+            lost = lost_positions(self.generation, self.group.pending.position, lineage, generation)
+            if lost:
+                primary = primary_of(lineage, generation) or "the source's database"
+                raise PositionError(
+                    f"subscriber {self.subscriber} applied positions {describe_positions(lost)} of generation "
+                    f"{self.generation}, which generation {generation} (primary {primary}) "
+                    "does not hold: they were lost in a failover, and this replica differs from the new primary by them. "
+                    f"Copy it again: `pgfanout subscriber resync {self.subscriber}`",
+                    at=where,
+                    position=lost[0],
+                )
+            self.flush()
+            new_generation(self.conn, self.subscriber, generation, self.group.pending.position)
+            self.read_copy_filters()
+            log.info("%s: generation %d from %s on", self.label, generation, where)
+            self.generation = generation
+            return True
+        last = message["position"] if kind == "Heartbeat" else (message["transactions"] or [{"position": 0}])[-1]["position"]  # type: ignore[typeddict-item]
+        if last <= self.group.pending.position:
+            return True  # positions it holds already: duplicates
+        log.error(
+            "%s: left out the message at %s: positions up to %d of generation %d, published by a primary that "
+            "generation %d replaced%s",
+            self.label,
+            where,
+            last,
+            generation,
+            self.generation,
+            f" from position {kept + 1} on" if (kept := kept_by_later(lineage, generation)) is not None else "",
+        )
+        return False
+
+    def _is_own(self, message: Message, generation: int) -> bool:
+        """Whether this replica's database was the primary that published the message's generation."""
+        if generation not in self.own:
+            primary = primary_of(lineage_of(message), generation)
+            self.own[generation] = primary is not None and self.config.primary_name(self.source, primary) == self.subscriber
+        return self.own[generation]
+
+    def _pass_own(self, message: Batch, where: Where) -> None:
+        """The transactions this database published itself as the primary: the position moves past them."""
+        for part in message["transactions"]:
+            if action_for(self.group.pending, part, set(), where) is not Action.DUPLICATE:
+                self.group.advance(part)
+
+    def _check_position_row(self) -> None:
+        """`pgfanout switchover` or `failover` changed this subscriber's position row (its database changed
+        roles) while it ran: it starts again from there."""
+        row = self.conn.execute(
+            "SELECT position, generation FROM pgfanout_replica.position WHERE subscriber = %s", (self.subscriber,)
+        ).fetchone()
+        if row is not None and (row[1] != self.committed_generation or row[0] != self.applied.position):
+            raise TransientError(
+                f"{self.label}: its position was moved to {row[0]} of generation {row[1]} (a switchover or failover); "
+                "reading the route again from there"
+            )
 
     def _take_batch(self, message: Batch, where: Where, headers: Sequence[tuple[str, bytes]] | None) -> None:
         markers, scripts = trace_ids(message["tables"]), script_ids(message["tables"])
@@ -347,12 +427,14 @@ class ReplicaSession:
                 "offset": group.offset,
                 "source_time": group.source_time,
                 "visible": group.visible,
+                "generation": self.generation,
             },
         )
         self.conn.commit()
         if group.transactions:
             log.debug("%s: committed %d transactions up to position %d", self.label, group.transactions, group.pending.position)
         self.applied = group.pending
+        self.committed_generation = self.generation
         self.committed_offset = group.offset
         self.metrics.committed(
             group.pending.position,

@@ -26,6 +26,7 @@ from pgfanout.core.config import Config
 from pgfanout.core.errors import CompareError
 from pgfanout.core.names import parse_table, qualified
 from pgfanout.runtime.pg import connect
+from pgfanout.runtime.primaries import current_primary
 from subscriber import checksums
 from subscriber.alignment import Aligned, Aligner
 from subscriber.ddl import PUBLISHED_TABLES
@@ -88,7 +89,7 @@ def targets(config: Config, subscriber: str, tables: list[str] | None) -> list[T
     source = config.origin_source(settings.route)
     share = config.share_of(settings.route)
     name = compare_application_name(subscriber)
-    with connect(config.sources[source], name) as primary, connect(settings, name) as replica:
+    with connect(current_primary(config, source)[1], name) as primary, connect(settings, name) as replica:
         layouts = {qualified(s, t): (s, t, cols, keys) for s, t, cols, keys in primary.execute(PUBLISHED_TABLES)}
         carried = sorted(layouts if share is None else set(share) & set(layouts))
         wanted = [qualified(*parse_table(t)) for t in tables] if tables else carried
@@ -313,7 +314,7 @@ def compare(
 
 def estimated_rows(config: Config, subscriber: str, found: list[Target]) -> int:
     """The primary's estimate of the rows of the tables (the progress bar's measure)."""
-    source = config.sources[config.origin_source(config.subscribers[subscriber].route)]
+    source = current_primary(config, config.origin_source(config.subscribers[subscriber].route))[1]
     with connect(source, compare_application_name(subscriber)) as conn:
         return int(
             conn.execute(

@@ -25,6 +25,7 @@ from pgfanout.core.errors import ApplierBusy, MaterializeError
 from pgfanout.core.names import parse_table, qualified
 from pgfanout.core.snapshots import parse_snapshot
 from pgfanout.runtime.pg import connect, describe
+from pgfanout.runtime.primaries import current_primary
 from subscriber.copyfilter import CopyFilter
 from subscriber.ddl import (
     PUBLISHED_TABLES,
@@ -58,11 +59,14 @@ class CopySource:
     description: str
     tables: list[tuple[str, str]]
     filter_for: dict[tuple[str, str], CopyFilter]
+    generation: int = 1  # of the stream the copy continues (pgfanout.core.generations)
 
 
 @contextmanager
 def open_primary(config: Config, source_name: str) -> Iterator[CopySource]:
-    source = config.sources[source_name]
+    """The source's primary as copy source: the database its stream names now (after a switchover, not the
+    one the configuration names as the source)."""
+    primary, source = current_primary(config, source_name)
     with connect(source, "pgfanout-materialize") as conn:
         if conn.execute("SELECT to_regclass('pgfanout.agent_state')").fetchone()[0] is None:  # type: ignore[index]
             raise MaterializeError(
@@ -70,7 +74,15 @@ def open_primary(config: Config, source_name: str) -> Iterator[CopySource]:
                 "run `pgfanout agent install` first, so that no change is missed after the copy"
             )
         # Read before the snapshot: every transaction published so far committed before it.
-        published = conn.execute("SELECT next_position - 1 FROM pgfanout.agent_state").fetchone()[0]  # type: ignore[index]
+        published, generation, handed_to = conn.execute(  # type: ignore[misc]
+            "SELECT next_position - 1, generation, handed_to FROM pgfanout.agent_state"
+        ).fetchone()
+        if generation != primary.generation or handed_to is not None:
+            raise MaterializeError(
+                f"{describe(source.dsn)} is not the primary of source {source_name} now (the stream is at generation "
+                f"{primary.generation}, the database's capture at {generation}); a switchover or failover is under "
+                "way: try again when it finished"
+            )
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         conn.execute("SET LOCAL search_path = pg_catalog")
         snapshot = parse_snapshot(conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0])  # type: ignore[index]
@@ -88,6 +100,7 @@ def open_primary(config: Config, source_name: str) -> Iterator[CopySource]:
                 f"source {source_name} ({describe(source.dsn)})",
                 tables,
                 {table: CopyFilter(published, snapshot) for table in tables},
+                generation,
             )
         finally:
             conn.execute("ROLLBACK")
@@ -107,10 +120,12 @@ def open_upstream_replica(config: Config, upstream: str, origin: str) -> Iterato
         conn.execute("SET LOCAL search_path = pg_catalog")
         if conn.execute("SELECT to_regclass('pgfanout_replica.position')").fetchone()[0] is None:  # type: ignore[index]
             raise MaterializeError(f"subscriber {upstream} ({describe(settings.dsn)}) has no pgfanout state")
-        row = conn.execute("SELECT position FROM pgfanout_replica.position WHERE subscriber = %s", (upstream,)).fetchone()
+        row = conn.execute(
+            "SELECT position, generation FROM pgfanout_replica.position WHERE subscriber = %s", (upstream,)
+        ).fetchone()
         if row is None:
             raise MaterializeError(f"subscriber {upstream} has not applied anything yet; it cannot be the copy source")
-        position = row[0]
+        position, generation = row
         filters = {
             (s, t): CopyFilter.from_row(p, snap).after_upstream(position)
             for s, t, p, snap in conn.execute(
@@ -124,7 +139,9 @@ def open_upstream_replica(config: Config, upstream: str, origin: str) -> Iterato
             filters.setdefault(table, CopyFilter(position, None))
         log.info("copy source: subscriber %s at %s, position %d", upstream, describe(settings.dsn), position)
         try:
-            yield CopySource(conn, f"subscriber {upstream} ({describe(settings.dsn)}) at position {position}", tables, filters)
+            yield CopySource(
+                conn, f"subscriber {upstream} ({describe(settings.dsn)}) at position {position}", tables, filters, generation
+            )
         finally:
             conn.execute("ROLLBACK")
 
@@ -286,6 +303,7 @@ class Materializer:
                 ", ".join(qualified(s, t) for s, t in sorted(done)),
             )
         with self._source() as source:
+            generation = source.generation
             todo = [t for t in source.tables if t not in done and self._wanted(t)]
             definitions = [self._definition(source, t) for t in todo]
             self._create_types(replica, definitions)
@@ -301,9 +319,10 @@ class Materializer:
             if start is None:
                 raise MaterializeError(f"the copy source publishes no table for subscriber {self.subscriber}")
             replica.execute(
-                """INSERT INTO pgfanout_replica.position (subscriber, source, position, tick_id, topic, kafka_offset)
-                   VALUES (%s, %s, %s, 0, %s, %s)""",
-                (self.subscriber, self.origin, start, self.topic, UNKNOWN_OFFSET),
+                """INSERT INTO pgfanout_replica.position
+                       (subscriber, source, position, tick_id, topic, kafka_offset, generation)
+                   VALUES (%s, %s, %s, 0, %s, %s, %s)""",
+                (self.subscriber, self.origin, start, self.topic, UNKNOWN_OFFSET, generation),
             )
         log.info("subscriber %s materialized; the stream continues after position %d", self.subscriber, start)
         return start

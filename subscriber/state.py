@@ -74,6 +74,9 @@ STATE_DDL = [
     # The txid snapshot of the last tick whose batch the subscriber applied to its end: every primary transaction
     # visible in it is applied here (read-your-writes, below).
     "ALTER TABLE pgfanout_replica.position ADD COLUMN IF NOT EXISTS visible text",
+    # The generation of the stream (pgfanout.core.generations) the position is of: a switchover or failover
+    # starts a new one, and `pgfanout switchover`/`failover` set it here for the databases whose role changes.
+    "ALTER TABLE pgfanout_replica.position ADD COLUMN IF NOT EXISTS generation integer NOT NULL DEFAULT 1",
     # Read-your-writes: an application that wrote on the primary takes its transaction's id there
     # (SELECT pg_current_xact_id(), before COMMIT) as a token; a replica has it once it applied the position
     # that carried it, rows filtered out by its route or not. `source` names the source where a replica
@@ -184,10 +187,11 @@ DENY_TRIGGER = "pgfanout_replica_deny_writes"
 
 SAVE_POSITION = """
 INSERT INTO pgfanout_replica.position AS p
-    (subscriber, source, position, tick_id, topic, kafka_offset, source_time, visible, applied_at)
+    (subscriber, source, position, tick_id, topic, kafka_offset, source_time, visible, generation, applied_at)
 VALUES (%(subscriber)s, %(source)s, %(position)s, %(tick_id)s, %(topic)s, %(offset)s, %(source_time)s, %(visible)s,
-        clock_timestamp())
+        %(generation)s, clock_timestamp())
 ON CONFLICT (subscriber) DO UPDATE SET position = EXCLUDED.position, tick_id = EXCLUDED.tick_id,
+    generation = EXCLUDED.generation,
     topic = EXCLUDED.topic, kafka_offset = EXCLUDED.kafka_offset, source_time = EXCLUDED.source_time,
     visible = coalesce(EXCLUDED.visible, p.visible), applied_at = EXCLUDED.applied_at
 """
@@ -230,6 +234,28 @@ def protected_tables(conn: psycopg.Connection) -> dict[tuple[str, str], str]:
             (DENY_TRIGGER,),
         )
     }
+
+
+def unprotect_tables(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """Let everyone write to every replicated table again (this replica becomes the primary)."""
+    tables = sorted(protected_tables(conn))
+    for schema_name, table_name in tables:
+        for name in (DENY_TRIGGER, DENY_TRIGGER + "_truncate"):
+            conn.execute(
+                sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), sql.Identifier(schema_name, table_name))
+            )
+    return tables
+
+
+def new_generation(conn: psycopg.Connection, subscriber: str, generation: int, position: int) -> None:
+    """The subscriber goes on in ``generation`` after ``position``: what its copies hold by the snapshot of an
+    earlier primary no longer tells anything (transaction ids are the new primary's now); everything they
+    held is at or before ``position``."""
+    conn.execute(
+        "UPDATE pgfanout_replica.materialized SET snapshot = NULL, start_position = greatest(start_position, %s) "
+        "WHERE subscriber = %s AND snapshot IS NOT NULL",
+        (position, subscriber),
+    )
 
 
 def protect_table(conn: psycopg.Connection, schema_name: str, table_name: str, source: str) -> None:

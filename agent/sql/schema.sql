@@ -82,6 +82,11 @@ CREATE TABLE IF NOT EXISTS pgfanout.agent_state (
 ALTER TABLE pgfanout.agent_state ADD COLUMN IF NOT EXISTS current_log smallint NOT NULL DEFAULT 1
     CHECK (current_log IN (1, 2));
 ALTER TABLE pgfanout.agent_state ADD COLUMN IF NOT EXISTS log_switched_at timestamptz NOT NULL DEFAULT now();
+-- The generation of the stream this database publishes as the primary (docs/switchover.md), and, once
+-- `pgfanout switchover` or `failover` moved the role away, the subscriber that holds it: then no agent
+-- publishes from here again.
+ALTER TABLE pgfanout.agent_state ADD COLUMN IF NOT EXISTS generation integer NOT NULL DEFAULT 1;
+ALTER TABLE pgfanout.agent_state ADD COLUMN IF NOT EXISTS handed_to text;
 
 -- `pgfanout compare` asks here for a tick taken with its own snapshot (subscriber/compare.py): the agent takes
 -- it as its next tick when it is later than the last one (tick_id), or refuses it (refused).

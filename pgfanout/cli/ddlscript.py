@@ -12,6 +12,7 @@ import psycopg
 from pgfanout.core.config import Config
 from pgfanout.core.errors import ConfigError
 from pgfanout.runtime.pg import connect
+from pgfanout.runtime.primaries import current_primary
 
 
 def run(config: Config, source: str, path: Path) -> int:
@@ -22,7 +23,7 @@ def run(config: Config, source: str, path: Path) -> int:
         raise ConfigError("command line", [f"cannot read the script {path}: {exc.strerror}"]) from None
     if not statements.strip():
         raise ConfigError("command line", [f"the script {path} is empty"])
-    with connect(config.sources[source], "pgfanout-ddl") as conn:
+    with connect(current_primary(config, source)[1], "pgfanout-ddl") as conn:
         if conn.execute("SELECT to_regclass('pgfanout.script')").fetchone()[0] is None:  # type: ignore[index]
             raise ConfigError(f"source {source}", ["capture is not installed there: run `pgfanout agent install` first"])
         try:

@@ -256,6 +256,20 @@ def cmd_ddl(args: argparse.Namespace) -> int:
     return run(config, _pick("source", list(config.sources), args.source), Path(args.script))
 
 
+def cmd_switchover(args: argparse.Namespace) -> int:
+    from pgfanout.cli.primaryrole import switchover
+
+    config = _config(args)
+    return switchover(config, _pick("source", list(config.sources), args.source), args.to, args.timeout)
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    from pgfanout.cli.primaryrole import failover
+
+    config = _config(args)
+    return failover(config, _pick("source", list(config.sources), args.source), args.to, args.wait)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from pgfanout.cli import verify
 
@@ -380,6 +394,37 @@ def build_parser() -> argparse.ArgumentParser:
         "run an SQL script on a source's primary in one transaction, and on every subscriber at that place in its stream",
     )
     ddl.add_argument("--source", help="the source (default: the only one)")
+    move = _add(
+        top,
+        "switchover",
+        cmd_switchover,
+        "move a source's primary role to a subscriber, planned: writes stop on the primary, the subscriber applies "
+        "everything and takes the role, the old primary becomes a subscriber of it",
+    )
+    move.add_argument("--source", help="the source (default: the only one)")
+    move.add_argument("--to", required=True, metavar="SUBSCRIBER", help="the subscriber that becomes the primary")
+    move.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS", help="how long to wait for each step (then nothing changes)"
+    )
+    lose = _add(
+        top,
+        "failover",
+        cmd_failover,
+        "make a subscriber the primary of a source whose primary is gone; lists what was published but is lost",
+    )
+    lose.add_argument("--source", help="the source (default: the only one)")
+    which = lose.add_mutually_exclusive_group(required=True)
+    which.add_argument("--to", metavar="SUBSCRIBER", help="the subscriber that becomes the primary")
+    which.add_argument(
+        "--most-advanced", action="store_true", help="the candidate that applied the most, of those that can be reached"
+    )
+    lose.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to let the candidates apply what reached them before choosing",
+    )
     ddl.add_argument("script", help="the SQL file (no BEGIN or COMMIT: it runs in one transaction)")
     trace.add_argument("--source", help="the source (default: the only one)")
     trace.add_argument(

@@ -10,6 +10,7 @@ from pgfanout.core.config import Config
 from pgfanout.core.errors import PgfanoutError
 from pgfanout.core.trace import end_to_end, hops
 from pgfanout.runtime.pg import connect
+from pgfanout.runtime.primaries import current_primary
 from subscriber.traces import full_stamps
 
 POLL_SECONDS = 0.05
@@ -17,7 +18,7 @@ POLL_SECONDS = 0.05
 
 def trace(config: Config, source: str, wait: float) -> int:
     """Put a marker in; with ``wait``, print each subscriber's hops for it. 0 when every one applied it."""
-    with connect(config.sources[source], "pgfanout-trace") as conn:
+    with connect(current_primary(config, source)[1], "pgfanout-trace") as conn:
         trace_id = conn.execute("INSERT INTO pgfanout.trace DEFAULT VALUES RETURNING trace_id").fetchone()[0]
     print(f"trace {trace_id} committed on source {source}")
     if wait <= 0:

@@ -149,6 +149,16 @@ class Source(Database, Serves):
         "TRUNCATE once everything in it is published",
     )
     log_switch_seconds: int = Field(default=600, ge=1, description="...or when it has been written this long")
+    as_subscriber: Name | None = Field(
+        default=None,
+        description="the subscriber (in subscribers:) that applies into this source's own database once another "
+        "database holds the primary role (docs/switchover.md); needed to switch over from it",
+    )
+    candidates: list[Name] | None = Field(
+        default=None,
+        description="the subscribers that may take the primary role (`pgfanout switchover`, `failover`); default: "
+        "every subscriber whose route carries this source whole",
+    )
     capture_trigger: Literal["auto", "c", "plpgsql"] = Field(
         default="auto",
         description="c: the C trigger library (agent/capture_c), which writes a transaction's "
@@ -352,6 +362,29 @@ class Config(Strict):
             if route.tables is not None and self.origin_source(name) == source
         }
 
+    def carries_whole(self, subscriber: str, source: str) -> bool:
+        """Whether a subscriber receives every table of ``source`` whole (no row filter, no column list)."""
+        route = self.subscribers[subscriber].route
+        return self.origin_source(route) == source and self.share_of(route) is None and self.routes[route].format == "pgfanout"
+
+    def candidates_of(self, source: str) -> list[str]:
+        """The subscribers that may take the primary role of ``source``."""
+        listed = self.sources[source].candidates
+        if listed is not None:
+            return list(listed)
+        return [name for name in self.subscribers if self.carries_whole(name, source)]
+
+    def primary_name(self, source: str, name: str) -> str:
+        """The subscriber name of a generation's primary ("" stands for the source's own database)."""
+        return name or self.sources[source].as_subscriber or ""
+
+    def primary_database(self, source: str, name: str) -> Database | None:
+        """The database a generation's primary is: the source's own, or a subscriber's; None if not named here."""
+        if not name or name == self.sources[source].as_subscriber:
+            return self.sources[source]
+        subscriber = self.subscribers.get(name)
+        return Database(dsn=subscriber.dsn, password_env=subscriber.password_env) if subscriber else None
+
     def origin_source(self, name: str) -> str:
         """The source a route (or source) ultimately carries."""
         while name in self.routes:
@@ -422,6 +455,12 @@ def cross_reference_problems(data: dict) -> list[str]:
         copy_from = subscriber.get("copy_from")
         if isinstance(copy_from, str) and (copy_from not in subscribers or copy_from == name):
             problems.append(f"subscribers.{name}.copy_from: no other subscriber named {copy_from!r}")
+    for name, source in sources.items():
+        for field, names in (("as_subscriber", [source.get("as_subscriber")]), ("candidates", source.get("candidates"))):
+            for i, subscriber in enumerate(names if isinstance(names, list) else []):
+                if isinstance(subscriber, str) and subscriber not in subscribers:
+                    at = field if field == "as_subscriber" else f"{field}.{i}"
+                    problems.append(f"sources.{name}.{at}: no subscriber named {subscriber!r}")
     return problems
 
 

@@ -90,6 +90,14 @@ class SnapshotRequest(TypedDict):
     hold: bool  # for a repair: it waits there until released
 
 
+class Generation(TypedDict):
+    """One generation of a stream: the primary that published from ``first_position`` on (schemas/batch.avsc)."""
+
+    generation: int
+    first_position: int
+    primary: str  # a subscriber's name; "" for the source's own database
+
+
 class Batch(TypedDict):
     """A Kafka message of whole transactions (or chunks) of one tick's batch (schemas/batch.avsc)."""
 
@@ -99,6 +107,8 @@ class Batch(TypedDict):
     batch_end: bool
     snapshot: str  # the tick's txid snapshot: what a replica holds once it applied the batch to its end
     snapshot_requests: NotRequired[Sequence[SnapshotRequest]]  # on the batch's last message
+    generation: NotRequired[int]
+    lineage: NotRequired[Sequence[Generation]]
     tables: Sequence[TableLayout]
     transactions: Sequence[Transaction]
 
@@ -112,6 +122,8 @@ class Heartbeat(TypedDict):
     tick_time: datetime
     snapshot: str
     snapshot_requests: NotRequired[Sequence[SnapshotRequest]]
+    generation: NotRequired[int]
+    lineage: NotRequired[Sequence[Generation]]
 
 
 class RowChange(TypedDict):

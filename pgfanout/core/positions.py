@@ -105,6 +105,7 @@ def next_step(applied: Progress, position: int, chunk: int, where: Where) -> Ste
 class AgentState(NamedTuple):
     published_tick: int  # the last tick whose batch is fully published and recorded
     next_position: int  # the position the next transaction will get
+    generation: int = 1  # the stream's generation this database publishes (pgfanout.core.generations)
 
 
 class TopicTail(NamedTuple):
@@ -112,6 +113,7 @@ class TopicTail(NamedTuple):
     position: int
     chunk: int  # WHOLE when the last part was a transaction's last chunk
     batch_end: bool
+    generation: int = 1
 
 
 class Resume(NamedTuple):
@@ -130,6 +132,17 @@ def plan_resume(state: AgentState, tail: TopicTail | None, topic: str) -> Resume
     lost from the topic (or it is the wrong topic) and is refused.
     """
     last = state.next_position - 1
+    if tail is not None and tail.generation > state.generation:
+        raise PositionError(
+            f"topic {topic} is at generation {tail.generation}, and this database published generation "
+            f"{state.generation}: another database holds the primary role now, and this one must not publish"
+        )
+    if tail is not None and tail.generation < state.generation:
+        raise PositionError(
+            f"this database was made the primary of generation {state.generation}, but topic {topic} does not "
+            f"start that generation (its last message is of generation {tail.generation}): the switchover or "
+            "failover did not finish; run it again"
+        )
     if tail is None:
         if last == 0:
             return Resume(None, Progress(0), True)

@@ -63,8 +63,9 @@ def connect(db: Database, application_name: str) -> psycopg.Connection:
         raise PostgresUnavailable(describe(db.dsn), reason) from exc
     # pgfanout takes a lock, then reads what its holder committed, in a later statement: that needs a
     # snapshot per statement, whatever the server's or the database's default. REPEATABLE READ is only
-    # ever asked for explicitly (copies).
-    settings = {**SESSION_SETTINGS, "default_transaction_isolation": "read committed"}
+    # ever asked for explicitly (copies). A database that is not the primary defaults to read-only sessions
+    # (so that libpq's target_session_attrs=read-write passes it over); pgfanout's own write there.
+    settings = {**SESSION_SETTINGS, "default_transaction_isolation": "read committed", "default_transaction_read_only": "off"}
     conn.execute(
         sql.SQL("SELECT {}").format(
             sql.SQL(", ").join(

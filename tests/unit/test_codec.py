@@ -54,6 +54,11 @@ TX = {
     "batch_end": True,
     "snapshot": "1000:1005:1001,1003",
     "snapshot_requests": [{"subscriber": "report1", "hold": False}, {"subscriber": "branch7", "hold": True}],
+    "generation": 2,
+    "lineage": [
+        {"generation": 1, "first_position": 1, "primary": ""},
+        {"generation": 2, "first_position": 40, "primary": "report1"},
+    ],
     "tables": [
         {
             "table_id": 3,
@@ -92,9 +97,11 @@ def test_transaction_round_trip():
     assert codec.decode(data, "t[0]@0") == ("Batch", TX)
 
 
-# TX as written before schema changes travelled: its first layout without a definition, no SCHEMA change
+# TX as written before schema changes travelled: its first layout without a definition, no SCHEMA change (and
+# before generations)
+BEFORE_GENERATIONS = {"generation": 1, "lineage": []}  # what a message written before generations reads as
 BEFORE_SCHEMA_CHANGES = dict(
-    TX,
+    {k: v for k, v in TX.items() if k not in BEFORE_GENERATIONS},
     tables=[{k: v for k, v in TX["tables"][0].items() if k != "definition"}],
     transactions=[dict(t, changes=[c for c in t["changes"] if c["op"] != "SCHEMA"]) for t in TX["transactions"]],
 )
@@ -133,8 +140,9 @@ def test_messages_written_with_an_older_schema_stay_readable():
         dict(t, changes=[{k: v for k, v in c.items() if not k.startswith("old_") or k == "old_key"} for c in t["changes"]])
         for t in BEFORE_SCHEMA_CHANGES["transactions"]
     ]
-    data = written_with(older, dict(TX, tables=old_tables, transactions=old_transactions))
+    data = written_with(older, dict(BEFORE_SCHEMA_CHANGES, tables=old_tables, transactions=old_transactions))
     kind, message = default_codec().decode(data, "t[0]@0")
+    assert message["generation"] == 1 and message["lineage"] == []
     assert kind == "Batch" and message["transactions"] == [
         dict(t, changes=[dict(c, old_values=[], old_nulls=[]) for c in t["changes"]]) for t in old_transactions
     ]
@@ -155,7 +163,7 @@ def test_batches_and_heartbeats_before_snapshot_requests_read_as_asking_nothing(
         older = older_schema(name)
         assert "snapshot_requests" not in json.dumps(older)
         kind, message = default_codec().decode(written_with(older, record), "t[0]@0")
-        expected = {**record, "snapshot_requests": []}
+        expected = {**record, "snapshot_requests": [], **BEFORE_GENERATIONS}
         if kind == "Batch":
             expected["tables"] = [dict(t, definition=None) for t in record["tables"]]
         assert kind == name.split("-")[0] and message == expected
@@ -168,7 +176,21 @@ def test_batches_before_schema_changes_read_as_layouts_without_a_definition():
     assert "renamed_columns" not in json.dumps(older) and "SCHEMA" not in json.dumps(older)
     kind, message = default_codec().decode(written_with(older, BEFORE_SCHEMA_CHANGES), "t[0]@0")
     record = BEFORE_SCHEMA_CHANGES
-    assert kind == "Batch" and message == dict(record, tables=[dict(record["tables"][0], definition=None)])
+    assert kind == "Batch" and message == dict(record, tables=[dict(record["tables"][0], definition=None)], **BEFORE_GENERATIONS)
+
+
+def test_messages_before_generations_read_as_generation_1():
+    for name, record in (
+        ("Batch-8c2b62aca2d0d63f", {k: v for k, v in TX.items() if k not in BEFORE_GENERATIONS}),
+        (
+            "Heartbeat-79664004e07c5a7d",
+            {"source": "s", "position": 1, "tick_id": 2, "tick_time": TX["tick_time"], "snapshot": "", "snapshot_requests": []},
+        ),
+    ):
+        older = older_schema(name)
+        assert "lineage" not in str(older)
+        kind, message = default_codec().decode(written_with(older, record), "t[0]@0")
+        assert kind == name.split("-")[0] and message == {**record, **BEFORE_GENERATIONS}
 
 
 def test_a_schema_learned_from_the_registry_becomes_readable():
@@ -196,6 +218,8 @@ def test_heartbeat_round_trip():
         "tick_time": TX["tick_time"],
         "snapshot": "1006:1006:",
         "snapshot_requests": [{"subscriber": "report1", "hold": True}],
+        "generation": 3,
+        "lineage": [{"generation": 3, "first_position": 40, "primary": "branch7"}],
     }
     assert codec.decode(codec.encode("Heartbeat", beat), "here") == ("Heartbeat", beat)
     older = {key: value for key, value in beat.items() if key not in ("snapshot", "snapshot_requests")}  # older agents

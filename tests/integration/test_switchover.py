@@ -1,0 +1,177 @@
+"""Switchover and failover under a constant-total transfer workload (docs/switchover.md).
+
+The tree: the primary (database `<name>_main` on the primary cluster), its subscriber `a` (the same
+database, once it is not the primary), `b` (a database of the same name on the replica cluster, so that
+one libpq multi-host string reaches whichever is the primary), `c` on a projected tier-2 route and `d`
+on a tier-3 route fed from it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import psycopg
+import pytest
+
+from agent import capture
+from devstack import processes
+from devstack.demo import reset_streams
+from pgfanout.core.generations import generation_of, lineage_of
+from pgfanout.runtime.pg import connect
+from tests.integration.pipeline import Pipeline, contiguous, eventually, read_topic, transactions
+from tests.integration.transfers import TABLES, Sampler, Writers, create, seed
+
+pytestmark = pytest.mark.integration
+
+
+def build(pipeline: Pipeline, tiers: int) -> dict[str, str]:
+    """The tree with ``tiers`` levels (2 or 3); returns each database's connection string."""
+    stack, name = pipeline.stack, pipeline.name
+    primary, replica, kafka = stack.postgres("primary"), stack.postgres("replica"), stack.kafka("main")
+    main = f"{name}_main"
+    dsns = {"a": primary.dsn(main), "b": replica.dsn(main), "c": replica.dsn(f"{name}_c"), "d": replica.dsn(f"{name}_d")}
+    routes = {
+        f"{name}.all": {"upstream": name, "kafka": "local"},
+        f"{name}.branch": {
+            "upstream": f"{name}.all",
+            "kafka": "local",
+            "tables": {"public.accounts": {}, "public.transfers": {"columns": ["id", "from_id", "to_id", "amount"]}},
+        },
+    }
+    distributors = {f"{name}.hq": {"routes": [f"{name}.all"]}, f"{name}.region": {"routes": [f"{name}.branch"]}}
+    subscribers = {
+        f"{name}.a": {"route": f"{name}.all", "dsn": dsns["a"]},
+        f"{name}.b": {"route": f"{name}.all", "dsn": dsns["b"]},
+        f"{name}.c": {"route": f"{name}.branch", "dsn": dsns["c"]},
+    }
+    if tiers == 3:
+        routes[f"{name}.leaf"] = {"upstream": f"{name}.branch", "kafka": "local"}
+        distributors[f"{name}.local"] = {"routes": [f"{name}.leaf"]}
+        subscribers[f"{name}.d"] = {"route": f"{name}.leaf", "dsn": dsns["d"]}
+    else:
+        del dsns["d"]
+    pipeline.reconfigure(
+        {
+            "kafka": {"local": {"bootstrap_servers": [kafka.bootstrap]}},
+            "sources": {
+                name: {
+                    "dsn": dsns["a"],
+                    "kafka": "local",
+                    "tables": TABLES,
+                    "as_subscriber": f"{name}.a",
+                    "candidates": [f"{name}.a", f"{name}.b"],
+                    "heartbeat_interval_ms": 200,
+                }
+            },
+            "routes": routes,
+            "distributors": distributors,
+            "subscribers": subscribers,
+        }
+    )
+    reset_streams(pipeline.config)
+    primary.create_database(main, drop_first=True)
+    for key, database in (("b", main), ("c", f"{name}_c"), ("d", f"{name}_d")):
+        if key in dsns:
+            replica.create_database(database, drop_first=True)
+    for dsn in dsns.values():
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            create(conn)
+    with pipeline.primary() as conn:
+        capture.install(conn, pipeline.config.sources[name], pipeline.config.subscriptions_of(name))
+        seed(conn)
+    roles = ["agent", *distributors, *subscribers]
+    pipeline.start(*roles)
+    for role in roles:
+        pipeline.wait_for_log(role, "ready")
+    dsns["any"] = (
+        f"host=127.0.0.1,127.0.0.1 port={primary.port},{replica.port} dbname={main} user=postgres "
+        "target_session_attrs=read-write"
+    )
+    return dsns
+
+
+def rows(dsn: str, query: str) -> list[tuple]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(query).fetchall()
+
+
+ACCOUNTS = "SELECT id, balance FROM public.accounts ORDER BY id"
+TRANSFERS = "SELECT id, from_id, to_id, amount FROM public.transfers ORDER BY id"
+
+
+def switch(pipeline: Pipeline, to: str) -> float:
+    """`pgfanout switchover`; returns the write unavailability it reports."""
+    done = pipeline.command("switchover", "--to", f"{pipeline.name}.{to}", timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    found = re.search(r"write unavailability: ([0-9.]+) s", done.stdout)
+    assert found, done.stdout
+    return float(found.group(1))
+
+
+def published(dsn: str) -> int:
+    """The last position the primary at ``dsn`` published, once nothing committed there is left unpublished."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+
+        def settled() -> int | None:
+            last, left = conn.execute(
+                "SELECT next_position - 1, (SELECT count(*) FROM pgfanout.log l, pgfanout.agent_state s "
+                "JOIN pgfanout.tick t ON t.tick_id = s.published_tick "
+                "WHERE NOT pg_visible_in_snapshot(l.txid, t.snapshot)) FROM pgfanout.agent_state"
+            ).fetchone()
+            return last if left == 0 else None
+
+        last = eventually(settled, timeout=60)
+        assert last, "the primary kept unpublished changes"
+        return last
+
+
+def test_switchover_round_trips_through_a_three_level_tree(pipeline):
+    name = pipeline.name
+    dsns = build(pipeline, tiers=3)
+    writers = Writers(dsns["any"]).start()
+    sampler = Sampler({key: dsns[key] for key in "abcd"}).start()
+    try:
+        unavailable = []
+        for target in ("b", "a", "b", "a"):
+            time.sleep(3)
+            before = len(writers.committed)
+            started = time.monotonic()
+            unavailable.append(switch(pipeline, target))
+            seen = writers.longest_pause(started, time.monotonic())
+            assert eventually(lambda before=before: len(writers.committed) > before + 20, timeout=30), writers.errors
+            print(f"switchover to {target}: unavailable {unavailable[-1]:.3f} s by the command, {seen:.3f} s by the writers")
+        time.sleep(2)
+    finally:
+        writers.finish()
+        sampler.finish()
+    assert max(unavailable) < 5, unavailable
+    last = published(dsns["a"])  # the first primary again
+    for subscriber in ("b", "c", "d"):
+        pipeline.wait_for_position(f"{name}.{subscriber}", last, timeout=120)
+    assert sampler.samples > 100 and sampler.violations == [], sampler.violations[:5]
+    # every committed transfer is on the primary once, and nothing else is
+    primary_transfers = rows(dsns["a"], TRANSFERS)
+    assert {r[0] for r in primary_transfers} == writers.committed and len(primary_transfers) == len(writers.committed)
+    assert writers.refused > 0  # writes were refused during the switchovers, and retried
+    for key in "bcd":
+        assert rows(dsns[key], ACCOUNTS) == rows(dsns["a"], ACCOUNTS), key
+        assert rows(dsns[key], TRANSFERS) == primary_transfers, key
+    # no gap and no duplicate in any replica's applied positions, the old primary's included
+    for key in "abcd":
+        assert contiguous(pipeline, f"{name}.{key}") >= last - 1
+    stream = read_topic(pipeline.config, name)
+    generations = [generation_of(m) for _, _, m in stream]
+    assert generations == sorted(generations) and generations[-1] == 5
+    assert [(g.generation, g.primary) for g in lineage_of(stream[-1][2])] == [
+        (1, f"{name}.a"),
+        (2, f"{name}.b"),
+        (3, f"{name}.a"),
+        (4, f"{name}.b"),
+        (5, f"{name}.a"),
+    ]
+    positions = [t["position"] for t in transactions(stream) if t["last_chunk"]]
+    assert positions == list(range(1, len(positions) + 1))  # one stream, no position published twice
+    assert "dropped the message" not in pipeline.log(f"{name}.hq")
