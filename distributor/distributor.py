@@ -282,7 +282,7 @@ class DistributorSession:
                 self.producers[route.cluster_name].send(route.topic, value=sent, headers=headers)
                 assert route.metrics is not None
                 route.metrics.forwarded(
-                    routed.mark.position, route.completed(routed.mark) - route.completed(route.last), len(sent)
+                    routed.mark.position, max(0, route.completed(routed.mark) - route.completed(route.last)), len(sent)
                 )
                 route.last = routed.mark
 

@@ -306,11 +306,12 @@ def failover(config: Config, source: str, target: str | None, wait_seconds: floa
         report.step(f"{chosen} takes the role at position {kept}")
         lost = _published_after(move, kept, primary.generation)
         if lost:
-            listed = ", ".join(f"{p} (xid {x})" for p, x in lost)
             report.step(
-                f"loss window: {len(lost)} transactions published but not applied at {chosen}, lost: positions "
-                f"{describe_positions([p for p, _ in lost])}: {listed}"
+                f"loss window: {len(lost)} transactions published but not applied at {chosen} are lost: positions "
+                f"{describe_positions([p for p, _ in lost])}"
             )
+            for position, xid in lost:
+                report.write(f"  lost: position {position}, xid {xid} on the old primary")
         else:
             report.step(f"loss window: none; {chosen} applied every position published")
         ahead = _subscribers_ahead(config, source, chosen, kept, primary.generation)

@@ -8,9 +8,11 @@ on a tier-3 route fed from it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import subprocess
 import time
 
 import psycopg
@@ -18,7 +20,7 @@ import pytest
 
 from agent import capture
 from devstack import processes
-from devstack.demo import reset_streams
+from devstack.demo import daemon_argv, reset_streams, write_config
 from pgfanout.core.generations import generation_of, lineage_of
 from pgfanout.runtime.pg import connect
 from tests.integration.pipeline import Pipeline, contiguous, eventually, read_topic, transactions
@@ -87,8 +89,7 @@ def build(pipeline: Pipeline, tiers: int) -> dict[str, str]:
     for role in roles:
         pipeline.wait_for_log(role, "ready")
     dsns["any"] = (
-        f"host=127.0.0.1,127.0.0.1 port={primary.port},{replica.port} dbname={main} user=postgres "
-        "target_session_attrs=read-write"
+        f"host=127.0.0.1,127.0.0.1 port={primary.port},{replica.port} dbname={main} user=postgres target_session_attrs=read-write"
     )
     return dsns
 
@@ -175,3 +176,128 @@ def test_switchover_round_trips_through_a_three_level_tree(pipeline):
     positions = [t["position"] for t in transactions(stream) if t["last_chunk"]]
     assert positions == list(range(1, len(positions) + 1))  # one stream, no position published twice
     assert "dropped the message" not in pipeline.log(f"{name}.hq")
+
+
+def kill_cluster(pid: int) -> None:
+    """kill -9 a PostgreSQL postmaster and every backend it started."""
+    children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == pid]
+    for process in [pid, *children]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process, signal.SIGKILL)
+    assert eventually(lambda: not any(processes.alive(p) for p in [pid, *children]), timeout=30)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def test_failover_lists_the_loss_window_and_fences_the_old_primary(pipeline, tmp_path):
+    name = pipeline.name
+    dsns = build(pipeline, tiers=2)
+    cluster = pipeline.stack.postgres("primary")
+    writers = Writers(dsns["any"]).start()
+    sampler = Sampler({key: dsns[key] for key in "bc"}).start()
+    try:
+        time.sleep(3)
+        # the distributor stops first: the source topic then holds positions that no route carries
+        pipeline.kill(f"{name}.hq")
+        time.sleep(1.5)
+        kill_cluster(cluster.pid())
+        pipeline.kill(f"{name}.a")  # its database is gone with the primary
+        failed = pipeline.command("failover", "--to", f"{name}.b", "--wait", "5", timeout=180)
+        assert failed.returncode == 0, failed.stdout + failed.stderr
+        print(failed.stdout)
+        lost_published = {int(x) for x in re.findall(r"lost: position \d+, xid (\d+)", failed.stdout)}
+        assert lost_published, failed.stdout  # what the distributor had not forwarded when the primary died
+        assert "unreachable" in failed.stdout
+        pipeline.start(f"{name}.hq")  # back: it drops what the deposed primary published past the new primary
+        before = len(writers.committed)
+        assert eventually(lambda: len(writers.committed) > before + 50, timeout=60), writers.errors  # writes on b
+    finally:
+        writers.finish()
+        sampler.finish()
+        if cluster.pid() is None:
+            cluster.start()
+            cluster.wait_ready()
+    last = published(dsns["b"])
+    pipeline.wait_for_position(f"{name}.c", last, timeout=120)
+    assert sampler.samples > 50 and sampler.violations == [], sampler.violations[:5]
+    assert rows(dsns["c"], ACCOUNTS) == rows(dsns["b"], ACCOUNTS)
+    assert rows(dsns["c"], TRANSFERS) == rows(dsns["b"], TRANSFERS)
+    assert "dropped the message" in pipeline.log(f"{name}.hq")
+    contiguous(pipeline, f"{name}.c")
+
+    # the old primary's agent, configured as before the failover, refuses to publish and guards its database
+    old_config = tmp_path / "before-failover.yaml"
+    write_config(
+        old_config,
+        {
+            "kafka": {"local": {"bootstrap_servers": [pipeline.stack.kafka("main").bootstrap]}},
+            "sources": {name: {"dsn": dsns["a"], "kafka": "local", "tables": TABLES}},
+        },
+    )
+    fenced = subprocess.run(
+        daemon_argv(old_config, "agent", "run", "--source", name), capture_output=True, text=True, timeout=120
+    )
+    assert fenced.returncode == 3, fenced.stderr
+    assert "refuses to publish" in fenced.stderr and "is now guarded against writes" in fenced.stderr, fenced.stderr
+    found = re.search(r"never published, which the new primary lacks \(xids ([0-9, ]+)\)", fenced.stderr)
+    never_published = {int(x) for x in found.group(1).split(", ")} if found else set()
+    refused = pytest.raises(psycopg.errors.ReadOnlySqlTransaction, match="does not accept writes")
+    with refused, psycopg.connect(dsns["a"], autocommit=True) as conn:
+        conn.execute("SET default_transaction_read_only = off")
+        conn.execute("UPDATE public.accounts SET balance = balance WHERE id = 1")
+    # exactly the transactions the old primary committed and the new one lacks were reported lost
+    old = set(rows(dsns["a"], "SELECT id, xid FROM public.transfers"))
+    new = set(rows(dsns["b"], "SELECT id, xid FROM public.transfers"))
+    lacking = old - new
+    assert {xid for _, xid in lacking} == lost_published | never_published
+    assert lost_published.isdisjoint(never_published)
+    # every transfer a writer saw committed is on the new primary, or among those reported lost
+    new_ids = {transfer for transfer, _ in new}
+    assert new_ids <= writers.committed <= new_ids | {transfer for transfer, _ in lacking}
+    with connect(pipeline.config.subscribers[f"{name}.b"], "pgfanout-test") as conn:
+        assert conn.execute("SELECT generation FROM pgfanout.agent_state").fetchone()[0] == 2
+
+
+def test_failover_to_a_lagging_subscriber_stops_those_ahead_until_copied_again(pipeline):
+    name = pipeline.name
+    dsns = build(pipeline, tiers=2)
+    cluster = pipeline.stack.postgres("primary")
+    writers = Writers(dsns["any"]).start()
+    try:
+        time.sleep(2)
+        pipeline.kill(f"{name}.b")  # b falls behind; c goes on
+        time.sleep(2)
+        kill_cluster(cluster.pid())
+        pipeline.kill(f"{name}.a")
+        failed = pipeline.command("failover", "--to", f"{name}.b", "--wait", "2", timeout=180)
+        assert failed.returncode == 0, failed.stdout + failed.stderr
+        assert f"subscriber {name}.c applied positions" in failed.stdout, failed.stdout
+        assert f"pgfanout subscriber resync {name}.c" in failed.stdout
+        # b leaves out what its route holds past its position, and goes on as the primary
+        pipeline.start(f"{name}.b")
+        before = len(writers.committed)
+        assert eventually(lambda: len(writers.committed) > before + 50, timeout=60), writers.errors
+        # c stops where generation 2 begins, naming the positions it holds that the new primary lacks
+        assert eventually(lambda: pipeline.pid(f"{name}.c") is None, timeout=60), pipeline.log(f"{name}.c")
+        stopped = pipeline.log(f"{name}.c")
+        assert "which generation 2" in stopped and f"pgfanout subscriber resync {name}.c" in stopped, stopped[-2000:]
+        copied = pipeline.command("subscriber", "resync", f"{name}.c", timeout=180)  # from the new primary
+        assert copied.returncode == 0, copied.stdout + copied.stderr
+        pipeline.start(f"{name}.c")
+        time.sleep(2)
+    finally:
+        writers.finish()
+        if cluster.pid() is None:
+            cluster.start()
+            cluster.wait_ready()
+    last = published(dsns["b"])
+    pipeline.wait_for_position(f"{name}.c", last, timeout=120)
+    assert rows(dsns["c"], ACCOUNTS) == rows(dsns["b"], ACCOUNTS)
+    assert rows(dsns["c"], TRANSFERS) == rows(dsns["b"], TRANSFERS)
+    assert "left out the message" in pipeline.log(f"{name}.b")

@@ -7,6 +7,7 @@ handing over, or a read-only session) is tried again, with the same transfer id,
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -149,10 +150,8 @@ class Sampler:
                             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                             total, count = conn.execute("SELECT sum(balance), count(*) FROM public.accounts").fetchone()
                     except psycopg.OperationalError:
-                        try:
+                        with contextlib.suppress(psycopg.OperationalError):
                             conns[name] = psycopg.connect(self.dsns[name], autocommit=True, connect_timeout=2)
-                        except psycopg.OperationalError:
-                            pass
                         continue
                     self.samples += 1
                     if count and (total != TOTAL or count != ACCOUNTS):
