@@ -184,6 +184,14 @@ def install(conn: psycopg.Connection, source: Source, subscriptions: Subscriptio
     """Install capture in one transaction; running it again changes nothing. Returns the plan's notes."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgfanout.install'))")
+        if installed(conn):
+            handed_to = conn.execute("SELECT to_jsonb(s) ->> 'handed_to' FROM pgfanout.agent_state s").fetchone()
+            if handed_to and handed_to[0]:
+                raise CaptureError(
+                    f"this database handed the primary role to subscriber {handed_to[0]} (`pgfanout switchover` or "
+                    "`failover`): it is not the primary, and capture here stays as it is. To install on the primary, "
+                    "name its database in sources.NAME.dsn"
+                )
         plan = plan_install(conn, source, subscriptions)
         for statement in plan.statements:
             conn.execute(statement)

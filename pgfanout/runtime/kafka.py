@@ -157,9 +157,12 @@ def last_value(client: KafkaConsumer, topic: str) -> tuple[int, bytes] | None:
 def last_message(
     cluster: KafkaCluster, topic: str, decode: Callable[[bytes, str], tuple[str, Message]]
 ) -> tuple[str, Message] | None:
-    """The last message of a single-partition topic, decoded: (kind, record), or None if the topic is empty."""
+    """The last message of a single-partition topic, decoded: (kind, record), or None if the topic is empty or
+    does not exist yet."""
     client = consumer(cluster)
     try:
+        if topic not in client.topics():  # asking for offsets of a topic not created yet would wait for a minute
+            return None
         last = last_value(client, topic)
     finally:
         client.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import kafka.errors
+
 from pgfanout.core.codec import default_codec
 from pgfanout.core.config import Config, Database
-from pgfanout.core.errors import FatalError
+from pgfanout.core.errors import FatalError, KafkaUnavailable
 from pgfanout.core.generations import Generation, Lineage, current, lineage_of
 from pgfanout.runtime import kafka as kafkautil
 from pgfanout.runtime.registry import RegistryDecoder
@@ -14,7 +16,10 @@ def stream_lineage(config: Config, source: str) -> Lineage:
     """The generations of a source's stream, as its last message states them (none before the first)."""
     cluster_name, topic = config.stream(source)
     cluster = config.kafka[cluster_name]
-    last = kafkautil.last_message(cluster, topic, RegistryDecoder(default_codec(), cluster).decode)
+    try:
+        last = kafkautil.last_message(cluster, topic, RegistryDecoder(default_codec(), cluster).decode)
+    except kafka.errors.KafkaError as exc:
+        raise KafkaUnavailable(kafkautil.where(cluster), f"reading the last message of {topic}: {exc}") from exc
     return lineage_of(last[1]) if last else ()
 
 

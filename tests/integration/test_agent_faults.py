@@ -165,7 +165,7 @@ def test_a_row_too_large_for_any_message_stops_the_agent_naming_its_position_and
             rf"sources\.{pipeline.source}\.max_message_bytes=2048",
         ):
             agent.work()
-        state = agent.session._read_state()
+        state, _ = agent.session._read_state()
     finally:
         agent.close()
     assert state.next_position == 1, "the tick is not recorded as published"
@@ -182,7 +182,7 @@ def test_the_agent_prepares_its_batch_statement_again_after_the_session_lost_it(
     try:
         agent.session.conn.execute("DEALLOCATE ALL")
         agent.work()
-        state = agent.session._read_state()
+        state, _ = agent.session._read_state()
     finally:
         agent.close()
     assert state.next_position == 2

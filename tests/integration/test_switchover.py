@@ -132,6 +132,9 @@ def published(dsn: str) -> int:
 def test_switchover_round_trips_through_a_three_level_tree(pipeline):
     name = pipeline.name
     dsns = build(pipeline, tiers=3)
+    for command in (("switchover", "--to", f"{name}.c"), ("failover", "--to", f"{name}.d")):
+        refused = pipeline.command(*command)  # their routes carry a projection of the source: they lack data
+        assert refused.returncode == 2 and "does not carry every table of the source whole" in refused.stderr, refused.stderr
     writers = Writers(dsns["any"]).start()
     sampler = Sampler({key: dsns[key] for key in "abcd"}).start()
     try:

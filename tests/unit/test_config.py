@@ -228,3 +228,27 @@ def test_a_scheduled_compare_names_its_tables_canonically_and_refuses_a_pace_out
     found = problems(variant(subscribers__reporting__compare={"every_minutes": 0, "pace": 1.5}))
     assert any("subscribers.reporting.compare.every_minutes" in p for p in found), found
     assert any("subscribers.reporting.compare.pace" in p for p in found), found
+
+
+def test_candidate_primaries_are_the_subscribers_that_carry_the_source_whole():
+    data = variant()
+    data["routes"]["part"] = {"upstream": "all", "kafka": "hq", "tables": {"public.orders": {"where": "id > 1"}}}
+    data["distributors"]["part-dist"] = {"routes": ["part"]}
+    data["subscribers"]["branch"] = {"route": "part", "dsn": "host=10.0.0.6 dbname=branch"}
+    data["subscribers"]["self"] = {"route": "all", "dsn": GOOD["sources"]["shop"]["dsn"]}
+    data["sources"]["shop"]["as_subscriber"] = "self"
+    config = parse_config(data)
+    assert config.candidates_of("shop") == ["reporting", "self"]
+    assert not config.carries_whole("branch", "shop")
+    assert config.primary_name("shop", "") == "self" and config.primary_name("shop", "reporting") == "reporting"
+    assert config.primary_database("shop", "").dsn == GOOD["sources"]["shop"]["dsn"]
+    assert config.primary_database("shop", "reporting").dsn == GOOD["subscribers"]["reporting"]["dsn"]
+    assert config.primary_database("shop", "elsewhere") is None
+    data["sources"]["shop"]["candidates"] = ["self"]
+    assert parse_config(data).candidates_of("shop") == ["self"]
+
+
+def test_candidates_and_as_subscriber_must_name_subscribers():
+    found = problems(variant(sources__shop__as_subscriber="nobody", sources__shop__candidates=["reporting", "ghost"]))
+    assert "sources.shop.as_subscriber: no subscriber named 'nobody'" in found
+    assert "sources.shop.candidates.1: no subscriber named 'ghost'" in found

@@ -87,3 +87,13 @@ def test_mark_travels_in_a_record_header():
     mark = Mark(12, 3456, 2**31 - 1)
     assert mark_from_headers([("other", b"x"), *mark_header(mark)]) == mark
     assert mark_from_headers(None) is None and mark_from_headers([]) is None
+
+
+def test_resume_across_generations():
+    # the new primary of generation 2 went on after position 42; the heartbeat that opened it is the tail
+    opened = TopicTail(20, 42, WHOLE, True, generation=2)
+    assert plan_resume(AgentState(20, 43, generation=2), opened, "t") == Resume(None, Progress(42), True)
+    with pytest.raises(PositionError, match="another database holds the primary role"):
+        plan_resume(AgentState(19, 43, generation=1), opened, "t")
+    with pytest.raises(PositionError, match="did not finish"):
+        plan_resume(AgentState(20, 43, generation=3), opened, "t")
