@@ -430,6 +430,8 @@ def cross_reference_problems(data: dict) -> list[str]:
         upstreams = set()
         names = distributor.get("routes")
         for i, route in enumerate(names if isinstance(names, list) else []):
+            if not isinstance(route, str):
+                continue  # reported by the model itself
             if route not in routes:
                 problems.append(f"distributors.{name}.routes.{i}: no route named {route!r}")
                 continue
@@ -469,7 +471,7 @@ def _loop_problems(routes: dict[str, dict]) -> list[str]:
     for start in sorted(routes):
         seen = [start]
         name = routes[start].get("upstream")
-        while name in routes:
+        while isinstance(name, str) and name in routes:
             if name in seen:
                 problems.append(f"routes.{start}.upstream: routes form a loop: {' -> '.join(seen + [name])}")
                 break
@@ -482,11 +484,11 @@ def _subscription_problems(routes: dict[str, dict]) -> list[str]:
     """A route can only subscribe to what its upstream route receives: its tables and columns."""
     problems = []
     for name, route in sorted(routes.items()):
-        tables, upstream = route.get("tables"), routes.get(route.get("upstream"))  # type: ignore[arg-type]
+        tables, upstream = route.get("tables"), _route_named(routes, route.get("upstream"))
         seen = [route]
         while upstream is not None and not isinstance(upstream.get("tables"), dict) and upstream not in seen:
             seen.append(upstream)
-            upstream = routes.get(upstream.get("upstream"))  # type: ignore[arg-type]
+            upstream = _route_named(routes, upstream.get("upstream"))
         if upstream in seen:
             continue  # a loop, reported on its own
         if not isinstance(tables, dict) or upstream is None:
@@ -516,6 +518,10 @@ def _subscription_problems(routes: dict[str, dict]) -> list[str]:
                     f"routes.{name}.tables.{table}: uses columns the upstream route does not carry: {', '.join(lacking)}"
                 )
     return problems
+
+
+def _route_named(routes: dict[str, dict], name: object) -> dict | None:
+    return routes.get(name) if isinstance(name, str) else None
 
 
 def _canonical_or_none(table: object) -> str | None:

@@ -199,7 +199,10 @@ class _Compiler:
         if node.is_string:
             return Compiled(UNKNOWN, lambda row, v=node.this: v, constant=node.this)
         text = node.this
-        value = int(text) if text.isdigit() else parse_numeric(text)
+        try:
+            value = int(text) if text.isdigit() else parse_numeric(text)
+        except ValueError:
+            raise self.fail(node, f"{text} is not a number") from None
         return Compiled(NUMBER_LITERAL, lambda row: value, value=(value,))
 
     def _neg(self, node: exp.Neg) -> Compiled:

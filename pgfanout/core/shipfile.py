@@ -148,17 +148,22 @@ def verify(path: Path, codec: Codec) -> Shipment:
             f"{path} is damaged: its trailer promises {trailer['messages']} messages with another "
             f"checksum than the {count} it holds; nothing was applied"
         )
-    for schema_text in json.loads(metadata.get("pgfanout.schemas", "[]")):
-        codec.learn(schema_text)
-    return Shipment(
-        path,
-        metadata["pgfanout.source"],
-        metadata["pgfanout.route"],
-        metadata["pgfanout.topic"],
-        count,
-        trailer["first_position"],
-        trailer["last_position"],
-    )
+    try:  # the header is not under the trailer's checksum: a damaged one shows here
+        for schema_text in json.loads(metadata.get("pgfanout.schemas", "[]")):
+            codec.learn(schema_text)
+        return Shipment(
+            path,
+            metadata["pgfanout.source"],
+            metadata["pgfanout.route"],
+            metadata["pgfanout.topic"],
+            count,
+            trailer["first_position"],
+            trailer["last_position"],
+        )
+    except Exception as exc:  # bad JSON, a schema fastavro cannot parse, a missing name
+        raise ShipFileError(
+            f"{path} has a damaged header ({type(exc).__name__}: {exc}); nothing was applied; export it again"
+        ) from exc
 
 
 def messages(path: Path) -> Iterator[tuple[int, bytes]]:
