@@ -73,7 +73,10 @@ def reset_streams(config: Config) -> None:
         kafkautil.delete_groups(cluster, [f"pgfanout-distributor-{d}" for d in config.distributors])
 
 
-SINGLE_WORD_COMMANDS = ("status", "export", "import", "trace", "web", "compare", "repair", "ddl", "switchover", "failover")
+SINGLE_WORD_COMMANDS = (
+    *("status", "export", "import", "trace", "web", "compare", "repair", "ddl"),
+    *("switchover", "failover", "roles"),
+)
 
 
 def daemon_argv(config_path: Path, *command: str) -> list[str]:

@@ -26,7 +26,7 @@ from subscriber.exporter import compare_application_name
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.003
-TICK_ATTEMPTS = 5
+TICK_ATTEMPTS = 20  # a busy primary under a loaded host may tick between snapshot and request several times
 # compiling each range's query costs more than it saves on a range
 NO_JIT = "SET LOCAL jit = off"
 

@@ -220,7 +220,10 @@ def request_skip(conn: psycopg.Connection, subscriber: str, position: int) -> in
 def ensure_state(conn: psycopg.Connection) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgfanout_replica.state'))")
+        exists = conn.execute("SELECT to_regnamespace('pgfanout_replica') IS NOT NULL").fetchone()[0]  # type: ignore[index]
         for statement in STATE_DDL:
+            if exists and statement.startswith("CREATE SCHEMA"):
+                continue  # an applier without CREATE on the database, in a schema made for it (`pgfanout roles`)
             conn.execute(statement)
 
 

@@ -270,6 +270,12 @@ def cmd_failover(args: argparse.Namespace) -> int:
     return failover(config, _pick("source", list(config.sources), args.source), args.to, args.wait)
 
 
+def cmd_roles(args: argparse.Namespace) -> int:
+    from pgfanout.cli import roles
+
+    return roles.run(_config(args), args.source, args.subscriber, args.role)
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from pgfanout.cli import verify
 
@@ -394,6 +400,17 @@ def build_parser() -> argparse.ArgumentParser:
         "run an SQL script on a source's primary in one transaction, and on every subscriber at that place in its stream",
     )
     ddl.add_argument("--source", help="the source (default: the only one)")
+    grants = _add(
+        top,
+        "roles",
+        cmd_roles,
+        "print the CREATE ROLE and GRANT script of the role that runs a source's agent, or a subscriber's applier, "
+        "with no more rights than it needs",
+    )
+    whose = grants.add_mutually_exclusive_group(required=True)
+    whose.add_argument("--source", help="the agent's role, on the source's primary")
+    whose.add_argument("--subscriber", help="the applier's role, on the subscriber's replica")
+    grants.add_argument("--role", help="the role's name (default: pgfanout_agent_SOURCE or pgfanout_applier_SUBSCRIBER)")
     move = _add(
         top,
         "switchover",
