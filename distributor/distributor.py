@@ -50,6 +50,7 @@ from pgfanout.runtime.registry import RegistryDecoder
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 COMMIT_SECONDS = 0.2
+IDLE_POLL_MS = 1000  # a poll returns as soon as a record arrives: waiting long when idle costs no latency
 NOTHING = Mark(-1, -1, -1)
 
 
@@ -182,7 +183,8 @@ class DistributorSession:
 
     def work(self) -> bool:
         room = self.executor.capacity - len(self.inflight)
-        records = self.consumer.poll(timeout_ms=0 if self.inflight else 100, max_records=max(room, 1)).get(self.partition, [])
+        wait = 0 if self.inflight else IDLE_POLL_MS
+        records = self.consumer.poll(timeout_ms=wait, max_records=max(room, 1)).get(self.partition, [])
         for record in records:
             where = StreamPlace(self.up_topic, 0, record.offset)
             if not self.inflight and self.held_by_every_route(record):

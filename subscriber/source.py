@@ -14,6 +14,9 @@ from subscriber.state import UNKNOWN_OFFSET
 
 log = logging.getLogger(__name__)
 POLL_MESSAGES = 50
+# How long a poll waits for records: it returns as soon as one arrives, so waiting long costs no latency,
+# and an idle subscriber wakes once a second instead of ten times.
+POLL_WAIT_MS = 1000
 
 
 class RouteReader:
@@ -56,8 +59,8 @@ class RouteReader:
             raise
 
     def poll(self) -> list[Any]:
-        """The records that arrived (waits up to 100 ms for some)."""
-        return self.consumer.poll(timeout_ms=100, max_records=POLL_MESSAGES).get(self.partition, [])
+        """The records that arrived (waits up to POLL_WAIT_MS for some)."""
+        return self.consumer.poll(timeout_ms=POLL_WAIT_MS, max_records=POLL_MESSAGES).get(self.partition, [])
 
     def unread_after(self, offset: int) -> int:
         """How many messages the topic holds after ``offset``, as the last fetch saw it."""

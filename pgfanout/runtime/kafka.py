@@ -69,7 +69,9 @@ def consumer(cluster: KafkaCluster, group_id: str | None = None) -> KafkaConsume
             isolation_level="read_committed",
             max_partition_fetch_bytes=FETCH_MAX_BYTES,
             fetch_max_bytes=FETCH_MAX_BYTES,
-            fetch_max_wait_ms=20,
+            # the broker answers a fetch as soon as a record arrives: a long wait costs no latency, and an
+            # idle consumer asks twice a second instead of fifty times (docs/benchmarks.md, idle cost)
+            fetch_max_wait_ms=500,
             consumer_timeout_ms=float("inf"),
         )
     except kafka.errors.KafkaError as exc:
