@@ -133,8 +133,10 @@ class ReplicaSession:
         forget_staging(self.conn)
         self.conn.close()  # an open replica transaction is rolled back: it holds no whole group
 
-    def read_copy_filters(self, wait_for_resync: bool = False) -> None:
-        self.copy_filters = read_copy_filters(self.conn, self.subscriber, wait_for_resync)
+    def read_copy_filters(self, wait_for_resync: bool = False) -> tuple[int, int] | None:
+        """Read what the copied tables hold; returns the stored (position, generation)."""
+        self.copy_filters, stored = read_copy_filters(self.conn, self.subscriber, wait_for_resync)
+        return stored
 
     # -- taking messages -------------------------------------------------------------
 
@@ -147,8 +149,7 @@ class ReplicaSession:
             return
         if self.group.started is None:
             self.group.started = time.monotonic()
-            self.read_copy_filters(wait_for_resync=True)
-            self._check_position_row()
+            self._check_position_row(self.read_copy_filters(wait_for_resync=True))
         if kind == "Batch" and self._is_own(message, generation):
             self._pass_own(message, where)  # type: ignore[arg-type]
         elif kind == "Batch":
@@ -222,12 +223,9 @@ class ReplicaSession:
             if action_for(self.group.pending, part, set(), where) is not Action.DUPLICATE:
                 self.group.advance(part)
 
-    def _check_position_row(self) -> None:
+    def _check_position_row(self, row: tuple[int, int] | None) -> None:
         """`pgfanout switchover` or `failover` changed this subscriber's position row (its database changed
         roles) while it ran: it starts again from there."""
-        row = self.conn.execute(
-            "SELECT position, generation FROM pgfanout_replica.position WHERE subscriber = %s", (self.subscriber,)
-        ).fetchone()
         if row is not None and (row[1] != self.committed_generation or row[0] != self.applied.position):
             raise TransientError(
                 f"{self.label}: its position was moved to {row[0]} of generation {row[1]} (a switchover or failover); "

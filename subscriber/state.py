@@ -37,9 +37,12 @@ def resync_lock_key(subscriber: str) -> tuple[int, int]:
     return _RESYNC_LOCK, _stable_hash(subscriber)
 
 
-def read_copy_filters(conn: psycopg.Connection, subscriber: str, wait_for_resync: bool) -> CopyFilters:
-    """What the subscriber's copied tables hold; at the start of a replica transaction, after waiting out a
-    running ``resync --table`` (the shared side of its lock, held until the transaction ends).
+def read_copy_filters(
+    conn: psycopg.Connection, subscriber: str, wait_for_resync: bool
+) -> tuple[CopyFilters, tuple[int, int] | None]:
+    """What the subscriber's copied tables hold, and its stored (position, generation) (None before the
+    first); at the start of a replica transaction, after waiting out a running ``resync --table`` (the
+    shared side of its lock, held until the transaction ends).
 
     The lock is taken in a statement of its own, in a READ COMMITTED transaction: a statement reads in a
     snapshot taken before it started waiting, so filters read by the statement that waited would be
@@ -48,11 +51,15 @@ def read_copy_filters(conn: psycopg.Connection, subscriber: str, wait_for_resync
     """
     if wait_for_resync:
         conn.execute("SELECT pg_advisory_xact_lock_shared(%s, %s)", resync_lock_key(subscriber))
-    rows = conn.execute(
-        "SELECT schema_name, table_name, start_position, snapshot FROM pgfanout_replica.materialized WHERE subscriber = %s",
-        (subscriber,),
-    )
-    return CopyFilters({(s, t): CopyFilter.from_row(p, snap) for s, t, p, snap in rows})
+    rows = conn.execute(  # one round trip for both: it is made at every replica transaction
+        "SELECT p.position, p.generation, m.schema_name, m.table_name, m.start_position, m.snapshot "
+        "FROM (SELECT) one LEFT JOIN pgfanout_replica.position p ON p.subscriber = %(s)s "
+        "LEFT JOIN pgfanout_replica.materialized m ON m.subscriber = %(s)s",
+        {"s": subscriber},
+    ).fetchall()
+    stored = (rows[0][0], rows[0][1]) if rows[0][0] is not None else None
+    filters = {(s, t): CopyFilter.from_row(p, snap) for _, _, s, t, p, snap in rows if s is not None}
+    return CopyFilters(filters), stored
 
 
 def _stable_hash(name: str) -> int:

@@ -124,10 +124,13 @@ class Move:
 
     @staticmethod
     def position_of(conn: psycopg.Connection, subscriber: str) -> tuple[int, int]:
-        ensure_state(conn)
-        row = conn.execute(
-            "SELECT position, generation FROM pgfanout_replica.position WHERE subscriber = %s", (subscriber,)
-        ).fetchone()
+        """The subscriber's (position, generation); polled, so it reads and changes nothing else."""
+        try:
+            row = conn.execute(
+                "SELECT position, generation FROM pgfanout_replica.position WHERE subscriber = %s", (subscriber,)
+            ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            row = None  # no subscriber ever ran there
         if row is None:
             raise FatalError(f"subscriber {subscriber} has applied nothing yet; it cannot take the primary role")
         return row
