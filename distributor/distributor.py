@@ -231,8 +231,10 @@ class DistributorSession:
             self.lineage = lineage_of(self.d.decoder.decode(record.value, where)[1])
             return False
         kept = kept_by_later(self.lineage, generation)
+        if kept is None:  # the latest generation: every message but after a failover or a deposed primary's
+            return False
         mark = mark_from_headers(record.headers)
-        if kept is None or (mark is not None and mark.position <= kept):
+        if mark is not None and mark.position <= kept:
             return False
         kind, message = self.d.decoder.decode(record.value, where)
         last = last_position(kind, message)
