@@ -12,6 +12,7 @@ reads the topic's tail and reconciles (``pgfanout.core.positions.plan_resume``).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -21,7 +22,7 @@ from typing import NamedTuple
 import psycopg
 from psycopg import sql
 
-from agent import capture, faults, logswitch, logtables, primary_role, snapshot_requests
+from agent import capture, faults, logswitch, logtables, primary_role, snapshot_requests, wake
 from agent.batch import Part, pack, split_transactions, stream_rows, with_last
 from kafka import KafkaProducer
 from pgfanout.core.codec import decode_changes, default_codec, encode_batch
@@ -44,6 +45,7 @@ FETCH_BYTES = 8 * 1024 * 1024  # ...and about this much data
 UNACKED_BYTES = 32 * 1024 * 1024  # sent but not yet acknowledged: past this, wait for the acks (memory bound)
 CHUNK_CHANGES = 20_000  # changes per chunk at most, whatever their size
 LOG_CHECK_SECONDS = 1.0  # how often the agent looks at the log tables' sizes
+COMMIT_UNDER_WAY_SECONDS = 0.002  # a commit that wrote the log is becoming visible: tick again this soon
 HELD_WARNING_SECONDS = 300  # how often it repeats that open transactions keep the log from switching
 
 
@@ -133,6 +135,12 @@ class Agent(SessionDaemon["AgentSession"]):
     @property
     def idle_seconds(self) -> float:
         return self.session.idle_seconds if self.session else self.settings.tick_interval_ms / 1000
+
+    def pause(self, stop: threading.Event) -> None:
+        if self.session is None:
+            stop.wait(self.idle_seconds)
+        else:
+            self.session.pause(stop)
 
     def connect(self) -> AgentSession:
         """Connect to the database the stream names as the primary (its last message's generation), the
@@ -251,6 +259,8 @@ class AgentSession:
         self.trace_ids: set[int] = set()  # the table ids of pgfanout.trace's layouts
         self.last_trace = time.monotonic()
         self.published_by = f"published by agent {agent.source}"
+        self.waker: wake.Waker | None = None  # while only C triggers capture: commits wake the idle agent
+        self.ticked = False  # the last work() published a tick
 
     def resume(self, tail: TopicTail | None) -> None:
         """Reconcile the primary's record with the topic's tail (positions.plan_resume)."""
@@ -261,6 +271,7 @@ class AgentSession:
         if resume.tick_id is not None:
             log.info("topic %s is ahead of the primary: finishing tick %d after %s", self.topic, resume.tick_id, resume.after)
             self._finish(resume)
+        self._watch_commits()
         log.info(
             "agent %s ready: published tick %d, next position %d, topic %s",
             self.source,
@@ -283,6 +294,7 @@ class AgentSession:
             self.last_trace = time.monotonic()
         heartbeat_due = time.monotonic() - self.last_sent >= self.settings.heartbeat_interval_ms / 1000
         tick = self._next_tick(heartbeat_due)
+        self.ticked = tick is not None
         if tick is None:
             self.idle_seconds = self.settings.tick_interval_ms / 1000
             return False
@@ -298,6 +310,42 @@ class AgentSession:
         self.last_tick_at = now
         self._maintain_log()
         return False  # ticks are paced (tick_pause), busy or idle: that sizes the batches
+
+    def pause(self, stop: threading.Event) -> None:
+        """Wait before the next tick: on a timer while the source is busy or PL/pgSQL triggers capture,
+        else until a commit wakes the agent (agent.wake), or a heartbeat is due."""
+        if self.waker is None or self.idle_seconds > self.settings.tick_interval_ms / 1000:
+            stop.wait(self.idle_seconds)
+            return
+        too_soon = self.settings.woken_tick_gap_ms / 1000 - (time.monotonic() - self.last_tick_at)
+        if self.ticked and too_soon > 0:
+            stop.wait(too_soon)
+            return
+        if not self.waker.fall_asleep():
+            stop.wait(COMMIT_UNDER_WAY_SECONDS)
+            return
+        try:
+            self.work()  # the last look, now that any commit under way is visible
+            if not self.ticked:
+                self.waker.sleep(self._quiet_seconds())
+        finally:
+            self.waker.wake()
+
+    def _quiet_seconds(self) -> float:
+        """How long a quiet agent may sleep: until its next heartbeat, a second at most (log maintenance)."""
+        until_heartbeat = self.settings.heartbeat_interval_ms / 1000 - (time.monotonic() - self.last_sent)
+        if self.settings.trace_interval_seconds:
+            until_heartbeat = min(until_heartbeat, self.settings.trace_interval_seconds - (time.monotonic() - self.last_trace))
+        return max(self.settings.tick_interval_ms / 1000, min(LOG_CHECK_SECONDS, until_heartbeat))
+
+    def _watch_commits(self) -> None:
+        """Listen for commits while only the C trigger captures (it is the one that notifies)."""
+        if wake.c_capture_only(self.conn):
+            if self.waker is None:
+                self.waker = wake.Waker(self.conn)
+        elif self.waker is not None:
+            self.waker.close()
+            self.waker = None
 
     def _next_tick(self, heartbeat_due: bool) -> Tick | None:
         """The tick after the published one: left over from a crash, or taken now if there is work."""
@@ -345,6 +393,7 @@ class AgentSession:
             return
         self.last_log_check = time.monotonic()
         held = logswitch.maintain(self.conn, self.settings.log_switch_bytes, self.settings.log_switch_seconds)
+        self._watch_commits()  # install or uninstall may have changed the triggers
         self.metrics.log(*self.conn.execute(LOG_FACTS).fetchone())
         if held is None:
             if self.held_warned_at is not None:

@@ -20,7 +20,7 @@ from psycopg import sql
 
 from pgfanout.core.config import Config
 from pgfanout.core.errors import CompareError
-from pgfanout.runtime.pg import connect
+from pgfanout.runtime.pg import AGENT_WAKE_CHANNEL, connect
 from pgfanout.runtime.primaries import current_primary
 from subscriber.exporter import compare_application_name
 
@@ -115,6 +115,7 @@ class Aligner:
                 "INSERT INTO pgfanout.snapshot_request (subscriber, snapshot, hold) VALUES (%s, %s, %s) RETURNING request_id",
                 (self.subscriber, snapshot, hold),
             ).fetchone()[0]
+            self.control.execute("SELECT pg_notify(%s, '')", (AGENT_WAKE_CHANNEL,))  # an idle agent ticks now
             while True:
                 tick_id, refused = self.control.execute(
                     "SELECT tick_id, refused FROM pgfanout.snapshot_request WHERE request_id = %s", (request,)

@@ -57,6 +57,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "commands/async.h"
 #include "commands/sequence.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
@@ -68,6 +69,7 @@
 #include "nodes/pg_list.h"
 #include "parser/parse_coerce.h"
 #include "storage/lmgr.h"
+#include "storage/lock.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -172,6 +174,18 @@ static SPIPlanPtr layout_plan = NULL;
 static Oid	capture_owner = InvalidOid;	/* the trigger function's owner, as last seen */
 static Oid	capture_function = InvalidOid;	/* whose owner that is; forgotten by on_proc_change() */
 static List *faulted = NIL;		/* relations with a fault recorded in this transaction (TopTransactionContext) */
+static bool logged = false;		/* this transaction wrote a log row */
+
+/*
+ * Waking the agent at commit (agent/wake.py). An idle agent holds the advisory lock (WAKE_LOCK_KEY, 0)
+ * in share mode and listens on WAKE_CHANNEL. A transaction that wrote the log tries that lock in row
+ * exclusive mode at commit without waiting: refused, the agent sleeps, and a notification on
+ * WAKE_CHANNEL (sent once the commit is visible) wakes it. Granted, the transaction holds it until
+ * its commit is visible, which keeps the agent from falling asleep before it can see that commit. A
+ * busy agent holds nothing, so under load no transaction notifies (a NOTIFY serializes commits).
+ */
+#define WAKE_LOCK_KEY 0x70660004
+#define WAKE_CHANNEL "pgfanout_commit"
 
 typedef struct Identity
 {
@@ -923,6 +937,7 @@ flush_segments(int first)
 		fields[LOG_TABLE_IDS] = PointerGetDatum(construct_array(tables, ntables, INT4OID, 4, true, TYPALIGN_INT));
 		fields[LOG_CHANGES] = PointerGetDatum(changes);
 		insert_log_row(result, estate, slot, log_target.columns, fields);
+		logged = true;
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	ExecCloseIndices(result);
@@ -949,6 +964,19 @@ forget_transaction(void)
 	segments = NIL;
 	next_ordinal = 0;
 	faulted = NIL;
+	logged = false;
+}
+
+static void
+wake_agent_if_asleep(void)
+{
+	LOCKTAG		tag;
+
+	if (!logged)
+		return;
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) WAKE_LOCK_KEY, 0, 2);
+	if (LockAcquire(&tag, RowExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+		Async_Notify(WAKE_CHANNEL, "");
 }
 
 static void
@@ -957,8 +985,11 @@ on_transaction(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_COMMIT:
-		case XACT_EVENT_PRE_PREPARE:
 			flush_all();
+			wake_agent_if_asleep();
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+			flush_all();		/* a prepared transaction cannot notify: the agent sees it at its next tick */
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_ABORT:

@@ -114,6 +114,14 @@ class Source(Database, Serves):
         "and Kafka; at least tick_interval_ms",
     )
     busy_transactions_per_second: int = Field(default=1000, ge=1)
+    woken_tick_gap_ms: int = Field(
+        default=10,
+        ge=0,
+        le=60_000,
+        description="while commits wake the agent (C trigger, source not busy): the least time between two "
+        "ticks; a commit sooner than that waits, so that a stream of small transactions makes batches of a few, "
+        "each a Kafka request at every hop",
+    )
     agent_nice: int = Field(
         default=10,
         ge=0,

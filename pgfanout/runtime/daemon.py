@@ -142,7 +142,11 @@ def run(worker: Worker, stop: threading.Event, health: Health | None = None) -> 
                 more = worker.work()
                 failures = 0
                 if not more:
-                    stop.wait(worker.idle_seconds)
+                    pause = getattr(worker, "pause", None)  # a worker that knows better than a timer
+                    if pause is not None:
+                        pause(stop)
+                    else:
+                        stop.wait(worker.idle_seconds)
         except FatalError as exc:
             _count(worker, health, exc)
             log.error("%s stopped: %s", worker.name, exc, extra=_where(exc))

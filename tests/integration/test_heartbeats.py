@@ -59,3 +59,20 @@ def test_a_transaction_open_across_a_tick_is_published_without_waiting_for_a_hea
     assert time.monotonic() - started < 5, "the committed transaction waited for something else to tick"
     with pipeline.replica(pipeline.subscribers[0]) as conn:
         assert conn.execute("SELECT sum(balance) FROM public.accounts").fetchone()[0] == 20 * 1000
+
+
+def test_a_quiet_agent_is_woken_by_a_commit_not_by_its_timer(pipeline):
+    """Ticks every 5 s, yet each commit reaches the subscriber at once: the C trigger woke the agent (agent.wake).
+
+    Each commit comes right after the pipeline caught up with the one before, that is right after a tick, so
+    an agent waiting for its timer would take about 5 s each time."""
+    settings = pipeline.data["sources"][pipeline.source]
+    settings["tick_interval_ms"] = settings["busy_tick_interval_ms"] = 5000
+    running_with_heartbeats_every(pipeline, 60_000)
+    for round_ in range(3):
+        with pipeline.primary() as conn:
+            conn.execute("UPDATE public.accounts SET balance = balance + 1 WHERE id = 1")
+            conn.execute("UPDATE public.accounts SET balance = balance - 1 WHERE id = 2")
+        started = time.monotonic()
+        pipeline.wait_caught_up(timeout=30)
+        assert time.monotonic() - started < 1.5, f"commit {round_ + 1} waited for the agent's timer"
