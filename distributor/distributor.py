@@ -50,6 +50,7 @@ from pgfanout.runtime.registry import RegistryDecoder
 log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 COMMIT_SECONDS = 0.2
+COMMIT_POLL_MS = int(COMMIT_SECONDS * 1000)
 IDLE_POLL_MS = 1000  # a poll returns as soon as a record arrives: waiting long when idle costs no latency
 NOTHING = Mark(-1, -1, -1)
 
@@ -183,7 +184,8 @@ class DistributorSession:
 
     def work(self) -> bool:
         room = self.executor.capacity - len(self.inflight)
-        wait = 0 if self.inflight else IDLE_POLL_MS
+        # idle with offsets to commit: the poll ends in time to commit them (below) if nothing comes
+        wait = 0 if self.inflight else COMMIT_POLL_MS if self.uncommitted is not None else IDLE_POLL_MS
         records = self.consumer.poll(timeout_ms=wait, max_records=max(room, 1)).get(self.partition, [])
         for record in records:
             where = StreamPlace(self.up_topic, 0, record.offset)
@@ -211,7 +213,8 @@ class DistributorSession:
             if highwater is not None:
                 self.unread.set(max(0, highwater - records[-1].offset - 1))
         if not records and not self.inflight:
-            self.flush_and_commit()
+            if time.monotonic() - self.committed_at >= COMMIT_SECONDS:
+                self.flush_and_commit()  # not after every record of a slow stream: each commit is a request
             return False
         if time.monotonic() - self.committed_at >= COMMIT_SECONDS:
             self.flush_and_commit()
@@ -317,7 +320,7 @@ class DistributorSession:
     def flush_and_commit(self) -> None:
         """Wait for the routes' acks, then commit the upstream offset: never the other way round.
 
-        Done every COMMIT_SECONDS or when idle, not after every poll: sends are not delayed by it (the
+        Done every COMMIT_SECONDS, busy or idle, not after every poll: sends are not delayed by it (the
         producers send at once), and the next poll's work overlaps the acks of this one's.
         """
         if self.uncommitted is None:
