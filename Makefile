@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help deps browser capture-lib venv jars up down demo test unit lint bench clean
+.PHONY: help deps browser capture-lib venv jars up down demo test unit lint bench bench-peers clean
 
 help:
 	@echo "make demo   install what is missing, start the local stack, replicate a workload, prove equality"
@@ -13,6 +13,7 @@ help:
 	@echo "make down   stop the local stack started by make demo"
 	@echo "make lint   ruff check, ruff format --check and the import contracts (make test runs it first)"
 	@echo "make bench  the benchmarks (bench/README.md); results in bench/results/"
+	@echo "make bench-peers  pgfanout, native logical replication and Slony-I side by side (about 30 minutes)"
 
 deps:
 	@scripts/install-deps.sh
@@ -67,6 +68,10 @@ bench: deps capture-lib venv jars
 	$(BIN)/python -m bench.route_throughput
 	$(BIN)/python -m bench.lag --tiers 1 --filtered
 	$(BIN)/python -m bench.lag --tiers 2 --filtered
+
+bench-peers: deps capture-lib venv jars
+	@scripts/install-slony.sh
+	$(BIN)/python -m bench.peers
 
 clean: down
 	rm -rf $(VENV) .pgfanout .pytest_cache

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import psycopg
 
-from bench.common import REPO, RESULTS, CpuAccount, Timer, write_result
+from bench.common import REPO, RESULTS, CpuAccount, Timer, warm_broker, write_result
 from bench.peers import report, systems
 from bench.peers.workload import LagProbe, MachineCpu, caught_up, fixed_rate, fresh_primary, transactions
 from devstack.stack import Stack
+from pgfanout.core.config import KafkaCluster
 
 DB = "peers"
 HOME = REPO / ".pgfanout-peers"
@@ -127,8 +128,8 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=10)
     parser.add_argument("--transactions", type=int, default=100_000)
     parser.add_argument("--rate", type=int, default=200)
-    parser.add_argument("--lag-seconds", type=int, default=30)
-    parser.add_argument("--idle-seconds", type=int, default=20)
+    parser.add_argument("--lag-seconds", type=int, default=20)
+    parser.add_argument("--idle-seconds", type=int, default=15)
     parser.add_argument("--timeout", type=float, default=600, help="seconds any system may take to catch up")
     parser.add_argument("--name", default="peers", help="the result's file name in bench/results/")
     args = parser.parse_args()
@@ -146,6 +147,7 @@ def main() -> None:
     stack = Stack.load(HOME)
     stack.up()
     logical_clusters(stack)
+    warmed = warm_broker(KafkaCluster(bootstrap_servers=[stack.kafka("main").bootstrap])) if "pgfanout" in wanted else 0
     started = time.monotonic()
     rounds: list[dict] = []
     baselines: list[float] = []
@@ -167,11 +169,13 @@ def main() -> None:
         {
             "settings": vars(args),
             "skipped": skipped,
+            "broker_warm_up_requests": warmed,
             "minutes": round((time.monotonic() - started) / 60, 1),
             "baseline_tps": baselines,
             "rounds": rounds,
             "summary": summarized,
             "ratio_to_native": better,
+            "idle_percent_of_a_core_worst_round": report.idle(rounds),
             "table": markdown.splitlines(),
             "chart": str(Path(chart).relative_to(REPO)),
         },

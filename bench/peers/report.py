@@ -56,6 +56,17 @@ def summary(rounds: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, di
     return result
 
 
+def idle(rounds: list[dict[str, dict]]) -> dict[str, dict[str, float]]:
+    """Per system and process: the most CPU it used while idle in any round, percent of a core."""
+    worst: dict[str, dict[str, float]] = {}
+    for one in rounds:
+        for system, figures in one.items():
+            for process, percent in figures.get("idle_percent_of_a_core", {}).items():
+                mine = worst.setdefault(system, {})
+                mine[process] = max(mine.get(process, 0.0), percent)
+    return worst
+
+
 def ratios(summarized: dict[str, dict[str, dict[str, float]]], reference: str = "native") -> dict[str, dict[str, float]]:
     """Each system's median as a ratio to the reference's, oriented so that above 1 is better than it.
 

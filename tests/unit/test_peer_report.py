@@ -37,3 +37,11 @@ def test_a_figure_a_system_lacks_is_left_out_not_zero():
 def test_the_chart_is_a_png(tmp_path):
     path = report.chart(report.ratios(report.summary(rounds())), tmp_path / "peers.png", "test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_idle_keeps_each_process_worst_round():
+    data = [
+        {"pgfanout": {"idle_percent_of_a_core": {"agent": 0.2, "machine": 3.0}}},
+        {"pgfanout": {"idle_percent_of_a_core": {"agent": 0.4, "machine": 2.0}}},
+    ]
+    assert report.idle(data) == {"pgfanout": {"agent": 0.4, "machine": 3.0}}
