@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime
@@ -45,7 +46,7 @@ FETCH_BYTES = 8 * 1024 * 1024  # ...and about this much data
 UNACKED_BYTES = 32 * 1024 * 1024  # sent but not yet acknowledged: past this, wait for the acks (memory bound)
 CHUNK_CHANGES = 20_000  # changes per chunk at most, whatever their size
 LOG_CHECK_SECONDS = 1.0  # how often the agent looks at the log tables' sizes
-COMMIT_UNDER_WAY_SECONDS = 0.002  # a commit that wrote the log is becoming visible: tick again this soon
+RATE_WINDOW_SECONDS = 1.0  # the commit rate that decides between waking at commits and ticking on the timer
 HELD_WARNING_SECONDS = 300  # how often it repeats that open transactions keep the log from switching
 
 
@@ -261,6 +262,7 @@ class AgentSession:
         self.published_by = f"published by agent {agent.source}"
         self.waker: wake.Waker | None = None  # while only C triggers capture: commits wake the idle agent
         self.ticked = False  # the last work() published a tick
+        self.recent_ticks: deque[tuple[float, int]] = deque()  # (when, transactions) of the last second's ticks
 
     def resume(self, tail: TopicTail | None) -> None:
         """Reconcile the primary's record with the topic's tail (positions.plan_resume)."""
@@ -300,6 +302,9 @@ class AgentSession:
             return False
         now = time.monotonic()
         published = self._publish_batch(tick, Progress(self.state.next_position - 1), heartbeat=heartbeat_due)
+        self.recent_ticks.append((now, published))
+        while self.recent_ticks[0][0] < now - RATE_WINDOW_SECONDS:
+            self.recent_ticks.popleft()
         self.idle_seconds = tick_pause(
             published,
             now - self.last_tick_at,
@@ -314,7 +319,7 @@ class AgentSession:
     def pause(self, stop: threading.Event) -> None:
         """Wait before the next tick: on a timer while the source is busy or PL/pgSQL triggers capture,
         else until a commit wakes the agent (agent.wake), or a heartbeat is due."""
-        if self.waker is None or self.idle_seconds > self.settings.tick_interval_ms / 1000:
+        if self.waker is None or self.idle_seconds > self.settings.tick_interval_ms / 1000 or not self._slow_stream():
             stop.wait(self.idle_seconds)
             return
         too_soon = self.settings.woken_tick_gap_ms / 1000 - (time.monotonic() - self.last_tick_at)
@@ -322,14 +327,31 @@ class AgentSession:
             stop.wait(too_soon)
             return
         if not self.waker.fall_asleep():
-            stop.wait(COMMIT_UNDER_WAY_SECONDS)
-            return
+            return  # a commit that wrote the log is becoming visible: tick now
         try:
-            self.work()  # the last look, now that any commit under way is visible
-            if not self.ticked:
+            if self._quiet():  # the last look, now that any commit under way is visible
                 self.waker.sleep(self._quiet_seconds())
         finally:
             self.waker.wake()
+
+    def _slow_stream(self) -> bool:
+        """At most woken_max_transactions_per_second committed over the last second: waking at each commit
+        keeps lag low; above it, the timer's fewer, larger batches cost fewer Kafka requests at every hop."""
+        recent = sum(count for at, count in self.recent_ticks if at >= time.monotonic() - RATE_WINDOW_SECONDS)
+        return recent / RATE_WINDOW_SECONDS <= self.settings.woken_max_transactions_per_second
+
+    def _quiet(self) -> bool:
+        """Nothing to tick for: no heartbeat due, no tick left over, no snapshot request, no handover, and
+        nothing logged since the last tick (as _next_tick decides, without taking a tick)."""
+        if time.monotonic() - self.last_sent >= self.settings.heartbeat_interval_ms / 1000:
+            return False
+        left_over, asked, handed_to, *logged = self.conn.execute(
+            "SELECT EXISTS (SELECT FROM pgfanout.tick WHERE tick_id > %s), "
+            + snapshot_requests.PENDING
+            + ", (SELECT handed_to FROM pgfanout.agent_state), s.last_value, s.is_called FROM pgfanout.log_seq s",
+            (self.state.published_tick,),
+        ).fetchone()
+        return not (left_over or asked or handed_to is not None or self._may_have_work(tuple(logged)))
 
     def _quiet_seconds(self) -> float:
         """How long a quiet agent may sleep: until its next heartbeat, a second at most (log maintenance)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 
 from agent import capture
-from bench.common import bench_stack, pgbench, pgbench_database, write_result
+from bench.common import bench_stack, machine_busy_seconds, pgbench, pgbench_database, write_result
 from devstack import processes
 from devstack.demo import daemon_argv, reset_streams, start_daemon, wait_caught_up, write_config
 from devstack.stack import free_port
@@ -49,7 +49,15 @@ TABLES = [
 ]
 
 
-def prepare(stack, name: str, tiers: int = 1, filtered: bool = False, metrics: bool = False, scale: int = 10) -> dict:
+def prepare(
+    stack,
+    name: str,
+    tiers: int = 1,
+    filtered: bool = False,
+    metrics: bool = False,
+    scale: int = 10,
+    source_settings: dict | None = None,
+) -> dict:
     """A chain of ``tiers`` distributors; with ``filtered``, each route has a subscription with a row filter
     (that keeps every row, so the replica still equals the primary) and runs the routing code path."""
     primary, replica = stack.postgres("primary"), stack.postgres("replica")
@@ -73,6 +81,7 @@ def prepare(stack, name: str, tiers: int = 1, filtered: bool = False, metrics: b
                 "tables": TABLES,
                 **observed(),
                 **({"trace_interval_seconds": 1} if metrics else {}),
+                **(source_settings or {}),
             }
         },
         "routes": routes,
@@ -84,9 +93,18 @@ def prepare(stack, name: str, tiers: int = 1, filtered: bool = False, metrics: b
 class BenchPipeline:
     """A pgbench database on the primary and the replica, capture installed, topics fresh, and its daemons."""
 
-    def __init__(self, stack, name: str, tiers: int = 1, filtered: bool = False, metrics: bool = False, scale: int = 10):
+    def __init__(
+        self,
+        stack,
+        name: str,
+        tiers: int = 1,
+        filtered: bool = False,
+        metrics: bool = False,
+        scale: int = 10,
+        source_settings=None,
+    ):
         self.stack, self.name = stack, name
-        self.data = prepare(stack, name, tiers, filtered, metrics, scale)
+        self.data = prepare(stack, name, tiers, filtered, metrics, scale, source_settings)
         self.config = parse_config(self.data)
         reset_streams(self.config)
         self.config_path = write_config(stack.home / f"{name}.yaml", self.data)
@@ -137,10 +155,12 @@ def main() -> None:
     parser.add_argument("--tiers", type=int, default=1, help="distributors chained between agent and subscriber")
     parser.add_argument("--filtered", action="store_true", help="every route has a subscription with a row filter")
     parser.add_argument("--metrics", action="store_true", help="every daemon serves metrics, and the agent traces every second")
+    parser.add_argument("--woken-tick-gap-ms", type=int, help="the source's woken_tick_gap_ms (default: the setting's default)")
     args = parser.parse_args()
     stack = bench_stack()
     name = "bench_lag"
-    pipeline = BenchPipeline(stack, name, args.tiers, args.filtered, args.metrics)
+    gap = {} if args.woken_tick_gap_ms is None else {"woken_tick_gap_ms": args.woken_tick_gap_ms}
+    pipeline = BenchPipeline(stack, name, args.tiers, args.filtered, args.metrics, source_settings=gap)
     config = pipeline.config
     pipeline.start("agent", "distributor", "subscriber")
     time.sleep(3)  # let every daemon connect
@@ -151,6 +171,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "tpcb_probe.sql"
         script.write_text(SCRIPT)
+        busy_before, started = machine_busy_seconds(), time.monotonic()
         output = pgbench(
             "-c",
             "4",
@@ -166,6 +187,7 @@ def main() -> None:
             dsn_port=stack.postgres("primary").port,
             db=name,
         )
+        machine_cores = (machine_busy_seconds() - busy_before) / (time.monotonic() - started)
     wait_caught_up(config, timeout=60)
     time.sleep(0.2)
     stop.set()
@@ -180,6 +202,8 @@ def main() -> None:
         "filtered": args.filtered,
         "metrics_and_tracing": args.metrics,
         "pgbench_tps": tps,
+        "woken_tick_gap_ms": config.sources[name].woken_tick_gap_ms,
+        "machine_cpu_cores": round(machine_cores, 3),
         "probes": len(millis),
         "lag_ms": {
             "p50": round(statistics.median(millis), 1),
@@ -190,6 +214,7 @@ def main() -> None:
     }
     suffix = f"-tiers{args.tiers}{'-filtered' if args.filtered else ''}" if args.tiers != 1 or args.filtered else ""
     suffix += "-metrics" if args.metrics else ""
+    suffix += f"-gap{args.woken_tick_gap_ms}" if args.woken_tick_gap_ms is not None else ""
     write_result(
         f"lag{suffix}",
         figures,

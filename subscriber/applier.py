@@ -114,6 +114,9 @@ class ReplicaSession:
                 )
             # The applier's own changes must not fire user triggers or re-check foreign keys.
             conn.execute("SET session_replication_role = replica")
+            conn.execute(
+                "SELECT set_config('synchronous_commit', %s, false)", (config.subscribers[subscriber].synchronous_commit,)
+            )
             conn.execute("DELETE FROM pgfanout_replica.stopped WHERE subscriber = %s", (subscriber,))
             row = conn.execute(
                 "SELECT position, tick_id, kafka_offset, topic, generation FROM pgfanout_replica.position WHERE subscriber = %s",

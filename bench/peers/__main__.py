@@ -180,8 +180,9 @@ def main() -> None:
             "chart": str(Path(chart).relative_to(REPO)),
         },
         notes="Ratios: above 1 is better than native (for lag, CPU and seconds: native's over the system's). "
-        "Native's subscription uses its default synchronous_commit=off; pgfanout's subscriber and Slony-I "
-        "commit with the cluster's default (on). Slony-I's slon runs with -s 100 (SYNC check every 100 ms).",
+        "Native's subscription and pgfanout's subscriber commit with synchronous_commit=off (their defaults), "
+        "Slony-I with the cluster's default (on). Slony-I's slon runs with -s 100 (SYNC check every 100 ms). "
+        "pgfanout runs with its default settings and the C trigger.",
     )
 
 

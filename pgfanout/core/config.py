@@ -115,12 +115,18 @@ class Source(Database, Serves):
     )
     busy_transactions_per_second: int = Field(default=1000, ge=1)
     woken_tick_gap_ms: int = Field(
-        default=10,
+        default=20,
         ge=0,
         le=60_000,
         description="while commits wake the agent (C trigger, source not busy): the least time between two "
         "ticks; a commit sooner than that waits, so that a stream of small transactions makes batches of a few, "
         "each a Kafka request at every hop",
+    )
+    woken_max_transactions_per_second: int = Field(
+        default=400,
+        ge=0,
+        description="above this many commits a second (over the last second) the agent ticks every "
+        "tick_interval_ms instead of at commits: fewer, larger batches for the same work",
     )
     agent_nice: int = Field(
         default=10,
@@ -306,6 +312,12 @@ class Subscriber(Database, Serves):
         default="keep",
         description="when a published table is dropped on the primary: keep the replica's table (its rows stay "
         "as they were), or drop it too",
+    )
+    synchronous_commit: Literal["on", "off"] = Field(
+        default="off",
+        description="the applier's replica transactions wait for their WAL flush (on) or not (off, as "
+        "PostgreSQL's own subscriptions do): a replica that crashes loses its last applied transactions and "
+        "their position together, and applies them again from the route",
     )
 
 

@@ -13,11 +13,11 @@ from pgfanout.core.errors import PostgresUnavailable
 
 log = logging.getLogger(__name__)
 
-# Text representations of values depend on these; capture and apply pin the same ones.
 # Where the C capture trigger wakes an idle agent at commit (agent/wake.py); anything that wants the agent
 # to tick now, like a compare's snapshot request, may notify it too.
 AGENT_WAKE_CHANNEL = "pgfanout_commit"
 
+# Text representations of values depend on these; capture and apply pin the same ones.
 SESSION_SETTINGS = {
     "DateStyle": "ISO, YMD",
     "IntervalStyle": "postgres",
