@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 
 from agent import capture
-from bench.common import bench_stack, machine_busy_seconds, pgbench, pgbench_database, write_result
+from bench.common import CpuAccount, bench_stack, pgbench, pgbench_database, write_result
 from devstack import processes
 from devstack.demo import daemon_argv, reset_streams, start_daemon, wait_caught_up, write_config
 from devstack.stack import free_port
@@ -171,23 +171,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "tpcb_probe.sql"
         script.write_text(SCRIPT)
-        busy_before, started = machine_busy_seconds(), time.monotonic()
-        output = pgbench(
-            "-c",
-            "4",
-            "-j",
-            "2",
-            "-R",
-            str(args.rate),
-            "-T",
-            str(args.duration),
-            "-n",
-            "-f",
-            str(script),
-            dsn_port=stack.postgres("primary").port,
-            db=name,
-        )
-        machine_cores = (machine_busy_seconds() - busy_before) / (time.monotonic() - started)
+        daemons = {role: [pid] for role, pid in pipeline.pids.items()} | {"Kafka broker": [stack.kafka("main").pid()]}
+        started = time.monotonic()
+        with CpuAccount(daemons) as account:
+            output = pgbench(
+                "-c",
+                "4",
+                "-j",
+                "2",
+                "-R",
+                str(args.rate),
+                "-T",
+                str(args.duration),
+                "-n",
+                "-f",
+                str(script),
+                dsn_port=stack.postgres("primary").port,
+                db=name,
+            )
+        elapsed = time.monotonic() - started
+        cores = {process: round(seconds / elapsed, 3) for process, seconds in account.seconds.items()}
     wait_caught_up(config, timeout=60)
     time.sleep(0.2)
     stop.set()
@@ -203,7 +206,7 @@ def main() -> None:
         "metrics_and_tracing": args.metrics,
         "pgbench_tps": tps,
         "woken_tick_gap_ms": config.sources[name].woken_tick_gap_ms,
-        "machine_cpu_cores": round(machine_cores, 3),
+        "cpu_cores": cores,  # while pgbench ran: each daemon, the broker, and the whole machine
         "probes": len(millis),
         "lag_ms": {
             "p50": round(statistics.median(millis), 1),
