@@ -20,6 +20,8 @@ also given as a ratio to native in the same run (above 1: better than native). R
 bench/results/peers.json with the chart bench/results/peers.png.
 
     .venv/bin/python -m bench.peers [--rounds 2] [--systems native,pgfanout,slony]
+    .venv/bin/python -m bench.peers --systems native,pgfanout --only stopped,bulk --rounds 1 --name peers-split
+        (a part of the measurements; --settle-before-catchup S waits S seconds before restarting the applier)
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pgfanout.core.config import KafkaCluster
 DB = "peers"
 HOME = REPO / ".pgfanout-peers"
 SETTLE_SECONDS = 3
+PHASES = ("running", "stopped", "bulk", "lag", "idle")  # after the initial copy, which every run makes
 
 
 def logical_clusters(stack: Stack) -> None:
@@ -73,42 +76,51 @@ def measure(stack: Stack, kind, args, baseline_tps: float) -> dict:
             caught_up(primary_dsn, replica_dsn, timeout, f"{system.name} initial copy")
         figures["initial_copy_s"] = round(timer.seconds, 2)
 
-        step(f"{args.transactions} transactions, replication running")
-        with Timer() as timer:
+        if "running" in args.phases:
+            step(f"{args.transactions} transactions, replication running")
+            with Timer() as timer:
+                tps = transactions(primary, DB, args.transactions)
+                caught_up(primary_dsn, replica_dsn, timeout, f"{system.name} small transactions")
+            figures["tps_ratio_running"] = round(tps / baseline_tps, 3)
+            figures["small_tx_per_s"] = round(args.transactions / timer.seconds)
+
+        if "stopped" in args.phases:
+            step(f"{args.transactions} transactions, apply stopped, then catch-up")
+            system.stop_apply()
             tps = transactions(primary, DB, args.transactions)
-            caught_up(primary_dsn, replica_dsn, timeout, f"{system.name} small transactions")
-        figures["tps_ratio_running"] = round(tps / baseline_tps, 3)
-        figures["small_tx_per_s"] = round(args.transactions / timer.seconds)
+            figures["tps_ratio_apply_stopped"] = round(tps / baseline_tps, 3)
+            time.sleep(args.settle_before_catchup)
+            system.start_apply()
+            with Timer() as timer:
+                caught_up(primary_dsn, replica_dsn, timeout, f"{system.name} catch-up")
+            figures["catchup_tx_per_s"] = round(args.transactions / timer.seconds)
 
-        step(f"{args.transactions} transactions, apply stopped, then catch-up")
-        system.stop_apply()
-        tps = transactions(primary, DB, args.transactions)
-        figures["tps_ratio_apply_stopped"] = round(tps / baseline_tps, 3)
-        system.start_apply()
-        with Timer() as timer:
-            caught_up(primary_dsn, replica_dsn, timeout, f"{system.name} catch-up")
-        figures["catchup_tx_per_s"] = round(args.transactions / timer.seconds)
+        if "bulk" in args.phases:
+            step("one UPDATE of every account")
+            with Timer() as timer:
+                with psycopg.connect(primary_dsn, autocommit=True) as conn, Timer() as statement:
+                    rows = conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1").rowcount
+                caught_up(primary_dsn, replica_dsn, timeout, f"{system.name} bulk update")
+            figures["bulk_update_rows"] = rows
+            figures["bulk_update_rows_per_s"] = round(rows / timer.seconds)
+            figures["bulk_update_statement_s"] = round(statement.seconds, 2)  # the UPDATE itself, capture included
+            figures["bulk_update_after_commit_s"] = round(timer.seconds - statement.seconds, 2)
 
-        step("one UPDATE of every account")
-        with Timer() as timer:
-            with psycopg.connect(primary_dsn, autocommit=True) as conn:
-                rows = conn.execute("UPDATE pgbench_accounts SET abalance = abalance + 1").rowcount
-            caught_up(primary_dsn, replica_dsn, timeout, f"{system.name} bulk update")
-        figures["bulk_update_rows"] = rows
-        figures["bulk_update_rows_per_s"] = round(rows / timer.seconds)
+        if "lag" in args.phases:
+            step(f"lag at {args.rate} tps for {args.lag_seconds} s")
+            with MachineCpu() as cpu, LagProbe(primary_dsn, replica_dsn) as probe:
+                fixed_rate(primary, DB, args.rate, args.lag_seconds)
+            figures |= probe.figures()
+            figures["host_cpu_cores_200tps"] = round(cpu.cores, 3)
 
-        step(f"lag at {args.rate} tps for {args.lag_seconds} s")
-        with MachineCpu() as cpu, LagProbe(primary_dsn, replica_dsn) as probe:
-            fixed_rate(primary, DB, args.rate, args.lag_seconds)
-        figures |= probe.figures()
-        figures["host_cpu_cores_200tps"] = round(cpu.cores, 3)
-
-        step(f"idle for {args.idle_seconds} s")
-        caught_up(primary_dsn, replica_dsn, timeout, f"{system.name} before idle")
-        time.sleep(SETTLE_SECONDS)
-        with CpuAccount(system.processes()) as account:
-            time.sleep(args.idle_seconds)
-        figures["idle_percent_of_a_core"] = {name: round(100 * s / args.idle_seconds, 2) for name, s in account.seconds.items()}
+        if "idle" in args.phases:
+            step(f"idle for {args.idle_seconds} s")
+            caught_up(primary_dsn, replica_dsn, timeout, f"{system.name} before idle")
+            time.sleep(SETTLE_SECONDS)
+            with CpuAccount(system.processes()) as account:
+                time.sleep(args.idle_seconds)
+            idle = {name: round(100 * seconds / args.idle_seconds, 2) for name, seconds in account.seconds.items()}
+            figures["idle_percent_of_a_core"] = idle
     finally:
         system.remove()
     return figures
@@ -132,7 +144,14 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=int, default=15)
     parser.add_argument("--timeout", type=float, default=600, help="seconds any system may take to catch up")
     parser.add_argument("--name", default="peers", help="the result's file name in bench/results/")
+    parser.add_argument("--only", default=",".join(PHASES), help=f"the measurements to make, of {','.join(PHASES)}")
+    parser.add_argument(
+        "--settle-before-catchup", type=float, default=0, help="seconds between making the backlog and restarting the applier"
+    )
     args = parser.parse_args()
+    args.phases = {p.strip() for p in args.only.split(",") if p.strip()}
+    if args.phases - set(PHASES):
+        raise SystemExit(f"--only: unknown {', '.join(sorted(args.phases - set(PHASES)))}; choose among {', '.join(PHASES)}")
 
     wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in systems.SYSTEMS]
@@ -154,7 +173,8 @@ def main() -> None:
     for round_ in range(args.rounds):
         order = wanted[round_ % len(wanted) :] + wanted[: round_ % len(wanted)]
         print(f"round {round_ + 1}: baseline, then {', '.join(order)}", flush=True)
-        baselines.append(round(baseline(stack, args), 1))
+        needs_baseline = args.phases & {"running", "stopped"}
+        baselines.append(round(baseline(stack, args), 1) if needs_baseline else 0.0)
         rounds.append({name: measure(stack, systems.SYSTEMS[name], args, baselines[-1]) for name in order})
         print(json.dumps(rounds[-1], indent=1), flush=True)
     summarized = report.summary(rounds)
@@ -167,7 +187,7 @@ def main() -> None:
     write_result(
         args.name,
         {
-            "settings": vars(args),
+            "settings": {key: sorted(value) if isinstance(value, set) else value for key, value in vars(args).items()},
             "skipped": skipped,
             "broker_warm_up_requests": warmed,
             "minutes": round((time.monotonic() - started) / 60, 1),
