@@ -93,18 +93,10 @@ def prepare(
 class BenchPipeline:
     """A pgbench database on the primary and the replica, capture installed, topics fresh, and its daemons."""
 
-    def __init__(
-        self,
-        stack,
-        name: str,
-        tiers: int = 1,
-        filtered: bool = False,
-        metrics: bool = False,
-        scale: int = 10,
-        source_settings=None,
-    ):
+    def __init__(self, stack, name: str, **options):
+        """``options``: those of prepare()."""
         self.stack, self.name = stack, name
-        self.data = prepare(stack, name, tiers, filtered, metrics, scale, source_settings)
+        self.data = prepare(stack, name, **options)
         self.config = parse_config(self.data)
         reset_streams(self.config)
         self.config_path = write_config(stack.home / f"{name}.yaml", self.data)
@@ -160,7 +152,7 @@ def main() -> None:
     stack = bench_stack()
     name = "bench_lag"
     gap = {} if args.woken_tick_gap_ms is None else {"woken_tick_gap_ms": args.woken_tick_gap_ms}
-    pipeline = BenchPipeline(stack, name, args.tiers, args.filtered, args.metrics, source_settings=gap)
+    pipeline = BenchPipeline(stack, name, tiers=args.tiers, filtered=args.filtered, metrics=args.metrics, source_settings=gap)
     config = pipeline.config
     pipeline.start("agent", "distributor", "subscriber")
     time.sleep(3)  # let every daemon connect
