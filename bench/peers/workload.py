@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import psycopg
 
@@ -118,8 +119,6 @@ class MachineCpu:
 
 def children(pid: int) -> list[int]:
     """``pid`` and every process below it (slon runs as a watchdog and a worker)."""
-    from pathlib import Path
-
     found, frontier = [pid], [pid]
     while frontier:
         parent = frontier.pop()
