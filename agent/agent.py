@@ -105,13 +105,6 @@ LARGEST_ROW_QUERY = (
 )
 
 
-# What every look for work reads: a compare's pending snapshot request, a handover, and the log's sequence.
-LOOK = (
-    snapshot_requests.PENDING
-    + ", (SELECT handed_to FROM pgfanout.agent_state), s.last_value, s.is_called FROM pgfanout.log_seq s"
-)
-
-
 # For the metrics, once a second: the log tables' size, the changes not published yet, and how long since
 # the published tick was taken (the oldest of them has waited at most that long).
 LOG_FACTS = sql.SQL(
@@ -353,17 +346,19 @@ class AgentSession:
         if time.monotonic() - self.last_sent >= self.settings.heartbeat_interval_ms / 1000:
             return False
         left_over, asked, handed_to, *logged = self.conn.execute(
-            "SELECT EXISTS (SELECT FROM pgfanout.tick WHERE tick_id > %s), " + LOOK,
+            "SELECT EXISTS (SELECT FROM pgfanout.tick WHERE tick_id > %s), "
+            + snapshot_requests.PENDING
+            + ", (SELECT handed_to FROM pgfanout.agent_state), s.last_value, s.is_called FROM pgfanout.log_seq s",
             (self.state.published_tick,),
         ).fetchone()
         return not (left_over or asked or handed_to is not None or self._may_have_work(tuple(logged)))
 
     def _quiet_seconds(self) -> float:
         """How long a quiet agent may sleep: until its next heartbeat, a second at most (log maintenance)."""
-        until_due = self.settings.heartbeat_interval_ms / 1000 - (time.monotonic() - self.last_sent)
+        until_heartbeat = self.settings.heartbeat_interval_ms / 1000 - (time.monotonic() - self.last_sent)
         if self.settings.trace_interval_seconds:
-            until_due = min(until_due, self.settings.trace_interval_seconds - (time.monotonic() - self.last_trace))
-        return max(self.settings.tick_interval_ms / 1000, min(LOG_CHECK_SECONDS, until_due))
+            until_heartbeat = min(until_heartbeat, self.settings.trace_interval_seconds - (time.monotonic() - self.last_trace))
+        return max(self.settings.tick_interval_ms / 1000, min(LOG_CHECK_SECONDS, until_heartbeat))
 
     def _watch_commits(self) -> None:
         """Listen for commits while only the C trigger captures (it is the one that notifies)."""
@@ -379,7 +374,9 @@ class AgentSession:
         # Each statement on its own (autocommit): round trips are most of the agent's cost at a tick every
         # 50 ms. The log's sequence is read before the tick is taken, so a tick never claims to cover more.
         tick_id, tick_time, snapshot, asked, handed_to, *logged = self.conn.execute(
-            "SELECT t.tick_id, t.tick_time, t.snapshot::text, " + LOOK + " "
+            "SELECT t.tick_id, t.tick_time, t.snapshot::text, "
+            + snapshot_requests.PENDING
+            + ", (SELECT handed_to FROM pgfanout.agent_state), s.last_value, s.is_called FROM pgfanout.log_seq s "
             "LEFT JOIN LATERAL (SELECT tick_id, tick_time, snapshot FROM pgfanout.tick WHERE tick_id > %s "
             "ORDER BY tick_id LIMIT 1) t ON true",
             (self.state.published_tick,),

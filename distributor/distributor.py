@@ -212,9 +212,13 @@ class DistributorSession:
             highwater = self.consumer.highwater(self.partition)
             if highwater is not None:
                 self.unread.set(max(0, highwater - records[-1].offset - 1))
+        if not records and not self.inflight:
+            if time.monotonic() - self.committed_at >= COMMIT_SECONDS:
+                self.flush_and_commit()  # not after every record of a slow stream: each commit is a request
+            return False
         if time.monotonic() - self.committed_at >= COMMIT_SECONDS:
-            self.flush_and_commit()  # busy or idle, not after every record of a slow stream: each commit is a request
-        return bool(records or self.inflight)
+            self.flush_and_commit()
+        return True
 
     def held_by_every_route(self, record: Any) -> bool:
         """Whether every route holds this message already (by its mark's header). Such a message is not routed

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 
@@ -119,6 +118,8 @@ class MachineCpu:
 
 def children(pid: int) -> list[int]:
     """``pid`` and every process below it (slon runs as a watchdog and a worker)."""
+    from pathlib import Path
+
     found, frontier = [pid], [pid]
     while frontier:
         parent = frontier.pop()
