@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import datetime
 from typing import NamedTuple
@@ -41,6 +41,7 @@ from pgfanout.runtime.metrics import AgentMetrics
 from pgfanout.runtime.pg import connect, describe
 
 log = logging.getLogger(__name__)
+PublishedAfter = Callable[[int, int], list[tuple[int, int]]]  # (position, generation) -> the topic's (position, xid) past it
 FETCH_ROWS = 10_000  # rows per round trip of the batch cursor at most...
 FETCH_BYTES = 8 * 1024 * 1024  # ...and about this much data
 UNACKED_BYTES = 32 * 1024 * 1024  # sent but not yet acknowledged: past this, wait for the acks (memory bound)
@@ -193,13 +194,16 @@ class Agent(SessionDaemon["AgentSession"]):
         generation = lineage[-1].generation if lineage else 1
         return TopicTail(mark.tick_id, mark.position, mark.chunk, kind == "Heartbeat" or record["batch_end"], generation), lineage
 
+    def _published_after(self, position: int, generation: int) -> list[tuple[int, int]]:
+        return kafkautil.published_after(self.cluster, self.topic, self.codec.decode, position, generation)
+
     def _fenced(self, primary: Generation) -> FatalError:
         """This configuration does not name the stream's primary: the database it names as the source was
         deposed. Guard that database against writes where it can be reached, and say what it holds that was
         never published."""
         try:
             with connect(self.settings, f"pgfanout-agent-{self.source}") as conn:
-                note = fence(conn, self.source, primary)
+                note = fence(conn, self.source, primary, self._published_after)
         except PostgresUnavailable as exc:
             note = f"could not reach it to guard it against writes ({exc})"
         return FatalError(
@@ -211,14 +215,21 @@ class Agent(SessionDaemon["AgentSession"]):
         )
 
 
-def fence(conn: psycopg.Connection, source: str, primary: Generation) -> str:
-    """Guard a deposed primary against writes (once) and say what it holds that was never published."""
+def fence(conn: psycopg.Connection, source: str, primary: Generation, published_after: PublishedAfter) -> str:
+    """Guard a deposed primary against writes (once) and say what it holds that was never published.
+
+    ``published_after(position, generation)`` lists the (position, xid) the topic holds past a position: an
+    agent killed between publishing a tick and recording it leaves the topic ahead of this database, and what
+    the topic holds was published (a failover reports it as published and lost, not as never published)."""
     if not capture.installed(conn):
         return "capture is not installed there"
-    generation, handed_to = conn.execute("SELECT generation, handed_to FROM pgfanout.agent_state").fetchone()
+    generation, handed_to, next_position = conn.execute(
+        "SELECT generation, handed_to, next_position FROM pgfanout.agent_state"
+    ).fetchone()
     if generation >= primary.generation:
         return f"its capture state is of generation {generation}"
-    lost = primary_role.unpublished_transactions(conn)
+    in_topic = {xid for _, xid in published_after(next_position - 1, generation)}
+    lost = [xid for xid in primary_role.unpublished_transactions(conn) if xid not in in_topic]
     if handed_to is None:
         primary_role.stop_writes(
             conn,

@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psycopg
-from kafka.structs import TopicPartition
 
 from agent import primary_role
 from agent.agent import fence
 from pgfanout.core.codec import default_codec
 from pgfanout.core.config import Config
-from pgfanout.core.errors import ConfigError, FatalError, PostgresUnavailable, StreamPlace, TransientError
+from pgfanout.core.errors import ConfigError, FatalError, PostgresUnavailable, TransientError
 from pgfanout.core.generations import (
     Generation,
     Lineage,
@@ -30,7 +29,6 @@ from pgfanout.core.generations import (
     describe_positions,
     extended,
     generation_header,
-    generation_of,
     lineage_of,
 )
 from pgfanout.core.positions import WHOLE, Mark, mark_header, mark_of
@@ -307,7 +305,7 @@ def failover(config: Config, source: str, target: str | None, wait_seconds: floa
                 f"switchover or failover; copy it again (`pgfanout subscriber resync {chosen}`) or choose another"
             )
         report.step(f"{chosen} takes the role at position {kept}")
-        lost = _published_after(move, kept, primary.generation)
+        lost = kafkautil.published_after(move.cluster, move.topic, move.decoder.decode, kept, primary.generation)
         if lost:
             report.step(
                 f"loss window: {len(lost)} transactions published but not applied at {chosen} are lost: positions "
@@ -329,7 +327,14 @@ def failover(config: Config, source: str, target: str | None, wait_seconds: floa
         if old_database is not None:
             try:
                 with connect(old_database, f"pgfanout-failover-{source}") as old:
-                    note = fence(old, source, new_primary)
+                    note = fence(
+                        old,
+                        source,
+                        new_primary,
+                        lambda position, generation: kafkautil.published_after(
+                            move.cluster, move.topic, move.decoder.decode, position, generation
+                        ),
+                    )
             except PostgresUnavailable:
                 note = "unreachable: when it comes back, the first agent that reaches it guards it against writes"
         report.step(f"old primary {old_name}: {note}")
@@ -366,33 +371,6 @@ def _drained_positions(config: Config, candidates: list[str], wait_seconds: floa
         positions[name] = position
         report.step(f"candidate {name}: position {position}")
     return positions
-
-
-def _published_after(move: Move, kept: int, generation: int) -> list[tuple[int, int]]:
-    """(position, xid) of every transaction of ``generation`` in the source topic after ``kept``."""
-    client = kafkautil.consumer(move.cluster)
-    found: dict[int, int] = {}
-    try:
-        tp = TopicPartition(move.topic, 0)
-        client.assign([tp])
-        end = client.end_offsets([tp])[tp]
-
-        def last_of(value: bytes, offset: int) -> int | None:
-            kind, message = move.decoder.decode(value, StreamPlace(move.topic, 0, offset))
-            return message["transactions"][-1]["position"] if kind == "Batch" and message["transactions"] else None
-
-        client.seek(tp, kafkautil.offset_after_position(client, tp, kept, last_of))
-        deadline = time.monotonic() + 120
-        while client.position(tp) < end and time.monotonic() < deadline:
-            for record in client.poll(timeout_ms=1000).get(tp, []):
-                kind, message = move.decoder.decode(record.value, StreamPlace(move.topic, 0, record.offset))
-                if kind == "Batch" and generation_of(message) == generation:
-                    for part in message["transactions"]:
-                        if part["position"] > kept:
-                            found[part["position"]] = part["xid"]
-    finally:
-        client.close()
-    return sorted(found.items())
 
 
 def _subscribers_ahead(config: Config, source: str, chosen: str, kept: int, generation: int) -> dict[str, int]:

@@ -12,6 +12,7 @@ from kafka.admin import NewTopic
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from pgfanout.core.config import KafkaCluster, secret
 from pgfanout.core.errors import KafkaUnavailable, StreamPlace
+from pgfanout.core.generations import generation_of
 from pgfanout.core.messages import Message
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ def client_options(cluster: KafkaCluster) -> dict[str, object]:
         options["sasl_mechanism"] = cluster.sasl_mechanism
         options["sasl_plain_username"] = cluster.sasl_username
         options["sasl_plain_password"] = secret(cluster.sasl_password_env)
+    if cluster.ssl_cafile:
+        options["ssl_cafile"] = cluster.ssl_cafile
+    if cluster.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_check_hostname"] = True  # the broker's certificate names the address connected to
     return options
 
 
@@ -172,6 +177,37 @@ def last_message(
         return None
     offset, value = last
     return decode(value, StreamPlace(topic, 0, offset))
+
+
+def published_after(
+    cluster: KafkaCluster, topic: str, decode: Callable[[bytes, StreamPlace], tuple[str, Message]], position: int, generation: int
+) -> list[tuple[int, int]]:
+    """(position, xid) of every transaction of ``generation`` in a source topic past ``position``."""
+    client = consumer(cluster)
+    found: dict[int, int] = {}
+    try:
+        tp = partition(topic)
+        client.assign([tp])
+        end = client.end_offsets([tp])[tp]
+
+        def last_of(value: bytes, offset: int) -> int | None:
+            kind, message = decode(value, StreamPlace(topic, 0, offset))
+            return message["transactions"][-1]["position"] if kind == "Batch" and message["transactions"] else None
+
+        client.seek(tp, offset_after_position(client, tp, position, last_of))
+        deadline = time.monotonic() + 120
+        while client.position(tp) < end:
+            if time.monotonic() >= deadline:
+                raise KafkaUnavailable(where(cluster), f"could not read {topic} to its end offset {end} within 120 s")
+            for record in client.poll(timeout_ms=1000).get(tp, []):
+                kind, message = decode(record.value, StreamPlace(topic, 0, record.offset))
+                if kind == "Batch" and generation_of(message) == generation:
+                    for part in message["transactions"]:
+                        if part["position"] > position:
+                            found[part["position"]] = part["xid"]
+    finally:
+        client.close()
+    return sorted(found.items())
 
 
 def offset_after_position(

@@ -1,15 +1,17 @@
 """The agent killed with SIGKILL at random moments, and Kafka restarted, during a workload."""
 
 import random
+import re
 import time
 
 import pytest
 
-from agent.agent import Agent
+from agent.agent import Agent, fence
 from devstack.broker import ensure_jars
 from devstack.demo import wait_caught_up
 from devstack.sample import run_workload
 from pgfanout.core.errors import FatalError
+from pgfanout.core.generations import Generation
 from tests.integration.pipeline import read_topic, transaction_positions, transactions
 
 pytestmark = pytest.mark.fault
@@ -93,6 +95,32 @@ def test_crash_between_publishing_and_recording_a_batch_is_finished_not_repeated
     again.work()
     again.close()
     assert published_positions(pipeline) == published, "nothing may be published twice"
+
+
+def test_a_deposed_primary_lists_as_never_published_only_what_the_topic_lacks(pipeline, monkeypatch):
+    pipeline.prepare()
+    pipeline.seed()
+    run_workload(pipeline.primary_dsn, seconds=30, writers=2, max_transactions=40, seed_value=6)
+    agent = Agent(pipeline.config, pipeline.source)
+    session = agent.connect()
+    monkeypatch.setattr(session, "_record", lambda *a: (_ for _ in ()).throw(Crash()))
+    try:
+        with pytest.raises(Crash):
+            agent.work()  # the topic holds the batch, the primary does not record it
+    finally:
+        agent.close()
+    published = {t["xid"] for t in transactions(read_topic(pipeline.config, pipeline.source))}
+    later = run_workload(pipeline.primary_dsn, seconds=30, writers=2, max_transactions=30, seed_value=7, record_xids=True)
+    assert later.xids
+
+    deposed = Generation(2, 1, "elsewhere")
+    with pipeline.primary() as conn:
+        note = fence(conn, pipeline.source, deposed, Agent(pipeline.config, pipeline.source)._published_after)
+    found = re.search(r"never published, which the new primary lacks \(xids ([0-9, ]+)\)", note)
+    assert found, note
+    never_published = {int(x) for x in found.group(1).split(", ")}
+    assert never_published == set(later.xids), note
+    assert never_published.isdisjoint(published)
 
 
 def test_crash_in_the_middle_of_a_batch_publishes_the_rest_once(pipeline, monkeypatch):
