@@ -10,6 +10,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from devstack import tls
 from devstack.demo import run_demo
 from devstack.stack import Stack
 from pgfanout.core.errors import PgfanoutError
@@ -17,7 +18,7 @@ from pgfanout.core.errors import PgfanoutError
 
 def cmd_local_up(args: argparse.Namespace) -> int:
     stack = Stack.load()
-    stack.up(kafka_clusters=args.kafka_clusters)
+    stack.up(kafka_clusters=args.kafka_clusters, secure=args.secure)
     print("\n".join(stack.status_lines()))
     return 0
 
@@ -25,6 +26,17 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 def cmd_local_down(args: argparse.Namespace) -> int:
     Stack.load().down(purge=args.purge)
     print("local stack stopped" + (" and its data removed" if args.purge else " (data kept; --purge removes it)"))
+    return 0
+
+
+def cmd_local_env(args: argparse.Namespace) -> int:
+    """Shell lines that export the secured stack's passwords from their files (the secrets are not printed)."""
+    credentials = Stack.load().credentials
+    if credentials is None:
+        print("# the local stack is not secured (local up --secure): its servers take no password")
+        return 0
+    print(f'export {tls.KAFKA_PASSWORD_ENV}="$(cat {credentials.kafka_password_file})"')
+    print(f'export {tls.PG_PASSWORD_ENV}="$(cat {credentials.postgres_password_file})"')
     return 0
 
 
@@ -54,11 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="2 starts a second, independent Kafka cluster for tier tests",
     )
+    up.add_argument(
+        "--secure",
+        action="store_true",
+        help="Kafka with SASL/SCRAM-SHA-512 over TLS, PostgreSQL with TLS and scram-sha-256, certificates made for the "
+        "stack (docs/security.md); only when the stack is first made",
+    )
     up.set_defaults(func=cmd_local_up)
     down = local.add_parser("down", help="stop what the local stack started")
     down.add_argument("--purge", action="store_true", help="also delete the stack's data")
     down.set_defaults(func=cmd_local_down)
     local.add_parser("status", help="show what runs where").set_defaults(func=cmd_local_status)
+    local.add_parser("env", help="shell lines exporting the secured stack's passwords (eval them)").set_defaults(
+        func=cmd_local_env
+    )
     demo = top.add_parser("demo", help="run the end-to-end demo on the local stack")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the workload runs")
     demo.add_argument("--writers", type=int, default=4, help="concurrent writer connections")

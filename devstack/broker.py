@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack import processes
+from devstack import tls as tls_env
+from devstack.tls import KAFKA_USER, Credentials
 from pgfanout.core.errors import LocalStackError
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,11 @@ def ensure_jars() -> Path:
     return target
 
 
+def _quoted(argument: str) -> str:
+    """An argument of a java @file: quoted, so that spaces and brackets stay in one argument."""
+    return '"' + argument.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _cluster_id() -> str:
     raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     return "A" + raw[1:] if raw.startswith("-") else raw
@@ -73,6 +80,7 @@ class KafkaNode:
     directory: Path
     port: int
     controller_port: int
+    tls: Credentials | None = None  # SASL/SCRAM-SHA-512 over TLS on the client port when set
 
     @property
     def bootstrap(self) -> str:
@@ -89,16 +97,54 @@ class KafkaNode:
     def pid(self) -> int | None:
         return processes.running(self.pid_file, MAIN_CLASS)
 
+    def client_settings(self) -> dict[str, object]:
+        """This broker as a ``kafka:`` entry of a pgfanout configuration."""
+        settings: dict[str, object] = {"bootstrap_servers": [self.bootstrap]}
+        if self.tls is not None:
+            settings |= {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_username": KAFKA_USER,
+                "sasl_password_env": tls_env.KAFKA_PASSWORD_ENV,
+                "ssl_cafile": str(self.tls.ca),
+            }
+        return settings
+
+    def _listener_settings(self) -> dict[str, str]:
+        if self.tls is None:
+            return {
+                "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            }
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{KAFKA_USER}" password="{self.tls.kafka_password()}";'
+        )
+        return {
+            # the controller's port takes no client; encrypted too (KRaft controllers take no SCRAM)
+            "listeners": f"SASL_SSL://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"SASL_SSL://127.0.0.1:{self.port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SSL",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.directory / "keystore.pem"),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.tls.ca),
+            "ssl.endpoint.identification.algorithm": "https",
+        }
+
     def _properties(self) -> str:
         settings = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            **self._listener_settings(),
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.directory / "data"),
             "num.partitions": "1",
             "auto.create.topics.enable": "false",
@@ -115,28 +161,39 @@ class KafkaNode:
         }
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
+    def _write_private(self, path: Path, text: str) -> None:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(text)
+        os.chmod(path, 0o600)
+
     def format(self, jars: Path) -> None:
         if (self.directory / "data" / "meta.properties").exists():
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / "server.properties").write_text(self._properties())
-        result = subprocess.run(
-            [
-                "java",
-                "-cp",
-                f"{jars}/*",
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                _cluster_id(),
-                "-c",
-                str(self.directory / "server.properties"),
-                "--ignore-formatted",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        self._write_private(self.directory / "server.properties", self._properties())
+        arguments = [
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            _cluster_id(),
+            "-c",
+            str(self.directory / "server.properties"),
+            "--ignore-formatted",
+        ]
+        if self.tls is not None:
+            self._write_private(self.directory / "keystore.pem", self.tls.key.read_text() + self.tls.certificate.read_text())
+            # the user's SCRAM credential is stored at format time; its password goes through a java @file,
+            # never through the command line every process can read
+            arguments += ["--add-scram", f"SCRAM-SHA-512=[name={KAFKA_USER},password={self.tls.kafka_password()}]"]
+        argfile = self.directory / "format.args"
+        self._write_private(argfile, "\n".join(_quoted(argument) for argument in arguments) + "\n")
+        try:
+            result = subprocess.run(
+                ["java", "-cp", f"{jars}/*", f"@{argfile}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        finally:
+            argfile.unlink()
         if result.returncode != 0:
             raise LocalStackError(f"Kafka storage format failed for {self.name}:\n{result.stdout[-3000:]}")
 
@@ -170,7 +227,7 @@ class KafkaNode:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     pass
-                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000, bootstrap_timeout_ms=3000)
+                admin = KafkaAdminClient(**self._admin_options(), request_timeout_ms=5000, bootstrap_timeout_ms=3000)
                 try:
                     admin.describe_cluster()
                     return
@@ -180,6 +237,18 @@ class KafkaNode:
                 if time.monotonic() > deadline:
                     raise LocalStackError(f"Kafka {self.name} does not answer on {self.bootstrap}: {exc}") from exc
                 time.sleep(0.5)
+
+    def _admin_options(self) -> dict[str, object]:
+        if self.tls is None:
+            return {"bootstrap_servers": self.bootstrap}
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": KAFKA_USER,
+            "sasl_plain_password": self.tls.kafka_password(),
+            "ssl_cafile": str(self.tls.ca),
+        }
 
     def _log_tail(self, lines: int = 30) -> str:
         try:

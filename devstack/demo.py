@@ -31,10 +31,10 @@ SUBSCRIBERS = ("sub1", "sub2")
 def demo_config(stack: Stack, route_upstream: str = "shop") -> dict:
     primary, replica, kafka = stack.postgres("primary"), stack.postgres("replica"), stack.kafka("main")
     return {
-        "kafka": {"local": {"bootstrap_servers": [kafka.bootstrap]}},
+        "kafka": {"local": kafka.client_settings()},
         "sources": {
             "shop": {
-                "dsn": primary.dsn("shop"),
+                **primary.database("shop"),
                 "kafka": "local",
                 "tables": SAMPLE_TABLES,
                 "trace_interval_seconds": 10,
@@ -44,7 +44,7 @@ def demo_config(stack: Stack, route_upstream: str = "shop") -> dict:
         "routes": {"all": {"upstream": route_upstream, "kafka": "local"}},
         "distributors": {"hq": {"routes": ["all"], "metrics_port": stack.port("metrics.distributor.hq")}},
         "subscribers": {
-            name: {"route": "all", "dsn": replica.dsn(name), "metrics_port": stack.port(f"metrics.subscriber.{name}")}
+            name: {"route": "all", **replica.database(name), "metrics_port": stack.port(f"metrics.subscriber.{name}")}
             for name in SUBSCRIBERS
         },
     }

@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 
 from devstack import processes
+from devstack.tls import PG_PASSWORD_ENV, Credentials
 from pgfanout.core.errors import LocalStackError
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class PgCluster:
     name: str
     directory: Path
     port: int
+    tls: Credentials | None = None  # TLS and scram-sha-256 only, verified against the stack's CA, when set
 
     @property
     def data(self) -> Path:
@@ -72,7 +74,17 @@ class PgCluster:
         return self.directory / "postgres.log"
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"host=127.0.0.1 port={self.port} dbname={dbname} user=postgres"
+        """A connection string without a password (a configuration's ``dsn``)."""
+        plain = f"host=127.0.0.1 port={self.port} dbname={dbname} user=postgres"
+        return plain if self.tls is None else f"{plain} sslmode=verify-full sslrootcert={self.tls.ca}"
+
+    def admin_dsn(self, dbname: str = "postgres") -> str:
+        """A connection string whose password libpq reads from the stack's passfile (when secured)."""
+        return self.dsn(dbname) if self.tls is None else f"{self.dsn(dbname)} passfile={self.tls.pgpass}"
+
+    def database(self, dbname: str) -> dict[str, str]:
+        """A database of this cluster as a pgfanout configuration names it: the password from the environment."""
+        return {"dsn": self.dsn(dbname)} | ({} if self.tls is None else {"password_env": PG_PASSWORD_ENV})
 
     def pid(self) -> int | None:
         return processes.running(self.data / "postmaster.pid", "postgres")
@@ -82,25 +94,33 @@ class PgCluster:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         _give_to_service_user(self.directory)
-        result = subprocess.run(
-            _as_service_user(
-                [
-                    str(bin_dir() / "initdb"),
-                    "-D",
-                    str(self.data),
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C.UTF-8",
-                    "--no-sync",
-                ]
-            ),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        authentication = ["--auth=trust"]
+        password_file = self.directory / "initdb.password"
+        if self.tls is not None:
+            self._private_copy(self.tls.postgres_password_file, password_file)
+            authentication = ["--auth=scram-sha-256", f"--pwfile={password_file}"]
+        try:
+            result = subprocess.run(
+                _as_service_user(
+                    [
+                        str(bin_dir() / "initdb"),
+                        "-D",
+                        str(self.data),
+                        "-U",
+                        "postgres",
+                        *authentication,
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                        "--no-sync",
+                    ]
+                ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            password_file.unlink(missing_ok=True)
         if result.returncode != 0:
             said = "\n".join("    " + line for line in result.stderr.strip().splitlines()) or "    (nothing)"
             raise LocalStackError(
@@ -118,10 +138,26 @@ class PgCluster:
             "logging_collector": "off",
             "log_min_messages": "warning",
         }
+        hba = "local all all trust\nhost all all 127.0.0.1/32 trust\n"
+        if self.tls is not None:
+            self._private_copy(self.tls.certificate, self.data / "server.crt")
+            self._private_copy(self.tls.key, self.data / "server.key")
+            settings |= {"ssl": "on", "ssl_min_protocol_version": "'TLSv1.2'", "password_encryption": "'scram-sha-256'"}
+            hba = (
+                "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all 127.0.0.1/32 reject\n"
+            )
         with open(self.data / "postgresql.auto.conf", "a") as conf:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
-        (self.data / "pg_hba.conf").write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+        (self.data / "pg_hba.conf").write_text(hba)
         log.info("initialized PostgreSQL cluster %s in %s", self.name, self.data)
+
+    def _private_copy(self, source: Path, target: Path) -> None:
+        """A copy only the server's user can read (PostgreSQL refuses a key others can read)."""
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(source.read_bytes())
+        os.chmod(target, 0o600)
+        _give_to_service_user(target)
 
     def start(self) -> None:
         if self.pid():
@@ -144,7 +180,7 @@ class PgCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with psycopg.connect(self.dsn(), connect_timeout=2):
+                with psycopg.connect(self.admin_dsn(), connect_timeout=2):
                     return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
@@ -168,7 +204,7 @@ class PgCluster:
     def create_database(self, name: str, drop_first: bool = False) -> None:
         from psycopg import sql
 
-        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+        with psycopg.connect(self.admin_dsn(), autocommit=True) as conn:
             if drop_first:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()

@@ -21,9 +21,10 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack import processes
+from devstack import processes, tls
 from devstack.broker import KafkaNode, ensure_jars
 from devstack.postgres import PgCluster, service_user_reaches
+from devstack.tls import Credentials
 from pgfanout.core.errors import LocalStackError
 
 log = logging.getLogger(__name__)
@@ -75,17 +76,19 @@ class Stack:
     home: Path
     ports: dict[str, int] = field(default_factory=dict)
     pg_home: Path | None = None  # decided on first use, then remembered
+    secure: bool = False  # TLS and passwords on every link (local up --secure), decided when the stack is made
 
     @classmethod
     def load(cls, home: Path | None = None) -> Stack:
         home = home or default_home()
         state = home / "stack.json"
         saved = json.loads(state.read_text()) if state.exists() else {}
-        return cls(home, saved.get("ports", {}), Path(saved["pg_home"]) if saved.get("pg_home") else None)
+        pg_home = Path(saved["pg_home"]) if saved.get("pg_home") else None
+        return cls(home, saved.get("ports", {}), pg_home, bool(saved.get("secure")))
 
     def _save(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        saved = {"ports": self.ports} | ({"pg_home": str(self.pg_home)} if self.pg_home else {})
+        saved = {"ports": self.ports, "secure": self.secure} | ({"pg_home": str(self.pg_home)} if self.pg_home else {})
         (self.home / "stack.json").write_text(json.dumps(saved, indent=2) + "\n")
 
     def port(self, key: str) -> int:
@@ -107,11 +110,18 @@ class Stack:
             self._save()
         return self.pg_home
 
+    @property
+    def credentials(self) -> Credentials | None:
+        """The secured stack's certificates and passwords (docs/security.md); None for a plain stack."""
+        return Credentials(self.home / "tls") if self.secure else None
+
     def postgres(self, name: str) -> PgCluster:
-        return PgCluster(name, self.clusters / name, self.port(f"pg.{name}"))
+        return PgCluster(name, self.clusters / name, self.port(f"pg.{name}"), self.credentials)
 
     def kafka(self, name: str) -> KafkaNode:
-        return KafkaNode(name, self.home / "kafka" / name, self.port(f"kafka.{name}"), self.port(f"kafka.{name}.controller"))
+        return KafkaNode(
+            name, self.home / "kafka" / name, self.port(f"kafka.{name}"), self.port(f"kafka.{name}.controller"), self.credentials
+        )
 
     @property
     def run_dir(self) -> Path:
@@ -121,10 +131,20 @@ class Stack:
     def log_dir(self) -> Path:
         return self.home / "log"
 
-    def up(self, kafka_clusters: int = 1) -> None:
+    def up(self, kafka_clusters: int = 1, secure: bool = False) -> None:
+        made = any(key.startswith(("pg.", "kafka.")) for key in self.ports)
+        if made and secure != self.secure:
+            raise LocalStackError(
+                f"the local stack in {self.home} was made {'with' if self.secure else 'without'} --secure; remove it "
+                "first (`local down --purge`) to make it the other way"
+            )
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / ".gitignore").write_text("*\n")
         os.chmod(self.home, 0o755)
+        if secure:
+            self.secure = True
+            self._save()
+            tls.ensure(self.home / "tls")
         jars = ensure_jars()
         for name in PG_CLUSTERS:
             cluster = self.postgres(name)
@@ -163,6 +183,11 @@ class Stack:
 
     def status_lines(self) -> list[str]:
         lines = [f"state directory: {self.home}"]
+        if self.credentials is not None:
+            lines.append(
+                f"secured: Kafka SASL_SSL (SCRAM-SHA-512), PostgreSQL TLS and scram-sha-256; CA {self.credentials.ca}; "
+                f"passwords in {self.credentials.directory} (export them: `python -m devstack local env`)"
+            )
         if self.pg_home is not None and not self.pg_home.is_relative_to(self.home):
             lines.append(f"PostgreSQL data: {self.pg_home} (the server's user cannot reach the state directory)")
         for name in PG_CLUSTERS:

@@ -55,7 +55,21 @@ class KafkaCluster(Strict):
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
-    sasl_password_env: str | None = None
+    sasl_password_env: str | None = Field(default=None, description="the environment variable holding the SASL password")
+    ssl_cafile: str | None = Field(
+        default=None, description="the CA certificate (PEM) the brokers' certificates are verified against; the system's when not set"
+    )
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaCluster:
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl and not (self.sasl_mechanism and self.sasl_username and self.sasl_password_env):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, sasl_username and sasl_password_env"
+            )
+        if not sasl and self.sasl_mechanism:
+            raise ValueError(f"sasl_mechanism is set, but security_protocol {self.security_protocol} does not use SASL")
+        return self
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -54,10 +54,10 @@ class Pipeline:
         self.source, self.route, self.distributor = name, f"{name}.all", f"{name}.dist"
         self.subscribers = [f"{name}.sub1", f"{name}.sub2"]
         self.data = {
-            "kafka": {"local": {"bootstrap_servers": [kafka.bootstrap]}},
+            "kafka": {"local": kafka.client_settings()},
             "sources": {
                 self.source: {
-                    "dsn": primary.dsn(f"{name}_primary"),
+                    **primary.database(f"{name}_primary"),
                     "kafka": "local",
                     "tables": SAMPLE_TABLES,
                     "capture_trigger": capture_trigger,
@@ -65,14 +65,15 @@ class Pipeline:
             },
             "routes": {self.route: {"upstream": self.source, "kafka": "local"}},
             "distributors": {self.distributor: {"routes": [self.route]}},
-            "subscribers": {s: {"route": self.route, "dsn": replica.dsn(s.replace(".", "_"))} for s in self.subscribers},
+            "subscribers": {s: {"route": self.route, **replica.database(s.replace(".", "_"))} for s in self.subscribers},
         }
         self.config_path: Path = write_config(stack.home / f"{name}.yaml", self.data)
         self.config: Config = load_config(self.config_path)
 
     @property
     def primary_dsn(self) -> str:
-        return self.config.sources[self.source].dsn
+        """The primary's connection string, with the password (from the stack's passfile when secured)."""
+        return self.stack.postgres("primary").admin_dsn(f"{self.name}_primary")
 
     def primary(self) -> psycopg.Connection:
         return connect(self.config.sources[self.source], "pgfanout-test")

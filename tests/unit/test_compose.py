@@ -188,3 +188,93 @@ def test_grafana_gets_the_dashboard_and_prometheus():
     assert datasource["url"] == "http://prometheus:9090"
     dashboards = yaml.safe_load((provisioning / "dashboards" / "pgfanout.yml").read_text())["providers"][0]
     assert dashboards["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+# -- secured links: the same settings as `python -m devstack local up --secure` -------------------------
+
+KAFKA_SERVICES = {name: s for name, s in SERVICES.items() if s.get("image", "").startswith("apache/kafka:")}
+POSTGRES_SERVICES = {name: s for name, s in SERVICES.items() if "POSTGRES_DB" in (s.get("environment") or {})}
+
+
+def mounted(service, container_path: str) -> str | None:
+    """The host side (a path or a volume name) of what ``service`` mounts at ``container_path``."""
+    for volume in service.get("volumes", []):
+        host, container, *_ = volume.split(":")
+        if container_path == container or container_path.startswith(container.rstrip("/") + "/"):
+            return host
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(KAFKA_SERVICES))
+def test_kafka_takes_only_sasl_scram_over_tls(name):
+    assert len(KAFKA_SERVICES) == 2 and len(POSTGRES_SERVICES) == 4
+    kafka = KAFKA_SERVICES[name]
+    env = kafka["environment"]
+    listeners = dict(item.split(":", 1) for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert listeners == {"SASL_SSL": "SASL_SSL", "CONTROLLER": "SSL"}
+    assert {listener.split("://")[0] for listener in env["KAFKA_LISTENERS"].split(",")} == set(listeners)
+    assert env["KAFKA_ADVERTISED_LISTENERS"].startswith("SASL_SSL://")
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == env["KAFKA_SASL_MECHANISM_INTER_BROKER_PROTOCOL"] == "SCRAM-SHA-512"
+    for key in ("KAFKA_SSL_KEYSTORE_LOCATION", "KAFKA_SSL_TRUSTSTORE_LOCATION"):
+        assert mounted(kafka, env[key]) == "certs", f"{name}: {key} is not on the certs volume"
+    script = kafka["entrypoint"][-1]
+    assert mounted(kafka, script) == "./docker/secure/kafka-start.sh"
+    assert "--command-config" in " ".join(kafka["healthcheck"]["test"])
+
+
+def test_the_kafka_start_script_passes_the_scram_password_through_a_file_only():
+    script = (REPO / "docker/secure/kafka-start.sh").read_text()
+    commands = [line for line in script.splitlines() if "PGFANOUT_KAFKA_PASSWORD" in line and not line.lstrip().startswith("#")]
+    for line in commands:
+        assert line.lstrip().startswith(("printf", "quoted", ": ", '"$SCRAM_USER"')), (
+            f"the password reaches a command line: {line}"
+        )
+    assert 'java -cp "$KAFKA_LIBS/*" "@$args"' in script
+
+
+def test_every_kafka_client_uses_sasl_scram_over_tls_verified_by_the_deployment_ca():
+    for name, cluster in CONFIG.kafka.items():
+        assert cluster.security_protocol == "SASL_SSL" and cluster.sasl_mechanism == "SCRAM-SHA-512", name
+        for service_name, service in PGFANOUT_SERVICES.items():
+            assert mounted(service, cluster.ssl_cafile) == "certs", f"{service_name} lacks {cluster.ssl_cafile}"
+            assert cluster.sasl_password_env in service["environment"], f"{service_name} lacks {cluster.sasl_password_env}"
+
+
+def test_every_database_connection_verifies_the_server():
+    for name, db in [*CONFIG.sources.items(), *CONFIG.subscribers.items()]:
+        parts = psycopg.conninfo.conninfo_to_dict(db.dsn)
+        assert parts.get("sslmode") == "verify-full", name
+        for service_name, service in PGFANOUT_SERVICES.items():
+            assert mounted(service, parts["sslrootcert"]) == "certs", f"{service_name} lacks {parts['sslrootcert']}"
+
+
+@pytest.mark.parametrize("name", sorted(POSTGRES_SERVICES))
+def test_postgres_takes_only_tls_with_scram(name):
+    postgres = POSTGRES_SERVICES[name]
+    settings = dict(arg.split("=", 1) for arg in postgres["command"] if "=" in arg)
+    assert settings["ssl"] == "on" and settings["password_encryption"] == "scram-sha-256"
+    for key in ("ssl_cert_file", "ssl_key_file"):
+        assert mounted(postgres, settings[key]) == "certs"
+    hba_script = mounted(postgres, "/docker-entrypoint-initdb.d/90-hostssl-only.sh")
+    assert hba_script == "./docker/secure/hostssl-only.sh"
+    hba = (REPO / hba_script).read_text().split("HBA\n")[1]
+    rules = [line.split() for line in hba.splitlines() if line.strip() and not line.startswith("#")]
+    assert all(rule[0] in ("local", "hostssl", "hostnossl") for rule in rules), rules
+    assert all(rule[-1] == ("reject" if rule[0] == "hostnossl" else "scram-sha-256") for rule in rules), rules
+
+
+def test_the_server_certificate_names_every_server():
+    script = (REPO / "docker/secure/make-certs.sh").read_text()
+    hosts = re.search(r"HOSTS=\$\{CERT_HOSTS:-([^}]*)\}", script).group(1).split()
+    assert set(KAFKA_SERVICES) | set(POSTGRES_SERVICES) <= set(hosts)
+    for name in [*KAFKA_SERVICES, *POSTGRES_SERVICES]:
+        assert SERVICES[name]["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+
+
+def test_no_password_is_written_in_the_compose_file_or_the_config():
+    for name, service in SERVICES.items():
+        for key, value in (service.get("environment") or {}).items():
+            if "PASSWORD" in key:
+                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), f"{name}: {key} is not taken from the environment"
+    config = (REPO / "docker/pgfanout.yaml").read_text()
+    assert "password=" not in config.replace("password_env", "")
