@@ -57,7 +57,7 @@ class KafkaCluster(Strict):
     sasl_username: str | None = None
     sasl_password_env: str | None = Field(default=None, description="the environment variable holding the SASL password")
     ssl_cafile: str | None = Field(
-        default=None, description="the CA certificate (PEM) the brokers' certificates are verified against; the system's when not set"
+        default=None, description="the CA certificate (PEM) that verifies the brokers' certificates; the system's when not set"
     )
 
     @model_validator(mode="after")
