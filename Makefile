@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help deps browser capture-lib venv jars up down demo test unit lint bench bench-peers clean
+.PHONY: help deps browser chaos-tools capture-lib venv jars up down demo test unit lint bench bench-peers chaos clean
 
 help:
 	@echo "make demo   install what is missing, start the local stack, replicate a workload, prove equality"
@@ -13,6 +13,7 @@ help:
 	@echo "make down   stop the local stack started by make demo"
 	@echo "make lint   ruff check, ruff format --check and the import contracts (make test runs it first)"
 	@echo "make bench  the benchmarks (bench/README.md); results in bench/results/"
+	@echo "make chaos  the 10-minute chaos run (bench/chaos); its table in bench/results/chaos.md"
 	@echo "make bench-peers  pgfanout, native logical replication and Slony-I side by side (about 30 minutes)"
 
 deps:
@@ -21,6 +22,10 @@ deps:
 # Debian's Chromium, for the test that opens `pgfanout web` in a headless browser (skipped without it)
 browser:
 	@scripts/install-browser.sh
+
+# nftables, with which the chaos run cuts links between tiers
+chaos-tools:
+	@scripts/install-chaos-tools.sh
 
 # the C capture trigger, installed into the local PostgreSQL (agent/capture_c; optional in production)
 capture-lib: deps
@@ -46,7 +51,7 @@ down: venv
 demo: deps capture-lib venv
 	$(BIN)/python -m devstack demo
 
-test: lint deps capture-lib venv jars browser
+test: lint deps capture-lib venv jars browser chaos-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv
@@ -72,6 +77,9 @@ bench: deps capture-lib venv jars
 bench-peers: deps capture-lib venv jars
 	@scripts/install-slony.sh
 	$(BIN)/python -m bench.peers
+
+chaos: deps capture-lib venv jars chaos-tools
+	$(BIN)/python -m bench.chaos --minutes 10
 
 clean: down
 	rm -rf $(VENV) .pgfanout .pytest_cache

@@ -21,10 +21,10 @@ import pytest
 from agent import capture
 from devstack import processes
 from devstack.demo import daemon_argv, reset_streams, write_config
+from devstack.transfers import TABLES, Sampler, Writers, create, seed
 from pgfanout.core.generations import generation_of, lineage_of
 from pgfanout.runtime.pg import connect
 from tests.integration.pipeline import Pipeline, contiguous, eventually, read_topic, transactions
-from tests.integration.transfers import TABLES, Sampler, Writers, create, seed
 
 pytestmark = pytest.mark.integration
 

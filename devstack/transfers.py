@@ -1,4 +1,5 @@
-"""A constant-total transfer workload whose writers follow the primary role, and a sampler of every replica.
+"""A constant-total transfer workload whose writers follow the primary role, and a sampler of every replica
+(the switchover tests and the chaos run).
 
 Writers connect with libpq's multi-host form and ``target_session_attrs=read-write``: a database that is not
 the primary defaults to read-only sessions, so libpq passes it over. A refused write (the guard of a primary
@@ -7,7 +8,6 @@ handing over, or a read-only session) is tried again, with the same transfer id,
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 import time
@@ -42,12 +42,15 @@ def seed(conn: psycopg.Connection) -> None:
 
 @dataclass
 class Writers:
-    """``count`` writers moving money between accounts until stopped (at most ``seconds``)."""
+    """``count`` writers moving money between accounts until stopped (at most ``seconds``). With ``groups``
+    above 1 the accounts are cut into that many blocks of consecutive ids and money stays in its block, so
+    that a route filtering accounts by id range holds a constant total too."""
 
     dsn: str
     count: int = 2
     seconds: float = 300.0
     pause: float = 0.005
+    groups: int = 1
     committed: set[str] = field(default_factory=set)
     refused: int = 0
     commit_times: list[float] = field(default_factory=list)
@@ -82,7 +85,9 @@ class Writers:
         while not self.stop.is_set() and time.monotonic() < deadline:
             number += 1
             transfer = f"w{writer}-{number}"
-            a, b = rng.sample(range(1, ACCOUNTS + 1), 2)
+            size = ACCOUNTS // self.groups
+            block = rng.randrange(self.groups) * size
+            a, b = rng.sample(range(block + 1, block + size + 1), 2)
             amount = rng.randint(1, 50)
             while not self.stop.is_set() and time.monotonic() < deadline:
                 try:
@@ -121,9 +126,12 @@ class Writers:
 
 @dataclass
 class Sampler:
-    """Reads every replica's total in REPEATABLE READ snapshots until stopped: it must never change."""
+    """Reads every replica's total in REPEATABLE READ snapshots until stopped (at most ``seconds``): it must
+    never change. ``expected``: (accounts, total) of a replica that holds a share, (ACCOUNTS, TOTAL) otherwise."""
 
     dsns: dict[str, str]
+    expected: dict[str, tuple[int, int]] = field(default_factory=dict)
+    seconds: float = 600.0
     samples: int = 0
     violations: list[str] = field(default_factory=list)
 
@@ -140,23 +148,27 @@ class Sampler:
         self.thread.join(timeout=60)
 
     def _sample(self) -> None:
-        conns = {name: psycopg.connect(dsn, autocommit=True) for name, dsn in self.dsns.items()}
+        conns: dict[str, psycopg.Connection | None] = {name: None for name in self.dsns}
         try:
-            deadline = time.monotonic() + 600
+            deadline = time.monotonic() + self.seconds
             while not self.stop.is_set() and time.monotonic() < deadline:
                 for name, conn in conns.items():
                     try:
+                        if conn is None or conn.closed:
+                            conn = conns[name] = psycopg.connect(self.dsns[name], autocommit=True, connect_timeout=2)
                         with conn.transaction():
                             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
                             total, count = conn.execute("SELECT sum(balance), count(*) FROM public.accounts").fetchone()
                     except psycopg.OperationalError:
-                        with contextlib.suppress(psycopg.OperationalError):
-                            conns[name] = psycopg.connect(self.dsns[name], autocommit=True, connect_timeout=2)
+                        if conn is not None:
+                            conn.close()
                         continue
                     self.samples += 1
-                    if count and (total != TOTAL or count != ACCOUNTS):
+                    accounts, expected_total = self.expected.get(name, (ACCOUNTS, TOTAL))
+                    if count and (total != expected_total or count != accounts):
                         self.violations.append(f"{name}: {count} accounts, total {total}")
                 time.sleep(0.05)
         finally:
             for conn in conns.values():
-                conn.close()
+                if conn is not None:
+                    conn.close()
