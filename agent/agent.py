@@ -164,6 +164,7 @@ class Agent(SessionDaemon["AgentSession"]):
                     f"another agent of source {self.source} is connected to {describe(settings.dsn)}, or a switchover "
                     "is moving the primary role; waiting"
                 )
+            kafkautil.outlive_orphaned_writes()  # an earlier agent's last sends land before the tail is read
             tail, lineage = self._read_tail()  # again: an agent that held the lock may have published since
             if lineage and lineage[-1].primary != primary.primary:
                 raise primary_role.PrimaryMoved(f"source {self.source}: the primary role moved to {lineage[-1].primary}")

@@ -133,6 +133,8 @@ class DistributorSession:
             registry.register(cluster, d.codec)  # what it forwards must stay readable downstream
         for route in d.routes:
             kafkautil.ensure_topic(route.cluster, route.topic, MAX_MESSAGE_BYTES)
+        kafkautil.outlive_orphaned_writes()  # an earlier session's last sends land before the tails are read
+        for route in d.routes:
             last = kafkautil.last_message(route.cluster, route.topic, d.codec.decode)
             route.last = NOTHING if last is None else mark_of(*last)
         subscriptions = [route.subscription for route in d.routes]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 
@@ -18,6 +19,17 @@ from pgfanout.core.messages import Message
 log = logging.getLogger(__name__)
 
 FETCH_MAX_BYTES = 64 * 1024 * 1024
+# A request a producer wrote stays in the kernel's socket buffer while the network is cut, and the kernel
+# goes on sending it after its process was killed or its client closed: it can reach the broker after a new
+# session read the topic's tail, and be appended behind what that session publishes again. TCP_USER_TIMEOUT
+# bounds how long unacknowledged data is tried (for orphaned sockets too); a session that reconciles with a
+# tail waits that long first (outlive_orphaned_writes). A live producer whose connection is aborted by it
+# reconnects and retries, and the broker drops the idempotent retry's duplicate.
+UNACKED_WRITE_MS = 2000
+PRODUCER_SOCKET_OPTIONS = [
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, UNACKED_WRITE_MS),
+]
 
 
 def client_options(cluster: KafkaCluster) -> dict[str, object]:
@@ -37,6 +49,13 @@ def client_options(cluster: KafkaCluster) -> dict[str, object]:
     if cluster.security_protocol in ("SSL", "SASL_SSL"):
         options["ssl_check_hostname"] = True  # the broker's certificate names the address connected to
     return options
+
+
+def outlive_orphaned_writes() -> None:
+    """Wait until whatever an earlier producer of this stream left in a socket (a killed process, a client
+    closed during a network cut) has reached the broker or been given up (UNACKED_WRITE_MS): only then does a
+    topic's tail say all that was published."""
+    time.sleep(UNACKED_WRITE_MS / 1000 + 0.2)
 
 
 def where(cluster: KafkaCluster) -> str:
@@ -59,6 +78,7 @@ def producer(cluster: KafkaCluster, max_request_size: int, linger_ms: int = 0) -
             batch_size=1024 * 1024,
             max_request_size=max_request_size,
             delivery_timeout_ms=120_000,
+            socket_options=PRODUCER_SOCKET_OPTIONS,
         )
     except kafka.errors.KafkaError as exc:
         raise _unavailable(cluster, exc) from exc
