@@ -12,7 +12,7 @@ def test_a_short_chaos_run_loses_doubles_and_tears_nothing(stack, second_kafka):
     account = run_chaos(stack, Settings(MINUTES, per_kind_for(MINUTES), seed=7))
     print(account.table())
     kinds = {row["kind"]: row["injected"] for row in account.rows()}
-    assert all(count >= 3 for count in kinds.values()), kinds
+    assert all(count >= 2 for count in kinds.values()), kinds  # 3 of each are dealt; a slow broker start may leave one out
     assert account.samples > 500 and account.transactions > 1000, (account.samples, account.transactions)
     assert account.clean, "\n".join(account.problems()[:30])
     assert all(fault.recovered is not None for fault in account.faults), [f for f in account.faults if f.recovered is None]
