@@ -161,17 +161,11 @@ class KafkaNode:
         }
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
-    def _write_private(self, path: Path, text: str) -> None:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            out.write(text)
-        os.chmod(path, 0o600)
-
     def format(self, jars: Path) -> None:
         if (self.directory / "data" / "meta.properties").exists():
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._write_private(self.directory / "server.properties", self._properties())
+        tls_env.write_private(self.directory / "server.properties", self._properties().encode())
         arguments = [
             "kafka.tools.StorageTool",
             "format",
@@ -182,12 +176,14 @@ class KafkaNode:
             "--ignore-formatted",
         ]
         if self.tls is not None:
-            self._write_private(self.directory / "keystore.pem", self.tls.key.read_text() + self.tls.certificate.read_text())
+            tls_env.write_private(
+                self.directory / "keystore.pem", (self.tls.key.read_text() + self.tls.certificate.read_text()).encode()
+            )
             # the user's SCRAM credential is stored at format time; its password goes through a java @file,
             # never through the command line every process can read
             arguments += ["--add-scram", f"SCRAM-SHA-512=[name={KAFKA_USER},password={self.tls.kafka_password()}]"]
         argfile = self.directory / "format.args"
-        self._write_private(argfile, "\n".join(_quoted(argument) for argument in arguments) + "\n")
+        tls_env.write_private(argfile, ("\n".join(_quoted(argument) for argument in arguments) + "\n").encode())
         try:
             result = subprocess.run(
                 ["java", "-cp", f"{jars}/*", f"@{argfile}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
