@@ -180,7 +180,7 @@ class Agent(SessionDaemon["AgentSession"]):
             self.session.resume(tail)
         except BaseException:
             if producer is not None:
-                producer.close(timeout=5)
+                kafkautil.close_producer(producer)
             conn.close()
             self.session = None
             raise
@@ -296,7 +296,7 @@ class AgentSession:
 
     def close(self) -> None:
         try:
-            self.producer.close(timeout=5)
+            kafkautil.close_producer(self.producer)
         finally:
             self.conn.close()
 

@@ -339,6 +339,6 @@ class DistributorSession:
 def _close_all(executor: Inline | RoutingPool, producers: dict[str, KafkaProducer], consumer: Any) -> None:
     executor.close()
     for producer in producers.values():
-        producer.close(timeout=5)
+        kafkautil.close_producer(producer)
     if consumer is not None:
         consumer.close()

@@ -208,6 +208,8 @@ def test_retention_gap_stops_then_resync_recovers_and_on_gap_resync_recovers_alo
     pipeline.reconfigure(pipeline.data)
     pipeline.prepare()
     pipeline.start("agent", "distributor")
+    pipeline.wait_for_log("agent", "ready")  # each round in its own batches, not all in the first
+    pipeline.wait_for_log("distributor", "ready")
     pipeline.seed()
     from devstack.sample import run_workload
 
