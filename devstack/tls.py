@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+KAFKA_PASSWORD_ENV = "PGFANOUT_KAFKA_PASSWORD"
+PG_PASSWORD_ENV = "PGFANOUT_PG_PASSWORD"
 KAFKA_USER = "pgfanout"  # the SCRAM-SHA-512 user of the stack's brokers (broker-to-broker and clients alike)
 VALID_DAYS = 825
 
@@ -60,11 +62,7 @@ class Credentials:
 
     def environment(self) -> dict[str, str]:
         """The variables the stack's configurations name (``password_env``, ``sasl_password_env``)."""
-        return {"PGFANOUT_KAFKA_PASSWORD": self.kafka_password(), "PGFANOUT_PG_PASSWORD": self.postgres_password()}
-
-
-KAFKA_PASSWORD_ENV = "PGFANOUT_KAFKA_PASSWORD"
-PG_PASSWORD_ENV = "PGFANOUT_PG_PASSWORD"
+        return {KAFKA_PASSWORD_ENV: self.kafka_password(), PG_PASSWORD_ENV: self.postgres_password()}
 
 
 def ensure(directory: Path) -> Credentials:
