@@ -3,15 +3,12 @@ positions, every replica's applied position ranges."""
 
 from __future__ import annotations
 
-import time
-
 import psycopg
 
 from bench.chaos.schedule import Account, duplicated_or_unordered, missing, range_problems
 from bench.chaos.tree import MARKS, SHARE, Tree
-from pgfanout.core.codec import default_codec
+from devstack.topics import read_topic, transactions
 from pgfanout.core.config import Config
-from pgfanout.runtime import kafka as kafkautil
 
 TRANSFERS = "SELECT id, from_id, to_id, amount, xid FROM public.transfers {} ORDER BY id"
 ACCOUNTS = "SELECT id, balance FROM public.accounts {} ORDER BY id"
@@ -93,23 +90,4 @@ def _topics(tree: Tree, share: dict[str, object], account: Account) -> None:
 
 def _positions(config: Config, stream: str) -> list[tuple[int, int]]:
     """(position, xid) of every whole transaction of a stream, in stream order."""
-    cluster_name, topic = config.stream(stream)
-    consumer = kafkautil.consumer(config.kafka[cluster_name])
-    codec = default_codec()
-    found: list[tuple[int, int]] = []
-    try:
-        tp = kafkautil.partition(topic)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = kafkautil.end_offset(consumer, topic)
-        deadline = time.monotonic() + 300
-        while consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"could not read {topic} to its end ({end}) within 300 s")
-            for record in consumer.poll(timeout_ms=500).get(tp, []):
-                kind, message = codec.decode(record.value, f"{topic}@{record.offset}")
-                if kind == "Batch":
-                    found += [(part["position"], part["xid"]) for part in message["transactions"] if part["last_chunk"]]
-    finally:
-        consumer.close()
-    return found
+    return [(part["position"], part["xid"]) for part in transactions(read_topic(config, stream)) if part["last_chunk"]]

@@ -20,6 +20,7 @@ from devstack import processes
 from devstack.demo import daemon_argv, proof, reset_streams, start_daemon, wait_caught_up, write_config
 from devstack.sample import SAMPLE_TABLES, WorkloadStats, create_schema, run_workload, seed
 from devstack.stack import Stack, free_port
+from devstack.topics import read_raw, read_topic, transaction_positions, transactions  # noqa: F401 (the tests' names)
 from pgfanout.core.codec import decode_changes, default_codec
 from pgfanout.core.config import Config, load_config
 from pgfanout.runtime.pg import connect
@@ -185,45 +186,6 @@ class Pipeline:
                 return content
             time.sleep(0.2)
         raise AssertionError(f"{role} never logged {text!r}; its log:\n{self.log(role)[-3000:]}")
-
-
-def read_topic(config: Config, stream: str) -> list[tuple[int, str, dict]]:
-    """Every message of a source's or route's topic: (offset, kind, record)."""
-    from pgfanout.core.codec import default_codec
-
-    topic = config.stream(stream)[1]
-    return [(offset, *default_codec().decode(value, f"{topic}@{offset}")) for offset, value in read_raw(config, stream)]
-
-
-def read_raw(config: Config, stream: str) -> list[tuple[int, bytes]]:
-    """Every message of a source's or route's topic as the broker holds it: (offset, bytes)."""
-    from pgfanout.runtime import kafka as kafkautil
-
-    cluster_name, topic = config.stream(stream)
-    consumer = kafkautil.consumer(config.kafka[cluster_name])
-    try:
-        tp = kafkautil.partition(topic)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        end = kafkautil.end_offset(consumer, topic)
-        messages: list[tuple[int, bytes]] = []
-        deadline = time.monotonic() + 60
-        while consumer.position(tp) < end and time.monotonic() < deadline:
-            for record in consumer.poll(timeout_ms=500).get(tp, []):
-                messages.append((record.offset, record.value))
-        return messages
-    finally:
-        consumer.close()
-
-
-def transactions(messages: list[tuple[int, str, dict]]) -> list[dict]:
-    """Every transaction part of a stream, in order, with its message's tick."""
-    return [dict(part, tick_id=m["tick_id"]) for _, kind, m in messages if kind == "Batch" for part in m["transactions"]]
-
-
-def transaction_positions(messages: list[tuple[int, str, dict]]) -> list[int]:
-    """Positions of whole transactions (their last chunks), in stream order."""
-    return [part["position"] for part in transactions(messages) if part["last_chunk"]]
 
 
 BRANCH = {"public.accounts": {"where": "id <= 10"}, "public.customers": {"columns": ["id", "name"]}}
