@@ -410,7 +410,7 @@ class AgentSession:
         tick_id, tick_time, snapshot, others_running = self.conn.execute(
             "INSERT INTO pgfanout.tick (tick_id, snapshot, tick_time) "
             "VALUES (nextval('pgfanout.tick_seq'), pg_current_snapshot(), clock_timestamp()) "
-            "RETURNING tick_id, tick_time, snapshot::text, pg_snapshot_xmin(snapshot) <> pg_snapshot_xmax(snapshot)"
+            "RETURNING tick_id, tick_time, snapshot::text, " + logtables.others_running("snapshot")
         ).fetchone()
         self.logged_at_last_tick, self.running_at_last_tick = tuple(logged), others_running
         return Tick(tick_id, tick_time, snapshot)

@@ -36,6 +36,17 @@ def unpublished(log: sql.Composable = LOG) -> sql.Composable:
     ).format(log=log)
 
 
+def others_running(snapshot: str) -> str:
+    """SQL: whether a transaction other than this one, the tick's, held an xid when ``snapshot`` was taken.
+
+    A snapshot lists running transactions only below its xmax (the newest ended xid + 1): one that began
+    after the newest ended one is in no list, so an empty list proves nothing. The tick's own xid, assigned
+    after its snapshot, is that xmax only if no other transaction took an xid from there on."""
+    return (
+        f"(pg_snapshot_xmin({snapshot}) <> pg_snapshot_xmax({snapshot}) OR pg_current_xact_id() <> pg_snapshot_xmax({snapshot}))"
+    )
+
+
 UNPUBLISHED_CHANGES = sql.SQL("(SELECT coalesce(sum(u.changes), 0)::bigint FROM ({}) u)").format(unpublished())
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import psycopg
 
+from agent.logtables import others_running
 from pgfanout.core.messages import SnapshotRequest
 
 PENDING = "EXISTS (SELECT 1 FROM pgfanout.snapshot_request WHERE tick_id IS NULL AND refused IS NULL)"
@@ -41,10 +42,10 @@ answered AS (
         refused = CASE WHEN q.later THEN NULL ELSE clock_timestamp() END
     FROM request q, tick t WHERE r.request_id = q.request_id
     RETURNING r.subscriber, r.hold, q.later)
-SELECT t.tick_id, t.tick_time, t.snapshot::text, pg_snapshot_xmin(t.snapshot) <> pg_snapshot_xmax(t.snapshot),
+SELECT t.tick_id, t.tick_time, t.snapshot::text, {running},
        coalesce((SELECT array_agg(ARRAY[a.subscriber, a.hold::text]) FROM answered a WHERE a.later), '{}')
 FROM tick t
-"""
+""".replace("{running}", others_running("t.snapshot"))  # the same test as a tick taken anew
 
 # Requests answered more than a day ago are of no use to anyone.
 FORGET_OLD = "DELETE FROM pgfanout.snapshot_request WHERE requested_at < clock_timestamp() - interval '1 day'"

@@ -23,6 +23,7 @@ from devstack.stack import Stack, free_port
 from devstack.topics import read_raw, read_topic, transaction_positions, transactions  # noqa: F401 (the tests' names)
 from pgfanout.core.codec import decode_changes, default_codec
 from pgfanout.core.config import Config, load_config
+from pgfanout.core.errors import PgfanoutError
 from pgfanout.runtime.pg import connect
 
 OPS = {"INSERT": "I", "UPDATE": "U", "DELETE": "D", "TRUNCATE": "T", "SCHEMA": "S"}
@@ -173,7 +174,15 @@ class Pipeline:
                 time.sleep(0.1)
 
     def wait_caught_up(self, timeout: float = 120.0) -> dict[str, float]:
-        return wait_caught_up(self.config, timeout)
+        try:
+            return wait_caught_up(self.config, timeout)
+        except PgfanoutError as exc:
+            raise AssertionError(f"{exc}\n{self.log_tails()}") from exc
+
+    def log_tails(self, characters: int = 3000) -> str:
+        """The end of every daemon's log, for a failure that the daemons may explain."""
+        roles = ("agent", "distributor", *self.subscribers)
+        return "\n".join(f"--- {role} log ---\n{self.log(role)[-characters:]}" for role in roles)
 
     def proof(self) -> tuple[bool, list[str]]:
         return proof(self.config)

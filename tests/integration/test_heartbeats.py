@@ -4,6 +4,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from pgfanout.runtime.daemon import autogroups_enabled
 from tests.integration.pipeline import read_topic
 
@@ -59,6 +61,37 @@ def test_a_transaction_open_across_a_tick_is_published_without_waiting_for_a_hea
     assert time.monotonic() - started < 5, "the committed transaction waited for something else to tick"
     with pipeline.replica(pipeline.subscribers[0]) as conn:
         assert conn.execute("SELECT sum(balance) FROM public.accounts").fetchone()[0] == 20 * 1000
+
+
+@pytest.mark.parametrize("pipeline", ["plpgsql"], indirect=True)  # it logs at once, before its commit
+def test_the_newest_transaction_open_across_a_tick_is_published_without_waiting_for_a_heartbeat(pipeline):
+    """It logged before a tick and no later transaction had ended: a snapshot lists running transactions only
+    below its xmax (the newest ended one + 1), so this one is in no list, yet the tick did not see it."""
+    import psycopg
+
+    running_with_heartbeats_every(pipeline, 60_000)  # a heartbeat would hide the bug
+    with psycopg.connect(pipeline.primary_dsn, autocommit=True) as late, pipeline.primary() as watch:
+        last_tick = watch.execute("SELECT max(tick_id) FROM pgfanout.tick").fetchone()[0]
+        late.execute("BEGIN")
+        late.execute("UPDATE public.accounts SET balance = balance + 1 WHERE id = 1")  # logged, not committed
+        xid = late.execute("SELECT pg_current_xact_id()").fetchone()[0]
+        deadline = time.monotonic() + 10
+        while True:  # the agent ticks because the log moved, and publishes that tick
+            tick = watch.execute(
+                "SELECT pg_snapshot_xmax(t.snapshot) <= %s FROM pgfanout.tick t JOIN pgfanout.agent_state s "
+                "ON s.published_tick >= t.tick_id WHERE t.tick_id > %s ORDER BY t.tick_id LIMIT 1",
+                (xid, last_tick),
+            ).fetchone()
+            if tick:
+                break
+            assert time.monotonic() < deadline, "the agent took no tick while the transaction was open"
+            time.sleep(0.05)
+        assert tick[0], "the tick's snapshot does not list the open transaction: it is at or past the snapshot's xmax"
+        time.sleep(1)  # more ticks come and go, the log's sequence unchanged
+        late.execute("COMMIT")
+    started = time.monotonic()
+    pipeline.wait_caught_up(timeout=30)
+    assert time.monotonic() - started < 5, "the committed transaction waited for a heartbeat"
 
 
 def test_a_quiet_agent_is_woken_by_a_commit_not_by_its_timer(pipeline):
