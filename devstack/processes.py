@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 # Popen objects of the processes we spawned, kept so they are reaped rather than
@@ -95,32 +96,42 @@ def wait_exit(pid: int, timeout: float) -> int | None:
 
 def stop(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
     """Ask a process to stop, wait for it, and kill it if it does not."""
+    stop_all([pid], sig, timeout)
+
+
+def stop_all(pids: Iterable[int], sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Ask every process to stop at once, wait for them all, and kill those still running at the timeout.
+
+    At once, because each takes up to its loop's wait to notice (about a second for a daemon): one after
+    the other, those waits add up."""
+    pids = list(pids)
+    waiting = []
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+            waiting.append(pid)
     try:
-        _signal_and_wait(pid, sig, timeout)
+        _wait_gone(waiting, time.monotonic() + timeout)
+        for pid in waiting:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_gone(waiting, None)
     finally:
-        child = _children.pop(pid, None)
-        if child is not None:
-            child.wait(timeout=10)
+        for pid in pids:
+            child = _children.pop(pid, None)
+            if child is not None:
+                child.wait(timeout=10)
 
 
-def _signal_and_wait(pid: int, sig: int, timeout: float) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not alive(pid):
-            return
-        time.sleep(0.05)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    while alive(pid):
-        _reap(pid)
-        time.sleep(0.05)
+def _wait_gone(pids: list[int], deadline: float | None) -> None:
+    """Reap and forget each pid once it has exited; return when none is left or at the deadline."""
+    while pids and (deadline is None or time.monotonic() < deadline):
+        for pid in list(pids):
+            _reap(pid)
+            if not alive(pid):
+                pids.remove(pid)
+        if pids:
+            time.sleep(0.05)
 
 
 def _reap(pid: int) -> None:

@@ -17,6 +17,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,20 +163,20 @@ class Stack:
         return found
 
     def stop_daemons(self) -> None:
-        for name, pid in self.daemons().items():
+        daemons = self.daemons()
+        for name, pid in daemons.items():
             log.info("stopping %s (pid %d)", name, pid)
-            processes.stop(pid)
+        processes.stop_all(daemons.values())
         for pid_file in self.run_dir.glob("*.pid") if self.run_dir.exists() else []:
             pid_file.unlink()
 
     def down(self, purge: bool = False) -> None:
         self.stop_daemons()
-        for name in KAFKA_CLUSTERS:
-            if f"kafka.{name}" in self.ports:
-                self.kafka(name).stop()
-        for name in PG_CLUSTERS:
-            if f"pg.{name}" in self.ports:
-                self.postgres(name).stop()
+        brokers = [self.kafka(name).pid() for name in KAFKA_CLUSTERS if f"kafka.{name}" in self.ports]
+        clusters = [self.postgres(name).pid() for name in PG_CLUSTERS if f"pg.{name}" in self.ports]
+        # Data about to be removed needs no clean shutdown: no controlled broker shutdown, no checkpoint.
+        processes.stop_all((pid for pid in brokers if pid), signal.SIGKILL if purge else signal.SIGTERM, timeout=60)
+        processes.stop_all((pid for pid in clusters if pid), signal.SIGQUIT if purge else signal.SIGINT, timeout=60)
         if purge:
             if self.pg_home is not None and not self.pg_home.is_relative_to(self.home):
                 shutil.rmtree(self.pg_home.parent, ignore_errors=True)

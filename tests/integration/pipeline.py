@@ -139,10 +139,8 @@ class Pipeline:
         self.config = load_config(self.config_path)
 
     def stop_all(self) -> None:
-        for role in ("agent", "distributor", *self.config.distributors, *self.subscribers):
-            pid = self.pid(role)
-            if pid:
-                processes.stop(pid)
+        roles = ("agent", "distributor", *self.config.distributors, *self.subscribers)
+        processes.stop_all(pid for pid in map(self.pid, roles) if pid)
 
     # -- checks --------------------------------------------------------------------
 

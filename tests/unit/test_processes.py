@@ -1,6 +1,7 @@
 """Our processes are found by PID file and command line, also in the first moments after they start."""
 
 import sys
+import time
 
 from devstack import processes
 
@@ -42,3 +43,19 @@ def test_processes_are_found_at_once_and_only_while_they_are_ours(tmp_path):
     pid = processes.spawn([sys.executable, "-c", "pass"], tmp_path / "out.log", tmp_path / "gone.pid")
     assert processes.wait_exit(pid, timeout=10) == 0
     assert processes.running(tmp_path / "gone.pid", sys.executable) is None
+
+
+def test_processes_are_stopped_together_and_one_that_ignores_the_signal_is_killed(tmp_path):
+    """Each takes a second to notice the signal, as a daemon's loop does; one never does."""
+    slow = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1), sys.exit(0))); time.sleep(30)"
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(30)"
+    pids = [
+        processes.spawn([sys.executable, "-c", code], tmp_path / f"{n}.log", tmp_path / f"{n}.pid")
+        for n, code in enumerate((slow, slow, slow, deaf))
+    ]
+    time.sleep(1)  # the handlers are installed
+    started = time.monotonic()
+    processes.stop_all(pids, timeout=2)
+    took = time.monotonic() - started
+    assert not any(processes.alive(pid) for pid in pids)
+    assert 2 <= took < 3.5, f"together: the timeout once, not three seconds plus the timeout ({took:.1f}s)"
