@@ -18,6 +18,7 @@ from pgfanout.core.messages import Message
 
 log = logging.getLogger(__name__)
 
+Place = int | tuple[int, int]  # what grows along a topic: a position, or (generation, position)
 FETCH_MAX_BYTES = 64 * 1024 * 1024
 # A request a producer wrote stays in the kernel's socket buffer while the network is cut, and the kernel
 # goes on sending it after its process was killed or its client closed: it can reach the broker after a new
@@ -225,11 +226,15 @@ def published_after(
         client.assign([tp])
         end = client.end_offsets([tp])[tp]
 
-        def last_of(value: bytes, offset: int) -> int | None:
+        # Positions start again lower when a failover's new generation begins (at the new primary's
+        # position), so only (generation, position) grows along a source topic.
+        def place_of(value: bytes, offset: int) -> tuple[int, int] | None:
             kind, message = decode(value, StreamPlace(topic, 0, offset))
-            return message["transactions"][-1]["position"] if kind == "Batch" and message["transactions"] else None
+            if kind != "Batch" or not message["transactions"]:
+                return None
+            return generation_of(message), message["transactions"][-1]["position"]
 
-        client.seek(tp, offset_after_position(client, tp, position, last_of))
+        client.seek(tp, offset_after_position(client, tp, (generation, position), place_of))
         deadline = time.monotonic() + 120
         while client.position(tp) < end:
             if time.monotonic() >= deadline:
@@ -246,19 +251,27 @@ def published_after(
 
 
 def offset_after_position(
-    client: KafkaConsumer, tp: TopicPartition, position: int, position_of: Callable[[bytes, int], int | None]
+    client: KafkaConsumer, tp: TopicPartition, position: Place, position_of: Callable[[bytes, int], Place | None]
 ) -> int:
     """The offset of the first record that holds anything beyond ``position`` (the end offset if none).
 
-    Positions grow along the topic, so this is a binary search; ``position_of(value, offset)``
-    gives the last position a record holds, or None when it holds none (such records are
-    passed over: there is nothing in them to apply).
+    ``position_of(value, offset)`` gives the last position a record holds, or None when it holds none
+    (such records are passed over: there is nothing in them to apply). A position is whatever grows
+    along the topic: a route's position, or a source topic's (generation, position).
     """
     client.assign([tp])
     low, high = int(client.beginning_offsets([tp])[tp]), int(client.end_offsets([tp])[tp])
+    return first_beyond(low, high, position, lambda start, stop: _first_known(client, tp, start, stop, position_of))
+
+
+def first_beyond(low: int, high: int, position: Place, first_known: Callable[[int, int], tuple[int, Place] | None]) -> int:
+    """Binary search of [low, high) for the first offset whose record holds a position past ``position``.
+
+    ``first_known(start, stop)`` is the (offset, position) of the first record in [start, stop) that holds
+    one, or None; positions must grow with offsets."""
     while low < high:
         middle = (low + high) // 2
-        found = _first_known(client, tp, middle, high, position_of)
+        found = first_known(middle, high)
         if found is None or found[1] > position:
             high = middle
         else:
@@ -267,8 +280,8 @@ def offset_after_position(
 
 
 def _first_known(
-    client: KafkaConsumer, tp: TopicPartition, start: int, stop: int, position_of: Callable[[bytes, int], int | None]
-) -> tuple[int, int] | None:
+    client: KafkaConsumer, tp: TopicPartition, start: int, stop: int, position_of: Callable[[bytes, int], Place | None]
+) -> tuple[int, Place] | None:
     """(offset, position) of the first record in [start, stop) that holds a position."""
     client.seek(tp, start)
     deadline = time.monotonic() + 30

@@ -3,6 +3,7 @@
 import random
 import re
 import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,8 +11,10 @@ from agent.agent import Agent, fence
 from devstack.broker import ensure_jars
 from devstack.demo import wait_caught_up
 from devstack.sample import run_workload
+from pgfanout.core.codec import default_codec
 from pgfanout.core.errors import FatalError
 from pgfanout.core.generations import Generation
+from pgfanout.runtime import kafka as kafkautil
 from tests.integration.pipeline import read_topic, transaction_positions, transactions
 
 pytestmark = pytest.mark.fault
@@ -121,6 +124,35 @@ def test_a_deposed_primary_lists_as_never_published_only_what_the_topic_lacks(pi
     never_published = {int(x) for x in found.group(1).split(", ")}
     assert never_published == set(later.xids), note
     assert never_published.isdisjoint(published)
+
+
+def test_what_a_deposed_primary_published_is_found_past_the_generation_that_followed(pipeline):
+    """Generation 1 published positions 1..10 and its primary recorded 8 when it died; the new primary took
+    the role at position 2 and published 3..40 as generation 2. Positions start again lower along the topic,
+    so the search for what follows 8 goes by (generation, position)."""
+    cluster, topic, codec = pipeline.config.kafka["local"], f"pgfanout.test.{pipeline.name}", default_codec()
+    kafkautil.ensure_topic(cluster, topic, 1 << 20)
+    producer = kafkautil.producer(cluster, 1 << 20)
+    try:
+        for generation, positions in ((1, range(1, 11)), (2, range(3, 41))):
+            for position in positions:
+                batch = {
+                    "source": pipeline.source,
+                    "tick_id": position,
+                    "tick_time": datetime.now(UTC),
+                    "batch_end": True,
+                    "generation": generation,
+                    "tables": [],
+                    "transactions": [
+                        {"position": position, "xid": 1000 * generation + position, "chunk": 0, "last_chunk": True, "changes": []}
+                    ],
+                }
+                producer.send(topic, codec.encode("Batch", batch), partition=0)
+        producer.flush(timeout=30)
+    finally:
+        kafkautil.close_producer(producer)
+    assert kafkautil.published_after(cluster, topic, codec.decode, 8, 1) == [(9, 1009), (10, 1010)]
+    assert kafkautil.published_after(cluster, topic, codec.decode, 38, 2) == [(39, 2039), (40, 2040)]
 
 
 def test_crash_in_the_middle_of_a_batch_publishes_the_rest_once(pipeline, monkeypatch):
