@@ -265,7 +265,8 @@ def offset_after_position(
 
 
 def first_beyond(low: int, high: int, position: Place, first_known: Callable[[int, int], tuple[int, Place] | None]) -> int:
-    """Binary search of [low, high) for the first offset whose record holds a position past ``position``.
+    """Binary search of [low, high) for the offset right after the last record holding a position at or
+    below ``position`` (``low`` if none does).
 
     ``first_known(start, stop)`` is the (offset, position) of the first record in [start, stop) that holds
     one, or None; positions must grow with offsets."""
