@@ -165,7 +165,7 @@ class KafkaNode:
         if (self.directory / "data" / "meta.properties").exists():
             return
         self.directory.mkdir(parents=True, exist_ok=True)
-        tls_env.write_private(self.directory / "server.properties", self._properties().encode())
+        tls_env.write_file(self.directory / "server.properties", self._properties().encode())
         arguments = [
             "kafka.tools.StorageTool",
             "format",
@@ -176,14 +176,14 @@ class KafkaNode:
             "--ignore-formatted",
         ]
         if self.tls is not None:
-            tls_env.write_private(
+            tls_env.write_file(
                 self.directory / "keystore.pem", (self.tls.key.read_text() + self.tls.certificate.read_text()).encode()
             )
             # the user's SCRAM credential is stored at format time; its password goes through a java @file,
             # never through the command line every process can read
             arguments += ["--add-scram", f"SCRAM-SHA-512=[name={KAFKA_USER},password={self.tls.kafka_password()}]"]
         argfile = self.directory / "format.args"
-        tls_env.write_private(argfile, ("\n".join(_quoted(argument) for argument in arguments) + "\n").encode())
+        tls_env.write_file(argfile, ("\n".join(_quoted(argument) for argument in arguments) + "\n").encode())
         try:
             result = subprocess.run(
                 ["java", "-cp", f"{jars}/*", f"@{argfile}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

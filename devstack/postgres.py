@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 
 from devstack import processes
-from devstack.tls import PG_PASSWORD_ENV, Credentials, write_private
+from devstack.tls import PG_PASSWORD_ENV, Credentials, write_file
 from pgfanout.core.errors import LocalStackError
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class PgCluster:
 
     def _private_copy(self, source: Path, target: Path) -> None:
         """A copy only the server's user can read (PostgreSQL refuses a key others can read)."""
-        write_private(target, source.read_bytes())
+        write_file(target, source.read_bytes())
         _give_to_service_user(target)
 
     def start(self) -> None:

@@ -104,22 +104,22 @@ def ensure(directory: Path) -> Credentials:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    write_private(made.ca, ca.public_bytes(serialization.Encoding.PEM), 0o644)
-    write_private(made.certificate, server.public_bytes(serialization.Encoding.PEM), 0o644)
-    write_private(
+    write_file(made.ca, ca.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(made.certificate, server.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(
         made.key,
         server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
         0o600,
     )
     # URL-safe letters only: the passwords go into a JAAS line and a pgpass line unescaped
-    write_private(made.kafka_password_file, secrets.token_urlsafe(24).encode(), 0o600)
-    write_private(made.postgres_password_file, secrets.token_urlsafe(24).encode(), 0o600)
-    write_private(made.pgpass, f"127.0.0.1:*:*:postgres:{made.postgres_password()}\n".encode(), 0o600)
+    write_file(made.kafka_password_file, secrets.token_urlsafe(24).encode())
+    write_file(made.postgres_password_file, secrets.token_urlsafe(24).encode())
+    write_file(made.pgpass, f"127.0.0.1:*:*:postgres:{made.postgres_password()}\n".encode())
     return made
 
 
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a file whose mode is set before anything is in it (replacing it whole)."""
+def write_file(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a file whose mode (private unless said) is set before anything is in it, replacing it whole."""
     partial = path.with_name(path.name + ".partial")
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(descriptor, "wb") as out:

@@ -253,7 +253,8 @@ def published_after(
 def offset_after_position(
     client: KafkaConsumer, tp: TopicPartition, position: Place, position_of: Callable[[bytes, int], Place | None]
 ) -> int:
-    """The offset of the first record that holds anything beyond ``position`` (the end offset if none).
+    """The offset right after the last record holding a position at or below ``position``: where reading
+    resumes after it (the topic's first offset if no record does).
 
     ``position_of(value, offset)`` gives the last position a record holds, or None when it holds none
     (such records are passed over: there is nothing in them to apply). A position is whatever grows

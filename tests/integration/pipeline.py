@@ -138,9 +138,13 @@ class Pipeline:
         self.config_path = write_config(self.config_path, data)
         self.config = load_config(self.config_path)
 
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """Every daemon a test may have started."""
+        return ("agent", "distributor", *self.config.distributors, *self.subscribers)
+
     def stop_all(self) -> None:
-        roles = ("agent", "distributor", *self.config.distributors, *self.subscribers)
-        processes.stop_all(pid for pid in map(self.pid, roles) if pid)
+        processes.stop_all(pid for pid in map(self.pid, self.roles) if pid)
 
     # -- checks --------------------------------------------------------------------
 
@@ -179,8 +183,8 @@ class Pipeline:
 
     def log_tails(self, characters: int = 3000) -> str:
         """The end of every daemon's log, for a failure that the daemons may explain."""
-        roles = ("agent", "distributor", *self.subscribers)
-        return "\n".join(f"--- {role} log ---\n{self.log(role)[-characters:]}" for role in roles)
+        logs = {role: self.log(role) for role in self.roles}
+        return "\n".join(f"--- {role} log ---\n{text[-characters:]}" for role, text in logs.items() if text)
 
     def proof(self) -> tuple[bool, list[str]]:
         return proof(self.config)
