@@ -215,6 +215,7 @@ class KafkaNode:
         from kafka.errors import KafkaError
 
         from kafka import KafkaAdminClient
+        from pgfanout.runtime.kafka import build
 
         deadline = time.monotonic() + timeout
         while True:
@@ -223,7 +224,7 @@ class KafkaNode:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     pass
-                admin = KafkaAdminClient(**self._admin_options(), request_timeout_ms=5000, bootstrap_timeout_ms=3000)
+                admin = build(KafkaAdminClient, **self._admin_options(), request_timeout_ms=5000, bootstrap_timeout_ms=3000)
                 try:
                     admin.describe_cluster()
                     return

@@ -6,9 +6,11 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import kafka.errors
 from kafka.admin import NewTopic
+from kafka.net.compat import KafkaNetClient
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from pgfanout.core.config import KafkaCluster, secret
@@ -17,6 +19,7 @@ from pgfanout.core.generations import generation_of
 from pgfanout.core.messages import Message
 
 log = logging.getLogger(__name__)
+Client = TypeVar("Client", KafkaAdminClient, KafkaConsumer, KafkaProducer)
 
 Place = int | tuple[int, int]  # what grows along a topic: a position, or (generation, position)
 FETCH_MAX_BYTES = 64 * 1024 * 1024
@@ -52,6 +55,34 @@ def client_options(cluster: KafkaCluster) -> dict[str, object]:
     return options
 
 
+def build(make: Callable[..., Client], **options: object) -> Client:
+    """``make(**options)``, closing what a failed construction opened.
+
+    kafka-python 3.0 starts a client's I/O thread and opens its sockets before it bootstraps, and a
+    constructor that raises returns nothing to close: a daemon retrying an unreachable broker would gather
+    a thread and sockets per attempt. The network client is made through ``kafka_client`` (a documented
+    option), so it can be closed here."""
+    made: list[KafkaNetClient] = []
+
+    def network_client(**config: object) -> KafkaNetClient:
+        made.append(KafkaNetClient(**config))
+        return made[-1]
+
+    try:
+        return make(**options, kafka_client=network_client)
+    except BaseException:
+        for client in made:
+            client.close()
+        raise
+
+
+def admin(cluster: KafkaCluster) -> KafkaAdminClient:
+    try:
+        return build(KafkaAdminClient, **client_options(cluster))
+    except kafka.errors.KafkaError as exc:
+        raise _unavailable(cluster, exc) from exc
+
+
 # An earlier process's producer ended before this process started; this process's own, when it was closed.
 _last_producer_end = time.monotonic()
 
@@ -85,7 +116,8 @@ def _unavailable(cluster: KafkaCluster, exc: Exception) -> KafkaUnavailable:
 def producer(cluster: KafkaCluster, max_request_size: int, linger_ms: int = 0) -> KafkaProducer:
     """An idempotent producer: acks=all, ordered, no duplicates from its own retries."""
     try:
-        return KafkaProducer(
+        return build(
+            KafkaProducer,
             **client_options(cluster),
             acks="all",
             enable_idempotence=True,
@@ -102,7 +134,8 @@ def producer(cluster: KafkaCluster, max_request_size: int, linger_ms: int = 0) -
 
 def consumer(cluster: KafkaCluster, group_id: str | None = None) -> KafkaConsumer:
     try:
-        return KafkaConsumer(
+        return build(
+            KafkaConsumer,
             **client_options(cluster),
             group_id=group_id,
             enable_auto_commit=False,
@@ -121,51 +154,48 @@ def consumer(cluster: KafkaCluster, group_id: str | None = None) -> KafkaConsume
 
 def ensure_topic(cluster: KafkaCluster, topic: str, max_message_bytes: int, compact: bool = False) -> None:
     """Create the single-partition topic a stream lives in (or a compacted one), unless it exists."""
+    client = admin(cluster)
     try:
-        admin = KafkaAdminClient(**client_options(cluster))
-    except kafka.errors.KafkaError as exc:
-        raise _unavailable(cluster, exc) from exc
-    try:
-        if topic in admin.list_topics():
+        if topic in client.list_topics():
             return
         configs = {"max.message.bytes": str(max_message_bytes), "min.insync.replicas": "1"}
         if compact:
             configs["cleanup.policy"] = "compact"
-        admin.create_topics([NewTopic(topic, 1, 1, topic_configs=configs)])
+        client.create_topics([NewTopic(topic, 1, 1, topic_configs=configs)])
         log.info("created topic %s on %s", topic, where(cluster))
     except kafka.errors.TopicAlreadyExistsError:
         pass
     except kafka.errors.KafkaError as exc:
         raise _unavailable(cluster, exc) from exc
     finally:
-        admin.close()
+        client.close()
 
 
 def delete_topics(cluster: KafkaCluster, topics: list[str]) -> None:
-    admin = KafkaAdminClient(**client_options(cluster))
+    client = admin(cluster)
     try:
-        existing = set(admin.list_topics())
+        existing = set(client.list_topics())
         doomed = [t for t in topics if t in existing]
         if doomed:
-            admin.delete_topics(doomed)
+            client.delete_topics(doomed)
         deadline = time.monotonic() + 30
-        while doomed and set(doomed) & set(admin.list_topics()):
+        while doomed and set(doomed) & set(client.list_topics()):
             if time.monotonic() > deadline:
                 raise KafkaUnavailable(where(cluster), f"topics {doomed} were not deleted within 30s")
             time.sleep(0.1)
     finally:
-        admin.close()
+        client.close()
 
 
 def delete_groups(cluster: KafkaCluster, group_ids: list[str]) -> None:
-    admin = KafkaAdminClient(**client_options(cluster))
+    client = admin(cluster)
     try:
-        existing = {group["group_id"] for group in admin.list_groups()}
+        existing = {group["group_id"] for group in client.list_groups()}
         doomed = [g for g in group_ids if g in existing]
         if doomed:
-            admin.delete_groups(doomed)
+            client.delete_groups(doomed)
     finally:
-        admin.close()
+        client.close()
 
 
 def partition(topic: str) -> TopicPartition:

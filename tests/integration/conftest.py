@@ -1,5 +1,6 @@
 """Integration fixtures: one real local stack (PostgreSQL clusters + Kafka broker) per test session."""
 
+import gc
 import os
 from pathlib import Path
 
@@ -18,6 +19,14 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def charge_leaks_to_their_test():
+    """A client left open (a socket, a process handle) warns when the collector reaches it, which fails the
+    test running then; collecting after each test charges the warning to the test that leaked it."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,21 @@ from tests.integration.pipeline import read_topic, transaction_positions, transa
 pytestmark = pytest.mark.fault
 
 
+READY = " ready: published tick "  # what the agent logs when it starts to publish
+
+
+def wait_ready(pipeline, started_before: int, timeout: float = 20.0) -> bool:
+    """Whether the agent started after ``started_before`` ready lines logs it is ready within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pipeline.log("agent").count(READY) > started_before:
+            return True
+        if not pipeline.pid("agent"):
+            return False
+        time.sleep(0.05)
+    return False
+
+
 def test_agent_kills_and_a_kafka_restart_lose_and_double_nothing(pipeline, stack):
     pipeline.data["sources"][pipeline.source]["log_switch_bytes"] = 8192  # kills land in log switches too
     pipeline.reconfigure(pipeline.data)
@@ -32,10 +47,16 @@ def test_agent_kills_and_a_kafka_restart_lose_and_double_nothing(pipeline, stack
     )
 
     rng = random.Random(5)
-    kills = 0
+    kills = kills_at_work = started_before = 0
     kafka_restarted = False
     while kills < 24 and (workload.is_alive() or kills < 20):
-        time.sleep(rng.uniform(0.2, 1.6))  # start-up takes about a second: kill during start-up and work alike
+        # start-up takes seconds (it outlives the killed agent's orphaned writes first): every other kill waits
+        # for the agent to say it is ready, so that kills land in start-up and in work (ticks, log switches) alike
+        if kills % 2 and wait_ready(pipeline, started_before):
+            kills_at_work += 1
+            time.sleep(rng.uniform(0.1, 1.5))
+        else:
+            time.sleep(rng.uniform(0.2, 1.6))
         if pipeline.pid("agent"):
             pipeline.kill("agent")
             kills += 1
@@ -45,9 +66,11 @@ def test_agent_kills_and_a_kafka_restart_lose_and_double_nothing(pipeline, stack
             time.sleep(2)  # the primary keeps taking writes; the log absorbs them
             node.start(ensure_jars())
             kafka_restarted = True
+        started_before = pipeline.log("agent").count(READY)
         pipeline.start("agent")
     workload.join()
     assert kills >= 20 and kafka_restarted
+    assert kills_at_work >= 8, f"only {kills_at_work} kills landed after the agent was ready"
 
     wait_caught_up(pipeline.config.model_copy(update={"subscribers": {}}), timeout=120)
 

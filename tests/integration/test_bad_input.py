@@ -80,8 +80,6 @@ def test_bad_input_stops_the_subscriber_and_commits_nothing_of_it(pipeline, case
 
 
 def test_messages_deleted_by_retention_stop_the_subscriber_with_the_missing_positions(pipeline):
-    from kafka import KafkaAdminClient
-
     pipeline.prepare(install=False)
     sub = pipeline.subscribers[0]
     topic = fill_route(pipeline, GOOD)
@@ -90,7 +88,7 @@ def test_messages_deleted_by_retention_stop_the_subscriber_with_the_missing_posi
     pipeline.kill(sub, 15)  # offline for a while
     fill_route(pipeline, [batch(p, [insert(5, str(p), "1")]) for p in (3, 4, 5)])
     cluster = pipeline.config.kafka[pipeline.config.stream(pipeline.route)[0]]
-    admin = KafkaAdminClient(**kafkautil.client_options(cluster))
+    admin = kafkautil.admin(cluster)
     try:
         admin.delete_records({kafkautil.partition(topic): 4})  # retention removed positions 3 and 4
     finally:

@@ -184,7 +184,6 @@ def test_an_applier_that_waited_for_a_resync_reads_the_filter_it_committed(pipel
 
 def _delete_first_half(pipeline) -> None:
     """What retention does to a topic: its oldest records are gone."""
-    from kafka import KafkaAdminClient
     from pgfanout.runtime import kafka as kafkautil
 
     cluster_name, topic = pipeline.config.stream(pipeline.route)
@@ -195,7 +194,7 @@ def _delete_first_half(pipeline) -> None:
     finally:
         consumer.close()
     assert end >= 4
-    admin = KafkaAdminClient(**kafkautil.client_options(cluster))
+    admin = kafkautil.admin(cluster)
     try:
         admin.delete_records({kafkautil.partition(topic): end // 2})
     finally:
