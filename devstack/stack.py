@@ -177,6 +177,7 @@ class Stack:
         # Data about to be removed needs no clean shutdown: no controlled broker shutdown, no checkpoint.
         processes.stop_all((pid for pid in brokers if pid), signal.SIGKILL if purge else signal.SIGTERM, timeout=60)
         processes.stop_all((pid for pid in clusters if pid), signal.SIGQUIT if purge else signal.SIGINT, timeout=60)
+        processes.reap_exited()
         if purge:
             if self.pg_home is not None and not self.pg_home.is_relative_to(self.home):
                 shutil.rmtree(self.pg_home.parent, ignore_errors=True)

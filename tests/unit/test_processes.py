@@ -59,3 +59,16 @@ def test_processes_are_stopped_together_and_one_that_ignores_the_signal_is_kille
     took = time.monotonic() - started
     assert not any(processes.alive(pid) for pid in pids)
     assert 2 <= took < 3.5, f"together: the timeout once, not three seconds plus the timeout ({took:.1f}s)"
+
+
+def test_a_process_that_exited_by_itself_is_reaped_and_one_still_running_is_kept(tmp_path):
+    done = processes.spawn([sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "done.log", tmp_path / "done.pid")
+    running = processes.spawn([sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "run.log", tmp_path / "run.pid")
+    try:
+        deadline = time.monotonic() + 10
+        while processes.alive(done) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert processes.reap_exited() == [done]
+        assert processes.reap_exited() == []  # the running one stays until it is stopped
+    finally:
+        processes.stop(running, timeout=5)
