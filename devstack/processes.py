@@ -97,10 +97,10 @@ def wait_exit(pid: int, timeout: float) -> int | None:
 def reap_exited() -> list[int]:
     """Reap the processes we spawned that have exited by themselves (a daemon that stopped with an error),
     which nothing stops: left unreaped, each is reported as still running when the interpreter exits."""
-    exited = [pid for pid, child in _children.items() if child.poll() is not None]
-    for pid in exited:
-        del _children[pid]
-    return exited
+    known = list(_children)
+    for pid in known:
+        _reap(pid)
+    return [pid for pid in known if pid not in _children]
 
 
 def stop(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:

@@ -76,11 +76,16 @@ def build(make: Callable[..., Client], **options: object) -> Client:
         raise
 
 
-def admin(cluster: KafkaCluster) -> KafkaAdminClient:
+def connected(cluster: KafkaCluster, make: Callable[..., Client], **options: object) -> Client:
+    """A client of ``cluster`` (its config's options, then ``options``); KafkaUnavailable if it cannot be made."""
     try:
-        return build(KafkaAdminClient, **client_options(cluster))
+        return build(make, **client_options(cluster), **options)
     except kafka.errors.KafkaError as exc:
         raise _unavailable(cluster, exc) from exc
+
+
+def admin(cluster: KafkaCluster) -> KafkaAdminClient:
+    return connected(cluster, KafkaAdminClient)
 
 
 # An earlier process's producer ended before this process started; this process's own, when it was closed.
@@ -115,41 +120,35 @@ def _unavailable(cluster: KafkaCluster, exc: Exception) -> KafkaUnavailable:
 
 def producer(cluster: KafkaCluster, max_request_size: int, linger_ms: int = 0) -> KafkaProducer:
     """An idempotent producer: acks=all, ordered, no duplicates from its own retries."""
-    try:
-        return build(
-            KafkaProducer,
-            **client_options(cluster),
-            acks="all",
-            enable_idempotence=True,
-            max_in_flight_requests_per_connection=5,
-            linger_ms=linger_ms,
-            batch_size=1024 * 1024,
-            max_request_size=max_request_size,
-            delivery_timeout_ms=120_000,
-            socket_options=PRODUCER_SOCKET_OPTIONS,
-        )
-    except kafka.errors.KafkaError as exc:
-        raise _unavailable(cluster, exc) from exc
+    return connected(
+        cluster,
+        KafkaProducer,
+        acks="all",
+        enable_idempotence=True,
+        max_in_flight_requests_per_connection=5,
+        linger_ms=linger_ms,
+        batch_size=1024 * 1024,
+        max_request_size=max_request_size,
+        delivery_timeout_ms=120_000,
+        socket_options=PRODUCER_SOCKET_OPTIONS,
+    )
 
 
 def consumer(cluster: KafkaCluster, group_id: str | None = None) -> KafkaConsumer:
-    try:
-        return build(
-            KafkaConsumer,
-            **client_options(cluster),
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_partition_fetch_bytes=FETCH_MAX_BYTES,
-            fetch_max_bytes=FETCH_MAX_BYTES,
-            # the broker answers a fetch as soon as a record arrives: a long wait costs no latency, and an
-            # idle consumer asks twice a second instead of fifty times (docs/benchmarks.md, idle cost)
-            fetch_max_wait_ms=500,
-            consumer_timeout_ms=float("inf"),
-        )
-    except kafka.errors.KafkaError as exc:
-        raise _unavailable(cluster, exc) from exc
+    return connected(
+        cluster,
+        KafkaConsumer,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_partition_fetch_bytes=FETCH_MAX_BYTES,
+        fetch_max_bytes=FETCH_MAX_BYTES,
+        # the broker answers a fetch as soon as a record arrives: a long wait costs no latency, and an
+        # idle consumer asks twice a second instead of fifty times (docs/benchmarks.md, idle cost)
+        fetch_max_wait_ms=500,
+        consumer_timeout_ms=float("inf"),
+    )
 
 
 def ensure_topic(cluster: KafkaCluster, topic: str, max_message_bytes: int, compact: bool = False) -> None:
