@@ -76,29 +76,40 @@ class Marks:
 
     def _watch(self) -> None:
         conns: dict[str, psycopg.Connection | None] = dict.fromkeys(self.tree.tier1 + self.tree.tier2)
-        while not self.stop.wait(0.25):
+        stopping = False
+        while not stopping:
+            # One more sweep once stopped: the last faults' marks arrive with the final mark, which ends the run.
+            stopping = self.stop.wait(0.25)
             with self.lock:
                 if not self.waiting:
                     continue
-            seen = []
-            for name, conn in conns.items():
-                try:
-                    if conn is None or conn.closed:
-                        conn = conns[name] = psycopg.connect(self.tree.replica_dsn(name), autocommit=True, connect_timeout=2)
-                    seen.append(conn.execute(f"SELECT coalesce(max(id), 0) FROM {MARKS}").fetchone()[0])
-                except psycopg.Error:
-                    if conn is not None:
-                        conn.close()
-                    seen.append(0)
-            everywhere = min(seen)
-            now = time.monotonic() - self.started
-            with self.lock:
-                for _, fault in [w for w in self.waiting if w[0] <= everywhere]:
-                    fault.recovered = now
-                self.waiting = [w for w in self.waiting if w[0] > everywhere]
+            self._sweep(conns)
         for conn in conns.values():
             if conn is not None:
                 conn.close()
+
+    def _sweep(self, conns: dict[str, psycopg.Connection | None]) -> None:
+        """Mark recovered every waiting fault whose mark is on every replica."""
+        everywhere = min(self._replica_marks(conns))
+        now = time.monotonic() - self.started
+        with self.lock:
+            for _, fault in [w for w in self.waiting if w[0] <= everywhere]:
+                fault.recovered = now
+            self.waiting = [w for w in self.waiting if w[0] > everywhere]
+
+    def _replica_marks(self, conns: dict[str, psycopg.Connection | None]) -> list[int]:
+        """The last mark on each replica (0 for one out of reach), on connections kept between sweeps."""
+        seen = []
+        for name, conn in conns.items():
+            try:
+                if conn is None or conn.closed:
+                    conn = conns[name] = psycopg.connect(self.tree.replica_dsn(name), autocommit=True, connect_timeout=2)
+                seen.append(conn.execute(f"SELECT coalesce(max(id), 0) FROM {MARKS}").fetchone()[0])
+            except psycopg.Error:
+                if conn is not None:
+                    conn.close()
+                seen.append(0)
+        return seen
 
     def wait_everywhere(self, mark: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

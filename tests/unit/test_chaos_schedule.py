@@ -1,8 +1,10 @@
 """The chaos run's pure decisions: the order of its faults and the account it gives."""
 
 import random
+import time
+from types import SimpleNamespace
 
-from bench.chaos.run import LANES, per_kind_for
+from bench.chaos.run import LANES, Marks, per_kind_for
 from bench.chaos.schedule import KINDS, Account, Injected, deck, duplicated_or_unordered, missing, range_problems
 
 
@@ -41,3 +43,17 @@ def test_the_account_counts_faults_and_recoveries_by_kind_and_is_clean_only_with
     assert account.clean and "| SIGKILL of a daemon (restarted as a supervisor would) | 2 | 1 | 1.5 | 1.5 |" in account.table()
     account.duplicated.append("t: position 2 twice")
     assert not account.clean and account.problems() == ["t: position 2 twice"]
+
+
+def test_a_fault_whose_mark_arrives_with_the_final_one_is_still_counted_recovered():
+    # The run ends as soon as the final mark is on every replica; the marks of its last faults arrive with it.
+    tree = SimpleNamespace(tier1=["t1"], tier2=["t2"])
+    marks = Marks(tree, started=time.monotonic())
+    marks._replica_marks = lambda conns: [7, 7]
+    late, pending = Injected("kill", "chaos.hq", 90.0, 90.5), Injected("kafka", "kafka second", 91.0, 92.0)
+    marks.waiting = [(6, late), (8, pending)]
+    marks.stop.set()
+    marks.thread.start()
+    marks.thread.join(timeout=5)
+    assert late.recovered is not None
+    assert pending.recovered is None and marks.waiting == [(8, pending)]
