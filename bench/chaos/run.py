@@ -84,9 +84,7 @@ class Marks:
                 if not self.waiting:
                     continue
             self._sweep(conns)
-        for conn in conns.values():
-            if conn is not None:
-                conn.close()
+        _close(conns)
 
     def _sweep(self, conns: dict[str, psycopg.Connection | None]) -> None:
         """Mark recovered every waiting fault whose mark is on every replica."""
@@ -112,19 +110,16 @@ class Marks:
         return seen
 
     def wait_everywhere(self, mark: int, timeout: float) -> bool:
+        conns: dict[str, psycopg.Connection | None] = dict.fromkeys(self.tree.tier1 + self.tree.tier2)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(self._replica_mark(name) >= mark for name in self.tree.tier1 + self.tree.tier2):
-                return True
-            time.sleep(0.5)
-        return False
-
-    def _replica_mark(self, name: str) -> int:
         try:
-            with psycopg.connect(self.tree.replica_dsn(name), autocommit=True, connect_timeout=2) as conn:
-                return conn.execute(f"SELECT coalesce(max(id), 0) FROM {MARKS}").fetchone()[0]
-        except psycopg.Error:
-            return 0
+            while time.monotonic() < deadline:
+                if min(self._replica_marks(conns)) >= mark:
+                    return True
+                time.sleep(0.5)
+            return False
+        finally:
+            _close(conns)
 
 
 class Pgbench:
@@ -240,6 +235,12 @@ def _lane(faults: Faults, cards: list[str], started: float, seconds: float, acco
         account.faults.append(fault)
         log.info("fault %s on %s, %.1fs", kind, target, fault.ended - fault.started)
         marks.write(fault)
+
+
+def _close(conns: dict[str, psycopg.Connection | None]) -> None:
+    for conn in conns.values():
+        if conn is not None:
+            conn.close()
 
 
 def _can_mount() -> bool:
